@@ -1,0 +1,3 @@
+from reasonlm.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""Base stage: get a base model that knows the primitives the chains are built from.
+
+    reasonlm base recipes/tiny-cpu.yaml          -> <out_dir>/base/ (model + tokenizer)
+
+With `base.model: tiny` (the offline default) it trains a byte-level BPE tokenizer on the
+data, builds a small Llama-style decoder with random weights, and pretrains all of its weights
+with the training stage's own loop on the data stage's `base` split: single-step problems in
+the chains' own notation (copy two operands from the question, combine them, give the answer).
+It never sees a multi-step chain; composing steps is what fine-tuning then teaches.
+With any other `base.model` (a Hub id or local path) there is nothing to train: later stages
+load that model directly.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from reasonlm.config import Recipe, TrainConfig, save_resolved
+
+
+def run(recipe: Recipe) -> str:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from reasonlm import data as data_stage
+    from reasonlm import evaluate, train
+    from reasonlm.model import build_tiny, count_parameters, load_tokenizer, train_tokenizer
+
+    cfg, out_dir = recipe.base, recipe.out_dir
+    if cfg.model != "tiny":
+        load_tokenizer(cfg.model)  # fail early, in one line, if it is not reachable
+        print(f"base: using pretrained {cfg.model}")
+        return cfg.model
+    accelerator = Accelerator()
+    train.set_threads(recipe.threads, accelerator.num_processes)
+    set_seed(cfg.seed)
+    dataset = data_stage.load(os.path.join(out_dir, "data"))
+    if "base" not in dataset or len(dataset["base"]) == 0:
+        raise data_stage.DataError("the dataset has no 'base' split to pretrain on (data.n_base is 0?)")
+    texts = ["user", "assistant", "system"]
+    for split in ("base", "train"):
+        for r in dataset[split].select(range(min(5000, len(dataset[split])))):
+            texts += [r["question"], "\n".join(r["steps"]), r["answer"]]
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    model = build_tiny(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size,
+                       cfg.max_position, cfg.rope_theta, cfg.seed)
+    total, _ = count_parameters(model)
+    accelerator.print(f"base: tiny Llama {total/1e6:.2f}M params, vocab {len(tokenizer)}; pretraining on "
+                      f"{len(dataset['base'])} single-step problems")
+    tcfg = TrainConfig(full_finetune=True, format="cot", steps=cfg.steps, batch_tokens=cfg.batch_tokens,
+                       seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                       eval_every=0, eval_samples=200, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
+    run_dir = os.path.join(out_dir, "base-run")
+    if accelerator.is_main_process:
+        os.makedirs(run_dir, exist_ok=True)
+        save_resolved(cfg, run_dir)
+    probe = dataset["base"].select(range(min(200, len(dataset["base"]))))
+    quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt="cot")
+    stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator, quick)
+    final = os.path.join(out_dir, "base")
+    if accelerator.is_main_process:
+        train.save_weights(accelerator.unwrap_model(model), tokenizer, final, tcfg)
+        save_resolved(cfg, final, "base_config.yaml")
+        with open(os.path.join(run_dir, "train_stats.json"), "w") as f:
+            json.dump(stats, f, indent=1)
+    accelerator.print(f"base: wrote {final} in {stats['train_seconds']}s ({stats['tokens_per_s']:,.0f} tokens/s)")
+    return final

@@ -1,0 +1,265 @@
+"""Settings: one flat dataclass per stage, loaded strictly from a recipe YAML.
+
+A recipe has one section per stage (`data`, `base`, `train`, `eval`, `chat`) plus a few
+top-level keys. Every field has a docstring right under it: that is the documentation.
+Unknown keys are an error that names the key and lists the valid ones. Command-line
+overrides use dotted paths: `train.lr=1e-3 out_dir=/tmp/run`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem, reported to the user as one line."""
+
+
+@dataclass
+class DataConfig:
+    tasks: list = field(default_factory=lambda: [{"name": "arithmetic", "weight": 1.0, "args": {}}])
+    """Task families to mix: each {name, weight, args (the family's knobs), steps: [lo, hi] (optional)}."""
+    train_steps: list = field(default_factory=lambda: [1, 6])
+    """[lo, hi] reasoning steps of train/validation/in-distribution test problems."""
+    ood_steps: list = field(default_factory=lambda: [7, 8])
+    """[lo, hi] steps of the out-of-distribution test split (longer than any training problem)."""
+    eval_min_steps: int = 2
+    """Fewest steps of a validation/test problem. Single steps are the primitives every chain is
+    built from (the base corpus holds all of them), so testing them would measure memory."""
+    n_train: int = 20000
+    """Training problems."""
+    n_validation: int = 500
+    """Validation problems (in-distribution; used for validation loss during training)."""
+    n_test_per_steps: int = 100
+    """Test problems for every value of n_steps, in-distribution and out-of-distribution."""
+    base_steps: list = field(default_factory=lambda: [1, 1])
+    """[lo, hi] steps of the problems in the base model's pretraining corpus: the primitives the
+    chains are built from, but not the multi-step chains that fine-tuning then teaches."""
+    n_base: int = 20000
+    """Problems in the base pretraining corpus."""
+    curriculum: bool = False
+    """Order training problems from fewest to most steps instead of shuffling."""
+    seed: int = 0
+    """Seed of every random choice in the data stage; same seed, same files."""
+
+
+@dataclass
+class BaseConfig:
+    model: str = "tiny"
+    """'tiny' builds a small decoder from scratch and pretrains it on the base corpus; anything
+    else is a Hub id or local path of a pretrained model and the base stage just checks it."""
+    hidden_size: int = 128
+    """Width of the tiny model."""
+    num_layers: int = 4
+    """Transformer blocks of the tiny model."""
+    num_heads: int = 8
+    """Attention heads of the tiny model."""
+    intermediate_size: int = 512
+    """MLP width of the tiny model."""
+    max_position: int = 512
+    """Longest sequence the tiny model supports."""
+    rope_theta: float = 10000.0
+    """RoPE base of the tiny model."""
+    vocab_size: int = 256
+    """Target vocabulary of the locally trained tokenizer (digits are always single tokens)."""
+    steps: int = 600
+    """Optimizer steps of base pretraining (full fine-tuning of all weights)."""
+    batch_tokens: int = 6144
+    """Tokens per optimizer step (packed sequences of `seq_len`)."""
+    seq_len: int = 192
+    """Packed sequence length during pretraining."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    warmup_steps: int = 50
+    """Linear warmup steps before the cosine decay."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    seed: int = 0
+    """Initialisation and data-order seed."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""
+    """Base model: Hub id or local path; empty means the base stage's output (<out_dir>/base)."""
+    data: str = ""
+    """Dataset directory written by the data stage; empty means <out_dir>/data."""
+    format: str = "cot"
+    """'cot' trains on step-by-step solutions; 'direct' on the final answer only (the ablation)."""
+    full_finetune: bool = False
+    """Train every weight instead of a LoRA adapter."""
+    lora_r: int = 32
+    """LoRA rank."""
+    lora_alpha: int = 64
+    """LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    target_modules: str = "all-linear"
+    """Modules that get adapters: 'all-linear' or a comma-separated list of module names."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    steps: int = 800
+    """Optimizer steps."""
+    batch_tokens: int = 6144
+    """Tokens per optimizer step, summed over processes and accumulation (the global batch)."""
+    seq_len: int = 192
+    """Packed sequence length; longer examples are dropped and counted (see `too_long`)."""
+    too_long: str = "drop"
+    """What to do with an example longer than seq_len: 'drop' (counted, warned) or 'error'."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (the global batch stays batch_tokens)."""
+    lr: float = 2e-3
+    """Peak learning rate."""
+    schedule: str = "cosine"
+    """'cosine' or 'linear' decay after warmup."""
+    warmup_steps: int = 50
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max gradient norm (0 disables clipping)."""
+    mixed_precision: str = "no"
+    """'no' (fp32), 'bf16' or 'fp16'; passed to Accelerate."""
+    eval_every: int = 200
+    """Steps between validation loss / accuracy sample (0 = only at the end)."""
+    eval_samples: int = 64
+    """Validation problems generated and scored at each evaluation."""
+    save_every: int = 200
+    """Steps between checkpoints (0 = none)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    resume: str = "auto"
+    """'auto' resumes from the newest complete checkpoint in the run directory; 'never' starts over."""
+    log_every: int = 20
+    """Steps between log lines."""
+    seed: int = 0
+    """Seed of initialisation of the adapter and of the data order."""
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""
+    """Base model (Hub id or path); empty = <out_dir>/base."""
+    adapter: str = ""
+    """LoRA adapter directory; empty = <out_dir>/train/adapter; 'none' evaluates the bare model."""
+    data: str = ""
+    """Dataset directory; empty = <out_dir>/data."""
+    splits: list = field(default_factory=lambda: ["test", "test_ood"])
+    """Dataset splits to evaluate."""
+    max_problems: int = 0
+    """Cap on problems per split (0 = all)."""
+    batch_size: int = 64
+    """Prompts generated together."""
+    max_new_tokens: int = 0
+    """Generation budget per problem; 0 = derived from the problem's n_steps."""
+    min_accuracy: float = 0.0
+    """CI gate: exit non-zero when in-distribution accuracy falls below this."""
+    system: str = ""
+    """System prompt (empty = none)."""
+
+
+@dataclass
+class ChatConfig:
+    temperature: float = 0.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 256
+    """Longest answer."""
+    system: str = ""
+    """System prompt (empty = none)."""
+
+
+@dataclass
+class Recipe:
+    out_dir: str = "out/run"
+    """Where every stage writes (data/, base/, train/, train-direct/, eval/)."""
+    threads: int = 0
+    """torch threads per process (0 = all cores / number of processes)."""
+    direct_baseline: bool = True
+    """Pipeline also trains and evaluates the same base on direct answers (the ablation)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+
+
+# --- loading ---------------------------------------------------------------------------------
+def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
+    raw: dict = {}
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(value) if value else ""
+    return build(Recipe, raw, "")
+
+
+def build(cls, raw: dict, where: str):
+    """Dataclass from a dict, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        name = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"unknown key {name!r}; valid keys{' in ' + where if where else ''}: {', '.join(sorted(known))}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = build(kind, value or {}, name)
+        else:
+            kwargs[key] = coerce(value, kind, name)
+    return cls(**kwargs)
+
+
+def coerce(value, kind, name):
+    origin = typing.get_origin(kind) or kind
+    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if origin is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if origin in (bool, int, float, str, list, dict) and not isinstance(value, origin):
+        raise ConfigError(f"{name}: expected {origin.__name__}, got {value!r}")
+    if origin is int and isinstance(value, bool):
+        raise ConfigError(f"{name}: expected int, got {value!r}")
+    return value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_resolved(cfg, directory: str, name: str = "config.yaml") -> None:
+    """Write the resolved settings next to a stage's output (atomically)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,150 @@
+"""Models and tokenizers: build the tiny offline base, load real ones, attach or merge LoRA.
+
+Two ways to get a base model:
+  - `build_tiny(...)`: a Llama-style decoder with random weights and a tokenizer trained here
+    with the `tokenizers` library (digits always single tokens, ChatML chat template). This is
+    what runs offline; the base stage then pretrains it.
+  - `load_model(name)`: `from_pretrained` on a Hub id (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct")
+    or a local directory; safetensors only, `trust_remote_code` off.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+class ModelError(ValueError):
+    """A model or adapter that cannot be loaded, reported as one line."""
+
+
+def train_tokenizer(texts, vocab_size: int = 384):
+    """A byte-level BPE trained on `texts`, with every digit and punctuation mark its own token.
+
+    Single-digit tokens make arithmetic regular (a number is read digit by digit) and byte-level
+    fallback means any text a user types in the chat can be encoded.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Punctuation(behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None, chat_template=CHAT_TEMPLATE,
+                                   model_max_length=100_000)
+
+
+def build_tiny(tokenizer, hidden_size=128, num_layers=4, num_heads=8, intermediate_size=512,
+               max_position=512, rope_theta=10000.0, seed=0):
+    """A randomly initialised Llama-style decoder sized for a CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=max_position, rope_theta=rope_theta, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(_load_error(name, e)) from None
+    if tok.pad_token is None:  # real models often ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32):
+    """A causal LM from a local directory or a Hub id (safetensors only, no remote code)."""
+    from transformers import AutoModelForCausalLM
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(_load_error(name, e)) from None
+
+
+def _load_error(name: str, error: Exception) -> str:
+    if os.path.isdir(name):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"cannot load model from {name}: {first}"
+    if name.startswith((".", "/")) or os.sep in name and not _looks_like_hub_id(name):
+        return f"model path not found: {name}"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return (f"model {name!r} is neither a local directory nor reachable on the Hub"
+            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' (no network? set HF_HUB_OFFLINE=1 to work offline and pass a local path)'}")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not os.path.exists(parts[0])
+
+
+def lora_config(cfg, model):
+    """peft LoraConfig from the train section; 'all-linear' lets peft find every linear layer."""
+    from peft import LoraConfig
+
+    targets = cfg.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+                      task_type="CAUSAL_LM")
+
+
+def attach_lora(model, cfg):
+    from peft import get_peft_model
+    try:
+        return get_peft_model(model, lora_config(cfg, model))
+    except ValueError as e:
+        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelError(f"LoRA target_modules={cfg.target_modules!r} match nothing in the model "
+                         f"({str(e).splitlines()[0][:120]}); linear layers are: {', '.join(names)}") from None
+
+
+def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False):
+    """(model, tokenizer) ready to generate: base + adapter unmerged, or a merged export."""
+    if adapter and not os.path.isdir(adapter):
+        raise ModelError(f"adapter path not found: {adapter}")
+    tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else model_name)
+    model = load_model(model_name)
+    if adapter:
+        from peft import PeftModel
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load adapter {adapter}: {str(e).splitlines()[0]}") from None
+        if merged:
+            model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

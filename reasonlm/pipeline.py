@@ -1,0 +1,59 @@
+"""The whole pipeline: data -> base -> train (CoT) -> train (direct ablation) -> eval.
+
+    reasonlm pipeline recipes/tiny-cpu.yaml [out_dir=DIR]
+
+The ablation trains the same base with the same LoRA settings and the same number of steps
+on direct answers only ('#### 7', no steps), so the report shows what the steps buy at every
+n_steps. <out_dir>/eval/report.json holds the CoT metrics with the direct ones under "direct".
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from reasonlm.config import Recipe, save_resolved
+
+
+def run(recipe: Recipe) -> dict:
+    from reasonlm import base, data, evaluate, train
+
+    out = recipe.out_dir
+    os.makedirs(out, exist_ok=True)
+    save_resolved(recipe, out, "recipe.yaml")
+    timing = {}
+
+    def timed(name, fn):
+        t0 = time.time()
+        result = fn()
+        timing[name] = round(time.time() - t0, 1)
+        print(f"== {name} done in {timing[name]}s")
+        return result
+
+    timed("data", lambda: data.run(recipe.data, out))
+    base_model = timed("base", lambda: base.run(recipe))
+    cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
+    timed("train", lambda: train.run(cot_cfg, out, "train", recipe.threads))
+    eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
+    report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", os.path.join(out, "train", "adapter"),
+                                                  "eval", recipe.threads))
+    if recipe.direct_baseline:
+        direct_cfg = dataclasses.replace(cot_cfg, format="direct")
+        timed("train_direct", lambda: train.run(direct_cfg, out, "train-direct", recipe.threads))
+        direct = timed("eval_direct", lambda: evaluate.run(eval_cfg, out, "direct",
+                                                             os.path.join(out, "train-direct", "adapter"),
+                                                             "eval-direct", recipe.threads))
+        report["direct"] = {k: direct[k] for k in ("accuracy", "ood_accuracy", "by_steps", "splits")}
+    for name in ("base-run", "train", "train-direct"):
+        path = os.path.join(out, name, "train_stats.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                report.setdefault("training", {})[name] = json.load(f)
+    report["timing_s"] = timing
+    report["total_s"] = round(sum(timing.values()), 1)
+    evaluate.write_outputs(os.path.join(out, "eval"), report,
+                           [json.loads(l) for l in open(os.path.join(out, "eval", "samples.jsonl"))], recipe.eval)
+    print(evaluate.markdown(report))
+    print(f"pipeline: {report['total_s']}s in all; report {os.path.join(out, 'eval', 'report.json')}")
+    return report

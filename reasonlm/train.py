@@ -1,0 +1,379 @@
+"""Training stage: LoRA (or full) supervised fine-tuning in one Accelerate loop.
+
+    reasonlm train recipes/tiny-cpu.yaml                                  # one process
+    accelerate launch --cpu --num_processes 2 -m reasonlm train recipes/tiny-cpu.yaml
+
+Read top to bottom: settings -> data (tokenise with the one renderer, pack) -> model -> loop
+-> checkpoints -> final adapter. No trainer classes.
+
+How a batch is made: examples are tokenised exactly as eval and chat will see them
+(answer.encode_example), then packed several to a row of `seq_len` tokens. Each example keeps
+its own position ids starting at 0; transformers turns position-id resets (with no attention
+mask and no cache) into a block-diagonal causal mask, so packed examples never attend to each
+other. Only completion tokens (the steps, the answer line and the end-of-turn token) carry loss.
+
+How the global batch is split: every process computes the same global batch of
+`batch_tokens / seq_len` rows for a step and takes its own slice of each micro-batch. The loss
+is a sum over supervised tokens divided by the token count of the whole global batch, so one
+process and N processes (with DDP's gradient averaging undone by a factor N) take the same step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+
+from reasonlm.answer import encode_example, render_completion
+from reasonlm.config import TrainConfig, save_resolved
+
+IGNORE = -100
+
+
+class TrainError(ValueError):
+    """A training problem reported as one line."""
+
+
+# --- data: render, tokenise, pack -------------------------------------------------------------
+def encode_rows(rows, tokenizer, fmt: str, seq_len: int, too_long: str = "drop"):
+    """[(input_ids, labels)] for dataset rows, in the 'cot' or 'direct' completion format."""
+    if fmt not in ("cot", "direct"):
+        raise TrainError(f"train.format must be 'cot' or 'direct', got {fmt!r}")
+    out, dropped = [], 0
+    for r in rows:
+        completion = render_completion(list(r["steps"]) if fmt == "cot" else [], r["answer"])
+        prompt, answer = encode_example(tokenizer, r["question"], completion)
+        ids = prompt + answer
+        if len(ids) > seq_len:
+            if too_long == "error":
+                raise TrainError(f"example {r.get('id', '?')} has {len(ids)} tokens > seq_len={seq_len} "
+                                 f"(raise train.seq_len or set train.too_long=drop)")
+            dropped += 1
+            continue
+        out.append((ids, [IGNORE] * len(prompt) + answer))
+    if dropped:
+        print(f"warning: dropped {dropped} of {len(rows)} examples longer than seq_len={seq_len}")
+    if not out:
+        raise TrainError("no training examples left (empty dataset, or every example is longer than seq_len)")
+    return out
+
+
+def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
+    """Shuffle, then first-fit examples into rows of at most seq_len tokens.
+
+    Returns a list of rows; a row is a list of example indices. Keeping a few bins open fills
+    rows to ~99% with short examples while keeping the order random.
+    """
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    rows, bins = [], []  # bins: [used, [indices]]
+    for i in order:
+        n = len(examples[i][0])
+        for b in bins:
+            if b[0] + n <= seq_len:
+                b[0] += n
+                b[1].append(i)
+                break
+        else:
+            bins.append([n, [i]])
+            if len(bins) > open_bins:
+                rows.append(bins.pop(0)[1])
+    rows.extend(b[1] for b in bins)
+    return rows
+
+
+def collate(examples, row_indices, seq_len: int, pad_id: int):
+    """Tensors for packed rows: input_ids, labels, position_ids (reset at each example)."""
+    n = len(row_indices)
+    input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
+    labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((n, seq_len), dtype=torch.long)
+    for r, idxs in enumerate(row_indices):
+        t = 0
+        for i in idxs:
+            ids, lab = examples[i]
+            input_ids[r, t:t + len(ids)] = torch.tensor(ids)
+            labels[r, t:t + len(ids)] = torch.tensor(lab)
+            position_ids[r, t:t + len(ids)] = torch.arange(len(ids))
+            t += len(ids)
+        position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
+    return input_ids, labels, position_ids
+
+
+class Batches:
+    """Deterministic global batches: step -> rows. Resuming at step s replays nothing."""
+
+    def __init__(self, examples, seq_len, rows_per_step, seed):
+        self.examples, self.seq_len, self.rows_per_step, self.seed = examples, seq_len, rows_per_step, seed
+        self._epoch, self._rows = -1, []
+        first = pack(examples, seq_len, seed)
+        self.steps_per_epoch = len(first) // rows_per_step
+        if self.steps_per_epoch == 0:
+            raise TrainError(f"the data fills {len(first)} rows of {seq_len} tokens, fewer than one batch of "
+                             f"{rows_per_step} rows; lower train.batch_tokens or add data")
+
+    def rows_for_step(self, step: int):
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._rows = epoch, pack(self.examples, self.seq_len, self.seed + epoch)
+        return self._rows[k * self.rows_per_step:(k + 1) * self.rows_per_step]
+
+
+# --- loss ------------------------------------------------------------------------------------
+def token_losses(model, input_ids, labels, position_ids):
+    """Summed next-token loss over supervised tokens, and their count."""
+    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    logits = out.logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, int((target != IGNORE).sum())
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, progress)
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+def checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoints (they hold train_state.json, written last), oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    names = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint-") and not d.endswith(".tmp"))
+    return [os.path.join(run_dir, d) for d in names if os.path.isfile(os.path.join(run_dir, d, "train_state.json"))]
+
+
+def save_checkpoint(accelerator, run_dir: str, step: int, keep_last: int, extra: dict):
+    final = os.path.join(run_dir, f"checkpoint-{step:07d}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, "train_state.json"), "w") as f:
+            json.dump({"step": step, **extra}, f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def try_resume(accelerator, run_dir: str) -> tuple[int, dict]:
+    """Load the newest checkpoint that loads; skip (and say so) any that is corrupt."""
+    for ckpt in reversed(checkpoints(run_dir)):
+        try:
+            with open(os.path.join(ckpt, "train_state.json")) as f:
+                state = json.load(f)
+            accelerator.load_state(ckpt, strict=False)
+        except Exception as e:  # a half-written or damaged checkpoint: fall back to an older one
+            accelerator.print(f"warning: skipping unreadable checkpoint {ckpt}: {type(e).__name__}: {str(e)[:100]}")
+            continue
+        accelerator.print(f"resuming from {ckpt} (step {state['step']})")
+        return state["step"], state
+    return 0, {}
+
+
+def trainable_state_dict(model) -> dict:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+# --- the loop --------------------------------------------------------------------------------
+def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator, evaluate_fn=None):
+    """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rows_per_step = max(1, cfg.batch_tokens // cfg.seq_len)
+    if rows_per_step % (world * cfg.grad_accum):
+        raise TrainError(f"batch_tokens/seq_len = {rows_per_step} rows per step must divide evenly over "
+                         f"{world} processes x grad_accum {cfg.grad_accum}")
+    micro_rows = rows_per_step // (world * cfg.grad_accum)
+    examples = encode_rows(train_rows, tokenizer, cfg.format, cfg.seq_len, cfg.too_long)
+    batches = Batches(examples, cfg.seq_len, rows_per_step, cfg.seed)
+    val_examples = encode_rows(val_rows, tokenizer, cfg.format, cfg.seq_len, "drop") if len(val_rows) else []
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    # The scheduler is stepped by hand once per optimizer step (Accelerate's wrapper would step it
+    # once per process), and registered so checkpoints carry it.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if cfg.full_finetune is False:
+        # Checkpoints hold only the adapter weights (plus optimizer state), not the frozen base.
+        def keep_trainable(models, weights, output_dir):
+            for i, m in enumerate(models):
+                weights[i] = trainable_state_dict(accelerator.unwrap_model(m))
+        accelerator.register_save_state_pre_hook(keep_trainable)
+
+    start, state = (try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {}))
+    best = state.get("best")
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model.train()
+    t_start, tokens_seen, last_log = time.time(), 0, time.time()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every,
+               desc=os.path.basename(run_dir), dynamic_ncols=True)
+    loss_value = float("nan")
+    for step in range(start, cfg.steps):
+        rows = batches.rows_for_step(step)
+        global_tokens = sum(sum(1 for x in examples[i][1][1:] if x != IGNORE) for row in rows for i in row)
+        step_loss = 0.0
+        for m in range(cfg.grad_accum):
+            micro = rows[m * micro_rows * world:(m + 1) * micro_rows * world][rank * micro_rows:(rank + 1) * micro_rows]
+            input_ids, labels, position_ids = collate(examples, micro, cfg.seq_len, pad_id)
+            sync = m == cfg.grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
+            with ctx, accelerator.autocast():
+                loss_sum, _ = token_losses(model, input_ids, labels, position_ids)
+                # DDP averages gradients over processes; multiply by world to get the global sum.
+                loss = loss_sum / global_tokens * world
+                accelerator.backward(loss)
+            step_loss += loss_sum.item()
+            tokens_seen += sum(len(examples[i][0]) for row in micro for i in row)
+        if world > 1:
+            step_loss = accelerator.reduce(torch.tensor(step_loss), reduction="sum").item()
+        loss_value = step_loss / global_tokens
+        if not math.isfinite(loss_value):
+            last = checkpoints(run_dir)
+            raise TrainError(f"loss is {loss_value} at step {step + 1}; stopped. Last good checkpoint: "
+                             f"{last[-1] if last else 'none'}. Lower train.lr or check the data.")
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        elapsed = time.time() - t_start
+        tok_s = tokens_seen * world / max(elapsed, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}")
+        record = None
+        if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+            record = {"step": done, "loss": round(loss_value, 5), "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 1)}
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            record = record or {"step": done, "loss": round(loss_value, 5)}
+            record.update(validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn))
+            score = record.get("val_accuracy", -record.get("val_loss", 0.0))
+            if best is None or score > best["score"]:
+                best = {"step": done, "score": score}
+                if accelerator.is_main_process:
+                    save_weights(accelerator.unwrap_model(model), tokenizer, os.path.join(run_dir, "best"), cfg)
+            model.train()
+        if record and accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"best": best, "loss": loss_value})
+    bar.close()
+    elapsed = time.time() - t_start
+    return {"steps": cfg.steps, "final_loss": loss_value, "train_seconds": round(elapsed, 1),
+            "tokens_per_s": round(tokens_seen * world / max(elapsed, 1e-9), 1), "best": best}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@torch.no_grad()
+def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn):
+    """Validation loss on packed validation rows, plus the eval stage's accuracy on a sample."""
+    model.eval()
+    out = {}
+    if val_examples:
+        rows = pack(val_examples, cfg.seq_len, seed=0)
+        total, count = 0.0, 0
+        for i in range(0, len(rows), 32):
+            ids, labels, pos = collate(val_examples, rows[i:i + 32], cfg.seq_len, tokenizer.pad_token_id or 0)
+            loss_sum, n = token_losses(model, ids, labels, pos)
+            total, count = total + loss_sum.item(), count + n
+        out["val_loss"] = round(total / max(count, 1), 5)
+    if evaluate_fn is not None and cfg.eval_samples and len(val_rows) and accelerator.is_main_process:
+        sample = [val_rows[i] for i in range(min(cfg.eval_samples, len(val_rows)))]
+        out["val_accuracy"] = evaluate_fn(accelerator.unwrap_model(model), tokenizer, sample)
+    return out
+
+
+def save_weights(model, tokenizer, path: str, cfg: TrainConfig):
+    """save_pretrained (adapter or full model) + tokenizer, written to a temp dir then renamed."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    save_resolved(cfg, tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+# --- the stage -------------------------------------------------------------------------------
+def set_threads(threads: int, world: int = 1):
+    """Split the machine's cores between processes: oversubscribed CPUs slow down many-fold."""
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, world))
+    torch.set_num_threads(n)
+    return n
+
+
+def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -> str:
+    """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
+
+    Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, config.yaml}.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from reasonlm import data as data_stage
+    from reasonlm import evaluate
+    from reasonlm.model import attach_lora, count_parameters, load_model, load_tokenizer
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None)
+    set_threads(threads, accelerator.num_processes)
+    set_seed(cfg.seed)
+    run_dir = os.path.join(out_dir, name)
+    model_name = cfg.model or os.path.join(out_dir, "base")
+    dataset = data_stage.load(cfg.data or os.path.join(out_dir, "data"))
+    if "train" not in dataset or len(dataset["train"]) == 0:
+        raise TrainError(f"dataset {cfg.data or os.path.join(out_dir, 'data')} has no training examples")
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name)
+    if cfg.full_finetune:
+        model.requires_grad_(True)
+    else:
+        model = attach_lora(model, cfg)
+    total, trainable = count_parameters(model)
+    accelerator.print(f"train[{name}]: {model_name} {total/1e6:.2f}M params, {trainable/1e6:.3f}M trainable, "
+                      f"format={cfg.format}, {accelerator.num_processes} process(es)")
+    if accelerator.is_main_process:
+        os.makedirs(run_dir, exist_ok=True)
+        save_resolved(cfg, run_dir)
+    val_rows = dataset["validation"] if "validation" in dataset else []
+    quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt=cfg.format)
+    stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator, quick)
+    final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
+    if accelerator.is_main_process:
+        save_weights(accelerator.unwrap_model(model), tokenizer, final, cfg)
+        with open(os.path.join(run_dir, "train_stats.json"), "w") as f:
+            json.dump(stats, f, indent=1)
+    accelerator.wait_for_everyone()
+    accelerator.print(f"train[{name}]: wrote {final} in {stats['train_seconds']}s ({stats['tokens_per_s']:,.0f} tokens/s)")
+    return final
