@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -30,11 +31,35 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
+    """evaluate: `eval RECIPE [k=v]`, `eval SUITE.yaml --model M [--adapter A] [k=v]`, `eval compare A.json B.json`"""
     from reasonlm import evaluate
-    recipe = _recipe(args)
-    report = evaluate.run(recipe.eval, recipe.out_dir, recipe.train.format, threads=recipe.threads)
-    print(evaluate.markdown(report))
-    gate(report, recipe.eval.min_accuracy)
+    if args.recipe in ("compare", "baseline"):
+        if len(args.overrides) != 2:
+            raise ValueError(f"usage: reasonlm eval {args.recipe} A/report.json "
+                             + ("B/report.json" if args.recipe == "compare" else "eval/baselines/NAME.json"))
+        if args.recipe == "compare":
+            print(evaluate.compare_markdown(evaluate.compare(*args.overrides, metric=args.metric)))
+        else:
+            evaluate._atomic_write(args.overrides[1], json.dumps(
+                evaluate.make_baseline(evaluate.load_report(args.overrides[0])), indent=1) + "\n")
+            print(f"baseline written to {args.overrides[1]}")
+        return
+    if evaluate.is_suite(args.recipe):
+        from reasonlm.config import load_recipe
+        cfg = evaluate.load_suite(args.recipe, args.overrides)
+        recipe = load_recipe(args.with_recipe) if args.with_recipe else None
+        report, out = evaluate.run_suite(cfg, args.model, args.adapter, recipe, args.out)
+    else:
+        recipe = _recipe(args)
+        cfg = recipe.eval
+        cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
+        out = args.out or os.path.join(recipe.out_dir, "eval")
+        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out)
+    from accelerate import PartialState
+    if PartialState().is_main_process:
+        print(evaluate.markdown(report))
+        print(f"report: {os.path.join(out, 'report.json')}")
+        gate(report, cfg.min_accuracy, cfg, args.baseline or cfg.baseline)
 
 
 def cmd_pipeline(args):
@@ -49,15 +74,26 @@ def cmd_chat(args):
     chat.main(args)
 
 
-def gate(report, min_accuracy):
-    acc = report.get("accuracy")
-    if min_accuracy and (acc is None or acc < min_accuracy):
-        print(f"error: accuracy {acc} is below the recipe's min_accuracy {min_accuracy}", file=sys.stderr)
+def cmd_export(args):
+    from reasonlm.model import export
+    export(args.run, args.merge, args.out)
+
+
+def gate(report, min_accuracy, cfg=None, baseline=None):
+    """Exit 1 when a metric falls below min_accuracy, a threshold, or the baseline (beyond its interval)."""
+    from reasonlm import evaluate
+    failures = evaluate.check_gate(report, evaluate.load_baseline(baseline) if baseline else None,
+                                   cfg.metrics if cfg else (), cfg.thresholds if cfg else None, min_accuracy)
+    for line in failures:
+        print(f"gate: {line}", file=sys.stderr)
+    if failures:
         sys.exit(1)
+    if baseline or (cfg and cfg.thresholds):
+        print("gate: passed" + (f" (baseline {baseline})" if baseline else ""))
 
 
 COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "eval": cmd_eval,
-            "pipeline": cmd_pipeline, "chat": cmd_chat}
+            "pipeline": cmd_pipeline, "chat": cmd_chat, "export": cmd_export}
 
 
 def parser():
@@ -67,6 +103,17 @@ def parser():
         s = sub.add_parser(name, help=COMMANDS[name].__doc__ or f"run the {name} stage")
         s.add_argument("recipe", help="recipe YAML (recipes/*.yaml)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 out_dir=/tmp/run")
+    s = sub.choices["eval"]
+    s.usage = ("reasonlm eval RECIPE|SUITE.yaml [key=value ...] [--model M] [--adapter A] [--recipe R] [--out DIR] "
+               "[--baseline B.json]\n       reasonlm eval compare A/report.json B/report.json [--metric M]\n"
+               "       reasonlm eval baseline REPORT.json eval/baselines/NAME.json")
+    s.add_argument("--model", default=None, help="base model (local path or Hub id); overrides the suite/recipe")
+    s.add_argument("--adapter", default=None, help="LoRA adapter directory, or 'none'")
+    s.add_argument("--recipe", dest="with_recipe", default=None,
+                   help="suite runs: take model, adapter, format and {out_dir} from this recipe's outputs")
+    s.add_argument("--out", default=None, help="output directory (default <out_dir>/eval[-SUITE] or out/eval/SUITE/MODEL)")
+    s.add_argument("--baseline", default=None, help="CI gate: baseline report/file; exit 1 on a regression beyond its interval")
+    s.add_argument("--metric", default="accuracy", help="compare: which per-problem metric (default accuracy)")
     s = sub.add_parser("chat", help="talk to a model in the terminal")
     s.add_argument("--model", required=True, help="base model: local path or Hub id")
     s.add_argument("--adapter", default=None, help="LoRA adapter directory")
@@ -74,11 +121,20 @@ def parser():
     s.add_argument("--recipe", default=None, help="recipe whose chat section sets the defaults")
     s.add_argument("--plain", action="store_true", help="no colours (for pipes)")
     s.add_argument("-p", "--prompt", default=None, help="answer one question and exit")
+    s = sub.add_parser("export", help="export a training run's adapter, or merge it into the base")
+    s.add_argument("run", help="run directory (e.g. out/tiny-cpu/train) or adapter directory")
+    s.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
+    s.add_argument("--out", default=None, help="output directory (default RUN/merged or RUN/exported-adapter)")
     return p
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:  # eval takes key=value overrides after its options too; anything else is an error
+        if args.command != "eval" or any(e.startswith("-") for e in extra):
+            p.parse_args(argv)
+        args.overrides += extra
     if args.command != "chat":
         import datasets
         datasets.disable_progress_bars()

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     tasks: list = field(default_factory=lambda: [{"name": "arithmetic", "weight": 1.0, "args": {}}])
-    """Task families to mix: each {name, weight, args (the family's knobs), steps: [lo, hi] (optional)}."""
+    """Sources to mix. A generated family: {name, weight, args (its knobs), steps: [lo, hi] (optional)}.
+    An importer (gsm8k, reasoning_gym): {name, args, count (optional cap), into: train | <new eval split>}."""
     train_steps: list = field(default_factory=lambda: [1, 6])
     """[lo, hi] reasoning steps of train/validation/in-distribution test problems."""
     ood_steps: list = field(default_factory=lambda: [7, 8])
@@ -46,6 +47,24 @@ class DataConfig:
     """Order training problems from fewest to most steps instead of shuffling."""
     seed: int = 0
     """Seed of every random choice in the data stage; same seed, same files."""
+    on_error: str = "raise"
+    """Malformed or unverifiable imported records: 'raise' (error naming file and line) or 'skip' (dropped, counted)."""
+    dedup: str = "none"
+    """De-duplicate the train split: 'none', 'exact' (identical question text) or 'normalized'
+    (case, spacing and punctuation folded). Duplicates of generated problems are replaced by new ones."""
+    decontaminate_against: list = field(default_factory=list)
+    """Extra eval suites train must not overlap (JSONL/JSON/parquet/txt files or directories of them),
+    on top of every eval split, which is always used."""
+    ngram_n: int = 8
+    """Decontamination: a train question sharing any n-word sequence with an eval question is removed;
+    questions shorter than n words (arithmetic) are compared by exact normalized text. 0 = exact only."""
+    tokenizer: str = ""
+    """Tokenizer (Hub id or path) for token-length statistics in the card; empty = characters and words only."""
+    shard_rows: int = 100000
+    """Rows per arrow/parquet shard; rows are written as they are generated, so memory stays flat."""
+    workers: int = 0
+    """Generation processes: 0 = one per core (at most 4) when train+base hold >= 20000 problems, 1 = in-process.
+    Every generation job has its own seed, so the files are the same for any number of workers."""
 
 
 @dataclass
@@ -111,6 +130,11 @@ class TrainConfig:
     """Tokens per optimizer step, summed over processes and accumulation (the global batch)."""
     seq_len: int = 192
     """Packed sequence length; longer examples are dropped and counted (see `too_long`)."""
+    position_jitter: int = 0
+    """Largest extra gap between consecutive position ids in training (0 = off). Random gaps
+    teach the model to find tokens by content and order rather than by exact distance, which
+    helps on problems longer than any trained (randomized positions, Ruoss et al. 2023).
+    Inference always uses plain positions."""
     too_long: str = "drop"
     """What to do with an example longer than seq_len: 'drop' (counted, warned) or 'error'."""
     grad_accum: int = 1
@@ -163,6 +187,47 @@ class EvalConfig:
     """CI gate: exit non-zero when in-distribution accuracy falls below this."""
     system: str = ""
     """System prompt (empty = none)."""
+    name: str = ""
+    """Suite name: the report's title and the default output folder (empty = 'eval')."""
+    description: str = ""
+    """One line on what the suite measures (copied into the report)."""
+    sources: list = field(default_factory=list)
+    """Problem sources, each one report section: {dataset: DIR, split: S} | {jsonl: FILE} | {task: NAME,
+    args: {...}, steps: [lo, hi], n_per_steps: N} | {gsm8k: FILE} | {reasoning_gym: NAME, size: N, config: {...}};
+    optional per source: name, max_problems, exclude_from: DATASET_DIR. Empty = `splits` of `data`."""
+    seeds: list = field(default_factory=lambda: [0])
+    """Seeds of generated problems (task and reasoning_gym sources): one fresh draw per seed."""
+    prompt: str = "chat"
+    """'chat' (the model's chat template, as in training) or 'plain' ('Question: ...\nAnswer:')."""
+    shots: int = 0
+    """Worked exemplars put before each question (0 = zero-shot); taken from outside the evaluated problems."""
+    format: str = ""
+    """'cot' or 'direct' (how exemplars and budgets are written); empty = the recipe's train.format, else cot."""
+    samples: int = 1
+    """Samples per problem; > 1 (with temperature > 0) also reports pass@k and self-consistency maj@k."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    seed: int = 0
+    """Sampling seed; every (problem, sample) gets its own stream, so batching, sharding and resuming
+    never change a sample."""
+    ks: list = field(default_factory=list)
+    """k values for pass@k and maj@k (each <= samples); empty = 1, 2, 4, ... up to samples."""
+    stop_strings: list = field(default_factory=list)
+    """Generation also stops once the output contains one of these (cut from the output); the plain
+    prompt always adds 'Question:'."""
+    budget_scale: float = 2.0
+    """With max_new_tokens 0, a problem's budget is budget_scale x its gold solution's tokens + 8."""
+    metrics: list = field(default_factory=lambda: ["accuracy", "step_accuracy", "chain_valid", "extraction_failed"])
+    """Metrics the CI gate compares against a baseline (overall and per source)."""
+    thresholds: dict = field(default_factory=dict)
+    """Absolute gate limits, e.g. {accuracy: 0.9, splits.test_ood.accuracy: 0.2}; a bare name means
+    the overall value; a minimum, or a maximum for extraction_failed / right_answer_wrong_chain."""
+    baseline: str = ""
+    """Baseline report or baseline file for the CI gate (`--baseline` on the command line wins)."""
+    resume: bool = True
+    """Continue an interrupted run from the samples already written in its output folder."""
 
 
 @dataclass
@@ -242,6 +307,11 @@ def coerce(value, kind, name):
     origin = typing.get_origin(kind) or kind
     if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if origin is float and isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if origin is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if origin in (bool, int, float, str, list, dict) and not isinstance(value, origin):

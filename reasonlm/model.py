@@ -148,3 +148,31 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
+    """Export a training run: with merge, the adapter folded into the base as a plain model that
+    `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included);
+    without, the adapter alone (load it with `PeftModel.from_pretrained(base, path)`)."""
+    import json
+    import shutil
+
+    adapter = os.path.join(run_dir, "adapter") if os.path.isdir(os.path.join(run_dir, "adapter")) else run_dir
+    config_path = os.path.join(adapter, "adapter_config.json")
+    if not os.path.isfile(config_path):
+        raise ModelError(f"no LoRA adapter in {run_dir} (expected {config_path})")
+    with open(config_path) as f:
+        base_name = json.load(f).get("base_model_name_or_path")
+    out = out or os.path.join(run_dir, "merged" if merge else "exported-adapter")
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if merge:
+        model, tokenizer = load_for_inference(base_name, adapter, merged=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    else:
+        shutil.copytree(adapter, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"export: wrote {out} ({'merged model' if merge else 'adapter'}; base {base_name})")
+    return out

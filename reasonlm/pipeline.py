@@ -16,6 +16,24 @@ import time
 from reasonlm.config import Recipe, save_resolved
 
 
+def direct_batch_tokens(cot_cfg, base_model: str, out: str) -> int:
+    """Token budget per step that gives the direct run as many problems per step as the CoT run.
+
+    Direct completions are a few tokens long, so at equal tokens per step the ablation would
+    see several times more problems; equal problems and equal steps is the fair comparison.
+    """
+    from reasonlm import data
+    from reasonlm.model import load_tokenizer
+    from reasonlm.train import encode_rows
+
+    tokenizer = load_tokenizer(base_model)
+    rows = data.load(cot_cfg.data or os.path.join(out, "data"))["train"].select(range(500))
+    cot = sum(len(ids) for ids, _ in encode_rows(rows, tokenizer, "cot", 10**6))
+    direct = sum(len(ids) for ids, _ in encode_rows(rows, tokenizer, "direct", 10**6))
+    rows_per_step = max(1, round(cot_cfg.batch_tokens * direct / cot / cot_cfg.seq_len))
+    return rows_per_step * cot_cfg.seq_len
+
+
 def run(recipe: Recipe) -> dict:
     from reasonlm import base, data, evaluate, train
 
@@ -39,7 +57,8 @@ def run(recipe: Recipe) -> dict:
     report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", os.path.join(out, "train", "adapter"),
                                                   "eval", recipe.threads))
     if recipe.direct_baseline:
-        direct_cfg = dataclasses.replace(cot_cfg, format="direct")
+        direct_cfg = dataclasses.replace(cot_cfg, format="direct",
+                                         batch_tokens=direct_batch_tokens(cot_cfg, base_model, out))
         timed("train_direct", lambda: train.run(direct_cfg, out, "train-direct", recipe.threads))
         direct = timed("eval_direct", lambda: evaluate.run(eval_cfg, out, "direct",
                                                              os.path.join(out, "train-direct", "adapter"),

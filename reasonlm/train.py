@@ -87,22 +87,38 @@ def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
     return rows
 
 
-def collate(examples, row_indices, seq_len: int, pad_id: int):
-    """Tensors for packed rows: input_ids, labels, position_ids (reset at each example)."""
+def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, generator=None):
+    """Tensors for packed rows: input_ids, labels, position_ids (reset at each example), and
+    an attention mask that is None unless position jitter needs an explicit one.
+
+    Without jitter, transformers reads example boundaries from the position-id resets. With
+    jitter, positions advance by random gaps, so boundaries are given as a block-diagonal
+    causal mask instead (True = may attend).
+    """
     n = len(row_indices)
     input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
     labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((n, seq_len), dtype=torch.long)
+    segment = torch.zeros((n, seq_len), dtype=torch.long)
     for r, idxs in enumerate(row_indices):
         t = 0
-        for i in idxs:
+        for s, i in enumerate(idxs):
             ids, lab = examples[i]
             input_ids[r, t:t + len(ids)] = torch.tensor(ids)
             labels[r, t:t + len(ids)] = torch.tensor(lab)
-            position_ids[r, t:t + len(ids)] = torch.arange(len(ids))
+            if jitter:
+                gaps = 1 + torch.randint(0, jitter + 1, (len(ids),), generator=generator)
+                position_ids[r, t:t + len(ids)] = gaps.cumsum(0) - gaps[0]
+            else:
+                position_ids[r, t:t + len(ids)] = torch.arange(len(ids))
+            segment[r, t:t + len(ids)] = s + 1
             t += len(ids)
         position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
-    return input_ids, labels, position_ids
+    mask = None
+    if jitter:
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+        mask = ((segment[:, :, None] == segment[:, None, :]) & causal)[:, None]
+    return input_ids, labels, position_ids, mask
 
 
 class Batches:
@@ -125,9 +141,9 @@ class Batches:
 
 
 # --- loss ------------------------------------------------------------------------------------
-def token_losses(model, input_ids, labels, position_ids):
+def token_losses(model, input_ids, labels, position_ids, attention_mask=None):
     """Summed next-token loss over supervised tokens, and their count."""
-    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
     logits = out.logits[:, :-1].float()
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -228,7 +244,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     t_start, tokens_seen, last_log = time.time(), 0, time.time()
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every,
-               desc=os.path.basename(run_dir), dynamic_ncols=True)
+               desc=os.path.basename(run_dir), dynamic_ncols=True, mininterval=2.0)
     loss_value = float("nan")
     for step in range(start, cfg.steps):
         rows = batches.rows_for_step(step)
@@ -236,11 +252,13 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         step_loss = 0.0
         for m in range(cfg.grad_accum):
             micro = rows[m * micro_rows * world:(m + 1) * micro_rows * world][rank * micro_rows:(rank + 1) * micro_rows]
-            input_ids, labels, position_ids = collate(examples, micro, cfg.seq_len, pad_id)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + m * 7 + rank)
+            input_ids, labels, position_ids, mask = collate(examples, micro, cfg.seq_len, pad_id,
+                                                            cfg.position_jitter, gen)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():
-                loss_sum, _ = token_losses(model, input_ids, labels, position_ids)
+                loss_sum, _ = token_losses(model, input_ids, labels, position_ids, mask)
                 # DDP averages gradients over processes; multiply by world to get the global sum.
                 loss = loss_sum / global_tokens * world
                 accelerator.backward(loss)
@@ -305,7 +323,7 @@ def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluat
         rows = pack(val_examples, cfg.seq_len, seed=0)
         total, count = 0.0, 0
         for i in range(0, len(rows), 32):
-            ids, labels, pos = collate(val_examples, rows[i:i + 32], cfg.seq_len, tokenizer.pad_token_id or 0)
+            ids, labels, pos, _ = collate(val_examples, rows[i:i + 32], cfg.seq_len, tokenizer.pad_token_id or 0)
             loss_sum, n = token_losses(model, ids, labels, pos)
             total, count = total + loss_sum.item(), count + n
         out["val_loss"] = round(total / max(count, 1), 5)

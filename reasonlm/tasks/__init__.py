@@ -49,20 +49,16 @@ def check_completion(task, example: dict, completion: str) -> Check:
 
 
 def _registry() -> dict:
-    from reasonlm.tasks import arithmetic
-    tasks = {"arithmetic": arithmetic.ArithmeticChain}
-    try:  # families added by later work register here; a missing file must not break the rest
-        from reasonlm.tasks import word_problems, linear_equations, object_swaps, gsm8k, reasoning_gym
-        tasks.update({
-            "word_problems": word_problems.WordProblems,
-            "linear_equations": linear_equations.LinearEquations,
-            "object_swaps": object_swaps.ObjectSwaps,
-            "gsm8k": gsm8k.GSM8K,
-            "reasoning_gym": reasoning_gym.ReasoningGym,
-        })
-    except ImportError:
-        pass
-    return tasks
+    # Imported here, not at the top: task modules import Check & co. from this file.
+    from reasonlm.tasks import arithmetic, gsm8k, linear_equations, object_swaps, reasoning_gym, word_problems
+    return {
+        "arithmetic": arithmetic.ArithmeticChain,
+        "word_problems": word_problems.WordProblems,
+        "linear_equations": linear_equations.LinearEquations,
+        "object_swaps": object_swaps.ObjectSwaps,
+        "gsm8k": gsm8k.GSM8K,  # importer: load() instead of generate()
+        "reasoning_gym": reasoning_gym.ReasoningGym,  # importer, optional extra reasonlm[gym]
+    }
 
 
 def get_task(name: str, **knobs):

@@ -1,0 +1,58 @@
+"""Recipes load strictly: unknown keys and wrong types are one-line errors; every shipped YAML loads."""
+import glob
+import os
+
+import pytest
+
+from reasonlm.config import ConfigError, Recipe, load_recipe
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml"))))
+def test_every_shipped_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    with open(path) as f:
+        first = f.readline()
+    assert first.startswith("# reasonlm ") or first.startswith("# accelerate launch"), "recipes open with their command"
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_recipe(str(p))
+    msg = str(e.value)
+    assert "train.learning_rate" in msg and "lr" in msg and "\n" not in msg
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("trian: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_recipe(str(p))
+
+
+def test_wrong_type(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  steps: many\n")
+    with pytest.raises(ConfigError, match="train.steps: expected int"):
+        load_recipe(str(p))
+
+
+def test_dotted_overrides_are_typed():
+    r = load_recipe(None, ["train.lr=1e-3", "out_dir=/tmp/x", "data.train_steps=[1, 4]", "train.use_dora=true"])
+    assert r.train.lr == 1e-3 and r.out_dir == "/tmp/x" and r.data.train_steps == [1, 4] and r.train.use_dora is True
+
+
+def test_bad_override():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_recipe(None, ["train.lr"])
+    with pytest.raises(ConfigError, match="unknown key 'train.nope'"):
+        load_recipe(None, ["train.nope=1"])
+
+
+def test_missing_recipe():
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe("/nonexistent.yaml")

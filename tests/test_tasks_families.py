@@ -1,0 +1,214 @@
+"""Generated task families: every gold solution passes its own checker, a corrupted step or answer
+fails it where the corruption is, generation is deterministic, and bad knobs are refused."""
+import json
+import random
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from reasonlm.answer import format_number, normalize_number, render_completion
+from reasonlm.tasks import get_task, known_tasks
+from reasonlm.tasks.arithmetic import ArithmeticChain
+from reasonlm.tasks.linear_equations import LinearEquations, parse_equation, solve
+from reasonlm.tasks.object_swaps import ObjectSwaps
+from reasonlm.tasks.word_problems import BASES, EQUATION_RE, STAGES, WordProblems
+
+# family -> (task, n_steps it must support)
+FAMILIES = {
+    "arithmetic": (ArithmeticChain(digits=[1, 2]), range(1, 9)),
+    "word_problems": (WordProblems(distractors=0.5), range(1, 9)),
+    "word_problems_big": (WordProblems(max_number=1000), range(1, 9)),
+    "linear_equations": (LinearEquations(), range(1, 10)),
+    "linear_equations_neg": (LinearEquations(negatives=True, max_coef=20), range(1, 10)),
+    "object_swaps": (ObjectSwaps(people=[2, 6]), range(1, 11)),
+}
+NUMBER_RE = re.compile(r"\d+")
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def _example(family, seed, n_index):
+    task, steps = FAMILIES[family]
+    n = steps[n_index % len(steps)]
+    return task, task.generate(random.Random(seed), n), n
+
+
+def _bump_number(text: str, which: int, span=None) -> str:
+    """Add 1 to one number of `text` (inside `span` if given)."""
+    lo, hi = span or (0, len(text))
+    matches = [m for m in NUMBER_RE.finditer(text) if lo <= m.start() and m.end() <= hi]
+    m = matches[which % len(matches)]
+    return text[:m.start()] + str(int(m.group()) + 1) + text[m.end():]
+
+
+def _corrupt_step(family: str, text: str, which: int) -> str:
+    if family == "object_swaps":  # exchange what two people hold: a different state, same format
+        head, state = text.split(": ", 1)
+        pairs = [p.split("=") for p in state.split(", ")]
+        i = which % len(pairs)
+        j = (i + 1) % len(pairs)
+        pairs[i][1], pairs[j][1] = pairs[j][1], pairs[i][1]
+        return head + ": " + ", ".join(f"{a}={b}" for a, b in pairs)
+    if family.startswith("word_problems"):  # a number inside the equation (prose may repeat numbers)
+        m = EQUATION_RE.search(text)
+        return _bump_number(text, which, m.span())
+    return _bump_number(text, which)
+
+
+def _wrong_answer(example: dict) -> str:
+    value = normalize_number(example["answer"])
+    if value is not None:
+        return format_number(value + 1)
+    return next(p for p in example["meta"]["people"] if p != example["answer"])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n_index=st.integers(0, 20))
+def test_gold_solution_passes(family, seed, n_index):
+    task, ex, n = _example(family, seed, n_index)
+    assert set(ex) == {"question", "steps", "answer", "n_steps", "meta"}
+    assert ex["n_steps"] == n == len(ex["steps"])
+    assert json.loads(json.dumps(ex)) == ex  # JSON-serialisable, meta included
+    check = task.check(ex, ex["steps"], ex["answer"])
+    assert check.answer_correct and check.chain_valid, (ex, check)
+    assert check.step_ok == [True] * n and check.first_bad_step is None
+    assert task.reward(ex, render_completion(ex["steps"], ex["answer"])) == 1.0
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n_index=st.integers(0, 20), pick=st.integers(0, 1000))
+def test_corrupted_step_fails_where_it_is(family, seed, n_index, pick):
+    task, ex, n = _example(family, seed, n_index)
+    i = pick % n
+    steps = list(ex["steps"])
+    steps[i] = _corrupt_step(family, steps[i], pick // n)
+    check = task.check(ex, steps, ex["answer"])
+    assert not check.chain_valid, (steps, ex)
+    assert check.first_bad_step == i + 1, (i, steps, check)
+    assert check.answer_correct and check.right_answer_wrong_chain
+    assert task.reward(ex, render_completion(steps, ex["answer"])) == 0.5
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n_index=st.integers(0, 20))
+def test_corrupted_answer_fails(family, seed, n_index):
+    task, ex, _ = _example(family, seed, n_index)
+    check = task.check(ex, ex["steps"], _wrong_answer(ex))
+    assert not check.answer_correct and not check.chain_valid
+    assert check.first_bad_step is None  # the steps themselves are still right
+    assert task.reward(ex, render_completion(ex["steps"], _wrong_answer(ex))) == 0.0
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_same_seed_same_examples(family):
+    task, steps = FAMILIES[family]
+    a = [task.generate(random.Random(7), n) for n in steps]
+    b = [task.generate(random.Random(7), n) for n in steps]
+    assert a == b
+    assert a != [task.generate(random.Random(8), n) for n in steps]
+
+
+@pytest.mark.parametrize("family", ["word_problems", "linear_equations", "object_swaps"])
+def test_missing_and_extra_steps(family):
+    task, _ = FAMILIES[family]
+    ex = task.generate(random.Random(3), 4)
+    assert not task.check(ex, [], ex["answer"]).chain_valid
+    assert not task.check(ex, ex["steps"], None).answer_correct
+    if family == "object_swaps":  # a line per swap, no more, no fewer
+        assert not task.check(ex, ex["steps"][:-1], ex["answer"]).chain_valid
+        assert task.check(ex, ex["steps"] + ex["steps"][-1:], ex["answer"]).first_bad_step == 5
+
+
+# --- family specifics ----------------------------------------------------------------------------
+def test_word_problems_have_enough_templates():
+    assert len(BASES) >= 30
+    assert sum(len(v) for v in STAGES.values()) >= 20
+
+
+def test_word_problems_refuse_invented_and_distractor_numbers():
+    task = WordProblems(distractors=1.0)
+    rng = random.Random(11)
+    ex = task.generate(rng, 3)
+    given = {normalize_number(g) for g in ex["meta"]["given"]}
+    unknown = next(k for k in range(7919, 10**6) if k not in given and k + 1 not in given)
+    steps = list(ex["steps"])
+    steps[1] = f"So {unknown}+1={unknown + 1} things."  # true, but uses a number nobody gave
+    assert task.check(ex, steps, ex["answer"]).first_bad_step == 2
+    # a distractor's number is in the question but not among the numbers a solution may use
+    while True:
+        numbers = {normalize_number(t) for t in re.findall(r"\d+(?:\.\d+)?", ex["question"])}
+        if numbers - given:
+            break
+        ex = task.generate(rng, 3)
+        given = {normalize_number(g) for g in ex["meta"]["given"]}
+    d, g = min(numbers - given), min(given)
+    steps = [f"So {format_number(d)}+{format_number(g)}={format_number(d + g)} things."] + ex["steps"][1:]
+    assert task.check(ex, steps, ex["answer"]).first_bad_step == 1
+
+
+def test_word_problem_line_needs_an_equation():
+    task = WordProblems()
+    ex = task.generate(random.Random(5), 2)
+    check = task.check(ex, ["I think so.", ex["steps"][1]], ex["answer"])
+    assert check.first_bad_step == 1
+
+
+def test_linear_states_any_valid_order():
+    task = LinearEquations()
+    ex = {"question": "Solve for x: 3x+7=22", "answer": "5", "n_steps": 3, "steps": [],
+          "meta": {"equation": "3x+7=22", "form": "lin"}}
+    assert task.check(ex, ["3x=15", "x=5"], "5").chain_valid
+    assert task.check(ex, ["x+7/3=22/3", "x = 5", "3*5+7=22"], "5").chain_valid
+    assert task.check(ex, ["3x=29"], "5").first_bad_step == 1
+    assert task.check(ex, ["3x=15", "3*5+7=23"], "5").first_bad_step == 2
+    assert task.check(ex, ["3x=15", "3*6+4=22"], "5").first_bad_step == 2  # true but not a substitution
+    assert not task.check(ex, ["3x=15"], "5").chain_valid  # never reaches x=<number>
+
+
+def test_linear_parser():
+    assert parse_equation("2(x+3)=x*x") is None
+    assert parse_equation("x/(x-1)=2") is None
+    assert parse_equation("3x5=15") is None and parse_equation("3 4x=1") is None
+    assert solve(parse_equation("2(x+3)=4x-2")) == 4
+    assert solve(parse_equation("x-x=0")) is None
+    assert solve(parse_equation("−2x=6")) == -3
+
+
+def test_swaps_accept_either_name_order():
+    task = ObjectSwaps()
+    ex = task.generate(random.Random(2), 2)
+    head, state = ex["steps"][0].split(": ", 1)
+    a, b = head.removeprefix("swap ").split(",")
+    flipped = [f"Swap {b} , {a}:  {state}.", ex["steps"][1]]
+    assert task.check(ex, flipped, ex["answer"].lower()).chain_valid
+
+
+@pytest.mark.parametrize("family,knobs", [
+    ("word_problems", {"max_number": 5}), ("word_problems", {"distractors": 1.5}),
+    ("word_problems", {"max_result": 10}), ("word_problems", {"colour": "red"}),
+    ("linear_equations", {"max_coef": 1}), ("linear_equations", {"max_coef": 3}),
+    ("linear_equations", {"negatives": "yes"}), ("linear_equations", {"max_const": 0}),
+    ("object_swaps", {"people": 1}), ("object_swaps", {"people": 11}), ("object_swaps", {"people": [4, 2]}),
+])
+def test_bad_knobs_are_refused(family, knobs):
+    with pytest.raises(ValueError):
+        get_task(family, **knobs)
+
+
+@pytest.mark.parametrize("family", ["word_problems", "linear_equations", "object_swaps"])
+def test_bad_n_steps_is_refused(family):
+    with pytest.raises(ValueError):
+        get_task(family).generate(random.Random(0), 0)
+
+
+def test_linear_length_depends_on_knobs():
+    assert LinearEquations(both_sides=False).max_steps == 6
+    with pytest.raises(ValueError, match="both_sides"):
+        LinearEquations(both_sides=False, parentheses=False).generate(random.Random(0), 6)
+
+
+def test_registry_knows_every_family():
+    assert {"arithmetic", "word_problems", "linear_equations", "object_swaps", "gsm8k", "reasoning_gym"} <= set(known_tasks())

@@ -1,0 +1,122 @@
+"""The training loop: packing is exact, loss masks are right, the loop learns and resumes."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasonlm import train
+from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, render_completion
+from reasonlm.config import TrainConfig
+from tests.helpers import rows, tiny_model_and_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return tiny_model_and_tokenizer()
+
+
+def per_example_losses(model, examples, row_indices, seq_len):
+    ids, labels, pos, _ = train.collate(examples, row_indices, seq_len, pad_id=0)
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1]
+    tok_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                               ignore_index=-100, reduction="none").view(len(row_indices), -1)
+    out = {}
+    for r, idxs in enumerate(row_indices):
+        t = 0
+        for i in idxs:
+            n = len(examples[i][0])
+            mask = labels[r, t + 1:t + n] != -100
+            out[i] = tok_loss[r, t:t + n - 1][mask].mean().item()
+            t += n
+    return out
+
+
+def test_packed_batch_gives_the_same_per_example_loss_as_one_by_one(toy):
+    model, tok = toy
+    model.eval()
+    examples = train.encode_rows(rows(6), tok, "cot", 128)
+    packed = per_example_losses(model, examples, [[0, 1, 2], [3, 4, 5]], 128)
+    alone = {}
+    for i in range(6):
+        alone.update(per_example_losses(model, examples, [[i]], len(examples[i][0])))
+    for i in range(6):
+        assert packed[i] == pytest.approx(alone[i], abs=1e-5)
+
+
+def test_packing_changes_the_loss_if_examples_could_see_each_other(toy):
+    """Guards the test above: with a plain causal mask (no position resets) losses differ."""
+    model, tok = toy
+    model.eval()
+    examples = train.encode_rows(rows(3), tok, "cot", 128)
+    ids, labels, pos, _ = train.collate(examples, [[0, 1, 2]], 128, pad_id=0)
+    plain = torch.arange(128)[None]
+    a = train.token_losses(model, ids, labels, pos)[0].item()
+    b = train.token_losses(model, ids, labels, plain)[0].item()
+    assert abs(a - b) > 1e-3
+
+
+def test_loss_only_on_completion_and_end_of_turn(toy):
+    _, tok = toy
+    r = rows(1)[0]
+    (ids, labels), = train.encode_rows([r], tok, "cot", 128)
+    prompt = encode_prompt(tok, prompt_messages(r["question"]))
+    assert ids[:len(prompt)] == prompt  # exactly the tokens eval and chat will feed
+    assert all(x == -100 for x in labels[:len(prompt)])
+    supervised = [x for x in labels if x != -100]
+    assert tok.decode(supervised) == render_completion(r["steps"], r["answer"]) + end_of_turn(tok)
+    assert supervised[-1] == tok.convert_tokens_to_ids(end_of_turn(tok))
+
+
+def test_direct_format_has_no_steps(toy):
+    _, tok = toy
+    r = rows(1, steps=(3, 3))[0]
+    (ids, labels), = train.encode_rows([r], tok, "direct", 128)
+    assert tok.decode([x for x in labels if x != -100]) == f"#### {r['answer']}" + end_of_turn(tok)
+
+
+def test_too_long_examples_are_dropped_or_refused(toy):
+    _, tok = toy
+    data = rows(4, steps=(4, 4))
+    with pytest.raises(train.TrainError, match="seq_len"):
+        train.encode_rows(data, tok, "cot", 10, too_long="error")
+    with pytest.raises(train.TrainError, match="no training examples"):
+        train.encode_rows(data, tok, "cot", 10, too_long="drop")
+
+
+def test_pack_fills_rows_without_exceeding_them(toy):
+    _, tok = toy
+    examples = train.encode_rows(rows(200), tok, "cot", 96)
+    packed = train.pack(examples, 96, seed=0)
+    assert sorted(i for row in packed for i in row) == list(range(200))
+    used = [sum(len(examples[i][0]) for i in row) for row in packed]
+    assert max(used) <= 96
+    assert sum(used) / (96 * len(packed)) > 0.9
+
+
+def test_encode_example_matches_the_eval_prompt(toy):
+    _, tok = toy
+    prompt, completion = encode_example(tok, "3+4", "3+4=7\n#### 7")
+    assert prompt == encode_prompt(tok, prompt_messages("3+4"))
+
+
+def test_jittered_positions_keep_examples_apart(toy):
+    """With position jitter the explicit block mask must still isolate packed examples."""
+    model, tok = toy
+    model.eval()
+    examples = train.encode_rows(rows(3), tok, "cot", 128)
+    gen = torch.Generator().manual_seed(0)
+    ids, labels, pos, mask = train.collate(examples, [[0, 1, 2]], 128, 0, jitter=2, generator=gen)
+    packed = train.token_losses(model, ids, labels, pos, mask)[0].item()
+    alone = 0.0
+    t = 0
+    for i in range(3):
+        n = len(examples[i][0])
+        a_ids, a_lab, a_pos = ids[:, t:t + n], labels[:, t:t + n], pos[:, t:t + n]
+        causal = torch.ones(n, n, dtype=torch.bool).tril()[None, None]  # gaps would otherwise read as resets
+        alone += train.token_losses(model, a_ids, a_lab, a_pos, causal)[0].item()
+        t += n
+    assert packed == pytest.approx(alone, rel=1e-5)
+    assert (pos[0, 1:len(examples[0][0])] - pos[0, :len(examples[0][0]) - 1]).max() > 1
