@@ -1,0 +1,700 @@
+"""Chat REPL: talk to a model in the terminal, watch it reason step by step, check its steps.
+
+    reasonlm chat --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter
+    reasonlm chat --model HuggingFaceTB/SmolLM2-135M-Instruct --recipe recipes/tiny-cpu.yaml
+    reasonlm chat --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter -p "8+1-5"
+
+How it fits together:
+  - Prompts: `answer.prompt_messages(question, system, history)` + `answer.encode_prompt`, the
+    renderer the trainer and the evaluator use, so the model sees in chat exactly the shape it
+    was trained and evaluated on (history goes through the tokenizer's chat template).
+  - Generation: `Generator`, a small single-sequence loop that streams tokens and keeps its KV
+    cache between turns. Turn n+1's prompt starts with turn n's prompt and answer, so only the
+    tokens after the longest common prefix are fed ("prefix reuse"); the rest is cropped away.
+    Sampling is `evaluate.pick`, the eval stage's sampler. `/samples K` uses the eval stage's
+    batched `evaluate.generate` for its K answers.
+  - Display: text is decoded incrementally (only new characters are printed), reasoning lines
+    dimmed and the '#### N' line highlighted; plain when --plain, -p, or stdout is not a TTY.
+  - Checking: `/verify` finds a task family whose question format this is, rebuilds the
+    example from the question text and runs that task's checker on every step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from reasonlm.answer import (FINAL_MARK, NUMBER_RE, encode_prompt, evaluate_expression, format_number,
+                             normalize_number, parse_completion, prompt_messages)
+from reasonlm.evaluate import generate, pick, stop_token_ids
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+def _nonneg_float(s):
+    v = float(s)
+    if not v >= 0 or v == float("inf"):
+        raise ValueError("expected a number >= 0")
+    return v
+
+
+def _top_p(s):
+    v = float(s)
+    if not 0 < v <= 1:
+        raise ValueError("expected a number in (0, 1]")
+    return v
+
+
+def _pos_int(s):
+    v = int(s)
+    if v < 1:
+        raise ValueError("expected a whole number >= 1")
+    return v
+
+
+def _int(s):
+    return int(s)
+
+
+PARSERS = {"temperature": _nonneg_float, "top_p": _top_p, "max_new_tokens": _pos_int, "seed": _int}
+
+
+def parse_settings(text: str, current: Settings) -> Settings:
+    """'temperature=0.7 top_p=0.9' -> new Settings; a bad item raises ValueError naming it."""
+    values = {f.name: getattr(current, f.name) for f in fields(Settings)}
+    items = text.replace(",", " ").split()
+    if not items:
+        raise ValueError("usage: /set key=value ... (keys: " + ", ".join(PARSERS) + ")")
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if key not in PARSERS:
+            raise ValueError(f"unknown setting {key!r} (valid: {', '.join(PARSERS)})")
+        if not eq or not raw:
+            raise ValueError(f"{key}: missing value (write {key}=VALUE)")
+        try:
+            values[key] = PARSERS[key](raw)
+        except ValueError as e:
+            why = str(e) if str(e).startswith("expected") else "not a number"
+            raise ValueError(f"bad value for {key}: {raw!r} ({why})") from None
+    return Settings(**values)
+
+
+# --- display -----------------------------------------------------------------------------------
+DIM, FINAL, GOOD, BAD, BOLD, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[32m", "\x1b[1;31m", "\x1b[1m", "\x1b[0m"
+
+
+class Painter:
+    """Writes streamed answer text: reasoning lines dimmed, the '#### N' line highlighted.
+
+    A line's style is known once its first non-blank characters are (or cannot become) the
+    final-answer mark, so at most len('####') characters are held back at the start of a line.
+    """
+
+    def __init__(self, out, plain: bool):
+        self.out, self.plain = out, plain
+        self.pending, self.style, self.column = "", None, 0  # style None = start of a line
+
+    def _write(self, text: str):
+        self.out.write(text)
+        self.out.flush()
+
+    def _start_line(self, style: str):
+        self.style = style
+        self._write(("" if self.plain else style) + self.pending)
+        self.pending = ""
+
+    def feed(self, text: str):
+        for ch in text:
+            if ch == "\n":
+                if self.pending:
+                    self._start_line(DIM)
+                self._write(("" if self.plain or self.style is None else RESET) + "\n")
+                self.style, self.column = None, 0
+            elif self.style is None:
+                self.pending += ch
+                head = self.pending.lstrip()
+                if head.startswith(FINAL_MARK):
+                    self._start_line(FINAL)
+                elif not FINAL_MARK.startswith(head):
+                    self._start_line(DIM)
+                self.column += 1
+            else:
+                self._write(ch)
+                self.column += 1
+
+    def close(self):
+        """End the answer: flush held-back text, reset the style, finish the line."""
+        if self.pending:
+            self._start_line(DIM)
+        if self.column:
+            self._write(("" if self.plain else RESET) + "\n")
+        self.style, self.column = None, 0
+
+
+class Detokenizer:
+    """Token ids -> new text, incrementally. Decodes a short window of recent tokens (the
+    prefix/read offsets of HF text-generation-inference) so the cost per token is constant,
+    sentencepiece leading spaces survive, and half a UTF-8 character ('\\ufffd') waits for the
+    rest of its bytes."""
+
+    def __init__(self, tokenizer, emit):
+        self.tokenizer, self.emit = tokenizer, emit
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+
+    def _decode(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int):
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.emit(now[len(before):])
+            self.prefix, self.read = self.read, len(self.ids)
+
+    def finish(self):
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        if len(now) > len(before):
+            self.emit(now[len(before):])
+
+
+# --- generation with a KV cache that outlives the turn -----------------------------------------
+@dataclass
+class Reply:
+    tokens: list[int]
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose keys/values came from the previous turn's cache
+    first_token_s: float = 0.0  # time to first token (includes feeding the prompt)
+    total_s: float = 0.0
+    stopped: bool = False  # ended by an end-of-turn token (not by the token budget)
+    text: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed: tokens after the first, over the time after the first."""
+        decode_s = self.total_s - self.first_token_s
+        return (len(self.tokens) - 1) / decode_s if len(self.tokens) > 1 and decode_s > 0 else 0.0
+
+
+class ContextError(ValueError):
+    """A prompt that does not fit in the model's context window."""
+
+
+def context_size(model) -> int | None:
+    n = getattr(model.config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+class Generator:
+    """One sequence at a time, streamed, with prefix reuse of the KV cache across calls."""
+
+    def __init__(self, model, tokenizer, seed: int = 0):
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.context = context_size(model)
+        self.rng = torch.Generator().manual_seed(seed)
+        self.cache, self.cached = None, []  # cached: the token ids whose keys/values are in cache
+
+    def check_fits(self, prompt: list[int]):
+        if self.context and len(prompt) >= self.context:
+            raise ContextError(f"the prompt is {len(prompt)} tokens but the model's context is {self.context} "
+                               f"tokens; shorten it (or /reset the history)")
+
+    @torch.no_grad()
+    def __call__(self, prompt: list[int], settings: Settings, on_token=None) -> Reply:
+        from transformers import DynamicCache
+
+        self.check_fits(prompt)
+        reuse = 0
+        while reuse < min(len(self.cached), len(prompt) - 1) and self.cached[reuse] == prompt[reuse]:
+            reuse += 1  # keep >= 1 prompt token to feed: its logits give the first new token
+        cache = self.cache if reuse else None
+        if cache is not None and len(self.cached) > reuse:
+            try:  # crop(-k) drops the last k positions (transformers 4.x and 5.x agree on negatives)
+                cache.crop(reuse - len(self.cached))
+            except (RuntimeError, ValueError):  # e.g. a sliding-window layer that cannot roll back
+                cache = None
+        if cache is None:
+            cache, reuse = DynamicCache(), 0
+        # Until this call returns the cache is mid-update; a Ctrl-C then leaves no cache behind.
+        self.cache, self.cached = None, []
+        budget = settings.max_new_tokens
+        if self.context:
+            budget = min(budget, self.context - len(prompt))
+        reply = Reply(tokens=[], prompt_tokens=len(prompt), reused_tokens=reuse)
+        fed, feed = list(prompt[:reuse]), list(prompt[reuse:])
+        t0 = time.perf_counter()
+        while True:
+            positions = torch.arange(len(fed), len(fed) + len(feed))[None]
+            out = self.model(input_ids=torch.tensor([feed]), position_ids=positions, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)  # no vocab-sized logits for every prompt token
+            fed += feed
+            token = int(pick(out.logits[:, -1], settings.temperature, settings.top_p, self.rng)[0])
+            if not reply.first_token_s:
+                reply.first_token_s = time.perf_counter() - t0
+            if token in self.stop_ids:
+                reply.stopped = True
+                break
+            reply.tokens.append(token)
+            if on_token:
+                on_token(token)
+            if len(reply.tokens) >= budget:
+                break
+            feed = [token]
+        reply.total_s = time.perf_counter() - t0
+        self.cache, self.cached = cache, fed
+        reply.text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
+        return reply
+
+    def reseed(self, seed: int):
+        self.rng.manual_seed(seed)
+
+
+# --- /verify: rebuild a task example from the question text, run the family's checker ---------
+def _arithmetic(question: str):
+    expr = re.sub(r"^\s*(?:what\s+is|compute|calculate|evaluate)\s*:?", "", question, flags=re.I)
+    expr = expr.strip().rstrip("?").strip().rstrip("=").strip()
+    value = evaluate_expression(expr)
+    if value is None:
+        return None
+    return {"question": expr, "answer": format_number(value), "steps": [], "meta": {}}
+
+
+def _linear_equation(question: str):
+    from reasonlm.tasks.linear_equations import parse_equation, solve
+    for equation in (e.strip() for e in LINEAR_RE.findall(question)):  # 'Find x: 4x+8=44', 'What is x if ...?'
+        sides = parse_equation(equation) if "x" in equation.lower() else None
+        value = solve(sides) if sides else None
+        if value is not None:
+            return {"question": question, "answer": format_number(value), "steps": [], "meta": {"equation": equation}}
+    return None
+
+
+LINEAR_RE = re.compile(r"[0-9xX+\-*/()×÷−. ]+=[0-9xX+\-*/()×÷−. ]+")
+
+
+def _object_swaps(question: str):
+    story, _, ask = question.partition("Who has the ")
+    held = re.findall(r"\b([A-Z][a-z]+) has the ([a-z]+) ", story)
+    swaps = re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+) swap", story)
+    target = ask.split()[0] if ask.split() else ""
+    people, start = [p for p, _ in held], [c for _, c in held]
+    if len(people) < 2 or len(set(people)) != len(people) or target not in start or not swaps:
+        return None
+    if any(a not in people or b not in people for a, b in swaps):
+        return None
+    pairs = [[people.index(a), people.index(b)] for a, b in swaps]
+    state = list(start)
+    for i, j in pairs:
+        state[i], state[j] = state[j], state[i]
+    meta = {"people": people, "start": start, "swaps": pairs, "target": target}
+    return {"question": question, "answer": people[state.index(target)], "steps": [], "meta": meta}
+
+
+# Constants word problems use without stating them (percent, half, a week, a dozen, an hour...).
+IMPLICIT_NUMBERS = ["2", "7", "12", "24", "52", "60", "100", "1000"]
+NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+NUMBER_WORDS.update(triple="3", thrice="3", quarter="4")
+
+
+def _word_problem(question: str):
+    stated = [normalize_number(m.group(0)) for m in NUMBER_RE.finditer(question)]
+    stated = [format_number(v) for v in stated if v is not None]
+    if not stated or not re.search(r"[A-Za-z]{3}", question):
+        return None
+    words = [NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", question.lower()) if w in NUMBER_WORDS]
+    given = list(dict.fromkeys(stated + words + IMPLICIT_NUMBERS))
+    return {"question": question, "answer": None, "steps": [], "meta": {"given": given}}  # answer unknown
+
+
+# Family -> question parser, tried in this order; a family missing from the registry is skipped.
+VERIFIERS = [("arithmetic", _arithmetic), ("linear_equations", _linear_equation),
+             ("object_swaps", _object_swaps), ("word_problems", _word_problem)]
+
+
+def find_checker(question: str):
+    """(family, task, example) for the first family that can read the question, else None."""
+    from reasonlm.tasks import get_task
+    for family, parse in VERIFIERS:
+        try:
+            task = get_task(family)
+        except ValueError:  # not registered in this install
+            continue
+        example = parse(question)
+        if example is not None:
+            return family, task, example
+    return None
+
+
+def verify(question: str, text: str):
+    """(family, example, steps, Check) for an answer, or None when no family reads the question."""
+    found = find_checker(question)
+    if found is None:
+        return None
+    family, task, example = found
+    parsed = parse_completion(text)
+    # The true answer unknown: check the chain against the model's own answer instead, so
+    # chain_valid still means "every step is right and the steps lead to the final answer".
+    reference = example["answer"] if example["answer"] is not None else (parsed.answer or "")
+    check = task.check(dict(example, answer=reference), parsed.steps, parsed.answer)
+    return family, example, parsed, check
+
+
+# --- saving and loading sessions ----------------------------------------------------------------
+def save_session(path: str, system: str, history: list[dict]):
+    """One line of chat-messages JSONL ({"messages": [...]}), the SFT data format; atomic."""
+    messages = ([{"role": "system", "content": system}] if system else []) + history
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(messages)
+
+
+def load_session(path: str) -> tuple[str, list[dict]]:
+    """(system, history) from the last conversation in a chat-messages JSONL file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.strip()]
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    try:
+        record = json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{len(lines)}: not valid JSON ({e.msg})") from None
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError(f'{path}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
+    system = ""
+    if messages and messages[0]["role"] == "system":
+        system, messages = messages[0]["content"], messages[1:]
+    roles = [m["role"] for m in messages]
+    if roles != ["user", "assistant"] * (len(roles) // 2):
+        raise ValueError(f"{path}: expected alternating user/assistant messages after an optional system one")
+    return system, [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+# --- the session ------------------------------------------------------------------------------
+HELP = {
+    "/reset": "forget the conversation (keeps the system prompt and settings)",
+    "/system": "TEXT  set the system prompt (no TEXT: remove it)",
+    "/set": "key=value ...  temperature, top_p, max_new_tokens, seed (no args: show them)",
+    "/greedy": "temperature=0: always the most likely token",
+    "/samples": "K [QUESTION]  K sampled answers to the last (or a new) question, then the majority",
+    "/verify": "check every step of the last answer with the task checker",
+    "/save": "FILE  write the conversation as chat-messages JSONL",
+    "/load": "FILE  continue a saved conversation",
+    "/stats": "time to first token and tokens/s of the last answer",
+    "/help": "this list",
+    "/quit": "leave (Ctrl-D or Ctrl-C at an empty prompt too)",
+}
+
+
+@dataclass
+class Turn:
+    question: str
+    history: list[dict]  # the history it was asked with
+    reply: Reply | None = None
+    text: str = ""
+
+
+@dataclass
+class Chat:
+    model: object
+    tokenizer: object
+    settings: Settings
+    system: str = ""
+    plain: bool = False
+    out: object = field(default_factory=lambda: sys.stdout)
+    history: list[dict] = field(default_factory=list)
+    last: Turn | None = None
+    generator: Generator | None = None
+    sample_calls: int = 0
+
+    def __post_init__(self):
+        self.generator = Generator(self.model, self.tokenizer, self.settings.seed)
+
+    def say(self, text: str = "", style: str = ""):
+        self.out.write((text if self.plain or not style else style + text + RESET) + "\n")
+        self.out.flush()
+
+    def prompt_ids(self, question: str, history: list[dict]) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt_messages(question, self.system or None, history))
+
+    # --- asking ---
+    def ask(self, question: str, notes=None) -> Reply | None:
+        """Stream an answer; the turn joins the history unless Ctrl-C stopped it."""
+        notes = notes or self.say
+        prompt = self.prompt_ids(question, self.history)
+        self.generator.check_fits(prompt)
+        painter = Painter(self.out, self.plain)
+        stream = Detokenizer(self.tokenizer, painter.feed)
+        try:
+            reply = self.generator(prompt, self.settings, stream.push)
+        except KeyboardInterrupt:
+            painter.close()
+            notes("[interrupted; this turn is not kept]", BAD)
+            return None
+        stream.finish()
+        painter.close()
+        if not reply.tokens:
+            notes("(empty answer)", DIM)
+        if not reply.stopped:
+            notes(f"[stopped at {len(reply.tokens)} tokens: max_new_tokens or the context limit]", DIM)
+        self.last = Turn(question, list(self.history), reply, reply.text)
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply.text}]
+        return reply
+
+    # --- commands ---
+    def command(self, line: str) -> bool:
+        """Run one /command; False means quit."""
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        handler = getattr(self, "cmd_" + name[1:], None) if name in HELP else None
+        if name in ("/quit", "/exit"):
+            return False
+        if handler is None:
+            self.say(f"unknown command {name!r}; commands: {' '.join(HELP)}", BAD)
+            return True
+        try:
+            handler(arg)
+        except ValueError as e:
+            self.say(f"error: {e}", BAD)
+        return True
+
+    def cmd_help(self, arg):
+        for name, text in HELP.items():
+            self.say(f"  {name:<9} {text}")
+
+    def cmd_reset(self, arg):
+        self.history, self.last = [], None
+        self.say("conversation cleared", DIM)
+
+    def cmd_system(self, arg):
+        self.system = arg
+        self.say(f"system prompt set: {arg}" if arg else "system prompt removed", DIM)
+
+    def cmd_set(self, arg):
+        if arg:
+            new = parse_settings(arg, self.settings)
+            if new.seed != self.settings.seed:
+                self.generator.reseed(new.seed)
+            self.settings = new
+        s = self.settings
+        self.say(f"temperature={s.temperature} top_p={s.top_p} max_new_tokens={s.max_new_tokens} seed={s.seed}"
+                 + ("  (greedy)" if s.temperature == 0 else ""), DIM)
+
+    def cmd_greedy(self, arg):
+        self.cmd_set("temperature=0")
+
+    def cmd_stats(self, arg):
+        r = self.last.reply if self.last else None
+        if r is None:
+            raise ValueError("no answer yet")
+        self.say(f"time to first token {r.first_token_s:.3f} s, {r.tokens_per_s:.1f} tokens/s "
+                 f"({len(r.tokens)} tokens in {r.total_s:.2f} s; prompt {r.prompt_tokens} tokens, "
+                 f"{r.reused_tokens} reused from the cache)")
+
+    def cmd_save(self, arg):
+        if not arg:
+            raise ValueError("usage: /save FILE")
+        try:
+            n = save_session(os.path.expanduser(arg), self.system, self.history)
+        except OSError as e:
+            raise ValueError(f"cannot write {arg}: {e.strerror}") from None
+        self.say(f"saved {n} messages to {arg}", DIM)
+
+    def cmd_load(self, arg):
+        if not arg:
+            raise ValueError("usage: /load FILE")
+        self.system, self.history = load_session(os.path.expanduser(arg))
+        self.last = None
+        if self.history:
+            q, a = self.history[-2]["content"], self.history[-1]["content"]
+            self.last = Turn(q, self.history[:-2], None, a)
+        self.say(f"loaded {len(self.history) // 2} turns" + (" and a system prompt" if self.system else ""), DIM)
+
+    def cmd_verify(self, arg):
+        if self.last is None:
+            raise ValueError("no answer to verify yet")
+        result = verify(self.last.question, self.last.text)
+        if result is None:
+            raise ValueError("cannot verify: the question is not in the format of a task family I can check "
+                             f"({', '.join(f for f, _ in VERIFIERS)})")
+        family, example, parsed, check = result
+        self.say(f"checked as {family}" + (f" (true answer {example['answer']})" if example["answer"] else ""), DIM)
+        if not parsed.steps:
+            self.say("  no reasoning steps to check")
+        for i, (step, ok) in enumerate(zip(parsed.steps, check.step_ok), 1):
+            mark = "✓" if ok else "✗"
+            first = "   <- first wrong step" if i == check.first_bad_step else ""
+            self.say(f"  {mark} {i}. {step}{first}", GOOD if ok else BAD)
+        if parsed.answer is None:
+            self.say("  no final answer line ('#### N')", BAD)
+        elif example["answer"] is None:
+            self.say(f"  answer {parsed.answer}: not checkable (the true answer is unknown for this family)")
+        else:
+            self.say(f"  answer {parsed.answer}: {'right' if check.answer_correct else 'wrong'}",
+                     GOOD if check.answer_correct else BAD)
+        if check.first_bad_step:
+            self.say(f"first wrong step: {check.first_bad_step} of {len(parsed.steps)}", BAD)
+        elif parsed.steps and check.chain_valid:
+            self.say(f"all {len(parsed.steps)} steps check out and lead to the final answer", GOOD)
+        elif parsed.steps:
+            self.say(f"all {len(parsed.steps)} steps check out, but they do not reach "
+                     f"{'the right' if example['answer'] is not None else 'its'} final answer", DIM)
+
+    def cmd_samples(self, arg):
+        k_text, _, question = arg.partition(" ")
+        try:
+            k = int(k_text)
+            assert 1 <= k <= 64
+        except (ValueError, AssertionError):
+            raise ValueError("usage: /samples K [QUESTION] with K in 1..64") from None
+        question = question.strip()
+        if question:
+            history = self.history
+        elif self.last:
+            question, history = self.last.question, self.last.history
+        else:
+            raise ValueError("ask a question first (or /samples K QUESTION)")
+        from reasonlm.stats import majority_vote
+        prompt = self.prompt_ids(question, history)
+        self.generator.check_fits(prompt)
+        temperature = self.settings.temperature or 0.7
+        self.say(f"sampling {k} answers at temperature {temperature}, top_p {self.settings.top_p} ...", DIM)
+        budget = self.settings.max_new_tokens
+        if self.generator.context:
+            budget = min(budget, self.generator.context - len(prompt))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.sample_calls += 1  # fresh samples on every call, reproducible from the seed
+        try:
+            outs = generate(self.model, [prompt] * k, budget, self.generator.stop_ids, pad, batch_size=k,
+                            temperature=temperature, top_p=self.settings.top_p,
+                            seed=self.settings.seed * 1000 + self.sample_calls)
+        except KeyboardInterrupt:
+            self.say("[interrupted]", BAD)
+            return
+        answers = []
+        for i, ids in enumerate(outs, 1):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            parsed = parse_completion(text)
+            answers.append(parsed.answer)
+            verdict = verify(question, text)
+            note = ""
+            if verdict and parsed.steps:
+                check = verdict[3]
+                note = (f"  (steps ok {sum(check.step_ok)}/{len(check.step_ok)}"
+                        + (f", first wrong step {check.first_bad_step})" if check.first_bad_step else ")"))
+            shown = f"{FINAL_MARK} {parsed.answer}" if parsed.answer is not None else "(no final answer)"
+            self.say(f"  {i}. {shown}{note}", FINAL if parsed.answer is not None else DIM)
+        winner, votes = majority_vote(answers, key=normalize_number_or_text)
+        if winner is None:
+            self.say(f"no majority: none of the {k} samples has a final answer", BAD)
+        else:
+            self.say(f"majority answer: {winner} ({votes} of {k} agree)", FINAL)
+
+
+def normalize_number_or_text(answer: str):
+    """Vote key: numbers by value ('12' == '12.0' == '$12'), anything else by its case-folded text."""
+    value = normalize_number(answer)
+    if value is not None:
+        return value
+    text = answer.strip().rstrip(".").casefold()
+    return text or None
+
+
+# --- entry points ------------------------------------------------------------------------------
+def load(args):
+    """(model, tokenizer) with transformers' chatter silenced; errors are one-line ModelErrors."""
+    from transformers.utils import logging as hf_logging
+
+    from reasonlm.model import load_for_inference
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():  # deprecation notices from inside transformers/peft are not for users
+        warnings.simplefilter("ignore", FutureWarning)
+        return load_for_inference(args.model, args.adapter, args.merged)
+
+
+def main(args):
+    from reasonlm.config import ChatConfig, load_recipe
+
+    cfg = load_recipe(args.recipe).chat if args.recipe else ChatConfig()
+    try:
+        settings = parse_settings(" ".join(f"{k}={getattr(cfg, k)}" for k in ("temperature", "top_p", "max_new_tokens")),
+                                  Settings())
+    except ValueError as e:
+        raise ValueError(f"recipe {args.recipe}, chat section: {e}") from None
+    one_shot = args.prompt is not None
+    if not one_shot:
+        print(f"loading {args.model}" + (f" + {args.adapter}" if args.adapter else "") + " ...", file=sys.stderr)
+    model, tokenizer = load(args)
+    plain = args.plain or one_shot or not sys.stdout.isatty()
+    chat = Chat(model, tokenizer, settings, system=cfg.system, plain=plain)
+    if one_shot:
+        chat.ask(args.prompt, notes=lambda text, style="": print(text, file=sys.stderr))
+        return
+    repl(chat, args)
+
+
+def repl(chat: Chat, args):
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        readline = None
+    ctx = chat.generator.context
+    chat.say(f"reasonlm chat: {args.model}" + (f" + adapter {args.adapter}" + (" (merged)" if args.merged else "")
+             if args.adapter else "") + (f", context {ctx} tokens" if ctx else "")
+             + ". /help for commands, Ctrl-C stops an answer, Ctrl-D quits.", DIM)
+    prompt = "you> " if chat.plain else f"\001{BOLD}\002you>\001{RESET}\002 "
+    while True:
+        try:
+            line = input(prompt)
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            if readline is not None and readline.get_line_buffer().strip():
+                print()  # Ctrl-C with text on the line: drop the line, keep going
+                continue
+            print()
+            return
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            if line.startswith("/"):
+                if not chat.command(line):
+                    return
+            else:
+                chat.ask(line)
+        except ContextError as e:
+            chat.say(f"error: {e}", BAD)
+        except KeyboardInterrupt:  # between tokens or in a command: back to the prompt
+            chat.say("\n[interrupted]", BAD)

@@ -1,0 +1,309 @@
+"""The chat REPL, driven in a real pseudo-terminal, plus its parts in-process.
+
+Two toy models are saved to a tmp dir once: `trained`, fine-tuned for a few seconds so it writes
+'a+b=c' lines and a '#### N' line, then stops; and `endless`, an untrained toy whose end-of-turn
+embedding is zero (so greedy decoding never picks it) with a huge context, for Ctrl-C tests.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pexpect
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasonlm import chat
+from reasonlm.answer import encode_example, render_completion
+from tests.helpers import rows, tiny_model_and_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+PROMPT = "you>"
+QUESTION = "3+4-2"
+
+
+def finetune(model, tok, steps=250, batch=32):
+    """A few seconds of plain SFT: enough for the answer format, not for arithmetic."""
+    examples = []
+    for r in rows(2000, steps=(1, 3), seed=1):
+        p, c = encode_example(tok, r["question"], render_completion(r["steps"], r["answer"]))
+        examples.append((p + c, [-100] * len(p) + c))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        chunk = examples[step * batch % len(examples):][:batch]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in chunk])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk])
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat_models")
+    torch.manual_seed(0)
+    model, tok = tiny_model_and_tokenizer(hidden=64, layers=2, heads=4)
+    finetune(model, tok)
+    model.save_pretrained(root / "trained")
+    tok.save_pretrained(root / "trained")
+    endless, tok2 = tiny_model_and_tokenizer()
+    with torch.no_grad():  # tied embeddings: a zero row gives the end-of-turn token logit 0, never the max
+        endless.get_input_embeddings().weight[tok2.convert_tokens_to_ids("<|im_end|>")] = 0
+    endless.config.max_position_embeddings = 1_000_000
+    endless.save_pretrained(root / "endless")
+    tok2.save_pretrained(root / "endless")
+    return {"trained": str(root / "trained"), "endless": str(root / "endless"), "root": root}
+
+
+def spawn(*args):
+    child = pexpect.spawn(sys.executable, ["-m", "reasonlm", "chat", *args], env=ENV, cwd=ROOT,
+                          encoding="utf-8", timeout=30, dimensions=(50, 200))
+    child.expect(PROMPT)
+    return child
+
+
+def send(child, line):
+    """Type a line at the prompt (after a beat, so readline has set up the terminal)."""
+    time.sleep(0.1)
+    child.sendline(line)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "reasonlm", "chat", *args], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+# --- the REPL in a pseudo-terminal -------------------------------------------------------------
+def test_repl_session(models, tmp_path):
+    child = spawn("--model", models["trained"])
+    send(child, QUESTION)
+    # a TTY gets styling: reasoning dimmed, then the final answer line highlighted
+    child.expect(re.escape(chat.DIM) + r"\d")
+    child.expect(re.escape(chat.FINAL + "#### "))
+    child.expect(PROMPT)
+
+    send(child, "/verify")
+    child.expect("checked as arithmetic \\(true answer 5\\)")
+    child.expect(r"first wrong step: \d+ of \d+|all \d+ steps check out")
+    child.expect(PROMPT)
+
+    send(child, "/samples 3")
+    child.expect(r"majority answer: \S+ \(([123]) of 3 agree\)|no majority")
+    child.expect(PROMPT)
+
+    saved = tmp_path / "session.jsonl"
+    send(child, f"/save {saved}")
+    child.expect("saved 2 messages")
+    child.expect(PROMPT)
+    (line,) = saved.read_text().splitlines()
+    messages = json.loads(line)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == QUESTION and "#### " in messages[1]["content"]
+    assert os.listdir(tmp_path) == ["session.jsonl"]  # no temporary file left behind
+
+    send(child, "4+5")  # second turn: the first turn's prompt and answer come from the KV cache
+    child.expect(PROMPT)
+    send(child, "/stats")
+    child.expect(r"time to first token [\d.]+ s, [\d.]+ tokens/s .*prompt (\d+) tokens, (\d+) reused")
+    prompt_tokens, reused = int(child.match.group(1)), int(child.match.group(2))
+    assert 0 < reused < prompt_tokens
+    child.expect(PROMPT)
+
+    send(child, "/set foo=1")
+    child.expect("unknown setting 'foo' \\(valid: temperature, top_p, max_new_tokens, seed\\)")
+    child.expect(PROMPT)
+    send(child, "/set top_p=2")
+    child.expect("bad value for top_p: '2'")
+    child.expect(PROMPT)
+    send(child, "/frob")
+    child.expect("unknown command '/frob'; commands: /reset /system /set /greedy /samples /verify")
+    child.expect(PROMPT)
+    send(child, "/reset")
+    child.expect("conversation cleared")
+    child.expect(PROMPT)
+    send(child, "/verify")
+    child.expect("no answer to verify yet")
+    child.expect(PROMPT)
+
+    # /load a conversation with a known wrong step; /verify marks exactly that one
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"messages": [{"role": "user", "content": "8+1-5"},
+                                              {"role": "assistant", "content": "8+1=9\n9-5=3\n#### 3"}]}) + "\n")
+    send(child, f"/load {wrong}")
+    child.expect("loaded 1 turns")
+    child.expect(PROMPT)
+    send(child, "/verify")
+    child.expect("1. 8\\+1=9")
+    child.expect("2. 9-5=3   <- first wrong step")
+    child.expect("answer 3: wrong")
+    child.expect(PROMPT)
+
+    time.sleep(0.1)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in child.before
+
+
+def test_ctrl_c_stops_generation_then_exits_at_empty_prompt(models):
+    child = spawn("--model", models["endless"], "--plain")
+    send(child, "/set max_new_tokens=1000000")
+    child.expect(PROMPT)
+    send(child, "1+2")
+    time.sleep(1.0)  # the endless model is now generating (it cannot stop by itself)
+    assert child.isalive()
+    child.sendintr()
+    child.expect(r"\[interrupted; this turn is not kept\]")
+    child.expect(PROMPT)
+    send(child, "/set max_new_tokens=5")  # the session still works after the interrupt
+    child.expect(PROMPT)
+    send(child, "1+2")
+    child.expect(r"\[stopped at 5 tokens")
+    child.expect(PROMPT)
+    time.sleep(0.2)
+    child.sendintr()  # Ctrl-C at an empty prompt: a clean exit
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in child.before
+
+
+# --- one-shot mode and errors -------------------------------------------------------------------
+def test_one_shot_prints_a_plain_answer(models):
+    result = run("--model", models["trained"], "-p", QUESTION)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "you>" not in result.stdout
+    assert re.search(r"^#### \S+$", result.stdout, re.M)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "/no/such/model"], "error: model path not found: /no/such/model"),
+    (["--model", "TRAINED", "--adapter", "/no/such/adapter"], "error: adapter path not found: /no/such/adapter"),
+])
+def test_missing_model_or_adapter_is_one_line(models, flags, message):
+    result = run(*[models["trained"] if f == "TRAINED" else f for f in flags], "-p", "1+1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [message]
+    assert "Traceback" not in result.stderr
+
+
+# --- the parts, in-process ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loaded(models):
+    from reasonlm.model import load_for_inference
+    return load_for_inference(models["trained"])
+
+
+def test_prefix_reuse_gives_the_same_answer_as_a_fresh_prefill(loaded):
+    model, tok = loaded
+    settings = chat.Settings(max_new_tokens=30)
+    warm = chat.Chat(model, tok, settings, out=open(os.devnull, "w"))
+    warm.ask(QUESTION, notes=lambda *a: None)
+    second = warm.ask("6-1+2", notes=lambda *a: None)
+    assert second.reused_tokens > 0
+    cold = chat.Generator(model, tok)
+    fresh = cold(warm.prompt_ids("6-1+2", warm.history[:2]), settings)
+    assert fresh.reused_tokens == 0 and fresh.tokens == second.tokens
+
+
+def test_answers_stream_token_by_token(loaded):
+    model, tok = loaded
+    writes = []
+
+    class Out:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    c = chat.Chat(model, tok, chat.Settings(max_new_tokens=40), plain=True, out=Out())
+    reply = c.ask(QUESTION)
+    assert len(writes) > 5 and "".join(writes) == reply.text + "\n"
+
+
+def test_detokenizer_handles_multibyte_characters(loaded):
+    _, tok = loaded
+    text = "é ✓ 12×3=36\n#### 36 ünïcode 😀"
+    pieces = []
+    d = chat.Detokenizer(tok, pieces.append)
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        d.push(t)
+    d.finish()
+    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+def test_painter_dims_steps_and_highlights_the_final_line():
+    class Out(list):
+        write = list.append
+
+        def flush(self):
+            pass
+
+    out = Out()
+    p = chat.Painter(out, plain=False)
+    for piece in ["8+1", "=9\n", "##", "## 9", "\n"]:
+        p.feed(piece)
+    p.close()
+    assert "".join(out) == f"{chat.DIM}8+1=9{chat.RESET}\n{chat.FINAL}#### 9{chat.RESET}\n"
+    out.clear()
+    p = chat.Painter(out, plain=True)
+    p.feed("8+1=9\n#### 9")
+    p.close()
+    assert "".join(out) == "8+1=9\n#### 9\n"
+
+
+def test_a_prompt_longer_than_the_context_is_refused(loaded):
+    model, tok = loaded
+    c = chat.Chat(model, tok, chat.Settings())
+    with pytest.raises(chat.ContextError, match="model's context is 256 tokens"):
+        c.ask("1+" * 200 + "1")
+
+
+def test_settings_parse_and_name_the_bad_item():
+    s = chat.parse_settings("temperature=0.7 top_p=0.9 max_new_tokens=64", chat.Settings())
+    assert (s.temperature, s.top_p, s.max_new_tokens) == (0.7, 0.9, 64)
+    for text, message in [("temp=1", "unknown setting 'temp'"), ("temperature=-1", "temperature: '-1'"),
+                          ("max_new_tokens=1.5", "max_new_tokens: '1.5'"), ("top_p", "top_p: missing value")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            chat.parse_settings(text, chat.Settings())
+
+
+def test_save_and_load_round_trip(tmp_path):
+    history = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "1+1=2\n#### 2"}]
+    path = str(tmp_path / "s.jsonl")
+    chat.save_session(path, "be brief", history)
+    assert chat.load_session(path) == ("be brief", history)
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(ValueError, match="alternating user/assistant"):
+        chat.load_session(str(tmp_path / "bad.jsonl"))
+
+
+def test_verify_reads_every_generated_family(monkeypatch):
+    """Each family's generated question is recognised and its gold solution checks out."""
+    import random
+
+    import reasonlm.tasks as tasks
+    from reasonlm.tasks import arithmetic, linear_equations, object_swaps, word_problems
+    classes = {"arithmetic": arithmetic.ArithmeticChain, "linear_equations": linear_equations.LinearEquations,
+               "object_swaps": object_swaps.ObjectSwaps, "word_problems": word_problems.WordProblems}
+    monkeypatch.setattr(tasks, "_registry", lambda: classes)
+    for name, cls in classes.items():
+        rng = random.Random(0)
+        for _ in range(20):
+            ex = cls().generate(rng, rng.randint(1, 3))
+            family, example, parsed, check = chat.verify(ex["question"], render_completion(ex["steps"], ex["answer"]))
+            assert family == name and check.chain_valid, ex
+            assert example["answer"] in (ex["answer"], None)
+    assert chat.verify("hello there", "#### 1") is None
