@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+import torch
+
 from reasonlm.config import Recipe, TrainConfig, save_resolved
 
 
@@ -31,7 +33,7 @@ def run(recipe: Recipe) -> str:
         load_tokenizer(cfg.model)  # fail early, in one line, if it is not reachable
         print(f"base: using pretrained {cfg.model}")
         return cfg.model
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # see train.run
     train.set_threads(recipe.threads, accelerator.num_processes)
     set_seed(cfg.seed)
     dataset = data_stage.load(os.path.join(out_dir, "data"))
@@ -49,7 +51,7 @@ def run(recipe: Recipe) -> str:
                       f"{len(dataset['base'])} single-step problems")
     tcfg = TrainConfig(full_finetune=True, format="cot", steps=cfg.steps, batch_tokens=cfg.batch_tokens,
                        seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                       eval_every=0, eval_samples=200, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
+                       eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
     run_dir = os.path.join(out_dir, "base-run")
     if accelerator.is_main_process:
         os.makedirs(run_dir, exist_ok=True)

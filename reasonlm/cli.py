@@ -55,8 +55,7 @@ def cmd_eval(args):
         cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
         out = args.out or os.path.join(recipe.out_dir, "eval")
         report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out)
-    from accelerate import PartialState
-    if PartialState().is_main_process:
+    if evaluate.is_main_process():
         print(evaluate.markdown(report))
         print(f"report: {os.path.join(out, 'report.json')}")
         gate(report, cfg.min_accuracy, cfg, args.baseline or cfg.baseline)
@@ -128,7 +127,53 @@ def parser():
     return p
 
 
+def cpu_processes_requested() -> int:
+    """How many processes `accelerate launch --cpu --num_processes N` asked for, or 0.
+
+    accelerate 1.x runs a CPU launch without an MPI hostfile as ONE process, whatever
+    --num_processes says. We read the launcher's own command line (our parent process) to
+    find N, so the documented command really trains on N gloo processes.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "RANK" in os.environ:
+        return 0
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return 0
+    if "launch" not in " ".join(parent) or "--mpirun_hostfile" in parent:
+        return 0
+    for i, a in enumerate(parent):
+        if a == "--num_processes" and i + 1 < len(parent) and parent[i + 1].isdigit():
+            return int(parent[i + 1])
+        if a.startswith("--num_processes=") and a.split("=", 1)[1].isdigit():
+            return int(a.split("=", 1)[1])
+        if a == "--config_file" and i + 1 < len(parent):
+            try:
+                import yaml
+                with open(parent[i + 1]) as f:
+                    return int((yaml.safe_load(f) or {}).get("num_processes", 0))
+            except (OSError, ValueError, TypeError):
+                return 0
+    return 0
+
+
+def relaunch_on_cpu_processes(n: int, argv) -> None:
+    """Re-run this command as n local processes (torch.distributed.run, gloo backend)."""
+    threads = max(1, (os.cpu_count() or 1) // n)
+    print(f"reasonlm: starting {n} CPU processes ({threads} thread(s) each) with torch.distributed.run",
+          file=sys.stderr)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+           "-m", "reasonlm", *argv]
+    os.execvpe(sys.executable, cmd, env)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    n = cpu_processes_requested()
+    if n > 1:
+        relaunch_on_cpu_processes(n, argv)
     p = parser()
     args, extra = p.parse_known_args(argv)
     if extra:  # eval takes key=value overrides after its options too; anything else is an error

@@ -96,6 +96,8 @@ class BaseConfig:
     """Peak learning rate."""
     warmup_steps: int = 50
     """Linear warmup steps before the cosine decay."""
+    position_jitter: int = 0
+    """Random prompt-to-completion position shift in pretraining (see train.position_jitter)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     seed: int = 0
@@ -131,10 +133,10 @@ class TrainConfig:
     seq_len: int = 192
     """Packed sequence length; longer examples are dropped and counted (see `too_long`)."""
     position_jitter: int = 0
-    """Largest extra gap between consecutive position ids in training (0 = off). Random gaps
-    teach the model to find tokens by content and order rather than by exact distance, which
-    helps on problems longer than any trained (randomized positions, Ruoss et al. 2023).
-    Inference always uses plain positions."""
+    """Largest random shift (0 = off) between the position ids of a prompt and its completion
+    in training. The model then cannot locate question tokens by exact distance and learns to
+    find them by content, which is what carries over to longer problems than any trained
+    (in the spirit of randomized positions, Ruoss et al. 2023). Inference uses shift 0."""
     too_long: str = "drop"
     """What to do with an example longer than seq_len: 'drop' (counted, warned) or 'error'."""
     grad_accum: int = 1

@@ -24,6 +24,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 
 import torch
@@ -92,8 +93,11 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
     an attention mask that is None unless position jitter needs an explicit one.
 
     Without jitter, transformers reads example boundaries from the position-id resets. With
-    jitter, positions advance by random gaps, so boundaries are given as a block-diagonal
-    causal mask instead (True = may attend).
+    jitter, each example's completion starts a random 0..jitter positions after its prompt
+    ends, so the model cannot find question tokens by their exact distance and has to use
+    what they say; inference uses a shift of 0, one of the trained values. The jump in
+    position ids would read as an example boundary, so boundaries are then passed as an
+    explicit block-diagonal causal mask (True = may attend).
     """
     n = len(row_indices)
     input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
@@ -106,11 +110,11 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
             ids, lab = examples[i]
             input_ids[r, t:t + len(ids)] = torch.tensor(ids)
             labels[r, t:t + len(ids)] = torch.tensor(lab)
+            pos = torch.arange(len(ids))
             if jitter:
-                gaps = 1 + torch.randint(0, jitter + 1, (len(ids),), generator=generator)
-                position_ids[r, t:t + len(ids)] = gaps.cumsum(0) - gaps[0]
-            else:
-                position_ids[r, t:t + len(ids)] = torch.arange(len(ids))
+                start = next((k for k, x in enumerate(lab) if x != IGNORE), len(ids))
+                pos[start:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
+            position_ids[r, t:t + len(ids)] = pos
             segment[r, t:t + len(ids)] = s + 1
             t += len(ids)
         position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
@@ -243,7 +247,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     model.train()
     t_start, tokens_seen, last_log = time.time(), 0, time.time()
     from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every,
+    bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every or not sys.stderr.isatty(),
                desc=os.path.basename(run_dir), dynamic_ncols=True, mininterval=2.0)
     loss_value = float("nan")
     for step in range(start, cfg.steps):
@@ -364,7 +368,9 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
     from reasonlm import evaluate
     from reasonlm.model import attach_lora, count_parameters, load_model, load_tokenizer
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None)
+    # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
+                              cpu=not torch.cuda.is_available())
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
     run_dir = os.path.join(out_dir, name)

@@ -111,10 +111,11 @@ def test_two_processes_match_one_process(run_dir, tmp_path):
     two = copy_run(run_dir, tmp_path / "two")
     extra = ["train.save_every=0", "train.steps=12"]
     subprocess.run(train_cmd(one, *extra), env=env(2), check=True, capture_output=True)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    launcher = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--cpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "reasonlm"]
     r = subprocess.run(train_cmd(two, *extra, launcher=launcher), env=env(1), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 process(es)" in r.stdout + r.stderr  # accelerate's CPU launcher alone would start one
     a, b = losses(one / "train" / "metrics.jsonl"), losses(two / "train" / "metrics.jsonl")
     assert len(a) == len(b) == 12
     # Same global batch, same data order: the curves agree up to float summation order.
