@@ -15,6 +15,11 @@ def _recipe(args):
 
 def cmd_data(args):
     from reasonlm import data
+    if args.stats:
+        data.print_stats(args.stats)
+        return
+    if not args.recipe:
+        raise ValueError("usage: reasonlm data RECIPE [key=value ...] | reasonlm data --stats DATASET_DIR")
     recipe = _recipe(args)
     data.run(recipe.data, recipe.out_dir)
 
@@ -100,8 +105,11 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("data", "base", "train", "eval", "pipeline"):
         s = sub.add_parser(name, help=COMMANDS[name].__doc__ or f"run the {name} stage")
-        s.add_argument("recipe", help="recipe YAML (recipes/*.yaml)")
+        s.add_argument("recipe", nargs="?" if name == "data" else None, help="recipe YAML (recipes/*.yaml)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 out_dir=/tmp/run")
+    s = sub.choices["data"]
+    s.add_argument("--stats", default=None, metavar="PATH", help="print a built dataset's card statistics")
+    s.usage = "reasonlm data RECIPE [key=value ...]\n       reasonlm data --stats DATASET_DIR"
     s = sub.choices["eval"]
     s.usage = ("reasonlm eval RECIPE|SUITE.yaml [key=value ...] [--model M] [--adapter A] [--recipe R] [--out DIR] "
                "[--baseline B.json]\n       reasonlm eval compare A/report.json B/report.json [--metric M]\n"

@@ -107,7 +107,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens, stop_ids: set[int]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         alive = list(range(len(idx)))  # rows of the current batch -> positions in idx
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        # logits_to_keep=1: only the last position's logits (a 150k vocab x long prompts is GBs otherwise)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
         logits = out.logits[:, -1]
         last_pos = positions[:, -1]
         steps = 0

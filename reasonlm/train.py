@@ -227,7 +227,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     val_examples = encode_rows(val_rows, tokenizer, cfg.format, cfg.seq_len, "drop") if len(val_rows) else []
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters (the per-tensor loop is the slow default on CPU)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay, fused=True)
     # The scheduler is stepped by hand once per optimizer step (Accelerate's wrapper would step it
     # once per process), and registered so checkpoints carry it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))

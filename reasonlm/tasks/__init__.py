@@ -61,7 +61,7 @@ def _registry() -> dict:
     }
 
 
-def get_task(name: str, **knobs):
+def get_task(name: str, /, **knobs):
     """The task object for a family name, configured with its difficulty knobs."""
     tasks = _registry()
     if name not in tasks:
