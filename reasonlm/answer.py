@@ -18,6 +18,7 @@ regexes only, bounded number sizes, and nothing raises.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -67,6 +68,8 @@ def _is_decimal(s: str) -> bool:
 
 def format_number(value: Fraction | int) -> str:
     """Canonical text of a number: '12', '-3', '2.5', or '1/3' when no finite decimal exists."""
+    if isinstance(value, int) or value.denominator == 1:  # the common case, without a new Fraction
+        return str(int(value))
     value = Fraction(value)
     if value.denominator == 1:
         return str(value.numerator)
@@ -159,7 +162,8 @@ _OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "x": "*", "/": "/",
 MAX_EXPR_CHARS = 200
 
 
-def parse_expression(expr: str):
+@functools.lru_cache(maxsize=65536)  # the data stage checks the same small steps millions of times;
+def parse_expression(expr: str):     # trees are tuples and Fractions, immutable, so sharing them is safe
     """Parse an arithmetic expression (+ - * / parentheses, unary minus) into a tree.
 
     A leaf is a Fraction; an operation is a tuple (op, left, right) with op in '+-*/'; unary

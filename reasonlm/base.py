@@ -4,9 +4,12 @@
 
 With `base.model: tiny` (the offline default) it trains a byte-level BPE tokenizer on the
 data, builds a small Llama-style decoder with random weights, and pretrains all of its weights
-with the training stage's own loop on the data stage's `base` split: single-step problems in
-the chains' own notation (copy two operands from the question, combine them, give the answer).
-It never sees a multi-step chain; composing steps is what fine-tuning then teaches.
+with the training stage's own loop on the data stage's `base` split: short problems in the
+chains' own notation (copy two operands from the question, combine them, give the answer).
+The default recipe also shows it two-step chains (`data.base_steps: [1, 2]`), so the base has
+carried a result from one line to the next once; chains of 3 to 8 steps, and the direct-answer
+format, are what fine-tuning then teaches. A base that knows nothing of the primitives leaves
+LoRA nothing to compose: measure the base (base-run/metrics.jsonl) before blaming the adapter.
 With any other `base.model` (a Hub id or local path) there is nothing to train: later stages
 load that model directly.
 """
@@ -48,7 +51,7 @@ def run(recipe: Recipe) -> str:
                        cfg.max_position, cfg.rope_theta, cfg.seed)
     total, _ = count_parameters(model)
     accelerator.print(f"base: tiny Llama {total/1e6:.2f}M params, vocab {len(tokenizer)}; pretraining on "
-                      f"{len(dataset['base'])} single-step problems")
+                      f"{len(dataset['base'])} problems of {recipe.data.base_steps[0]}-{recipe.data.base_steps[1]} steps")
     tcfg = TrainConfig(full_finetune=True, format="cot", steps=cfg.steps, batch_tokens=cfg.batch_tokens,
                        seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                        eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter, save_every=max(100, cfg.steps // 4), seed=cfg.seed)

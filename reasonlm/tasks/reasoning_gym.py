@@ -60,7 +60,7 @@ class ReasoningGym:
     name = "reasoning_gym"
     license = "Apache-2.0 (reasoning-gym)"
 
-    def __init__(self, name: str, size: int = 100, seed: int = 0, config: dict | None = None):
+    def __init__(self, name: str = "gsm_symbolic", size: int = 100, seed: int = 0, config: dict | None = None):
         if name not in COT_TASKS + EXPRESSION_TASKS:
             raise ValueError(f"reasoning_gym task {name!r} is not supported; supported: "
                              f"{', '.join(COT_TASKS + EXPRESSION_TASKS)}")
