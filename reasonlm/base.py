@@ -63,8 +63,8 @@ def run(recipe: Recipe) -> str:
     quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt="cot")
     stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator, quick)
     final = os.path.join(out_dir, "base")
+    train.save_weights(accelerator, model, tokenizer, final, tcfg)
     if accelerator.is_main_process:
-        train.save_weights(accelerator.unwrap_model(model), tokenizer, final, tcfg)
         save_resolved(cfg, final, "base_config.yaml")
         with open(os.path.join(run_dir, "train_stats.json"), "w") as f:
             json.dump(stats, f, indent=1)

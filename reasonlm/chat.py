@@ -268,11 +268,15 @@ class Generator:
 
 # --- /verify: rebuild a task example from the question text, run the family's checker ---------
 def _arithmetic(question: str):
+    from reasonlm.tasks.arithmetic import split_modulus
     expr = re.sub(r"^\s*(?:what\s+is|compute|calculate|evaluate)\s*:?", "", question, flags=re.I)
     expr = expr.strip().rstrip("?").strip().rstrip("=").strip()
-    value = evaluate_expression(expr)
+    core, modulus = split_modulus(expr)  # '8+7-5 mod 10': steps are checked as congruences
+    value = evaluate_expression(core)
     if value is None:
         return None
+    if modulus and value.denominator == 1:
+        value = value % modulus
     return {"question": expr, "answer": format_number(value), "steps": [], "meta": {}}
 
 

@@ -314,7 +314,9 @@ def coerce(value, kind, name):
             return float(value)
         except ValueError:
             pass
-    if origin is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if origin is str and isinstance(value, bool):  # YAML 1.1 reads a bare no/yes as a bool
+        return "yes" if value else "no"
+    if origin is str and isinstance(value, (int, float)):
         return str(value)
     if origin in (bool, int, float, str, list, dict) and not isinstance(value, origin):
         raise ConfigError(f"{name}: expected {origin.__name__}, got {value!r}")

@@ -809,15 +809,12 @@ def disk_templates(tmp: str) -> tuple[dict, str]:
 def load_tokenizer(name: str):
     if not name:
         return None
-    from transformers import AutoTokenizer
+    from reasonlm.model import ModelError
+    from reasonlm.model import load_tokenizer as load  # the trainer's loader: same template, same errors
     try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"data.tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}") from None
-    if not tok.chat_template:
-        from reasonlm.model import CHAT_TEMPLATE  # what load_tokenizer does for training, too
-        tok.chat_template = CHAT_TEMPLATE
-    return tok
+        return load(name)
+    except ModelError as e:
+        raise DataError(f"data.tokenizer: {e}") from None
 
 
 # --- the stage ----------------------------------------------------------------------------------

@@ -140,6 +140,8 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
             raise ModelError(f"cannot load adapter {adapter}: {str(e).splitlines()[0]}") from None
         if merged:
             model = model.merge_and_unload()
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.eval()
     return model, tokenizer
 

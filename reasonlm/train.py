@@ -233,6 +233,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     # once per process), and registered so checkpoints carry it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
+    # FSDP replaces parameters inside prepare(): clip the ones the prepared model holds.
+    params = [p for p in model.parameters() if p.requires_grad]
     accelerator.register_for_checkpointing(scheduler)
     if cfg.full_finetune is False:
         # Checkpoints hold only the adapter weights (plus optimizer state), not the frozen base.
@@ -294,10 +296,13 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             record = record or {"step": done, "loss": round(loss_value, 5)}
             record.update(validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn))
             score = record.get("val_accuracy", -record.get("val_loss", 0.0))
-            if best is None or score > best["score"]:
+            improved = [best is None or score > best["score"]]
+            if world > 1:  # only the main process measures accuracy: every process follows its verdict
+                from accelerate.utils import broadcast_object_list
+                broadcast_object_list(improved)
+            if improved[0]:
                 best = {"step": done, "score": score}
-                if accelerator.is_main_process:
-                    save_weights(accelerator.unwrap_model(model), tokenizer, os.path.join(run_dir, "best"), cfg)
+                save_weights(accelerator, model, tokenizer, os.path.join(run_dir, "best"), cfg)
             model.train()
         if record and accelerator.is_main_process:
             with open(metrics_path, "a") as f:
@@ -338,11 +343,17 @@ def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluat
     return out
 
 
-def save_weights(model, tokenizer, path: str, cfg: TrainConfig):
-    """save_pretrained (adapter or full model) + tokenizer, written to a temp dir then renamed."""
+def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
+    """save_pretrained (adapter or full model) + tokenizer, written to a temp dir then renamed.
+
+    Call it on every process: under FSDP the state dict is gathered from all of them.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     save_resolved(cfg, tmp)
     shutil.rmtree(path, ignore_errors=True)
@@ -395,8 +406,8 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
     quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt=cfg.format)
     stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator, quick)
     final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
+    save_weights(accelerator, model, tokenizer, final, cfg)
     if accelerator.is_main_process:
-        save_weights(accelerator.unwrap_model(model), tokenizer, final, cfg)
         with open(os.path.join(run_dir, "train_stats.json"), "w") as f:
             json.dump(stats, f, indent=1)
     accelerator.wait_for_everyone()

@@ -56,3 +56,8 @@ def test_bad_override():
 def test_missing_recipe():
     with pytest.raises(ConfigError, match="recipe not found"):
         load_recipe("/nonexistent.yaml")
+
+
+def test_bare_no_is_text_for_string_settings():
+    """YAML 1.1 reads `mixed_precision: no` as False; a text setting gets 'no' back."""
+    assert load_recipe(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"

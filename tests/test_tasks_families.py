@@ -17,6 +17,7 @@ from reasonlm.tasks.word_problems import BASES, EQUATION_RE, STAGES, WordProblem
 # family -> (task, n_steps it must support)
 FAMILIES = {
     "arithmetic": (ArithmeticChain(digits=[1, 2]), range(1, 9)),
+    "arithmetic_mod": (ArithmeticChain(digits=1, ops="+-*", modulus=10), range(1, 9)),
     "word_problems": (WordProblems(distractors=0.5), range(1, 9)),
     "word_problems_big": (WordProblems(max_number=1000), range(1, 9)),
     "linear_equations": (LinearEquations(), range(1, 10)),
