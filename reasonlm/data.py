@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import importlib.util
 import json
 import os
 import random
@@ -623,6 +624,10 @@ def suite_questions(path: str):
             if isinstance(spec.get("dataset"), str):
                 yield from suite_questions(os.path.join(spec["dataset"], "jsonl", f"{spec.get('split', 'test')}.jsonl"))
             if isinstance(spec.get("reasoning_gym"), str):
+                if importlib.util.find_spec("reasoning_gym") is None:  # optional extra, as in eval
+                    print(f"warning: {path}: reasoning_gym not installed; not decontaminating against "
+                          f"{spec['reasoning_gym']} (pip install 'reasonlm[gym]')")
+                    continue
                 for seed in suite.get("seeds") or [0]:
                     task = new_task("reasoning_gym", name=spec["reasoning_gym"], size=spec.get("size", 50),
                                     seed=seed, config=spec.get("config"))
