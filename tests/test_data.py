@@ -395,3 +395,11 @@ def test_mix_recipe_runs_small(tmp_path, monkeypatch):
     path = Path(data.run(recipe.data, recipe.out_dir))
     stats = json.loads((path / "stats.json").read_text())
     assert len(stats["splits"]["train"]["by_family"]) == 4 and stats["splits"]["train"]["rows"] == 400
+
+
+def test_decontamination_without_reasoning_gym_warns_and_goes_on(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "reasoning_gym" else real(n, *a))
+    assert list(data.suite_questions(str(REPO / "eval" / "reasoning-gym.yaml"))) == []
+    assert "reasoning_gym not installed" in capsys.readouterr().out
