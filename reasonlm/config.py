@@ -157,6 +157,12 @@ class TrainConfig:
     """Steps between validation loss / accuracy sample (0 = only at the end)."""
     eval_samples: int = 64
     """Validation problems generated and scored at each evaluation."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations in a row without a better score (0 = never)."""
+    tensorboard: bool = False
+    """Also write the logged metrics as TensorBoard scalars to <run>/tb (needs `tensorboard`)."""
+    load_in_4bit: bool = False
+    """QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes, CUDA only)."""
     save_every: int = 200
     """Steps between checkpoints (0 = none)."""
     keep_last: int = 2

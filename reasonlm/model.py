@@ -79,13 +79,26 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32):
-    """A causal LM from a local directory or a Hub id (safetensors only, no remote code)."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, quantize_4bit: bool = False):
+    """A causal LM from a local directory or a Hub id (safetensors only, no remote code).
+
+    quantize_4bit: QLoRA's frozen NF4 base (bitsandbytes, CUDA), prepared for k-bit training."""
     from transformers import AutoModelForCausalLM
+    extra = {}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+        extra = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16),
+                 "device_map": {"": torch.cuda.current_device()}}
     try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False,
+                                                     use_safetensors=True, **extra)
     except (OSError, ValueError) as e:
         raise ModelError(_load_error(name, e)) from None
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model)
+    return model
 
 
 def _load_error(name: str, error: Exception) -> str:

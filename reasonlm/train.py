@@ -244,7 +244,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         accelerator.register_save_state_pre_hook(keep_trainable)
 
     start, state = (try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {}))
-    best = state.get("best")
+    best, stale = state.get("best"), state.get("stale", 0)  # stale: evaluations since the best one
+    writer = tensorboard_writer(run_dir) if cfg.tensorboard and accelerator.is_main_process else None
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.train()
@@ -301,19 +302,39 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                 from accelerate.utils import broadcast_object_list
                 broadcast_object_list(improved)
             if improved[0]:
-                best = {"step": done, "score": score}
+                best, stale = {"step": done, "score": score}, 0
                 save_weights(accelerator, model, tokenizer, os.path.join(run_dir, "best"), cfg)
+            else:
+                stale += 1
             model.train()
         if record and accelerator.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
+            if writer is not None:
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        writer.add_scalar(k, v, done)
+        if cfg.early_stop_patience and stale >= cfg.early_stop_patience:
+            accelerator.print(f"early stop at step {done}: no better score in {stale} evaluations "
+                              f"(best at step {best['step']}, kept in {os.path.join(run_dir, 'best')})")
+            break
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"best": best, "loss": loss_value})
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"best": best, "stale": stale, "loss": loss_value})
     bar.close()
+    if writer is not None:
+        writer.close()
     elapsed = time.time() - t_start
-    return {"steps": cfg.steps, "final_loss": loss_value, "train_seconds": round(elapsed, 1),
+    return {"steps": done if start < cfg.steps else start, "final_loss": loss_value, "train_seconds": round(elapsed, 1),
             "tokens_per_s": round(tokens_seen * world / max(elapsed, 1e-9), 1), "best": best}
+
+
+def tensorboard_writer(run_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(os.path.join(run_dir, "tb"))
 
 
 class _null:
@@ -390,8 +411,11 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
     dataset = data_stage.load(cfg.data or os.path.join(out_dir, "data"))
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise TrainError(f"dataset {cfg.data or os.path.join(out_dir, 'data')} has no training examples")
+    if cfg.load_in_4bit and not torch.cuda.is_available():
+        raise TrainError("QLoRA (train.load_in_4bit) needs a CUDA GPU and bitsandbytes; "
+                         "on CPU use train.mixed_precision=bf16 or fp32")
     tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name)
+    model = load_model(model_name, quantize_4bit=cfg.load_in_4bit)
     if cfg.full_finetune:
         model.requires_grad_(True)
     else:
