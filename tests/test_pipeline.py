@@ -1,5 +1,6 @@
-"""End to end: the tiny pipeline on a reduced budget learns to reason (well above chance),
-beats its direct-answer ablation, writes every output, and passes the CI gate."""
+"""End to end: the default recipe, exactly as the README's quick start runs it (only out_dir
+moves), learns to reason far above chance, beats its direct-answer ablation, writes every
+output, and passes the CI gate. ~10 minutes on 2 cores; it re-checks the README's numbers."""
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ def run(*args, **kw):
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    with open(os.path.join(ROOT, "recipes", "tiny-ci.yaml")) as f:
+    with open(os.path.join(ROOT, "recipes", "tiny-cpu.yaml")) as f:
         recipe = yaml.safe_load(f)
     recipe["out_dir"] = str(out / "run")
     path = out / "recipe.yaml"
@@ -47,7 +48,7 @@ def test_report_has_the_promised_keys(pipeline_run):
 def test_cot_learns_well_above_chance_and_beats_direct(pipeline_run):
     run_dir, _ = pipeline_run
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    assert report["accuracy"] >= 0.5, report["accuracy"]  # chance is 0.1 (answers 0..9)
+    assert report["accuracy"] >= 0.8, report["accuracy"]  # chance is 0.1 (answers 0..9); README: 1.0
     longest = str(max(int(k) for k in report["by_steps"] if int(k) <= 6))
     assert report["by_steps"][longest] > report["direct"]["by_steps"][longest]
 
