@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 
-# Published sizes (the models' config.json on the Hub); tests/test_real_recipes.py has the same table.
+# Published sizes (the models' config.json on the Hub); tests/test_real_recipes.py builds from this table too.
 ARCHS = {
     "smollm2-135m": dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True,

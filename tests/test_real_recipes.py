@@ -34,15 +34,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "data", "fixtures", "gsm8k_sample.jsonl")
 
 SMOL_ID, QWEN_ID = "HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"
-# Published sizes (the models' config.json on the Hub).
-ARCHS = {
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True,
-                         rope_theta=100000.0, max_position_embeddings=8192, rms_norm_eps=1e-5),
-    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
-                         rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
-}
+# Published sizes (the models' config.json on the Hub): one table, kept in the scale benchmark.
+_spec = importlib.util.spec_from_file_location("bench_scale", os.path.join(ROOT, "eval", "bench_scale.py"))
+_bench_scale = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench_scale)
+ARCHS = _bench_scale.ARCHS
 # The families' default system prompts: their chat templates add one when a conversation has none.
 SYSTEM = {"smollm2-135m": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
           "qwen2.5-0.5b": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."}
