@@ -18,6 +18,7 @@ from reasonlm.tasks.word_problems import BASES, EQUATION_RE, STAGES, WordProblem
 FAMILIES = {
     "arithmetic": (ArithmeticChain(digits=[1, 2]), range(1, 9)),
     "arithmetic_mod": (ArithmeticChain(digits=1, ops="+-*", modulus=10), range(1, 9)),
+    "arithmetic_nontrivial": (ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, trivial_ops=False), range(1, 9)),
     "word_problems": (WordProblems(distractors=0.5), range(1, 9)),
     "word_problems_big": (WordProblems(max_number=1000), range(1, 9)),
     "linear_equations": (LinearEquations(), range(1, 10)),
@@ -124,6 +125,16 @@ def test_missing_and_extra_steps(family):
 
 
 # --- family specifics ----------------------------------------------------------------------------
+def test_no_trivial_operations_when_asked():
+    """trivial_ops=False: every step changes the value, and * still appears (not starved by rejections)."""
+    task, rng = ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, trivial_ops=False), random.Random(1)
+    steps = [s for _ in range(300) for s in task.generate(rng, 6)["steps"]]
+    for step in steps:
+        a, op, b, c = re.fullmatch(r"(\d+)([-+*])(\d+)=(\d+)", step).groups()
+        assert a != c and not (op == "*" and "1" in (a, b)), step
+    assert sum("*" in s for s in steps) > 0.15 * len(steps)
+
+
 def test_word_problems_have_enough_templates():
     assert len(BASES) >= 30
     assert sum(len(v) for v in STAGES.values()) >= 20

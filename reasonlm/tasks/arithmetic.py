@@ -14,7 +14,9 @@ order of reductions is accepted.
 
 Knobs (the difficulty): `digits` per operand, `ops` allowed, `min_value`/`max_value` bounds on
 every intermediate result (e.g. 0..9 keeps every step single-digit), `group_prob` the chance an
-operand is a parenthesised sub-chain of `group_ops` operations, and `modulus`:
+operand is a parenthesised sub-chain of `group_ops` operations, `trivial_ops` (false: no +0, -0,
+*0, *1, /1 and no 0* or 1*, so every step changes the value and no x*0 erases the chain before it:
+a direct answer must then follow every operation), and `modulus`:
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
@@ -49,7 +51,7 @@ class ArithmeticChain:
 
     def __init__(self, digits: int | list = 1, ops: str = "+-*/", min_value: int | None = None,
                  max_value: int | None = None, group_prob: float = 0.0, group_ops: int = 2,
-                 modulus: int | None = None):
+                 modulus: int | None = None, trivial_ops: bool = True):
         lo, hi = (digits, digits) if isinstance(digits, int) else tuple(digits)
         if not 1 <= lo <= hi <= 12:
             raise ValueError(f"digits must be 1..12 or [lo, hi], got {digits!r}")
@@ -62,6 +64,7 @@ class ArithmeticChain:
         if modulus is not None and (not isinstance(modulus, int) or modulus < 2 or "/" in ops):
             raise ValueError(f"modulus must be an integer >= 2 with ops among '+-*', got {modulus!r} with ops {ops!r}")
         self.modulus = modulus
+        self.trivial_ops = trivial_ops
 
     # --- generation ------------------------------------------------------------------------
     def generate(self, rng: random.Random, n_steps: int) -> dict:
@@ -127,6 +130,8 @@ class ArithmeticChain:
         """Pick an operation and a right operand (a number or a group) that keep bounds."""
         for _ in range(20):
             op = rng.choice(self.ops)
+            if not self.trivial_ops and op in "*/" and value in (0, 1):  # 0*b=0, 1*b=b, 0/b=0 skip work
+                continue
             if group_ops:
                 sub = self._chain(rng, group_ops, allow_groups=False)
                 if sub is None:
@@ -148,10 +153,14 @@ class ArithmeticChain:
     def _operand_for(self, rng, op, value):
         """Draw an operand that is likely to keep the result in bounds (saves rejections)."""
         lo, hi = self.operand_lo, self.operand_hi
+        if not self.trivial_ops:  # +0, -0, *0, *1, /1 leave the value unchanged or wipe the history
+            lo = max(lo, 1 if op in "+-" else 2)
         if op == "+" and self.max_value is not None:
             hi = min(hi, int(self.max_value - value))
         if op == "-" and self.min_value is not None:
             hi = min(hi, int(value - self.min_value))
+        if op == "*" and self.max_value is not None and value > 0:  # so * is not rejected more than + and -
+            hi = min(hi, int(self.max_value // value))
         if op == "/":
             v = abs(int(value))
             divisors = [d for d in range(max(lo, 1), min(hi, v if v else hi) + 1) if v % d == 0] if v <= 10**6 else []
