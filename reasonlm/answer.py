@@ -68,6 +68,8 @@ def _is_decimal(s: str) -> bool:
 
 def format_number(value: Fraction | int) -> str:
     """Canonical text of a number: '12', '-3', '2.5', or '1/3' when no finite decimal exists."""
+    if type(value) is int:  # the data stage's case: a plain int, no conversion at all
+        return str(value)
     if isinstance(value, int) or value.denominator == 1:  # the common case, without a new Fraction
         return str(int(value))
     value = Fraction(value)
@@ -88,6 +90,8 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     """Numbers compare by value; anything else compares as stripped, case-folded text."""
     if predicted is None:
         return False
+    if predicted == gold:  # the same text is the same number (or the same text): no parsing needed
+        return True
     p, g = normalize_number(predicted), normalize_number(gold)
     if g is not None:
         return p is not None and p == g
@@ -162,32 +166,46 @@ _OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "x": "*", "/": "/",
 MAX_EXPR_CHARS = 200
 
 
+def is_leaf(node) -> bool:
+    """A parsed tree's leaf (an int or a Fraction), as opposed to an operation tuple or None."""
+    return node is not None and type(node) is not tuple
+
+
 @functools.lru_cache(maxsize=65536)  # the data stage checks the same small steps millions of times;
-def parse_expression(expr: str):     # trees are tuples and Fractions, immutable, so sharing them is safe
+def parse_expression(expr: str):     # trees are tuples and numbers, immutable, so sharing them is safe
     """Parse an arithmetic expression (+ - * / parentheses, unary minus) into a tree.
 
-    A leaf is a Fraction; an operation is a tuple (op, left, right) with op in '+-*/'; unary
-    minus on a literal folds into the leaf. Returns None for anything that is not such an
-    expression. A hand-written recursive-descent parser: model output never meets eval().
+    A leaf is an exact number: an int for an integer literal ('12'), a Fraction for a decimal
+    one ('2.5', '2.0'); an operation is a tuple (op, left, right) with op in '+-*/'; unary minus
+    on a literal folds into the leaf. Test for a leaf with `is_leaf` (not isinstance Fraction).
+    Returns None for anything that is not such an expression. A hand-written recursive-descent
+    parser: model output never meets eval().
     """
     expr = expr.replace(",", "").replace("$", "").strip()
     if not expr or len(expr) > MAX_EXPR_CHARS:
         return None
     tokens: list = []
+    append = tokens.append
     for number, other in _TOKEN_RE.findall(expr):
         if number:
             if len(number) > MAX_NUMBER_CHARS:
                 return None
-            tokens.append(Fraction(number))
+            append(Fraction(number) if "." in number else int(number))  # ints are exact; '2.5' is not one
         elif other.strip():
             op = _OPS.get(other, other)
             if op not in "+-*/()":
                 return None
-            tokens.append(op)
+            append(op)
+    n = len(tokens)
+    if n == 1:  # a bare number: the right-hand side of every step
+        tok = tokens[0]
+        return tok if type(tok) is not str else None
+    if n == 3 and type(tokens[0]) is not str and type(tokens[2]) is not str and tokens[1] in _BINARY:
+        return (tokens[1], tokens[0], tokens[2])  # 'a op b': the left-hand side of every step
     pos = 0
 
     def peek():
-        return tokens[pos] if pos < len(tokens) else None
+        return tokens[pos] if pos < n else None
 
     def take():
         nonlocal pos
@@ -215,30 +233,35 @@ def parse_expression(expr: str):     # trees are tuples and Fractions, immutable
         if tok == "-":
             take()
             inner = factor(depth + 1)
-            return -inner if isinstance(inner, Fraction) else ("-", Fraction(0), inner)
+            return -inner if type(inner) is not tuple else ("-", 0, inner)
         if tok == "(":
             take()
             node = expression(depth + 1)
             if take() != ")":
                 raise ValueError("unbalanced")
             return node
-        if not isinstance(tok, Fraction):
+        if tok is None or type(tok) is str:
             raise ValueError("expected a number")
         return take()
 
     try:
         node = expression(0)
-        return node if pos == len(tokens) else None
+        return node if pos == n else None
     except (ValueError, IndexError):
         return None
 
 
-def tree_value(node) -> Fraction | None:
-    """Exact value of a parsed tree; None on division by zero."""
-    if isinstance(node, Fraction):
+_BINARY = frozenset("+-*/")
+
+
+def tree_value(node) -> Fraction | int | None:
+    """Exact value of a parsed tree (an int when no division or decimal is involved); None on
+    division by zero."""
+    if type(node) is not tuple:
         return node
     op, left, right = node
-    a, b = tree_value(left), tree_value(right)
+    a = left if type(left) is not tuple else tree_value(left)
+    b = right if type(right) is not tuple else tree_value(right)
     if a is None or b is None:
         return None
     if op == "+":
@@ -247,10 +270,15 @@ def tree_value(node) -> Fraction | None:
         return a - b
     if op == "*":
         return a * b
-    return a / b if b != 0 else None
+    if b == 0:
+        return None
+    if type(a) is int and type(b) is int:
+        q, r = divmod(a, b)
+        return q if r == 0 else Fraction(a, b)
+    return Fraction(a) / b
 
 
-def evaluate_expression(expr: str) -> Fraction | None:
+def evaluate_expression(expr: str) -> Fraction | int | None:
     """Exact value of an arithmetic expression, or None if it is not one."""
     tree = parse_expression(expr)
     return None if tree is None else tree_value(tree)

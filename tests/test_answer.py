@@ -98,3 +98,50 @@ def test_parser_never_raises(s):
     evaluate_expression(s)
     normalize_number(s)
     answers_match(p.answer, "1")
+
+
+# --- the exact-int fast path: int leaves where no division or decimal is involved ------------
+def _fraction_value(node):
+    """Reference evaluator: every leaf as a Fraction, as the parser produced before the int path."""
+    if not isinstance(node, tuple):
+        return Fraction(node)
+    op, a, b = node
+    a, b = _fraction_value(a), _fraction_value(b)
+    if a is None or b is None or (op == "/" and b == 0):
+        return None
+    return {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
+
+
+_numbers = st.integers(0, 10**12).map(str) | st.decimals(0, 1000, places=2, allow_nan=False).map(str)
+_exprs = st.recursive(_numbers, lambda inner: st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "*-", "--"]), inner)
+                      .map(lambda t: f"({t[0]}{t[1]}{t[2]})"), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_exprs)
+def test_int_leaves_agree_with_fraction_arithmetic(text):
+    tree = answer.parse_expression(text)
+    assert tree is not None
+    value = answer.tree_value(tree)
+    assert value == _fraction_value(tree)  # None (division by zero) in both, or the same exact value
+    if "/" not in text and "." not in text:
+        assert type(value) is int  # ints stay ints: no Fraction unless a division or a decimal needs one
+    if value is not None:
+        assert format_number(value) == format_number(Fraction(value))
+        assert answers_match(format_number(value), format_number(Fraction(value)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("0123456789+-*/. ")), max_size=12))
+def test_short_cuts_of_the_parser_agree_with_the_full_parse(s):
+    # '(s)' never takes the bare-number / 'a op b' short cuts, so it is the general parser's answer
+    assert answer.parse_expression(s) == answer.parse_expression(f"({s})")
+
+
+def test_leaf_types():
+    assert answer.parse_expression("12") == 12 and type(answer.parse_expression("12")) is int
+    assert type(answer.parse_expression("2.5")) is Fraction and answer.parse_expression("-3") == -3
+    assert answer.parse_expression("3*4") == ("*", 3, 4) and answer.parse_expression("-(1+2)") == ("-", 0, ("+", 1, 2))
+    assert evaluate_expression("8/4") == 2 and type(evaluate_expression("8/4")) is int
+    assert evaluate_expression("2.5*2") == 5 and format_number(evaluate_expression("2.5*2")) == "5"
+    assert answer.parse_expression("+") is None and answer.parse_expression("3 4") is None

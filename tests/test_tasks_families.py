@@ -224,3 +224,21 @@ def test_linear_length_depends_on_knobs():
 
 def test_registry_knows_every_family():
     assert {"arithmetic", "word_problems", "linear_equations", "object_swaps", "gsm8k", "reasoning_gym"} <= set(known_tasks())
+
+
+def test_arithmetic_accepts_steps_written_as_decimals_and_any_order():
+    """Leaves are ints in the generator and the parser; a step written '2.0+3=5.0' (Fraction
+    leaves) still names and reduces the same operation, and exact division keeps ints."""
+    task = ArithmeticChain(digits=1, ops="+-*/")
+    ex = {"question": "(8/4+3)*2-6", "steps": [], "answer": "4", "n_steps": 4, "meta": {}}
+    assert task.check(ex, ["8/4=2", "2+3=5", "5*2=10", "10-6=4"], "4").chain_valid
+    assert task.check(ex, ["8.0/4=2.0", "2+3.0=5", "5*2=10.00", "10-6=4"], "4.0").chain_valid
+    assert task.check(ex, ["8/4=2", "2+3=5", "5*2=11", "11-6=5"], "4").first_bad_step == 3
+    assert task.check(ex, ["8/4=2", "2+3=5", "5*2=10", "10-6=4"], "5").chain_valid is False
+    mod = ArithmeticChain(digits=1, ops="+-*", modulus=10)
+    ex = {"question": "(8+7)*3 mod 10", "steps": [], "answer": "5", "n_steps": 2, "meta": {}}
+    assert mod.check(ex, ["8+7=5", "5*3=5"], "5").chain_valid
+    assert mod.check(ex, ["8+7=15", "15*3=45"], "5").first_bad_step == 1  # results must lie in 0..m-1
+    for seed in range(50):  # every value of a chain with / is an int: no Fraction leaks into the text
+        gen = task.generate(random.Random(seed), 5)
+        assert "/" not in gen["answer"] and all("." not in s for s in gen["steps"])

@@ -30,7 +30,7 @@ import random
 import re
 from fractions import Fraction
 
-from reasonlm.answer import format_number, parse_expression, tree_value
+from reasonlm.answer import format_number, is_leaf, parse_expression, tree_value
 from reasonlm.tasks import Check, finish_check, reward_from_check, answers_match, check_completion
 
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
@@ -98,18 +98,21 @@ class ArithmeticChain:
             value = new
         return {"question": f"{question} mod {m}", "steps": steps, "answer": str(value), "n_steps": n_steps, "meta": {}}
 
-    def _in_bounds(self, v: Fraction) -> bool:
+    def _in_bounds(self, v: int | Fraction) -> bool:
         return ((self.min_value is None or v >= self.min_value)
                 and (self.max_value is None or v <= self.max_value)
-                and v.denominator == 1)
+                and (type(v) is int or v.denominator == 1))
 
     def _leaf(self, rng, lo=None, hi=None):
         lo = self.operand_lo if lo is None else max(lo, self.operand_lo)
         hi = self.operand_hi if hi is None else min(hi, self.operand_hi)
-        return Fraction(rng.randint(lo, hi)) if lo <= hi else None
+        return rng.randint(lo, hi) if lo <= hi else None
 
     def _chain(self, rng, n_ops, allow_groups):
-        """A running-total chain of n_ops operations: returns (tree, value) or None."""
+        """A running-total chain of n_ops operations: returns (tree, value) or None.
+
+        Every leaf and value is a plain int (exact, and much cheaper than Fraction): every
+        intermediate result is an integer by construction, and a division is taken only when exact."""
         first = self._leaf(rng, self.min_value, self.max_value)
         if first is None:
             return None
@@ -142,11 +145,17 @@ class ArithmeticChain:
                 if rvalue is None:
                     continue
                 rtree = rvalue
-            if op == "/" and (rvalue == 0 or (value / rvalue).denominator != 1):
+            if op == "+":
+                new = value + rvalue
+            elif op == "-":
+                new = value - rvalue
+            elif op == "*":
+                new = value * rvalue
+            elif rvalue == 0 or value % rvalue:  # only exact divisions
                 continue
-            new = {"+": value + rvalue, "-": value - rvalue, "*": value * rvalue,
-                   "/": value / rvalue if rvalue else None}[op]
-            if new is not None and self._in_bounds(new):
+            else:
+                new = value // rvalue
+            if self._in_bounds(new):
                 return op, rtree, rvalue, new
         return None
 
@@ -164,8 +173,8 @@ class ArithmeticChain:
         if op == "/":
             v = abs(int(value))
             divisors = [d for d in range(max(lo, 1), min(hi, v if v else hi) + 1) if v % d == 0] if v <= 10**6 else []
-            return Fraction(rng.choice(divisors)) if divisors else None
-        return Fraction(rng.randint(lo, hi)) if lo <= hi else None
+            return rng.choice(divisors) if divisors else None
+        return rng.randint(lo, hi) if lo <= hi else None
 
     # --- checking --------------------------------------------------------------------------
     def check(self, example: dict, steps: list[str], answer: str | None) -> Check:
@@ -184,9 +193,9 @@ class ArithmeticChain:
             else:
                 state = reduced
                 step_ok.append(True)
-        if modulus and isinstance(state, Fraction) and state.denominator == 1:
-            state = Fraction(int(state) % modulus)
-        complete = not broken and isinstance(state, Fraction) and answers_match(answer, format_number(state))
+        if modulus and is_leaf(state) and state.denominator == 1:
+            state = int(state) % modulus
+        complete = not broken and is_leaf(state) and answers_match(answer, format_number(state))
         return finish_check(answers_match(answer, example["answer"]), step_ok, complete)
 
     def reward(self, example: dict, completion: str) -> float:
@@ -196,7 +205,7 @@ class ArithmeticChain:
 # --- expression helpers (also used by importers that build step traces from expressions) ------
 def render(node, parent_prec: int = 0, is_right: bool = False) -> str:
     """Tree -> text with only the parentheses the tree needs (left-associative operators)."""
-    if isinstance(node, Fraction):
+    if type(node) is not tuple:  # a leaf: an int or a Fraction
         return format_number(node) if node >= 0 or not parent_prec else f"({format_number(node)})"
     op, left, right = node
     prec = PRECEDENCE[op]
@@ -211,7 +220,7 @@ def gold_steps(node) -> list[str]:
     steps: list[str] = []
 
     def walk(n):
-        if isinstance(n, Fraction):
+        if type(n) is not tuple:
             return n
         op, left, right = n
         a, b = walk(left), walk(right)
@@ -227,14 +236,14 @@ def apply_step(state, text: str, modulus: int | None = None):
     """Reduce one operation of `state` as the step `text` ('a op b=c') says, or None if the
     step is false, malformed, or names no operation that is ready to be reduced. With a
     modulus, 'c' must be congruent to 'a op b' and lie in 0..modulus-1."""
-    if "=" not in text or text.count("=") != 1:
+    if text.count("=") != 1:
         return None
     lhs, rhs = text.split("=")
     step_tree, result = parse_expression(lhs), parse_expression(rhs)
-    if not isinstance(result, Fraction) or not isinstance(step_tree, tuple):
+    if not is_leaf(result) or type(step_tree) is not tuple:
         return None
     op, a, b = step_tree
-    if not (isinstance(a, Fraction) and isinstance(b, Fraction)):
+    if type(a) is tuple or type(b) is tuple:
         return None
     value = tree_value(step_tree)
     if modulus:
@@ -247,10 +256,10 @@ def apply_step(state, text: str, modulus: int | None = None):
 
     def walk(n):
         nonlocal done
-        if isinstance(n, Fraction) or done:
+        if done or type(n) is not tuple:
             return n
         nop, left, right = n
-        if nop == op and left == a and right == b and isinstance(left, Fraction) and isinstance(right, Fraction):
+        if nop == op and type(left) is not tuple and type(right) is not tuple and left == a and right == b:
             done = True
             return result
         return (nop, walk(left), walk(right))

@@ -1012,7 +1012,7 @@ def check_line(text: str, known: set) -> Fraction | None:
 
 
 def _leaves(node):
-    if isinstance(node, Fraction):
+    if type(node) is not tuple:  # parse_expression's leaves are ints and Fractions
         yield node
     else:
         yield from _leaves(node[1])
