@@ -126,6 +126,8 @@ class TrainConfig:
     """Rank-stabilised LoRA scaling."""
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA)."""
+    modules_to_save: list = field(default_factory=list)
+    """Modules trained in full and saved with the adapter; empty = input embedding + LM head only if the tokenizer gained tokens."""
     steps: int = 800
     """Optimizer steps."""
     batch_tokens: int = 6144

@@ -21,6 +21,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]  # what CHAT_TEMPLATE needs as single tokens
 
 
 class ModelError(ValueError):
@@ -76,7 +77,24 @@ def load_tokenizer(name: str):
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
         tok.chat_template = CHAT_TEMPLATE
+        ensure_chat_tokens(tok)
     return tok
+
+
+def ensure_chat_tokens(tokenizer) -> list[str]:
+    """Add the ChatML markers CHAT_TEMPLATE writes as special tokens if the vocabulary lacks them.
+
+    Without them '<|im_end|>' would be split into pieces and the model could not learn one
+    end-of-turn token. The model's embeddings then need new rows (`fit_vocab`), which the train
+    stage trains and saves with the adapter. Returns the tokens added; they are also kept on the
+    tokenizer as `reasonlm_added_tokens` until it is saved (a reloaded tokenizer already has them).
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in CHAT_TOKENS if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    tokenizer.reasonlm_added_tokens = missing
+    return missing
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, quantize_4bit: bool = False):
@@ -117,22 +135,67 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not os.path.exists(parts[0])
 
 
-def lora_config(cfg, model):
-    """peft LoraConfig from the train section; 'all-linear' lets peft find every linear layer."""
+def fit_vocab(model, tokenizer) -> int:
+    """Give the model an embedding row for every token of `tokenizer`; returns how many tokens
+    had no trained row (0 = nothing to do).
+
+    A tokenizer longer than the embedding matrix (tokens added to it) makes the model resize its
+    input embedding and LM head to len(tokenizer); the new rows start from the old rows' mean and
+    covariance. Tokens `ensure_chat_tokens` just added into a vocabulary padded beyond the
+    tokenizer (Qwen-style) need no resize but still have untrained rows, so they count too.
+    Call it before attaching the adapter, in training and before loading a saved adapter.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    added = [tokenizer.convert_tokens_to_ids(t) for t in getattr(tokenizer, "reasonlm_added_tokens", [])]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return max(0, len(tokenizer) - rows) + sum(1 for i in added if i is not None and i < rows)
+
+
+def embedding_module_names(model) -> list[str]:
+    """Names of the input embedding and the LM head (e.g. ['model.embed_tokens', 'lm_head'])."""
+    wanted = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    names = {id(m): n for n, m in model.named_modules()}
+    return list(dict.fromkeys(names[id(m)] for m in wanted if id(m) in names))
+
+
+def embeddings_tied(model) -> bool:
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and head.weight is emb.weight
+
+
+def modules_to_save(cfg, model, new_tokens: int) -> list[str]:
+    """Modules trained in full and saved with the adapter: train.modules_to_save if set, else
+    the input embedding and LM head when the tokenizer has tokens the model had no row for."""
+    if cfg.modules_to_save:
+        return list(cfg.modules_to_save)
+    return embedding_module_names(model) if new_tokens else []
+
+
+def lora_config(cfg, model, save: list[str] | tuple = ()):
+    """peft LoraConfig from the train section; 'all-linear' lets peft find every linear layer.
+
+    `save`: modules_to_save. With tied embeddings (one matrix for input and LM head) peft's
+    ensure_weight_tying keeps the trained copies tied too: one trainable matrix, used on both
+    sides, so a merged export is still a correctly tied model."""
     from peft import LoraConfig
 
     targets = cfg.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
+    embeddings = embedding_module_names(model)
+    tie = bool(save) and embeddings_tied(model) and any(
+        e == s or e.endswith("." + s) for s in save for e in embeddings)
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
-                      task_type="CAUSAL_LM")
+                      modules_to_save=list(save) or None, ensure_weight_tying=tie, task_type="CAUSAL_LM")
 
 
-def attach_lora(model, cfg):
+def attach_lora(model, cfg, save: list[str] | tuple = ()):
+    """The model with LoRA adapters; `save` lists modules trained in full and saved with them."""
     from peft import get_peft_model
     try:
-        return get_peft_model(model, lora_config(cfg, model))
+        return get_peft_model(model, lora_config(cfg, model, save))
     except ValueError as e:
         names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"LoRA target_modules={cfg.target_modules!r} match nothing in the model "
@@ -145,6 +208,9 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
         raise ModelError(f"adapter path not found: {adapter}")
     tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else model_name)
     model = load_model(model_name)
+    # an adapter trained with added tokens carries embeddings of len(tokenizer) rows (its
+    # modules_to_save); the base gets as many rows before the adapter is attached
+    fit_vocab(model, tokenizer)
     if adapter:
         from peft import PeftModel
         try:

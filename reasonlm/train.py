@@ -374,11 +374,25 @@ def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
         return
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    unwrapped = accelerator.unwrap_model(model)
+    extra = {}
+    if embeddings_in_modules_to_save(unwrapped):
+        # their trained copies are saved already; peft's "auto" would add the frozen originals too
+        extra["save_embedding_layers"] = False
+    unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     save_resolved(cfg, tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def embeddings_in_modules_to_save(model) -> bool:
+    """A peft model whose input embedding and LM head are both trained in full (modules_to_save)."""
+    if not hasattr(model, "peft_config"):
+        return False
+    from peft.utils import ModulesToSaveWrapper
+    layers = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    return bool(layers) and all(isinstance(m, ModulesToSaveWrapper) for m in layers)
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -399,7 +413,8 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
 
     from reasonlm import data as data_stage
     from reasonlm import evaluate
-    from reasonlm.model import attach_lora, count_parameters, load_model, load_tokenizer
+    from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer,
+                                modules_to_save)
 
     # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
@@ -416,10 +431,19 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
                          "on CPU use train.mixed_precision=bf16 or fp32")
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, quantize_4bit=cfg.load_in_4bit)
+    rows = model.get_input_embeddings().weight.shape[0]
+    new_tokens = fit_vocab(model, tokenizer)  # e.g. the ChatML tokens a real model's tokenizer lacked
+    if new_tokens:
+        resized = model.get_input_embeddings().weight.shape[0]
+        accelerator.print(f"train[{name}]: the tokenizer has {new_tokens} token(s) without a trained embedding row"
+                          + (f"; embeddings resized from {rows} to {resized} rows" if resized != rows else ""))
     if cfg.full_finetune:
         model.requires_grad_(True)
     else:
-        model = attach_lora(model, cfg)
+        save = modules_to_save(cfg, model, new_tokens)
+        model = attach_lora(model, cfg, save)
+        if save:
+            accelerator.print(f"train[{name}]: training in full and saving with the adapter: {', '.join(save)}")
     total, trainable = count_parameters(model)
     accelerator.print(f"train[{name}]: {model_name} {total/1e6:.2f}M params, {trainable/1e6:.3f}M trainable, "
                       f"format={cfg.format}, {accelerator.num_processes} process(es)")
