@@ -24,3 +24,28 @@ def tiny_model_and_tokenizer(seed=0, hidden=32, layers=2, heads=4):
     model = build_tiny(tok, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=hidden * 2,
                        max_position=256, seed=seed)
     return model, tok
+
+
+def chatless_model_and_tokenizer(tied=True, hidden=32, layers=2, heads=4, extra_rows=0, seed=0):
+    """A toy model whose tokenizer is like many real base models': no ChatML tokens, no chat
+    template. `extra_rows` pads the embedding beyond the tokenizer (as Qwen's vocabularies are)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    texts = ["user", "assistant", "system"] + [r["question"] + "\n" + "\n".join(r["steps"]) for r in rows(300)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        model_max_length=100_000)
+    config = LlamaConfig(vocab_size=len(tokenizer) + extra_rows, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=256, tie_word_embeddings=tied, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config), tokenizer
