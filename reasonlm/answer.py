@@ -161,8 +161,10 @@ def lmeval_normalize(text: str) -> str:
 
 
 # --- safe arithmetic for checkable steps ------------------------------------------------------
-_TOKEN_RE = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|(.))")
+_TOKEN_RE = re.compile(r"\d+(?:\.\d+)?|\S")  # a number, or any other single character
 _OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "x": "*", "/": "/", "÷": "/"}
+# token text -> token: operators and parentheses (canonical), and the ten one-digit numbers
+_TOKENS = {**_OPS, "(": "(", ")": ")", **{str(d): d for d in range(10)}}
 MAX_EXPR_CHARS = 200
 
 
@@ -186,63 +188,65 @@ def parse_expression(expr: str):     # trees are tuples and numbers, immutable, 
         return None
     tokens: list = []
     append = tokens.append
-    for number, other in _TOKEN_RE.findall(expr):
-        if number:
-            if len(number) > MAX_NUMBER_CHARS:
+    for text in _TOKEN_RE.findall(expr):
+        tok = _TOKENS.get(text)
+        if tok is None:
+            if not text[0].isdecimal():  # \d is exactly the decimal digits: anything else is no token of ours
                 return None
-            append(Fraction(number) if "." in number else int(number))  # ints are exact; '2.5' is not one
-        elif other.strip():
-            op = _OPS.get(other, other)
-            if op not in "+-*/()":
+            if len(text) > MAX_NUMBER_CHARS:
                 return None
-            append(op)
+            tok = Fraction(text) if "." in text else int(text)  # ints are exact; '2.5' is not one
+        append(tok)
     n = len(tokens)
     if n == 1:  # a bare number: the right-hand side of every step
         tok = tokens[0]
         return tok if type(tok) is not str else None
     if n == 3 and type(tokens[0]) is not str and type(tokens[2]) is not str and tokens[1] in _BINARY:
         return (tokens[1], tokens[0], tokens[2])  # 'a op b': the left-hand side of every step
+    append(None)  # a sentinel: reading past the end meets None instead of an IndexError
     pos = 0
 
-    def peek():
-        return tokens[pos] if pos < n else None
-
-    def take():
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
+    # recursive descent, with the token reads inlined (this runs once per generated question)
     def expression(depth):
+        nonlocal pos
         node = term(depth)
-        while peek() in ("+", "-"):
-            op = take()
-            node = (op, node, term(depth))
-        return node
+        while True:
+            tok = tokens[pos]
+            if tok != "+" and tok != "-":
+                return node
+            pos += 1
+            node = (tok, node, term(depth))
 
     def term(depth):
+        nonlocal pos
         node = factor(depth)
-        while peek() in ("*", "/"):
-            op = take()
-            node = (op, node, factor(depth))
-        return node
+        while True:
+            tok = tokens[pos]
+            if tok != "*" and tok != "/":
+                return node
+            pos += 1
+            node = (tok, node, factor(depth))
 
     def factor(depth):
+        nonlocal pos
         if depth > 20:
             raise ValueError("nested too deep")
-        tok = peek()
-        if tok == "-":
-            take()
-            inner = factor(depth + 1)
-            return -inner if type(inner) is not tuple else ("-", 0, inner)
-        if tok == "(":
-            take()
-            node = expression(depth + 1)
-            if take() != ")":
-                raise ValueError("unbalanced")
-            return node
-        if tok is None or type(tok) is str:
+        tok = tokens[pos]
+        pos += 1
+        if type(tok) is str:
+            if tok == "-":
+                inner = factor(depth + 1)
+                return -inner if type(inner) is not tuple else ("-", 0, inner)
+            if tok == "(":
+                node = expression(depth + 1)
+                if tokens[pos] != ")":
+                    raise ValueError("unbalanced")
+                pos += 1
+                return node
             raise ValueError("expected a number")
-        return take()
+        if tok is None:
+            raise ValueError("expected a number")
+        return tok
 
     try:
         node = expression(0)

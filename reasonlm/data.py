@@ -90,10 +90,13 @@ NOT_MATH_RE = re.compile(r"[^\w+\-*/=.() ]")  # punctuation other than arithmeti
 SENTENCE_DOT_RE = re.compile(r"\.(?!\d)|(?<!\d)\.")  # a dot that is not a decimal point
 MATH_SPACE_RE = re.compile(r"\s*([+\-*/=()])\s*")  # '3 + 4' is '3+4'
 SPACES_RE = re.compile(r"\s+")
+PLAIN_MATH = "0123456789+-*/()"  # a question of only these characters is already normalized
 
 
 def normalize_question(q: str) -> str:
     """Key for de-duplication and decontamination: case, spacing and punctuation folded."""
+    if not q.strip(PLAIN_MATH):  # '(7+5)*3-4': nothing to fold, it is its own key
+        return q
     q = SENTENCE_DOT_RE.sub(" ", NOT_MATH_RE.sub(" ", q.casefold()))
     return SPACES_RE.sub(" ", MATH_SPACE_RE.sub(r"\1", q)).strip()
 

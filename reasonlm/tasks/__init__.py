@@ -31,7 +31,7 @@ class Check:
 
 def finish_check(answer_correct: bool, step_ok: list[bool], complete: bool) -> Check:
     """Shared bookkeeping: first bad step and chain validity from per-step verdicts."""
-    first_bad = next((i + 1 for i, ok in enumerate(step_ok) if not ok), None)
+    first_bad = None if all(step_ok) else next(i + 1 for i, ok in enumerate(step_ok) if not ok)
     chain_valid = first_bad is None and complete and answer_correct
     return Check(answer_correct, step_ok, first_bad, chain_valid)
 

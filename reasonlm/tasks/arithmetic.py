@@ -26,6 +26,7 @@ ablation solved those almost as well as the chains), while a sum mod 10 of many 
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 from fractions import Fraction
@@ -39,6 +40,8 @@ MOD_RE = re.compile(r"^(?P<expr>.{1,400}?)\s*\bmod\s*(?P<m>\d{1,6})\s*$")
 
 def split_modulus(question: str) -> tuple[str, int | None]:
     """'8+7-5 mod 10' -> ('8+7-5', 10); a question without ' mod m' -> (question, None)."""
+    if "mod" not in question:  # MOD_RE needs the word: skip the regex for plain chains
+        return question, None
     m = MOD_RE.match(question.strip())
     if not m or int(m.group("m")) < 2:
         return question, None
@@ -224,8 +227,12 @@ def gold_steps(node) -> list[str]:
             return n
         op, left, right = n
         a, b = walk(left), walk(right)
-        c = tree_value((op, a, b))
-        steps.append(f"{format_number(a)}{op}{format_number(b)}={format_number(c)}")
+        if type(a) is int and type(b) is int and op != "/":  # the generator's case: exact ints, no Fraction
+            c = a + b if op == "+" else a - b if op == "-" else a * b
+            steps.append(f"{a}{op}{b}={c}")
+        else:
+            c = tree_value((op, a, b))
+            steps.append(f"{format_number(a)}{op}{format_number(b)}={format_number(c)}")
         return c
 
     walk(node)
@@ -236,6 +243,13 @@ def apply_step(state, text: str, modulus: int | None = None):
     """Reduce one operation of `state` as the step `text` ('a op b=c') says, or None if the
     step is false, malformed, or names no operation that is ready to be reduced. With a
     modulus, 'c' must be congruent to 'a op b' and lie in 0..modulus-1."""
+    step = _true_step(text, modulus)
+    return None if step is None else _reduce(state, *step)
+
+
+@functools.lru_cache(maxsize=65536)  # pure in (text, modulus); the data stage meets the same small steps again and again
+def _true_step(text: str, modulus: int | None):
+    """(op, a, b, c) of a true step 'a op b=c' between two numbers, or None."""
     if text.count("=") != 1:
         return None
     lhs, rhs = text.split("=")
@@ -252,17 +266,24 @@ def apply_step(state, text: str, modulus: int | None = None):
             return None
     elif value != result:
         return None
-    done = False
+    return op, a, b, result
 
-    def walk(n):
-        nonlocal done
-        if done or type(n) is not tuple:
-            return n
-        nop, left, right = n
-        if nop == op and type(left) is not tuple and type(right) is not tuple and left == a and right == b:
-            done = True
-            return result
-        return (nop, walk(left), walk(right))
 
-    new = walk(state)
-    return new if done else None
+def _reduce(node, op, a, b, result):
+    """`node` with its first (leftmost) operation 'a op b' between two numbers replaced by the
+    number `result`, or None if it has no such operation."""
+    if type(node) is not tuple:
+        return None
+    nop, left, right = node
+    left_op, right_op = type(left) is tuple, type(right) is tuple
+    if not left_op and not right_op:
+        return result if nop == op and left == a and right == b else None
+    if left_op:
+        new = _reduce(left, op, a, b, result)
+        if new is not None:
+            return (nop, new, right)
+    if right_op:
+        new = _reduce(right, op, a, b, result)
+        if new is not None:
+            return (nop, left, new)
+    return None
