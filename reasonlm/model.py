@@ -194,12 +194,19 @@ def lora_config(cfg, model, save: list[str] | tuple = ()):
 def attach_lora(model, cfg, save: list[str] | tuple = ()):
     """The model with LoRA adapters; `save` lists modules trained in full and saved with them."""
     from peft import get_peft_model
+    from peft.utils import ModulesToSaveWrapper
     try:
-        return get_peft_model(model, lora_config(cfg, model, save))
+        peft_model = get_peft_model(model, lora_config(cfg, model, save))
     except ValueError as e:
         names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"LoRA target_modules={cfg.target_modules!r} match nothing in the model "
                          f"({str(e).splitlines()[0][:120]}); linear layers are: {', '.join(names)}") from None
+    wrapped = [n for n, m in peft_model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    unmatched = [s for s in save if not any(n == s or n.endswith("." + s) for n in wrapped)]
+    if unmatched:  # peft ignores them silently
+        raise ModelError(f"train.modules_to_save: {', '.join(unmatched)} match no module of the model "
+                         f"(its embeddings are {', '.join(embedding_module_names(model))})")
+    return peft_model
 
 
 def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False):

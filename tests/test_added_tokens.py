@@ -206,3 +206,9 @@ def test_explicit_modules_to_save(data_dir, tmp_path):
     emb, head = embedding_keys(adapter_tensors(adapter))
     assert emb and head
     load_for_inference(str(base), str(adapter))
+
+
+def test_modules_to_save_that_match_nothing_are_an_error():
+    model, _ = tiny_model_and_tokenizer()
+    with pytest.raises(model_mod.ModelError, match="modules_to_save: nonexistent match no module"):
+        model_mod.attach_lora(model, TrainConfig(lora_r=4), ["nonexistent"])
