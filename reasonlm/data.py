@@ -343,7 +343,8 @@ def generate_job(job: tuple, gens: list[Source], blocked: Blocklist, seed: int):
             ukey = question if unique == "exact" else key
             if unique and ukey in seen:
                 continue
-            meta = json.dumps(ex.get("meta") or {}, sort_keys=True)
+            meta = ex.get("meta")
+            meta = json.dumps(meta, sort_keys=True) if meta else "{}"
             memo = (src.index, question, tuple(ex["steps"]), ex["answer"], meta)
             if memo not in verified:  # the checker is pure: a repeated problem needs no second check
                 if not src.task.check(ex, ex["steps"], ex["answer"]).chain_valid:  # a generator bug
@@ -728,13 +729,22 @@ class SplitWriter:
         j = os.path.join(root, "jsonl", split)
         self.views = [open(j + suffix, "w", encoding="utf-8")
                       for suffix in (".jsonl", ".chat.jsonl", ".prompt_completion.jsonl")]
+        # json.dumps(prompt_messages(q)) is this text around json.dumps(q): encoding one string is
+        # much cheaper than a list of dicts (the question is the only part that varies)
+        mark = json.dumps("\x00question\x00")
+        probe = json.dumps(prompt_messages("\x00question\x00"))
+        self.prompt_around = probe.split(mark) if probe.count(mark) == 1 else None
 
     def add(self, row: dict) -> None:
         row = {"id": f"{self.split}-{self.n:07d}", **row}
         completion = render_completion(row["steps"], row["answer"])
         # both views through the one renderer; each half is encoded once and shared by the two lines
-        prompt = json.dumps(prompt_messages(row["question"]))
-        reply = json.dumps([{"role": "assistant", "content": completion}])
+        if self.prompt_around:
+            before, after = self.prompt_around
+            prompt = before + json.dumps(row["question"]) + after
+        else:
+            prompt = json.dumps(prompt_messages(row["question"]))
+        reply = '[{"role": "assistant", "content": ' + json.dumps(completion) + '}]'  # json.dumps([{...}])
         rows_view, chat_view, pc_view = self.views
         rows_view.write(json.dumps(row) + "\n")
         chat_view.write(f'{{"messages": {prompt[:-1]}, {reply[1:]}}}\n')  # json.dumps({"messages": p + r})
