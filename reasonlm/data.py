@@ -97,6 +97,11 @@ def normalize_question(q: str) -> str:
     """Key for de-duplication and decontamination: case, spacing and punctuation folded."""
     if not q.strip(PLAIN_MATH):  # '(7+5)*3-4': nothing to fold, it is its own key
         return q
+    return fold_question(q)
+
+
+def fold_question(q: str) -> str:
+    """normalize_question without its short cut (the rules themselves)."""
     q = SENTENCE_DOT_RE.sub(" ", NOT_MATH_RE.sub(" ", q.casefold()))
     return SPACES_RE.sub(" ", MATH_SPACE_RE.sub(r"\1", q)).strip()
 

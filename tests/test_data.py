@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from reasonlm import data
 from reasonlm.config import DataConfig, load_recipe
@@ -155,6 +156,31 @@ def test_blocklist_rules():
     b.drop_boilerplate()
     assert b.boilerplate > 0
     assert b.hit("State the final answer to the following arithmetic problem: 9 + 8 - 7 + 6 =", "x") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=list("0123456789+-*/() .,=$xX\t\n") + ["٣", "İ"], max_size=30))
+def test_normalize_question_short_cut_agrees_with_the_rules(q):
+    assert data.normalize_question(q) == data.fold_question(q)
+
+
+def test_chat_views_are_json_dumps_of_the_messages(tmp_path):
+    """The views encode the question and completion strings into a fixed frame: byte-identical
+    to json.dumps of the whole messages, whatever the text holds."""
+    from reasonlm.answer import prompt_messages, render_completion
+    writer = data.SplitWriter(str(tmp_path), "train", cfg(), data.SplitStats(None, 1), "fp")
+    questions = ["(7+5)*3-4", 'Ünïcode "quotes" \\ back\nslash\t\x00 \u2028', "emoji 😀 </s> {}", ""]
+    for q in questions:
+        writer.add({"family": "x", "question": q, "steps": ["1+1=2", 'a "b"'], "answer": "2", "n_steps": 2,
+                    "meta": "{}"})
+    for f in writer.views:
+        f.close()
+    chat = (tmp_path / "jsonl/train.chat.jsonl").read_text(encoding="utf-8").splitlines()
+    pc = (tmp_path / "jsonl/train.prompt_completion.jsonl").read_text(encoding="utf-8").splitlines()
+    for q, chat_line, pc_line in zip(questions, chat, pc, strict=True):
+        reply = [{"role": "assistant", "content": render_completion(["1+1=2", 'a "b"'], "2")}]
+        assert chat_line == json.dumps({"messages": prompt_messages(q) + reply})
+        assert pc_line == json.dumps({"prompt": prompt_messages(q), "completion": reply})
 
 
 def test_imported_eval_split_is_a_split_and_train_is_clean_of_it(tmp_path, gsm8k_fixture):
