@@ -244,7 +244,7 @@ def apply_step(state, text: str, modulus: int | None = None):
     step is false, malformed, or names no operation that is ready to be reduced. With a
     modulus, 'c' must be congruent to 'a op b' and lie in 0..modulus-1."""
     step = _true_step(text, modulus)
-    return None if step is None else _reduce(state, *step)
+    return None if step is None or type(state) is not tuple else _reduce(state, *step)
 
 
 @functools.lru_cache(maxsize=65536)  # pure in (text, modulus); the data stage meets the same small steps again and again
@@ -270,19 +270,16 @@ def _true_step(text: str, modulus: int | None):
 
 
 def _reduce(node, op, a, b, result):
-    """`node` with its first (leftmost) operation 'a op b' between two numbers replaced by the
-    number `result`, or None if it has no such operation."""
-    if type(node) is not tuple:
-        return None
+    """`node` (an operation) with its first (leftmost) operation 'a op b' between two numbers
+    replaced by the number `result`, or None if it has no such operation."""
     nop, left, right = node
-    left_op, right_op = type(left) is tuple, type(right) is tuple
-    if not left_op and not right_op:
-        return result if nop == op and left == a and right == b else None
-    if left_op:
+    if type(left) is tuple:
         new = _reduce(left, op, a, b, result)
         if new is not None:
             return (nop, new, right)
-    if right_op:
+    elif type(right) is not tuple:  # both operands are numbers: this one is ready to reduce
+        return result if nop == op and left == a and right == b else None
+    if type(right) is tuple:
         new = _reduce(right, op, a, b, result)
         if new is not None:
             return (nop, left, new)
