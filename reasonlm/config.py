@@ -139,6 +139,10 @@ class TrainConfig:
     in training. The model then cannot locate question tokens by exact distance and learns to
     find them by content, which is what carries over to longer problems than any trained
     (in the spirit of randomized positions, Ruoss et al. 2023). Inference uses shift 0."""
+    line_jitter: bool = False
+    """With position_jitter: also add a fresh random 0..position_jitter shift after every line
+    break of the completion, so a step cannot locate its operand by its distance from the
+    start of the answer (inference uses shift 0 everywhere)."""
     too_long: str = "drop"
     """What to do with an example longer than seq_len: 'drop' (counted, warned) or 'error'."""
     grad_accum: int = 1

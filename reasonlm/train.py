@@ -88,7 +88,8 @@ def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
     return rows
 
 
-def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, generator=None):
+def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, generator=None,
+            line_break_id: int | None = None):
     """Tensors for packed rows: input_ids, labels, position_ids (reset at each example), and
     an attention mask that is None unless position jitter needs an explicit one.
 
@@ -97,7 +98,9 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
     ends, so the model cannot find question tokens by their exact distance and has to use
     what they say; inference uses a shift of 0, one of the trained values. The jump in
     position ids would read as an example boundary, so boundaries are then passed as an
-    explicit block-diagonal causal mask (True = may attend).
+    explicit block-diagonal causal mask (True = may attend). With `line_break_id`, every line
+    break of the completion adds a fresh 0..jitter shift too, so a step cannot find its operand
+    by counting positions from the start of the answer either.
     """
     n = len(row_indices)
     input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
@@ -114,6 +117,10 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
             if jitter:
                 start = next((k for k, x in enumerate(lab) if x != IGNORE), len(ids))
                 pos[start:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
+                if line_break_id is not None:
+                    for k in range(start, len(ids) - 1):
+                        if ids[k] == line_break_id:
+                            pos[k + 1:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
             position_ids[r, t:t + len(ids)] = pos
             segment[r, t:t + len(ids)] = s + 1
             t += len(ids)
@@ -248,6 +255,12 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     writer = tensorboard_writer(run_dir) if cfg.tensorboard and accelerator.is_main_process else None
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    line_break_id = None
+    if cfg.line_jitter:
+        ids = tokenizer.encode("\n", add_special_tokens=False)
+        if len(ids) != 1:
+            raise TrainError("train.line_jitter needs a tokenizer with a single-token line break")
+        line_break_id = ids[0]
     model.train()
     t_start, tokens_seen, last_log = time.time(), 0, time.time()
     from tqdm.auto import tqdm
@@ -262,7 +275,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             micro = rows[m * micro_rows * world:(m + 1) * micro_rows * world][rank * micro_rows:(rank + 1) * micro_rows]
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + m * 7 + rank)
             input_ids, labels, position_ids, mask = collate(examples, micro, cfg.seq_len, pad_id,
-                                                            cfg.position_jitter, gen)
+                                                            cfg.position_jitter, gen, line_break_id)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():

@@ -121,3 +121,20 @@ def test_jittered_positions_keep_examples_apart(toy):
     assert packed == pytest.approx(alone, rel=1e-5)
     steps = pos[0, 1:t] - pos[0, :t - 1]
     assert steps.max() > 1  # some completion was shifted away from its prompt
+
+
+def test_line_jitter_shifts_every_completion_line_and_nothing_in_the_prompt(toy):
+    _, tok = toy
+    examples = train.encode_rows(rows(3), tok, "cot", 128)
+    nl = tok.encode("\n", add_special_tokens=False)[0]
+    ids, labels, pos, _ = train.collate(examples, [[0]], 128, 0, jitter=8,
+                                        generator=torch.Generator().manual_seed(0), line_break_id=nl)
+    n, lab = len(examples[0][0]), examples[0][1]
+    start = next(k for k, x in enumerate(lab) if x != train.IGNORE)
+    gaps = (pos[0, 1:n] - pos[0, :n - 1]).tolist()
+    assert all(g == 1 for g in gaps[:start - 1])  # the prompt keeps consecutive positions
+    assert all(1 <= g <= 9 for g in gaps)
+    jumps = [k + 1 for k, g in enumerate(gaps) if g > 1]  # positions where a shift starts
+    breaks_in_completion = [k + 1 for k in range(start, n - 1) if examples[0][0][k] == nl]
+    assert set(jumps) <= set(breaks_in_completion) | {start}
+    assert set(jumps) & set(breaks_in_completion)  # (seeded) some line break really got a shift
