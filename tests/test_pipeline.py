@@ -48,9 +48,10 @@ def test_report_has_the_promised_keys(pipeline_run):
 def test_cot_learns_well_above_chance_and_beats_direct(pipeline_run):
     run_dir, _ = pipeline_run
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    assert report["accuracy"] >= 0.8, report["accuracy"]  # chance is 0.1 (answers 0..9); README: 1.0
+    assert report["accuracy"] >= 0.9, report["accuracy"]  # answers are 0..99; README: 0.994
     longest = str(max(int(k) for k in report["by_steps"] if int(k) <= 6))
-    assert report["by_steps"][longest] > report["direct"]["by_steps"][longest]
+    gap = report["by_steps"][longest] - report["direct"]["by_steps"][longest]
+    assert gap >= 0.4, (longest, gap)  # issue #2's target for the longest in-distribution chains
 
 
 def test_ci_gate_passes_against_the_baseline_and_fails_when_raised(pipeline_run, tmp_path):
