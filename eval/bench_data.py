@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-TINY_CPU = {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 9}  # recipes/tiny-cpu.yaml
+TINY_CPU = {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False}  # recipes/tiny-cpu.yaml
 
 
 def watch_workers(peak: dict, stop: threading.Event) -> None:

@@ -11,7 +11,7 @@ Numbers are only meaningful on a quiet machine: a second busy process on 2 cores
 several-fold and unevenly.
 
 What it does, in one run on this machine:
-  1. data: `reasonlm.data.run` with one-digit +/- chains (recipes/tiny-cpu.yaml's task) into --out;
+  1. data: `reasonlm.data.run` with one-digit + - * chains (recipes/tiny-cpu.yaml's task) into --out;
      base: --base PATH, or a tiny Llama (tokenizer trained here + `model.build_tiny`, random weights).
   2. peak: the CPU's fp32 matmul FLOP/s (torch.mm of 2048x2048, same thread count), for MFU.
   3. one fresh subprocess per side (clean peak RSS; OMP/MKL threads and torch.set_num_threads equal):
@@ -75,7 +75,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TASK = {"name": "arithmetic", "args": {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}}
+TASK = {"name": "arithmetic", "args": {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False}}
 RESULT = "BENCH_RESULT "
 
 
