@@ -18,7 +18,8 @@ from reasonlm.tasks.word_problems import BASES, EQUATION_RE, STAGES, WordProblem
 FAMILIES = {
     "arithmetic": (ArithmeticChain(digits=[1, 2]), range(1, 9)),
     "arithmetic_mod": (ArithmeticChain(digits=1, ops="+-*", modulus=10), range(1, 9)),
-    "arithmetic_nontrivial": (ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, trivial_ops=False), range(1, 9)),
+    "arithmetic_nontrivial": (ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, trivial_ops=False,
+                                              distinct_ops=True), range(1, 9)),
     "word_problems": (WordProblems(distractors=0.5), range(1, 9)),
     "word_problems_big": (WordProblems(max_number=1000), range(1, 9)),
     "linear_equations": (LinearEquations(), range(1, 10)),
@@ -133,6 +134,13 @@ def test_no_trivial_operations_when_asked():
         a, op, b, c = re.fullmatch(r"(\d+)([-+*])(\d+)=(\d+)", step).groups()
         assert a != c and not (op == "*" and "1" in (a, b)), step
     assert sum("*" in s for s in steps) > 0.15 * len(steps)
+
+
+def test_distinct_ops_never_repeat_an_operation():
+    task, rng = ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, distinct_ops=True), random.Random(2)
+    for _ in range(300):
+        ops = [re.fullmatch(r"\d+([-+*]\d+)=\d+", s).group(1) for s in task.generate(rng, 8)["steps"]]
+        assert len(set(ops)) == len(ops), ops
 
 
 def test_word_problems_have_enough_templates():

@@ -16,7 +16,9 @@ Knobs (the difficulty): `digits` per operand, `ops` allowed, `min_value`/`max_va
 every intermediate result (e.g. 0..9 keeps every step single-digit), `group_prob` the chance an
 operand is a parenthesised sub-chain of `group_ops` operations, `trivial_ops` (false: no +0, -0,
 *0, *1, /1 and no 0* or 1*, so every step changes the value and no x*0 erases the chain before it:
-a direct answer must then follow every operation), and `modulus`:
+a direct answer must then follow every operation), `distinct_ops` (true: no operation such as
+`+7` twice in one problem, so the operation after `+7` is found by what it is, at any length),
+and `modulus`:
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
@@ -54,7 +56,7 @@ class ArithmeticChain:
 
     def __init__(self, digits: int | list = 1, ops: str = "+-*/", min_value: int | None = None,
                  max_value: int | None = None, group_prob: float = 0.0, group_ops: int = 2,
-                 modulus: int | None = None, trivial_ops: bool = True):
+                 modulus: int | None = None, trivial_ops: bool = True, distinct_ops: bool = False):
         lo, hi = (digits, digits) if isinstance(digits, int) else tuple(digits)
         if not 1 <= lo <= hi <= 12:
             raise ValueError(f"digits must be 1..12 or [lo, hi], got {digits!r}")
@@ -68,6 +70,7 @@ class ArithmeticChain:
             raise ValueError(f"modulus must be an integer >= 2 with ops among '+-*', got {modulus!r} with ops {ops!r}")
         self.modulus = modulus
         self.trivial_ops = trivial_ops
+        self.distinct_ops = distinct_ops
 
     # --- generation ------------------------------------------------------------------------
     def generate(self, rng: random.Random, n_steps: int) -> dict:
@@ -119,21 +122,23 @@ class ArithmeticChain:
         first = self._leaf(rng, self.min_value, self.max_value)
         if first is None:
             return None
-        tree, value, left = first, first, n_ops
+        tree, value, left, used = first, first, n_ops, set()
         while left > 0:
             k = 0
             if allow_groups and left >= 2 and self.group_prob and rng.random() < self.group_prob:
                 k = min(self.group_ops, left - 1)
-            step = self._extend(rng, value, k)
+            step = self._extend(rng, value, k, used)
             if step is None:
                 return None
             op, right_tree, right_value, value = step
+            used.add((op, right_tree))
             tree = (op, tree, right_tree)
             left -= 1 + k
         return tree, value
 
-    def _extend(self, rng, value, group_ops):
-        """Pick an operation and a right operand (a number or a group) that keep bounds."""
+    def _extend(self, rng, value, group_ops, used=()):
+        """Pick an operation and a right operand (a number or a group) that keep bounds
+        (and, with distinct_ops, that is not an operation already in `used`)."""
         for _ in range(20):
             op = rng.choice(self.ops)
             if not self.trivial_ops and op in "*/" and value in (0, 1):  # 0*b=0, 1*b=b, 0/b=0 skip work
@@ -158,6 +163,8 @@ class ArithmeticChain:
                 continue
             else:
                 new = value // rvalue
+            if self.distinct_ops and (op, rtree) in used:
+                continue
             if self._in_bounds(new):
                 return op, rtree, rvalue, new
         return None
