@@ -160,8 +160,9 @@ def test_ctrl_c_stops_generation_then_exits_at_empty_prompt(models):
     send(child, "/set max_new_tokens=1000000")
     child.expect(PROMPT)
     send(child, "1+2")
-    time.sleep(1.0)  # the endless model is now generating (it cannot stop by itself)
-    assert child.isalive()
+    child.expect(r"1\+2")  # the echo of what we typed, then streamed tokens: wait for those, not
+    child.expect(r"[\s\S]{40}")  # a fixed sleep, so a busy machine cannot interrupt too early
+    assert child.isalive()  # the endless model is now generating (it cannot stop by itself)
     child.sendintr()
     child.expect(r"\[interrupted; this turn is not kept\]")
     child.expect(PROMPT)
