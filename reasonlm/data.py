@@ -70,7 +70,7 @@ from reasonlm.tasks import get_task
 EVAL_SPLITS = ("validation", "test", "test_ood")
 SPLITS = ("base", "train", *EVAL_SPLITS)
 COLUMNS = ("id", "family", "question", "steps", "answer", "n_steps", "meta")
-GENERATOR_VERSION = "2"  # bump whenever the same recipe and seed would produce different problems
+GENERATOR_VERSION = "3"  # bump whenever the same recipe and seed would produce different problems
 JOB_ROWS = 2000  # problems per generation job (a job has its own seed); part of the generator version
 BATCH_ROWS = 10_000  # rows buffered before they are written as one arrow record batch / parquet row group
 MAX_TRIES = 2000  # draws for one problem before we conclude the recipe's space is exhausted
