@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -672,6 +673,11 @@ def repl(chat: Chat, args):
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         readline = None
+    if sys.stdin.isatty():
+        # A process started from a background job (`cmd &` in a script, nohup, some launchers)
+        # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt: Ctrl-C
+        # would not stop an answer. At a terminal, Ctrl-C must work.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = chat.generator.context
     chat.say(f"reasonlm chat: {args.model}" + (f" + adapter {args.adapter}" + (" (merged)" if args.merged else "")
              if args.adapter else "") + (f", context {ctx} tokens" if ctx else "")
