@@ -68,10 +68,10 @@ def _is_decimal(s: str) -> bool:
 
 def format_number(value: Fraction | int) -> str:
     """Canonical text of a number: '12', '-3', '2.5', or '1/3' when no finite decimal exists."""
-    if type(value) is int:  # the data stage's case: a plain int, no conversion at all
-        return str(value)
-    if isinstance(value, int) or value.denominator == 1:  # the common case, without a new Fraction
+    if isinstance(value, int):  # the common case (the data stage's ints), no conversion at all
         return str(int(value))
+    if value.denominator == 1:
+        return str(value.numerator)
     value = Fraction(value)
     if value.denominator == 1:
         return str(value.numerator)
@@ -164,6 +164,7 @@ def lmeval_normalize(text: str) -> str:
 _TOKEN_RE = re.compile(r"\d+(?:\.\d+)?|\S")  # a number, or any other single character
 _OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "x": "*", "/": "/", "÷": "/"}
 # token text -> token: operators and parentheses (canonical), and the ten one-digit numbers
+_BINARY = frozenset("+-*/")
 _TOKENS = {**_OPS, "(": "(", ")": ")", **{str(d): d for d in range(10)}}
 MAX_EXPR_CHARS = 200
 
@@ -254,8 +255,6 @@ def parse_expression(expr: str):     # trees are tuples and numbers, immutable, 
     except (ValueError, IndexError):
         return None
 
-
-_BINARY = frozenset("+-*/")
 
 
 def tree_value(node) -> Fraction | int | None:

@@ -153,16 +153,9 @@ class ArithmeticChain:
                 if rvalue is None:
                     continue
                 rtree = rvalue
-            if op == "+":
-                new = value + rvalue
-            elif op == "-":
-                new = value - rvalue
-            elif op == "*":
-                new = value * rvalue
-            elif rvalue == 0 or value % rvalue:  # only exact divisions
+            new = tree_value((op, value, rvalue))  # None for /0; a Fraction (out of bounds) if inexact
+            if new is None:
                 continue
-            else:
-                new = value // rvalue
             if self.distinct_ops and (op, rtree) in used:
                 continue
             if self._in_bounds(new):
@@ -234,12 +227,8 @@ def gold_steps(node) -> list[str]:
             return n
         op, left, right = n
         a, b = walk(left), walk(right)
-        if type(a) is int and type(b) is int and op != "/":  # the generator's case: exact ints, no Fraction
-            c = a + b if op == "+" else a - b if op == "-" else a * b
-            steps.append(f"{a}{op}{b}={c}")
-        else:
-            c = tree_value((op, a, b))
-            steps.append(f"{format_number(a)}{op}{format_number(b)}={format_number(c)}")
+        c = tree_value((op, a, b))  # exact ints in, an int out unless a division is inexact
+        steps.append(f"{format_number(a)}{op}{format_number(b)}={format_number(c)}")
         return c
 
     walk(node)
