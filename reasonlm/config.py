@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     tasks: list = field(default_factory=lambda: [{"name": "arithmetic", "weight": 1.0, "args": {}}])
-    """Sources to mix. A generated family: {name, weight, args (its knobs), steps: [lo, hi] (optional)}.
+    """Sources to mix. A generated family: {name, weight, args (its knobs), steps: [lo, hi] (optional),
+    splits: [base, train, ...] (optional: the generated splits it writes to; default all)}.
     An importer (gsm8k, reasoning_gym): {name, args, count (optional cap), into: train | <new eval split>}."""
     train_steps: list = field(default_factory=lambda: [1, 6])
     """[lo, hi] reasoning steps of train/validation/in-distribution test problems."""
@@ -159,6 +160,9 @@ class TrainConfig:
     """Max gradient norm (0 disables clipping)."""
     mixed_precision: str = "no"
     """'no' (fp32), 'bf16' or 'fp16'; passed to Accelerate."""
+    compile: bool = False
+    """torch.compile the training forward/backward (rows have a fixed shape, so it compiles once;
+    the first step pays the compile time; validation and saving use the plain model)."""
     eval_every: int = 200
     """Steps between validation loss / accuracy sample (0 = only at the end)."""
     eval_samples: int = 64

@@ -9,6 +9,8 @@ Sources (`data.tasks`, read top to bottom in `make_sources`):
               A family only makes problems whose n_steps is in its `steps` range. Every split's
               n_steps cycle evenly through the split's range; each problem's family is drawn by
               weight among the families that cover its n_steps.
+              {name: arithmetic_step, weight: 2, steps: [1, 1], splits: [base]}
+              `splits` keeps a family to some generated splits (here: base pretraining only).
   imported    {name: gsm8k, args: {path: gsm8k_train.jsonl, split: train}, count: 5000}
               {name: gsm8k, args: {path: gsm8k_test.jsonl, split: test}, into: gsm8k_test}
               An importer's records go to train (on top of n_train generated ones, `count` caps
@@ -192,6 +194,7 @@ class Source:
     spec: dict
     weight: float = 1.0  # generated: share of the problems at an n_steps this family covers
     steps: tuple | None = None  # generated: (lo, hi) n_steps it may make; None = any
+    splits: tuple | None = None  # generated: the splits it writes to; None = every generated split
     count: int | None = None  # imported: at most this many records (a seeded sample)
     into: str = "train"  # imported: 'train' or the name of an eval split of their own
 
@@ -200,7 +203,7 @@ class Source:
         return hasattr(self.task, "load")  # importers read records; they cannot generate
 
 
-SPEC_KEYS = {"name", "weight", "args", "steps", "count", "into"}
+SPEC_KEYS = {"name", "weight", "args", "steps", "splits", "count", "into"}
 
 
 def new_task(family: str, **args):
@@ -242,7 +245,7 @@ def make_sources(cfg: DataConfig) -> list[Source]:
             raise DataError(f"{where}: {e}") from None
         src = Source(i, task.name, task, spec)
         if src.imported:
-            for key in ("weight", "steps"):
+            for key in ("weight", "steps", "splits"):
                 if key in spec:
                     raise DataError(f"{where}: '{key}' is for generated families; an importer takes "
                                     f"'count' (a cap) and 'into' (train or an eval split name)")
@@ -269,7 +272,12 @@ def make_sources(cfg: DataConfig) -> list[Source]:
                         or not 1 <= steps[0] <= steps[1]):
                     raise DataError(f"{where}: steps must be [lo, hi] with 1 <= lo <= hi, got {steps!r}")
                 steps = tuple(steps)
-            src.weight, src.steps = float(weight), steps
+            splits = spec.get("splits")
+            if splits is not None:
+                if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+                    raise DataError(f"{where}: splits must be a non-empty list of {', '.join(SPLITS)}, got {splits!r}")
+                splits = tuple(splits)
+            src.weight, src.steps, src.splits = float(weight), steps, splits
         out.append(src)
     return out
 
@@ -320,7 +328,7 @@ def generate_job(job: tuple, gens: list[Source], blocked: Blocklist, seed: int):
         if isinstance(target, tuple):  # a top-up: (n_steps, the family of the repeat it replaces)
             target, family = target
         if target not in eligible:
-            pool = [g for g in gens if g.weight > 0 and (g.steps is None or g.steps[0] <= target <= g.steps[1])]
+            pool = [g for g in gens if covers(g, split, target)]
             cum, total = [], 0.0
             for g in pool:
                 total += g.weight
@@ -341,7 +349,9 @@ def generate_job(job: tuple, gens: list[Source], blocked: Blocklist, seed: int):
                                 f"give it `steps: [lo, hi]` it can make") from None
             question = ex["question"]
             key = normalize_question(question)
-            hit = blocked.hit(question, key)
+            # a family whose question wraps a problem ('One step of 3+4*2') is checked on the problem itself
+            problem = src.task.problem_text(question) if hasattr(src.task, "problem_text") else question
+            hit = blocked.hit(problem, key if problem == question else normalize_question(problem))
             if hit is not None:
                 removed.add(question, *hit)
                 continue
@@ -410,10 +420,16 @@ class Runner:
             self.pool.join()
 
 
+def covers(src: Source, split: str, n_steps: int) -> bool:
+    """Whether a generated family may make an n_steps problem for this split."""
+    return (src.weight > 0 and (src.steps is None or src.steps[0] <= n_steps <= src.steps[1])
+            and (src.splits is None or split in src.splits))
+
+
 def split_targets(split: str, n: int, steps: list[int], gens: list[Source]) -> list[int]:
     """n_steps of every problem of a split: cycling evenly through `steps`."""
     for s in steps if n else []:
-        if not any(g.weight > 0 and (g.steps is None or g.steps[0] <= s <= g.steps[1]) for g in gens):
+        if not any(covers(g, split, s) for g in gens):
             raise DataError(f"split {split!r} needs {s}-step problems but no family in data.tasks makes them; "
                             f"widen a family's `steps` or change the split's steps")
     return [steps[i % len(steps)] for i in range(n)]
@@ -990,7 +1006,8 @@ def source_info(src: Source, import_reports: list[dict]) -> dict:
         info.update(into=src.into, count=src.count,
                     report=next(r["report"] for r in import_reports if r["source"] == src.index))
     else:
-        info.update(weight=src.weight, steps=list(src.steps) if src.steps else None)
+        info.update(weight=src.weight, steps=list(src.steps) if src.steps else None,
+                    splits=list(src.splits) if src.splits else None)
     return info
 
 

@@ -261,8 +261,13 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         if len(ids) != 1:
             raise TrainError("train.line_jitter needs a tokenizer with a single-token line break")
         line_break_id = ids[0]
+    # the compiled module shares the model's parameters; every other use (validation, saving,
+    # no_sync) goes through `model` itself
+    forward = torch.compile(model) if cfg.compile else model
     model.train()
     t_start, tokens_seen, last_log = time.time(), 0, time.time()
+    steady = None  # (time, tokens) after the first step: throughput without warm-up or compile time
+    steady_tok_s = float("nan")
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every or not sys.stderr.isatty(),
                desc=os.path.basename(run_dir), dynamic_ncols=True, mininterval=2.0)
@@ -279,7 +284,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():
-                loss_sum, _ = token_losses(model, input_ids, labels, position_ids, mask)
+                loss_sum, _ = token_losses(forward, input_ids, labels, position_ids, mask)
                 # DDP averages gradients over processes; multiply by world to get the global sum.
                 loss = loss_sum / global_tokens * world
                 accelerator.backward(loss)
@@ -298,14 +303,21 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        elapsed = time.time() - t_start
+        now = time.time()
+        elapsed = now - t_start
         tok_s = tokens_seen * world / max(elapsed, 1e-9)
+        if steady is None:
+            steady = (now, tokens_seen)
+        else:
+            steady_tok_s = (tokens_seen - steady[1]) * world / max(now - steady[0], 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}")
         record = None
         if cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
             record = {"step": done, "loss": round(loss_value, 5), "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 1)}
+            if cfg.compile:  # the first step holds the compile time
+                record["tokens_per_s_after_first_step"] = round(steady_tok_s, 1)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             record = record or {"step": done, "loss": round(loss_value, 5)}
             record.update(validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn))
@@ -339,7 +351,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         writer.close()
     elapsed = time.time() - t_start
     return {"steps": done if start < cfg.steps else start, "final_loss": loss_value, "train_seconds": round(elapsed, 1),
-            "tokens_per_s": round(tokens_seen * world / max(elapsed, 1e-9), 1), "best": best}
+            "tokens_per_s": round(tokens_seen * world / max(elapsed, 1e-9), 1),
+            "tokens_per_s_after_first_step": round(steady_tok_s, 1), "best": best}
 
 
 def tensorboard_writer(run_dir: str):

@@ -232,6 +232,22 @@ def test_mixing_weights_and_step_ranges(tmp_path):
     assert Counter(r["n_steps"] for r in rows) == {s: 667 if s <= 4 else 666 for s in range(1, 7)}
 
 
+def test_a_base_only_family_stays_in_base_and_is_decontaminated_on_its_problem(tmp_path):
+    """`splits: [base]` keeps one-step-of-an-expression documents out of train and the eval splits;
+    their expression, not the wrapped question, is what decontamination compares with eval questions."""
+    path = build(tmp_path, n_base=3000, base_steps=[1, 2], tasks=[
+        {"name": "arithmetic", "args": TINY},
+        {"name": "arithmetic_step", "weight": 2, "steps": [1, 1], "splits": ["base"], "args": {**TINY, "length": [2, 3]}}])
+    ds = data.load(str(path))
+    base = [r for r in ds["base"] if r["family"] == "arithmetic_step"]
+    assert abs(len(base) / 1500 - 2 / 3) < 0.05 and all(r["question"].startswith("One step of ") for r in base)
+    assert all(r["family"] == "arithmetic" for s in ("train", *data.EVAL_SPLITS) for r in ds[s])
+    evals = {q for s in data.EVAL_SPLITS for q in ds[s]["question"]}
+    assert not evals & {r["question"][len("One step of "):] for r in base}
+    report = json.loads((path / "decontamination.json").read_text())
+    assert report["splits"]["base"]["generated"]["exact"] > 0  # 2-3 op expressions of 0..9 do hit eval questions
+
+
 def test_curriculum_orders_train_by_steps(tmp_path):
     rows = jsonl(build(tmp_path, curriculum=True) / "jsonl/train.jsonl")
     assert [r["n_steps"] for r in rows] == sorted(r["n_steps"] for r in rows)
@@ -368,6 +384,7 @@ def test_unknown_family_lists_the_known_ones(tmp_path):
     ({"name": "gsm8k", "args": {"path": "x.jsonl"}, "into": "test"}, "into must be 'train' or a new eval split"),
     ({"name": "arithmetic", "steps": [3, 1]}, "steps must be"),
     ({"name": "arithmetic", "stepz": [1, 3]}, "unknown key"),
+    ({"name": "arithmetic", "splits": ["bass"]}, "splits must be a non-empty list"),
 ])
 def test_bad_source_specs(tmp_path, spec, match):
     with pytest.raises(data.DataError, match=match):

@@ -7,9 +7,9 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from reasonlm.answer import format_number, normalize_number, render_completion
+from reasonlm.answer import format_number, normalize_number, parse_expression, render_completion
 from reasonlm.tasks import get_task, known_tasks
-from reasonlm.tasks.arithmetic import ArithmeticChain
+from reasonlm.tasks.arithmetic import ArithmeticChain, rewrite_steps
 from reasonlm.tasks.linear_equations import LinearEquations, parse_equation, solve
 from reasonlm.tasks.object_swaps import ObjectSwaps
 from reasonlm.tasks.word_problems import BASES, EQUATION_RE, STAGES, WordProblems
@@ -20,6 +20,8 @@ FAMILIES = {
     "arithmetic_mod": (ArithmeticChain(digits=1, ops="+-*", modulus=10), range(1, 9)),
     "arithmetic_nontrivial": (ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, trivial_ops=False,
                                               distinct_ops=True), range(1, 9)),
+    "arithmetic_rewrite": (ArithmeticChain(digits=[1, 2], ops="+-*/", group_prob=0.3, step_format="rewrite"),
+                           range(1, 9)),
     "word_problems": (WordProblems(distractors=0.5), range(1, 9)),
     "word_problems_big": (WordProblems(max_number=1000), range(1, 9)),
     "linear_equations": (LinearEquations(), range(1, 10)),
@@ -250,3 +252,47 @@ def test_arithmetic_accepts_steps_written_as_decimals_and_any_order():
     for seed in range(50):  # every value of a chain with / is an int: no Fraction leaks into the text
         gen = task.generate(random.Random(seed), 5)
         assert "/" not in gen["answer"] and all("." not in s for s in gen["steps"])
+
+
+def test_arithmetic_rewrite_steps_are_whole_expressions():
+    """A rewrite step is the whole expression with one ready operation replaced by its value;
+    any ready operation may go first, equation steps may be mixed in, and a line that reduces
+    two operations at once, or changes the rest of the expression, is wrong."""
+    task = ArithmeticChain(digits=1, ops="+-*", step_format="rewrite")
+    assert rewrite_steps(parse_expression("(4*8+7)*2-5")) == ["(32+7)*2-5", "39*2-5", "78-5", "73"]
+    ex = {"question": "(4*8+7)*2-5", "steps": [], "answer": "73", "n_steps": 4, "meta": {}}
+    assert task.check(ex, ["(32+7)*2-5", "39*2-5", "78-5", "73"], "73").chain_valid
+    assert task.check(ex, ["(32+7)*2-5", "32+7=39", "39*2=78 | 78-5", "73"], "73").chain_valid  # mixed formats
+    assert task.check(ex, ["4*8=32 | (32+7)*2-6", "32+7=39"], "73").first_bad_step == 1  # a wrong rest
+    assert task.check(ex, ["((32+7))*2-5", "(39)*2-5", "78-5", "73"], "73").chain_valid  # extra parentheses
+    assert task.check(ex, ["39*2-5", "78-5", "73"], "73").first_bad_step == 1  # two reductions in one line
+    assert task.check(ex, ["(32+7)*2-4", "39*2-4", "78-4", "74"], "74").first_bad_step == 1  # copied wrong
+    assert task.check(ex, ["(32+7)*2-5", "39*2-5", "78-5", "73"], "72").chain_valid is False
+    two = {"question": "2*3+4*5", "steps": [], "answer": "26", "n_steps": 3, "meta": {}}
+    assert task.check(two, ["2*3+20", "6+20", "26"], "26").chain_valid  # right-hand product first
+    with pytest.raises(ValueError, match="step_format"):
+        ArithmeticChain(modulus=10, ops="+-*", step_format="rewrite")
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), pick=st.integers(0, 1000))
+def test_arithmetic_step_gold_passes_and_corruptions_fail(seed, pick):
+    """One step of a long expression: the line must be a true step and the answer exactly what it leaves."""
+    task = get_task("arithmetic_step", length=[1, 12], digits=1, ops="+-*", min_value=0, max_value=99)
+    ex = task.generate(random.Random(seed), 1)
+    assert ex["question"].startswith("One step of ") and len(ex["steps"]) == 1
+    assert task.check(ex, ex["steps"], ex["answer"]).chain_valid
+    bad_line = _bump_number(ex["steps"][0], pick)
+    assert task.check(ex, [bad_line], ex["answer"]).first_bad_step == 1
+    assert not task.check(ex, ex["steps"], _bump_number(ex["answer"], pick)).answer_correct
+    assert not task.check(ex, ex["steps"] * 2, ex["answer"]).chain_valid
+
+
+def test_arithmetic_step_knobs():
+    with pytest.raises(ValueError, match="one-step"):
+        get_task("arithmetic_step").generate(random.Random(0), 2)
+    with pytest.raises(ValueError, match="length"):
+        get_task("arithmetic_step", length=[0, 3])
+    with pytest.raises(ValueError, match="modulus"):
+        get_task("arithmetic_step", modulus=10, ops="+-*")
+    assert get_task("arithmetic_step").problem_text("One step of 3+4*2") == "3+4*2"

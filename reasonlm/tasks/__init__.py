@@ -53,6 +53,7 @@ def _registry() -> dict:
     from reasonlm.tasks import arithmetic, gsm8k, linear_equations, object_swaps, reasoning_gym, word_problems
     return {
         "arithmetic": arithmetic.ArithmeticChain,
+        "arithmetic_step": arithmetic.ArithmeticStep,  # one step of a long expression (base corpus)
         "word_problems": word_problems.WordProblems,
         "linear_equations": linear_equations.LinearEquations,
         "object_swaps": object_swaps.ObjectSwaps,

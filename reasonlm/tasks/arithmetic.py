@@ -18,7 +18,17 @@ operand is a parenthesised sub-chain of `group_ops` operations, `trivial_ops` (f
 *0, *1, /1 and no 0* or 1*, so every step changes the value and no x*0 erases the chain before it:
 a direct answer must then follow every operation), `distinct_ops` (true: no operation such as
 `+7` twice in one problem, so the operation after `+7` is found by what it is, at any length),
-and `modulus`:
+`step_format` (below), and `modulus`:
+
+Step formats (`step_format`), all checked by the same replay, and mixable in one answer:
+  equation          4*8=32 / 32+7=39 / 39*2=78 / 78-5=73                   (the default)
+  rewrite           (32+7)*2-5 / 39*2-5 / 78-5 / 73       (the whole expression after each step)
+  equation+rewrite  4*8=32 | (32+7)*2-5 / 32+7=39 | 39*2-5 / 39*2=78 | 78-5 / 78-5=73
+The last is what lets a tiny model solve chains longer than any it was trained on: the
+next operation is always at the start of the line above, and the answer comes when nothing is
+left, so neither finding an operand nor stopping depends on counting steps (README, "Why the
+tiny recipe works"). Pure rewrite lines make the model compute away from the operands, which a
+1M-parameter model does badly (6% on held-out chains after 250 steps, against 97% with equations).
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
@@ -37,6 +47,8 @@ from reasonlm.answer import format_number, is_leaf, parse_expression, tree_value
 from reasonlm.tasks import Check, finish_check, reward_from_check, answers_match, check_completion
 
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+STEP_FORMATS = ("equation", "rewrite", "equation+rewrite")
+REST_MARK = " | "  # equation+rewrite: 'a op b=c | what is left to compute'"
 MOD_RE = re.compile(r"^(?P<expr>.{1,400}?)\s*\bmod\s*(?P<m>\d{1,6})\s*$")
 
 
@@ -56,7 +68,8 @@ class ArithmeticChain:
 
     def __init__(self, digits: int | list = 1, ops: str = "+-*/", min_value: int | None = None,
                  max_value: int | None = None, group_prob: float = 0.0, group_ops: int = 2,
-                 modulus: int | None = None, trivial_ops: bool = True, distinct_ops: bool = False):
+                 modulus: int | None = None, trivial_ops: bool = True, distinct_ops: bool = False,
+                 step_format: str = "equation"):
         lo, hi = (digits, digits) if isinstance(digits, int) else tuple(digits)
         if not 1 <= lo <= hi <= 12:
             raise ValueError(f"digits must be 1..12 or [lo, hi], got {digits!r}")
@@ -71,6 +84,10 @@ class ArithmeticChain:
         self.modulus = modulus
         self.trivial_ops = trivial_ops
         self.distinct_ops = distinct_ops
+        if step_format not in STEP_FORMATS or (step_format != "equation" and modulus):
+            raise ValueError(f"step_format must be one of {', '.join(STEP_FORMATS)} (only 'equation' with a modulus), "
+                             f"got {step_format!r}")
+        self.step_format = step_format
 
     # --- generation ------------------------------------------------------------------------
     def generate(self, rng: random.Random, n_steps: int) -> dict:
@@ -83,8 +100,9 @@ class ArithmeticChain:
             built = self._chain(rng, n_steps, allow_groups=True)
             if built is not None:
                 tree, value = built
-                question = render(tree)
-                return {"question": question, "steps": gold_steps(tree), "answer": format_number(value),
+                steps = (gold_steps(tree) if self.step_format == "equation" else rewrite_steps(tree)
+                         if self.step_format == "rewrite" else equation_rewrite_steps(tree))
+                return {"question": render(tree), "steps": steps, "answer": format_number(value),
                         "n_steps": n_steps, "meta": {}}
         raise ValueError(f"could not build a {n_steps}-step chain within the bounds; widen min/max_value")
 
@@ -189,7 +207,7 @@ class ArithmeticChain:
             if broken:
                 step_ok.append(False)
                 continue
-            reduced = apply_step(state, text, modulus)
+            reduced = apply_any_step(state, text, modulus)
             if reduced is None:
                 broken = True
                 step_ok.append(False)
@@ -233,6 +251,70 @@ def gold_steps(node) -> list[str]:
 
     walk(node)
     return steps
+
+
+def rewrite_steps(node) -> list[str]:
+    """The whole expression after each reduction, in gold_steps' order, down to its value:
+    '(4*8+7)*2-5' -> '(32+7)*2-5', '39*2-5', '78-5', '73'."""
+    steps: list[str] = []
+    while type(node) is tuple:
+        node = _reduce_first(node)
+        steps.append(render(node))
+    return steps
+
+
+def equation_rewrite_steps(node) -> list[str]:
+    """Each reduction as its equation, then what is left of the expression (the last line, whose
+    result is the whole value, has nothing left): '(4*8+7)*2-5' -> '4*8=32 | (32+7)*2-5',
+    '32+7=39 | 39*2-5', '39*2=78 | 78-5', '78-5=73'."""
+    equations, rests = gold_steps(node), rewrite_steps(node)
+    return [f"{eq}{REST_MARK}{rest}" for eq, rest in zip(equations[:-1], rests[:-1])] + equations[-1:]
+
+
+def apply_any_step(state, text: str, modulus: int | None = None):
+    """`state` after a step in any of the three formats (see STEP_FORMATS), or None if it is wrong."""
+    if "|" in text:  # 'a op b=c | rest': the equation, then the rest must be exactly what it leaves
+        equation, _, rest = text.partition("|")
+        reduced = apply_step(state, equation.strip(), modulus)
+        return reduced if reduced is not None and parse_expression(rest) == reduced else None
+    return apply_step(state, text, modulus) if "=" in text else apply_rewrite(state, text)
+
+
+def _reduce_first(node):
+    """`node` with its first ready operation (post-order: innermost, leftmost) replaced by its value."""
+    op, left, right = node
+    if type(left) is tuple:
+        return (op, _reduce_first(left), right)
+    if type(right) is tuple:
+        return (op, left, _reduce_first(right))
+    return tree_value(node)
+
+
+def apply_rewrite(state, text: str):
+    """`state` after the rewrite step `text` (the whole expression with one ready operation
+    replaced by its value), or None if `text` is no such reduction of `state`."""
+    if type(state) is not tuple:
+        return None
+    new = parse_expression(text)
+    if new is None:
+        return None
+    return new if any(new == r for r in _one_reductions(state)) else None
+
+
+def _one_reductions(node):
+    """Every tree that reduces exactly one ready operation of `node` to its value."""
+    op, left, right = node
+    if type(left) is not tuple and type(right) is not tuple:
+        value = tree_value(node)
+        if value is not None:
+            yield value
+        return
+    if type(left) is tuple:
+        for new in _one_reductions(left):
+            yield (op, new, right)
+    if type(right) is tuple:
+        for new in _one_reductions(right):
+            yield (op, left, new)
 
 
 def apply_step(state, text: str, modulus: int | None = None):
@@ -280,3 +362,65 @@ def _reduce(node, op, a, b, result):
         if new is not None:
             return (nop, left, new)
     return None
+
+
+class ArithmeticStep:
+    """One step of an expression of any length: the primitive that chains are made of.
+
+    Question:  One step of (4*8+7)*2-5      Gold:  4*8=32 | (32+7)*2-5
+                                                   #### (32+7)*2-5
+
+    The answer is the expression that is left. A base corpus holding these (next to short
+    chains) teaches a model to reduce one operation and copy the rest of an expression of any
+    length, without ever showing it a chain of more than `data.base_steps` steps; the fine-tuning
+    that teaches chains can then reuse that copy on longer chains than it saw (README, "Why the
+    tiny recipe works"). Knobs: `length` [lo, hi] operations in the expression, and every
+    ArithmeticChain knob except `modulus` and `step_format` (the line is always 'equation | rest').
+    Always one step: give it `steps: [1, 1]` in a data recipe.
+    """
+    name = "arithmetic_step"
+    license = ArithmeticChain.license
+    PREFIX = "One step of "
+
+    def __init__(self, length: list | int = (2, 12), **chain_knobs):
+        lo, hi = (length, length) if isinstance(length, int) else tuple(length)
+        if not 1 <= lo <= hi <= 64:
+            raise ValueError(f"length must be 1..64 operations or [lo, hi], got {length!r}")
+        if "modulus" in chain_knobs or "step_format" in chain_knobs:
+            raise ValueError("arithmetic_step takes no modulus or step_format (its line is 'equation | rest')")
+        self.length = (lo, hi)
+        self.chain = ArithmeticChain(**chain_knobs)
+
+    def problem_text(self, question: str) -> str:
+        """The expression itself: what decontamination compares with eval questions."""
+        return question[len(self.PREFIX):] if question.startswith(self.PREFIX) else question
+
+    def generate(self, rng: random.Random, n_steps: int) -> dict:
+        if n_steps != 1:
+            raise ValueError(f"arithmetic_step makes one-step problems only, asked for {n_steps}")
+        for _ in range(100):
+            k = rng.randint(*self.length)
+            built = self.chain._chain(rng, k, allow_groups=True)
+            if built is not None:
+                tree = built[0]
+                left = _reduce_first(tree)
+                equation = gold_steps(tree)[0]
+                line = f"{equation}{REST_MARK}{render(left)}" if type(left) is tuple else equation
+                return {"question": self.PREFIX + render(tree), "steps": [line], "answer": render(left),
+                        "n_steps": 1, "meta": {}}
+        raise ValueError("could not build an expression within the bounds; widen min/max_value")
+
+    def check(self, example: dict, steps: list[str], answer: str | None) -> Check:
+        """The one line must be a true step of the expression, and the answer what it leaves."""
+        state = parse_expression(self.problem_text(example["question"]))
+        after = apply_any_step(state, steps[0]) if len(steps) == 1 and state is not None else None
+        step_ok = [after is not None] + [False] * (len(steps) - 1)
+        if not steps:
+            step_ok = [False]
+        gold = parse_expression(example["answer"])
+        mine = parse_expression(answer) if answer else None
+        answer_correct = mine is not None and mine == gold
+        return finish_check(answer_correct, step_ok, after is not None and mine == after)
+
+    def reward(self, example: dict, completion: str) -> float:
+        return reward_from_check(check_completion(self, example, completion))
