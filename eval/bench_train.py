@@ -75,7 +75,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TASK = {"name": "arithmetic", "args": {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False}}
+TASK = {"name": "arithmetic", "args": {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False,
+                                            "step_format": "equation+rewrite"}}  # tiny-cpu.yaml's chains
 RESULT = "BENCH_RESULT "
 
 
@@ -179,6 +180,8 @@ def worker_reasonlm(spec):
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = reasonlm_cfg(spec, spec["steps"])
     final = train.run(cfg, spec["out"], name=name, threads=spec["threads"])
+    if int(os.environ.get("RANK", "0")):  # --processes: rank 0 reports (its own peak RSS)
+        return
     rss = peak_rss_mb()
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f][-1]
@@ -453,14 +456,20 @@ WORKERS = {"peak": worker_peak, "reasonlm": worker_reasonlm, "trl": worker_trl, 
 
 
 # --- parent --------------------------------------------------------------------------------------
-def run_worker(spec, threads, log_dir):
+def run_worker(spec, threads, log_dir, processes=1):
+    """One worker in a fresh process; with processes > 1, that many DDP processes (torchrun, gloo)
+    sharing the threads, and rank 0's result."""
+    if processes > 1:
+        threads = max(1, threads // processes)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
     log = os.path.join(log_dir, f"{spec['side']}.log")
     t0 = time.time()
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] \
+            if processes > 1 else [sys.executable]
+        proc = subprocess.run([*launcher, os.path.abspath(__file__), "--worker", json.dumps({**spec, "threads": threads})],
                               stdout=subprocess.PIPE, stderr=f, text=True, env=env)
     wall = time.time() - t0
     with open(log, "a") as f:
@@ -542,6 +551,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch/OMP threads per worker (0 = all cores)")
     p.add_argument("--skip-trl", action="store_true", help="only the reasonlm side(s)")
     p.add_argument("--compile", action="store_true", help="reasonlm side with train.compile (rate after the first step)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="reasonlm side as N DDP processes (torchrun, gloo) sharing --threads; same global batch")
     p.add_argument("--trl-mode", choices=["auto", "lora", "full", "both"], default="auto",
                    help="which fine-tuning modes TRL runs (auto: LoRA if --mode includes it, else full)")
     p.add_argument("--trl-variants", default="default,row,nopack",
@@ -670,7 +681,7 @@ def main(argv=None):
               f"E[l^2]/E[l] = {fl['l_eff']:.1f})", flush=True)
         results = []
         for s in sides:
-            r = run_worker(s, threads, log_dir)
+            r = run_worker(s, threads, log_dir, args.processes if s["kind"] == "reasonlm" else 1)
             results.append(r)
             extra = ""
             if "same_tokens" in r:
