@@ -9,8 +9,8 @@ chains' own notation (copy two operands from the question, combine them, give th
 The default recipe also shows it two-step chains (`data.base_steps: [1, 2]`), so the base has
 carried a result from one line to the next once, and single steps of long expressions
 (`arithmetic_step`: reduce one operation, copy the rest), so it can copy an expression of any
-length; chains of 3 to 8 steps, and the direct-answer format, are what fine-tuning then teaches. A base that knows nothing of the primitives leaves
-LoRA nothing to compose: measure the base (base-run/metrics.jsonl) before blaming the adapter.
+length; chains of 3 to 8 steps, and the direct-answer format, are what fine-tuning then
+teaches. A base that knows nothing of the primitives leaves LoRA nothing to compose: measure the base (base-run/metrics.jsonl) before blaming the adapter.
 With any other `base.model` (a Hub id or local path) there is nothing to train: later stages
 load that model directly.
 """

@@ -28,7 +28,7 @@ The last is what lets a tiny model solve chains longer than any it was trained o
 next operation is always at the start of the line above, and the answer comes when nothing is
 left, so neither finding an operand nor stopping depends on counting steps (README, "Why the
 tiny recipe works"). Pure rewrite lines make the model compute away from the operands, which a
-1M-parameter model does badly (6% on held-out chains after 250 steps, against 97% with equations).
+1M-parameter model does badly (7% validation accuracy after 250 LoRA steps: README, run L).
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
@@ -48,7 +48,7 @@ from reasonlm.tasks import Check, finish_check, reward_from_check, answers_match
 
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 STEP_FORMATS = ("equation", "rewrite", "equation+rewrite")
-REST_MARK = " | "  # equation+rewrite: 'a op b=c | what is left to compute'"
+REST_MARK = " | "  # equation+rewrite: 'a op b=c | what is left to compute'
 MOD_RE = re.compile(r"^(?P<expr>.{1,400}?)\s*\bmod\s*(?P<m>\d{1,6})\s*$")
 
 
@@ -267,8 +267,16 @@ def equation_rewrite_steps(node) -> list[str]:
     """Each reduction as its equation, then what is left of the expression (the last line, whose
     result is the whole value, has nothing left): '(4*8+7)*2-5' -> '4*8=32 | (32+7)*2-5',
     '32+7=39 | 39*2-5', '39*2=78 | 78-5', '78-5=73'."""
-    equations, rests = gold_steps(node), rewrite_steps(node)
-    return [f"{eq}{REST_MARK}{rest}" for eq, rest in zip(equations[:-1], rests[:-1])] + equations[-1:]
+    lines: list[str] = []
+    for equation in gold_steps(node):  # gold_steps' order is _reduce_first's order
+        node = _reduce_first(node)
+        lines.append(step_line(equation, node))
+    return lines
+
+
+def step_line(equation: str, left) -> str:
+    """'a op b=c | what is left', or just the equation when what is left is a number."""
+    return f"{equation}{REST_MARK}{render(left)}" if type(left) is tuple else equation
 
 
 def apply_any_step(state, text: str, modulus: int | None = None):
@@ -404,9 +412,8 @@ class ArithmeticStep:
             if built is not None:
                 tree = built[0]
                 left = _reduce_first(tree)
-                equation = gold_steps(tree)[0]
-                line = f"{equation}{REST_MARK}{render(left)}" if type(left) is tuple else equation
-                return {"question": self.PREFIX + render(tree), "steps": [line], "answer": render(left),
+                return {"question": self.PREFIX + render(tree), "steps": [step_line(gold_steps(tree)[0], left)],
+                        "answer": render(left),
                         "n_steps": 1, "meta": {}}
         raise ValueError("could not build an expression within the bounds; widen min/max_value")
 
@@ -414,9 +421,7 @@ class ArithmeticStep:
         """The one line must be a true step of the expression, and the answer what it leaves."""
         state = parse_expression(self.problem_text(example["question"]))
         after = apply_any_step(state, steps[0]) if len(steps) == 1 and state is not None else None
-        step_ok = [after is not None] + [False] * (len(steps) - 1)
-        if not steps:
-            step_ok = [False]
+        step_ok = [after is not None] + [False] * (len(steps) - 1) if steps else [False]
         gold = parse_expression(example["answer"])
         mine = parse_expression(answer) if answer else None
         answer_correct = mine is not None and mine == gold
