@@ -158,7 +158,7 @@ def reasonlm_cfg(spec, steps):
                        target_modules="all-linear", steps=steps, batch_tokens=spec["rows"] * spec["seq"],
                        seq_len=spec["seq"], grad_accum=1, lr=spec["lr"], schedule="cosine",
                        warmup_steps=spec["warmup"], weight_decay=0.0, grad_clip=1.0, mixed_precision="no",
-                       compile=spec.get("compile", False), eval_every=0, eval_samples=0, save_every=0, resume="never", log_every=steps, seed=0)
+                       compile=spec.get("compile", False), position_jitter=spec.get("jitter", 0), packed_attention=spec.get("packed_attention", False), eval_every=0, eval_samples=0, save_every=0, resume="never", log_every=steps, seed=0)
 
 
 def reasonlm_tokens(spec, cfg) -> int:
@@ -490,7 +490,12 @@ def make_data(args, out):
     datasets.disable_progress_bars()
     # enough problems for one epoch of the run (~40 tokens each), at least 500
     n_train = max(500, math.ceil(args.steps * args.rows * args.seq / 40))
-    cfg = DataConfig(tasks=[TASK], train_steps=[1, 6], ood_steps=[7, 8], n_train=n_train, n_validation=args.val_n,
+    tasks, steps = [TASK], [1, 6]
+    if args.corpus == "base":  # tiny-cpu.yaml's pretraining mix: 1-2-step chains + single steps of long expressions
+        step = {"name": "arithmetic_step", "weight": 2.0, "steps": [1, 1],
+                "args": {"length": [2, 12], **{k: v for k, v in TASK["args"].items() if k != "step_format"}}}
+        tasks, steps = [TASK, step], [1, 2]
+    cfg = DataConfig(tasks=tasks, train_steps=steps, ood_steps=[7, 8], n_train=n_train, n_validation=args.val_n,
                      n_test_per_steps=5, n_base=200, seed=0, workers=1)
     return data.run(cfg, out)
 
@@ -551,6 +556,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch/OMP threads per worker (0 = all cores)")
     p.add_argument("--skip-trl", action="store_true", help="only the reasonlm side(s)")
     p.add_argument("--compile", action="store_true", help="reasonlm side with train.compile (rate after the first step)")
+    p.add_argument("--corpus", choices=["train", "base"], default="train",
+                   help="train: 1-6-step chains (fine-tuning data); base: tiny-cpu.yaml's pretraining mix (1-2-step "
+                        "chains and single steps of 2-12-op expressions, ~28 tokens each), i.e. the tiny model's full training")
+    p.add_argument("--jitter", type=int, default=0, help="reasonlm side's position_jitter (tiny-cpu.yaml: base 16)")
+    p.add_argument("--packed-attention", action="store_true",
+                   help="reasonlm side with train.packed_attention (examples grouped by length, no block mask)")
     p.add_argument("--processes", type=int, default=1,
                    help="reasonlm side as N DDP processes (torchrun, gloo) sharing --threads; same global batch")
     p.add_argument("--trl-mode", choices=["auto", "lora", "full", "both"], default="auto",
@@ -631,7 +642,8 @@ def main(argv=None):
               f"{threads} thread(s); {versions}", flush=True)
         common = {"base": base, "data": data_dir, "out": out, "rows": args.rows, "seq": args.seq, "lr": args.lr,
                   "warmup": args.warmup, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "threads": threads,
-                  "val_n": args.val_n, "steps": args.steps, "compile": args.compile}
+                  "val_n": args.val_n, "steps": args.steps, "compile": args.compile,
+                  "packed_attention": args.packed_attention, "jitter": args.jitter}
         modes = ["lora", "full"] if args.mode == "both" else [args.mode]
         trl_modes = {"auto": ["lora" if "lora" in modes else "full"], "both": ["lora", "full"]}.get(args.trl_mode,
                                                                                                     [args.trl_mode])

@@ -55,7 +55,8 @@ def run(recipe: Recipe) -> str:
                       f"{len(dataset['base'])} problems of {recipe.data.base_steps[0]}-{recipe.data.base_steps[1]} steps")
     tcfg = TrainConfig(full_finetune=True, format="cot", steps=cfg.steps, batch_tokens=cfg.batch_tokens,
                        seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                       eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
+                       eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter,
+                       packed_attention=cfg.packed_attention, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
     run_dir = os.path.join(out_dir, "base-run")
     if accelerator.is_main_process:
         os.makedirs(run_dir, exist_ok=True)

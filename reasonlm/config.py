@@ -99,6 +99,8 @@ class BaseConfig:
     """Linear warmup steps before the cosine decay."""
     position_jitter: int = 0
     """Random prompt-to-completion position shift in pretraining (see train.position_jitter)."""
+    packed_attention: bool = False
+    """Variable-length attention over packed examples in pretraining (see train.packed_attention)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     seed: int = 0
@@ -163,6 +165,12 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the training forward/backward (rows have a fixed shape, so it compiles once;
     the first step pays the compile time; validation and saving use the plain model)."""
+    packed_attention: bool = False
+    """Attention confined to each packed example by gathering examples into groups of equal
+    padded length (train.packed_attention_forward) instead of SDPA with a block-diagonal mask:
+    no mask, and no scores computed across examples. Same losses; pays off most for short
+    examples in long rows (README, training benchmarks). On a GPU, flash_attention_2's
+    variable-length path does the same job."""
     eval_every: int = 200
     """Steps between validation loss / accuracy sample (0 = only at the end)."""
     eval_samples: int = 64

@@ -89,9 +89,11 @@ def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
 
 
 def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, generator=None,
-            line_break_id: int | None = None):
+            line_break_id: int | None = None, packed_attention: bool = False):
     """Tensors for packed rows: input_ids, labels, position_ids (reset at each example), and
-    an attention mask that is None unless position jitter needs an explicit one.
+    what keeps examples apart in attention: None (transformers reads the position-id resets),
+    a block-diagonal mask (position jitter), or with `packed_attention` a `PackedRows` layout
+    for `packed_attention_forward`, which needs neither.
 
     Without jitter, transformers reads example boundaries from the position-id resets. With
     jitter, each example's completion starts a random 0..jitter positions after its prompt
@@ -107,6 +109,7 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
     labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((n, seq_len), dtype=torch.long)
     segment = torch.zeros((n, seq_len), dtype=torch.long)
+    spans = []  # (flat start, length) of every example, and of each row's padding tail
     for r, idxs in enumerate(row_indices):
         t = 0
         for s, i in enumerate(idxs):
@@ -123,8 +126,13 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
                             pos[k + 1:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
             position_ids[r, t:t + len(ids)] = pos
             segment[r, t:t + len(ids)] = s + 1
+            spans.append((r * seq_len + t, len(ids)))
             t += len(ids)
         position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
+        if t < seq_len:
+            spans.append((r * seq_len + t, seq_len - t))
+    if packed_attention:
+        return input_ids, labels, position_ids, PackedRows.from_spans(spans, n * seq_len)
     mask = None
     if jitter:
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
@@ -151,10 +159,110 @@ class Batches:
         return self._rows[k * self.rows_per_step:(k + 1) * self.rows_per_step]
 
 
+# --- attention over packed rows ----------------------------------------------------------------
+# A packed row of 192 tokens holds several examples of 25-150 tokens. SDPA with a block-diagonal
+# mask computes all 192x192 scores of every head and masks most of them away; on a CPU its flash
+# kernel is also slow for small heads (16 dims in the tiny model). This is the variable-length
+# path instead, for any device: gather the examples of a batch into groups of equal padded
+# length (a multiple of BUCKET tokens), run plain causal attention on each group, and scatter
+# the outputs back. Every query sees exactly the keys of its own example, so it matches the
+# masked SDPA (tests/test_train.py checks the per-example losses), with no mask to build at
+# all, position jitter included. Used by training when train.packed_attention is on; other
+# calls (validation, generation) fall through to transformers' SDPA.
+PACKED_ATTENTION = "reasonlm_packed"
+BUCKET = 16
+
+
+class PackedRows:
+    """Where each example of a packed batch sits, for `packed_attention_forward`.
+
+    source:  for every slot of the groups (example-major, padded to the group length), the flat
+             token index (row * seq_len + t) it reads; pad slots repeat the example's last token,
+             which no real query sees (attention is causal) and whose outputs are dropped
+    groups:  [(examples, padded length)] in slot order
+    slot:    for every flat token, the slot holding its output
+    """
+
+    def __init__(self, source, groups, slot):
+        self.source, self.groups, self.slot = source, groups, slot
+
+    @classmethod
+    def from_spans(cls, spans, n_tokens: int):
+        """spans: (flat start, length) covering every token once."""
+        by_length: dict[int, list] = {}
+        for start, n in spans:
+            by_length.setdefault(-(-n // BUCKET) * BUCKET, []).append((start, n))
+        sources, groups, slot, offset = [], [], torch.empty(n_tokens, dtype=torch.long), 0
+        for length, items in sorted(by_length.items()):
+            starts, lens = torch.tensor(items).T
+            j = torch.arange(length)
+            sources.append((starts[:, None] + torch.minimum(j, lens[:, None] - 1)).reshape(-1))
+            here = offset + torch.arange(len(items) * length).view(len(items), length)
+            real = j < lens[:, None]
+            slot[(starts[:, None] + j)[real]] = here[real]
+            groups.append((len(items), length))
+            offset += len(items) * length
+        return cls(torch.cat(sources), groups, slot)
+
+
+_causal_bias_cache: dict = {}
+
+
+def _causal_bias(length: int, dtype, device):
+    key = (length, dtype, device)
+    if key not in _causal_bias_cache:
+        _causal_bias_cache[key] = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
+    return _causal_bias_cache[key]
+
+
+def packed_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                             packed_rows: PackedRows | None = None, **kwargs):
+    """transformers attention function: (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
+    if packed_rows is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    b, heads, t, dim = query.shape
+    groups = heads // key.shape[1]
+    if groups > 1:  # grouped-query attention: every query head gets its key/value head
+        key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+    scale = scaling if scaling is not None else dim ** -0.5
+    # (batch, heads, seq, dim) -> one row per token -> the examples' slots, in group order
+    q, k, v = (x.transpose(1, 2).reshape(b * t, heads * dim).index_select(0, packed_rows.source)
+               for x in (query, key, value))
+    outs, offset = [], 0
+    for n, length in packed_rows.groups:
+        part = slice(offset, offset + n * length)
+        offset += n * length
+        qg, kg, vg = (x[part].view(n, length, heads, dim).transpose(1, 2).reshape(n * heads, length, dim)
+                      for x in (q, k, v))
+        scores = torch.baddbmm(_causal_bias(length, qg.dtype, qg.device), qg, kg.transpose(1, 2), alpha=scale)
+        probs = scores.softmax(-1)
+        if dropout:
+            probs = F.dropout(probs, dropout)
+        out = torch.bmm(probs, vg).view(n, heads, length, dim).transpose(1, 2).reshape(n * length, heads * dim)
+        outs.append(out)
+    return torch.cat(outs).index_select(0, packed_rows.slot).view(b, t, heads, dim), None
+
+
+def use_packed_attention(model):
+    """Register `packed_attention_forward` with transformers and switch `model` to it. Calls without
+    a PackedRows (and mask building for them) behave exactly like 'sdpa'."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
+
+
 # --- loss ------------------------------------------------------------------------------------
-def token_losses(model, input_ids, labels, position_ids, attention_mask=None):
-    """Summed next-token loss over supervised tokens, and their count."""
-    out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
+def token_losses(model, input_ids, labels, position_ids, attention=None):
+    """Summed next-token loss over supervised tokens, and their count. `attention`: what collate
+    returned to keep examples apart (None, a mask, or PackedRows)."""
+    if isinstance(attention, PackedRows):
+        out = model(input_ids=input_ids, position_ids=position_ids, packed_rows=attention, use_cache=False)
+    else:
+        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention, use_cache=False)
     logits = out.logits[:, :-1].float()
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -239,6 +347,10 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     # The scheduler is stepped by hand once per optimizer step (Accelerate's wrapper would step it
     # once per process), and registered so checkpoints carry it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if cfg.packed_attention:
+        if cfg.compile:  # the groups change every step: the compiled graph would be rebuilt each time
+            raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
+        use_packed_attention(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP replaces parameters inside prepare(): clip the ones the prepared model holds.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -280,7 +392,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             micro = rows[m * micro_rows * world:(m + 1) * micro_rows * world][rank * micro_rows:(rank + 1) * micro_rows]
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + m * 7 + rank)
             input_ids, labels, position_ids, mask = collate(examples, micro, cfg.seq_len, pad_id,
-                                                            cfg.position_jitter, gen, line_break_id)
+                                                            cfg.position_jitter, gen, line_break_id,
+                                                            cfg.packed_attention)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():

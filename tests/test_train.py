@@ -138,3 +138,65 @@ def test_line_jitter_shifts_every_completion_line_and_nothing_in_the_prompt(toy)
     breaks_in_completion = [k + 1 for k in range(start, n - 1) if examples[0][0][k] == nl]
     assert set(jumps) <= set(breaks_in_completion) | {start}
     assert set(jumps) & set(breaks_in_completion)  # (seeded) some line break really got a shift
+
+
+def masked_and_packed(model, examples, row_indices, seq_len, jitter=8):
+    """Loss and gradients of one packed batch through SDPA with the block mask and through
+    packed_attention_forward (same positions, same jitter)."""
+    import copy
+    packed_model = copy.deepcopy(model)
+    train.use_packed_attention(packed_model)
+    out = []
+    for m, packed in ((model, False), (packed_model, True)):
+        m.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(0)
+        ids, labels, pos, attention = train.collate(examples, row_indices, seq_len, 0, jitter=jitter, generator=gen,
+                                                    packed_attention=packed)
+        loss = train.token_losses(m, ids, labels, pos, attention)[0]
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    return out
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention (as in Qwen2.5)
+def test_packed_attention_matches_the_block_mask_in_loss_and_gradients(toy, kv_heads):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    model, tok = toy
+    if kv_heads != model.config.num_key_value_heads:
+        cfg = LlamaConfig(**{**model.config.to_dict(), "num_key_value_heads": kv_heads})
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+    model.eval()
+    examples = train.encode_rows(rows(9), tok, "cot", 160)
+    packed_rows = train.pack(examples, 160, seed=0)
+    assert max(len(r) for r in packed_rows) > 1
+    (a, grads_a), (b, grads_b) = masked_and_packed(model, examples, packed_rows, 160)
+    assert b == pytest.approx(a, rel=1e-5)
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rows_put_every_token_in_exactly_one_slot_of_its_own_example(toy):
+    _, tok = toy
+    examples = train.encode_rows(rows(7), tok, "cot", 160)
+    ids, _, _, layout = train.collate(examples, train.pack(examples, 160, seed=0), 160, 0, packed_attention=True)
+    flat = ids.reshape(-1)
+    assert sorted(layout.slot.tolist()) == sorted(set(layout.slot.tolist()))  # no two tokens share a slot
+    assert torch.equal(layout.source[layout.slot], torch.arange(flat.numel()))  # each slot reads its own token
+    assert sum(n * length for n, length in layout.groups) == layout.source.numel()
+    assert all(length % train.BUCKET == 0 for _, length in layout.groups)
+
+
+def test_packed_attention_without_a_layout_is_plain_sdpa(toy):
+    """Validation and generation call the switched model without PackedRows (padding masks)."""
+    import copy
+    model, tok = toy
+    model.eval()
+    packed_model = copy.deepcopy(model)
+    train.use_packed_attention(packed_model)
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask).logits
+        b = packed_model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(a, b)

@@ -186,3 +186,25 @@ def test_qlora_on_cpu_is_a_one_line_error(run_dir, tmp_path):
     out = copy_run(run_dir, tmp_path)
     r = subprocess.run(train_cmd(out, "train.load_in_4bit=true"), env=env(), capture_output=True, text=True)
     assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_packed_attention_follows_the_masked_loss_curve_and_refuses_compile(run_dir, tmp_path):
+    """train.packed_attention=true (with position jitter, which otherwise needs a block mask):
+    same losses up to float reordering (1e-3 relative, 8 full-training steps); combined with
+    train.compile it stops with a one-line error."""
+    curves = {}
+    for name, flag in (("masked", "false"), ("packed", "true")):
+        out = copy_run(run_dir, tmp_path / name)
+        subprocess.run(train_cmd(out, "train.save_every=0", "train.steps=8", "train.full_finetune=true",
+                                 "train.position_jitter=8", f"train.packed_attention={flag}"),
+                       env=env(), check=True, capture_output=True)
+        with open(out / "train" / "metrics.jsonl") as f:
+            curves[name] = [json.loads(l)["loss"] for l in f if '"loss"' in l]
+    assert len(curves["masked"]) == len(curves["packed"]) == 8
+    for a, b in zip(curves["masked"], curves["packed"]):
+        assert abs(a - b) < 1e-3 * max(1.0, a), (a, b)
+    out = copy_run(run_dir, tmp_path / "both")
+    r = subprocess.run(train_cmd(out, "train.steps=2", "train.packed_attention=true", "train.compile=true"),
+                       env=env(), capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "cannot be combined" in r.stderr and "Traceback" not in r.stderr
