@@ -10,7 +10,8 @@ How a batch is made: examples are tokenised exactly as eval and chat will see th
 (answer.encode_example), then packed several to a row of `seq_len` tokens. Each example keeps
 its own position ids starting at 0; transformers turns position-id resets (with no attention
 mask and no cache) into a block-diagonal causal mask, so packed examples never attend to each
-other. Only completion tokens (the steps, the answer line and the end-of-turn token) carry loss.
+other. With train.packed_attention, attention runs per example instead (see
+"attention over packed rows" below) and no mask is built. Only completion tokens (the steps, the answer line and the end-of-turn token) carry loss.
 
 How the global batch is split: every process computes the same global batch of
 `batch_tokens / seq_len` rows for a step and takes its own slice of each micro-batch. The loss
@@ -331,6 +332,8 @@ def trainable_state_dict(model) -> dict:
 # --- the loop --------------------------------------------------------------------------------
 def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator, evaluate_fn=None):
     """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
+    if cfg.packed_attention and cfg.compile:  # the groups change every step: the graph would be rebuilt each time
+        raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_step = max(1, cfg.batch_tokens // cfg.seq_len)
     if rows_per_step % (world * cfg.grad_accum):
@@ -348,8 +351,6 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     # once per process), and registered so checkpoints carry it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if cfg.packed_attention:
-        if cfg.compile:  # the groups change every step: the compiled graph would be rebuilt each time
-            raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
         use_packed_attention(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP replaces parameters inside prepare(): clip the ones the prepared model holds.
@@ -391,13 +392,13 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         for m in range(cfg.grad_accum):
             micro = rows[m * micro_rows * world:(m + 1) * micro_rows * world][rank * micro_rows:(rank + 1) * micro_rows]
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + m * 7 + rank)
-            input_ids, labels, position_ids, mask = collate(examples, micro, cfg.seq_len, pad_id,
-                                                            cfg.position_jitter, gen, line_break_id,
-                                                            cfg.packed_attention)
+            input_ids, labels, position_ids, attention = collate(examples, micro, cfg.seq_len, pad_id,
+                                                                 cfg.position_jitter, gen, line_break_id,
+                                                                 cfg.packed_attention)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
             with ctx, accelerator.autocast():
-                loss_sum, _ = token_losses(forward, input_ids, labels, position_ids, mask)
+                loss_sum, _ = token_losses(forward, input_ids, labels, position_ids, attention)
                 # DDP averages gradients over processes; multiply by world to get the global sum.
                 loss = loss_sum / global_tokens * world
                 accelerator.backward(loss)
