@@ -199,7 +199,9 @@ def worker_reasonlm(spec):
     emit({"side": name, "steps": last["step"], "tokens": tokens, "tokens_per_s": tok_s,
           "fill": tokens / (cfg.steps * spec["rows"] * spec["seq"]),
           "train_s": secs, "rss_mb": rss, "val_loss": vl, "own_val_loss": last.get("val_loss"),
-          "train_loss": last["loss"], "batch_shape": [spec["rows"], spec["seq"]], "eval_s": time.time() - t0})
+          "train_loss": last["loss"], "eval_s": time.time() - t0,
+          # packed attention runs each step's examples as one row without padding: (1, their tokens)
+          "batch_shape": [1, f"~{tokens // cfg.steps}"] if cfg.packed_attention else [spec["rows"], spec["seq"]]})
 
 
 def trl_trainer(spec, steps, variant, out_dir):

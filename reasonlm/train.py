@@ -94,7 +94,8 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
     """Tensors for packed rows: input_ids, labels, position_ids (reset at each example), and
     what keeps examples apart in attention: None (transformers reads the position-id resets),
     a block-diagonal mask (position jitter), or with `packed_attention` a `PackedRows` layout
-    for `packed_attention_forward`, which needs neither.
+    for `packed_attention_forward`, which needs neither; the tensors are then (1, tokens): every
+    example of the rows back to back, without the padding.
 
     Without jitter, transformers reads example boundaries from the position-id resets. With
     jitter, each example's completion starts a random 0..jitter positions after its prompt
@@ -110,7 +111,7 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
     labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((n, seq_len), dtype=torch.long)
     segment = torch.zeros((n, seq_len), dtype=torch.long)
-    spans = []  # (flat start, length) of every example, and of each row's padding tail
+    spans = []  # (flat start, length) of every example
     for r, idxs in enumerate(row_indices):
         t = 0
         for s, i in enumerate(idxs):
@@ -130,10 +131,18 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
             spans.append((r * seq_len + t, len(ids)))
             t += len(ids)
         position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
-        if t < seq_len:
-            spans.append((r * seq_len + t, seq_len - t))
     if packed_attention:
-        return input_ids, labels, position_ids, PackedRows.from_spans(spans, n * seq_len)
+        # One flat row of the examples alone, padding dropped: packed attention keeps them apart,
+        # so no compute is spent on pad tokens. The last token of an example now predicts the
+        # first token of the next one, whose label is IGNORE (it is the prompt's first token),
+        # as in a padded row.
+        keep = torch.cat([torch.arange(start, start + length) for start, length in spans])
+        compact, offset = [], 0
+        for _, length in spans:
+            compact.append((offset, length))
+            offset += length
+        flat = [x.reshape(-1)[keep][None] for x in (input_ids, labels, position_ids)]
+        return (*flat, PackedRows.from_spans(compact, offset))
     mask = None
     if jitter:
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
@@ -172,6 +181,7 @@ class Batches:
 # calls (validation, generation) fall through to transformers' SDPA.
 PACKED_ATTENTION = "reasonlm_packed"
 BUCKET = 16
+NO_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)
 
 
 class PackedRows:
@@ -261,7 +271,11 @@ def token_losses(model, input_ids, labels, position_ids, attention=None):
     """Summed next-token loss over supervised tokens, and their count. `attention`: what collate
     returned to keep examples apart (None, a mask, or PackedRows)."""
     if isinstance(attention, PackedRows):
-        out = model(input_ids=input_ids, position_ids=position_ids, packed_rows=attention, use_cache=False)
+        # transformers passes a 4D mask through untouched; this one-element stand-in skips its mask
+        # building (for one flat row of ~6,000 tokens it would materialise a 6,000^2 block mask,
+        # 50 ms a step here). packed_attention_forward never reads it.
+        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=NO_MASK,
+                    packed_rows=attention, use_cache=False)
     else:
         out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention, use_cache=False)
     logits = out.logits[:, :-1].float()

@@ -179,7 +179,13 @@ def test_packed_attention_matches_the_block_mask_in_loss_and_gradients(toy, kv_h
 def test_packed_rows_put_every_token_in_exactly_one_slot_of_its_own_example(toy):
     _, tok = toy
     examples = train.encode_rows(rows(7), tok, "cot", 160)
-    ids, _, _, layout = train.collate(examples, train.pack(examples, 160, seed=0), 160, 0, packed_attention=True)
+    row_indices = train.pack(examples, 160, seed=0)
+    ids, labels, pos, layout = train.collate(examples, row_indices, 160, 0, packed_attention=True)
+    # one flat row of the examples back to back, no padding
+    order = [i for row in row_indices for i in row]
+    assert ids.shape == labels.shape == pos.shape == (1, sum(len(examples[i][0]) for i in order))
+    assert ids[0].tolist() == [t for i in order for t in examples[i][0]]
+    assert labels[0].tolist() == [t for i in order for t in examples[i][1]]
     flat = ids.reshape(-1)
     assert sorted(layout.slot.tolist()) == sorted(set(layout.slot.tolist()))  # no two tokens share a slot
     assert torch.equal(layout.source[layout.slot], torch.arange(flat.numel()))  # each slot reads its own token
