@@ -16,8 +16,12 @@ What it does, in one run on this machine:
   2. peak: the CPU's fp32 matmul FLOP/s (torch.mm of 2048x2048, same thread count), for MFU.
   3. one fresh subprocess per side (clean peak RSS; OMP/MKL threads and torch.set_num_threads equal):
        reasonlm-lora / reasonlm-full  `reasonlm.train.run(TrainConfig(...))`, packed rows of --seq tokens,
-                                      --rows rows per step; tokens/s from its metrics.jsonl (computed
-                                      before the final validation pass, so that is not counted).
+                                      --rows rows per step (with --packed-attention the rows' examples
+                                      run as one sequence without padding); tokens/s from its
+                                      metrics.jsonl (computed before the final validation pass, so that
+                                      is not counted). --processes N: N DDP processes (gloo) sharing
+                                      --threads, same global batch; the peak is still measured with all
+                                      --threads in one process (the same cores).
        trl-lora / trl-full            `trl.SFTTrainer` with `SFTConfig(packing=True, max_length=--seq,
                                       per_device_train_batch_size=--rows, ...)` on prompt/completion rows
                                       rendered with reasonlm's renderer; the worker checks that TRL's
