@@ -10,8 +10,9 @@ How a batch is made: examples are tokenised exactly as eval and chat will see th
 (answer.encode_example), then packed several to a row of `seq_len` tokens. Each example keeps
 its own position ids starting at 0; transformers turns position-id resets (with no attention
 mask and no cache) into a block-diagonal causal mask, so packed examples never attend to each
-other. With train.packed_attention, attention runs per example instead (see
-"attention over packed rows" below) and no mask is built. Only completion tokens (the steps, the answer line and the end-of-turn token) carry loss.
+other. With train.packed_attention, the examples run back to back without padding and
+attention runs per example (see "attention over packed rows" below); no mask is built. Only
+completion tokens (the steps, the answer line and the end-of-turn token) carry loss.
 
 How the global batch is split: every process computes the same global batch of
 `batch_tokens / seq_len` rows for a step and takes its own slice of each micro-batch. The loss
@@ -111,7 +112,7 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
     labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((n, seq_len), dtype=torch.long)
     segment = torch.zeros((n, seq_len), dtype=torch.long)
-    spans = []  # (flat start, length) of every example
+    lengths = []  # of every example, in row order
     for r, idxs in enumerate(row_indices):
         t = 0
         for s, i in enumerate(idxs):
@@ -128,7 +129,7 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
                             pos[k + 1:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
             position_ids[r, t:t + len(ids)] = pos
             segment[r, t:t + len(ids)] = s + 1
-            spans.append((r * seq_len + t, len(ids)))
+            lengths.append(len(ids))
             t += len(ids)
         position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
     if packed_attention:
@@ -136,13 +137,9 @@ def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, g
         # so no compute is spent on pad tokens. The last token of an example now predicts the
         # first token of the next one, whose label is IGNORE (it is the prompt's first token),
         # as in a padded row.
-        keep = torch.cat([torch.arange(start, start + length) for start, length in spans])
-        compact, offset = [], 0
-        for _, length in spans:
-            compact.append((offset, length))
-            offset += length
-        flat = [x.reshape(-1)[keep][None] for x in (input_ids, labels, position_ids)]
-        return (*flat, PackedRows.from_spans(compact, offset))
+        real = segment.reshape(-1) > 0
+        flat = [x.reshape(-1)[real][None] for x in (input_ids, labels, position_ids)]
+        return (*flat, PackedRows.from_lengths(lengths))
     mask = None
     if jitter:
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
@@ -187,8 +184,8 @@ NO_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)
 class PackedRows:
     """Where each example of a packed batch sits, for `packed_attention_forward`.
 
-    source:  for every slot of the groups (example-major, padded to the group length), the flat
-             token index (row * seq_len + t) it reads; pad slots repeat the example's last token,
+    source:  for every slot of the groups (example-major, padded to the group length), the index
+             of the token it reads in the flat sequence; pad slots repeat the example's last token,
              which no real query sees (attention is causal) and whose outputs are dropped
     groups:  [(examples, padded length)] in slot order
     slot:    for every flat token, the slot holding its output
@@ -198,12 +195,14 @@ class PackedRows:
         self.source, self.groups, self.slot = source, groups, slot
 
     @classmethod
-    def from_spans(cls, spans, n_tokens: int):
-        """spans: (flat start, length) covering every token once."""
+    def from_lengths(cls, lengths):
+        """lengths: of the examples lying back to back in the flat sequence."""
         by_length: dict[int, list] = {}
-        for start, n in spans:
+        start = 0
+        for n in lengths:
             by_length.setdefault(-(-n // BUCKET) * BUCKET, []).append((start, n))
-        sources, groups, slot, offset = [], [], torch.empty(n_tokens, dtype=torch.long), 0
+            start += n
+        sources, groups, slot, offset = [], [], torch.empty(start, dtype=torch.long), 0
         for length, items in sorted(by_length.items()):
             starts, lens = torch.tensor(items).T
             j = torch.arange(length)
