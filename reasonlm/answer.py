@@ -95,7 +95,19 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     p, g = normalize_number(predicted), normalize_number(gold)
     if g is not None:
         return p is not None and p == g
-    return predicted.strip().rstrip(".").casefold() == gold.strip().rstrip(".").casefold()
+    return answer_text_key(predicted) == answer_text_key(gold)
+
+
+def answer_text_key(answer: str) -> str:
+    """How a non-numeric answer compares: stripped, without a trailing dot, case-folded."""
+    return answer.strip().rstrip(".").casefold()
+
+
+def answer_key(answer: str):
+    """The one answer-normalising rule, as a hashable key (votes, majorities): numbers by value
+    ('12' == '12.0' == '$12', written canonically), anything else by `answer_text_key`."""
+    value = normalize_number(answer)
+    return format_number(value) if value is not None else answer_text_key(answer)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -326,6 +338,20 @@ def end_of_turn(tokenizer) -> str:
         if suffix.startswith(tok):
             return tok
     return suffix.strip() or (tokenizer.eos_token or "")
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """Token ids that end an answer: the chat template's end-of-turn token and EOS."""
+    ids = {tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if isinstance(i, int) and i >= 0}
+
+
+def cut_at_stop(text: str, stop_strings) -> str:
+    """The text before the first stop string (the engine keeps it in the output; scoring must not)."""
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[:min(cuts)] if cuts else text
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
