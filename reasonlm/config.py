@@ -284,6 +284,43 @@ class Recipe:
     chat: ChatConfig = field(default_factory=ChatConfig)
 
 
+@dataclass(frozen=True)
+class RunPaths:
+    """Where every stage of a run reads and writes, under the recipe's out_dir (the one place
+    that knows the layout)."""
+    out_dir: str
+
+    def _join(self, *parts: str) -> str:
+        return os.path.join(self.out_dir, *parts)
+
+    @property
+    def data(self) -> str:
+        """The dataset the data stage writes."""
+        return self._join("data")
+
+    @property
+    def base(self) -> str:
+        """The base model (and tokenizer) the base stage writes."""
+        return self._join("base")
+
+    @property
+    def base_run(self) -> str:
+        """The base stage's training run (checkpoints, metrics)."""
+        return self._join("base-run")
+
+    def train_run(self, name: str = "train") -> str:
+        """A training run's directory ('train', 'train-direct', ...)."""
+        return self._join(name)
+
+    def adapter(self, name: str = "train") -> str:
+        """The adapter a training run writes."""
+        return self._join(name, "adapter")
+
+    def eval(self, name: str = "eval") -> str:
+        """An eval run's output folder ('eval', 'eval-direct', 'eval-<suite>')."""
+        return self._join(name)
+
+
 # --- loading ---------------------------------------------------------------------------------
 def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
     raw: dict = {}

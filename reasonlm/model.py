@@ -232,6 +232,13 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
     return model, tokenizer
 
 
+def set_threads(threads: int, world: int = 1) -> int:
+    """Split the machine's cores between processes: oversubscribed CPUs slow down many-fold."""
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, world))
+    torch.set_num_threads(n)
+    return n
+
+
 def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
