@@ -2,8 +2,11 @@
 
 A recipe has one section per stage (`data`, `base`, `train`, `eval`, `chat`) plus a few
 top-level keys. Every field has a docstring right under it: that is the documentation.
-Unknown keys are an error that names the key and lists the valid ones. Command-line
-overrides use dotted paths: `train.lr=1e-3 out_dir=/tmp/run`.
+Unknown keys are an error that names the key and lists the valid ones, and every dataclass
+checks its own values in `__post_init__`, right under its fields (also after
+`dataclasses.replace`): a bad value is one ConfigError naming section.field, the value and the
+valid range. Command-line overrides use dotted paths: `train.lr=1e-3 out_dir=/tmp/run`.
+An eval suite is the flat `eval` section in a file of its own (`load_suite`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,51 @@ import yaml
 
 class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
+
+
+FORMATS = ("cot", "direct")
+DEDUP_MODES = ("none", "exact", "normalized")
+
+
+# --- value checks (used by the dataclasses' __post_init__) ------------------------------------
+def _choices(options) -> str:
+    quoted = [repr(o) for o in options]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _check(cfg, section: str, ok, valid: str, *names: str) -> None:
+    """Every named field of `cfg` passes `ok`, else one line: section.field, the value, what is valid."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"{section + '.' if section else ''}{name} must be {valid}, got {value!r}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _at_least(cfg, section: str, lo, *names: str) -> None:
+    _check(cfg, section, lambda v: _is_number(v) and v >= lo, f">= {lo}", *names)
+
+
+def _above(cfg, section: str, lo, *names: str) -> None:
+    _check(cfg, section, lambda v: _is_number(v) and v > lo, f"> {lo}", *names)
+
+
+def _one_of(cfg, section: str, name: str, options) -> None:
+    _check(cfg, section, lambda v: v in options, _choices(options), name)
+
+
+def _steps_range(cfg, section: str, *names: str) -> None:
+    ok = lambda v: (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                    and 1 <= v[0] <= v[1])
+    _check(cfg, section, ok, "[lo, hi] with 1 <= lo <= hi", *names)
+
+
+def _strings(cfg, section: str, *names: str) -> None:
+    _check(cfg, section, lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
+           "a list of non-empty strings", *names)
 
 
 @dataclass
@@ -67,6 +115,21 @@ class DataConfig:
     """Generation processes: 0 = one per core (at most 4) when train+base hold >= 20000 problems, 1 = in-process.
     Every generation job has its own seed, so the files are the same for any number of workers."""
 
+    def __post_init__(self):
+        _check(self, "data", lambda v: isinstance(v, list) and v and all(isinstance(t, dict) and "name" in t for t in v),
+               "a non-empty list of sources, each a mapping with a 'name'", "tasks")
+        _steps_range(self, "data", "train_steps", "ood_steps", "base_steps")
+        if self.ood_steps[0] <= self.train_steps[1]:
+            raise ConfigError(f"data.ood_steps must be longer than train_steps, got train_steps={self.train_steps} "
+                              f"ood_steps={self.ood_steps}")
+        _at_least(self, "data", 1, "eval_min_steps", "n_test_per_steps", "shard_rows")
+        _at_least(self, "data", 0, "n_train", "n_validation", "n_base", "workers")
+        _at_least(self, "data", 0, "ngram_n")  # 0 = exact match only
+        _one_of(self, "data", "on_error", ("raise", "skip"))
+        _one_of(self, "data", "dedup", DEDUP_MODES)
+        _check(self, "data", lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v), "a list of paths",
+               "decontaminate_against")
+
 
 @dataclass
 class BaseConfig:
@@ -105,6 +168,17 @@ class BaseConfig:
     """AdamW weight decay."""
     seed: int = 0
     """Initialisation and data-order seed."""
+
+    def __post_init__(self):
+        _check(self, "base", lambda v: bool(v), "'tiny' or a Hub id or path", "model")
+        _at_least(self, "base", 1, "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position",
+                  "vocab_size", "steps", "batch_tokens", "seq_len")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            # RoPE rotates pairs of dimensions, so every head needs an even width
+            raise ConfigError(f"base.hidden_size must split over base.num_heads into heads of even width, got "
+                              f"hidden_size={self.hidden_size} num_heads={self.num_heads}")
+        _above(self, "base", 0, "rope_theta")
+        _at_least(self, "base", 0, "lr", "warmup_steps", "position_jitter", "weight_decay")
 
 
 @dataclass
@@ -193,6 +267,24 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation of the adapter and of the data order."""
 
+    def __post_init__(self):
+        _one_of(self, "train", "format", FORMATS)
+        _at_least(self, "train", 1, "lora_r", "steps", "batch_tokens", "seq_len", "grad_accum", "keep_last")
+        _above(self, "train", 0, "lora_alpha")
+        _check(self, "train", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "lora_dropout")
+        _check(self, "train", lambda v: isinstance(v, str) and v.strip(" ,"), "'all-linear' or module names",
+               "target_modules")
+        _strings(self, "train", "modules_to_save")
+        # lr 0 is allowed: a run that must not move the weights (the early-stopping test uses it)
+        _at_least(self, "train", 0, "lr", "warmup_steps", "weight_decay", "grad_clip", "position_jitter",
+                  "eval_every", "eval_samples", "early_stop_patience", "save_every", "log_every")
+        _one_of(self, "train", "too_long", ("drop", "error"))
+        _one_of(self, "train", "schedule", ("cosine", "linear"))
+        _one_of(self, "train", "mixed_precision", ("no", "bf16", "fp16"))
+        _one_of(self, "train", "resume", ("auto", "never"))
+        if self.compile and self.packed_attention:  # the groups change every step: the graph would be rebuilt each time
+            raise ConfigError("train.compile and train.packed_attention cannot be combined; turn one off")
+
 
 @dataclass
 class EvalConfig:
@@ -256,6 +348,21 @@ class EvalConfig:
     resume: bool = True
     """Continue an interrupted run from the samples already written in its output folder."""
 
+    def __post_init__(self):
+        _one_of(self, "eval", "prompt", ("chat", "plain"))
+        _one_of(self, "eval", "format", ("", *FORMATS))
+        _at_least(self, "eval", 1, "samples", "batch_size")
+        _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature")
+        _check(self, "eval", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
+        _check(self, "eval", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]", "min_accuracy")
+        _above(self, "eval", 0, "budget_scale")
+        _check(self, "eval", lambda v: isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)
+                                                                           for s in v),
+               "a non-empty list of integers", "seeds")
+        _check(self, "eval", lambda v: isinstance(v, list) and all(isinstance(k, int) and 1 <= k <= self.samples for k in v),
+               f"a list of k in 1..samples ({self.samples})", "ks")
+        _strings(self, "eval", "splits", "stop_strings", "metrics")
+
 
 @dataclass
 class ChatConfig:
@@ -267,6 +374,11 @@ class ChatConfig:
     """Longest answer."""
     system: str = ""
     """System prompt (empty = none)."""
+
+    def __post_init__(self):
+        _at_least(self, "chat", 0, "temperature")
+        _check(self, "chat", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
+        _at_least(self, "chat", 1, "max_new_tokens")
 
 
 @dataclass
@@ -282,6 +394,10 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+
+    def __post_init__(self):
+        _check(self, "", lambda v: isinstance(v, str) and v, "a directory", "out_dir")
+        _at_least(self, "", 0, "threads")
 
 
 @dataclass(frozen=True)
@@ -323,33 +439,103 @@ class RunPaths:
 
 # --- loading ---------------------------------------------------------------------------------
 def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
-    raw: dict = {}
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    """The recipe at `path` (None: the defaults) with dotted `key=value` overrides."""
+    raw = read_settings(path, "recipe") if path else {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
-        key, value = item.split("=", 1)
+        key, value = split_override(item, "train.lr=1e-3")
         *parents, leaf = key.split(".")
         node = raw
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(value) if value else ""
-    return build(Recipe, raw, "")
+        node[leaf] = value
+    return from_dict(Recipe, raw, "")
 
 
-def build(cls, raw: dict, where: str):
-    """Dataclass from a dict, rejecting unknown keys and values of the wrong type."""
+# Keys only a recipe has: a suite's keys are EvalConfig's, and a recipe's `data` is a section
+# where a suite's `data` is a dataset path.
+RECIPE_KEYS = frozenset(f.name for f in fields(Recipe)) - frozenset(f.name for f in fields(EvalConfig))
+
+
+def is_suite(path: str) -> bool:
+    """A recipe has stage sections (or a data section); a suite is a flat eval section."""
+    raw = read_settings(path, "settings file")
+    return not (RECIPE_KEYS & set(raw) or isinstance(raw.get("data"), dict))
+
+
+def load_suite(path: str, overrides=()) -> EvalConfig:
+    """A suite YAML (the keys of a recipe's eval section) with `key=value` overrides; the data
+    stage (decontamination) and the eval stage both read suites through here."""
+    raw = read_settings(path, "suite")
+    for item in overrides:
+        key, value = split_override(item, "samples=8")
+        raw[key.removeprefix("eval.")] = value
+    try:
+        cfg = from_dict(EvalConfig, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not cfg.name:
+        cfg.name = os.path.splitext(os.path.basename(path))[0]
+    return cfg
+
+
+def read_settings(path: str, kind: str) -> dict:
+    """A recipe or suite file as a non-empty mapping; every problem is one ConfigError line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{kind} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.load(f, Loader=StrictLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except ConfigError as e:  # a key written twice
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path}: the {kind} is empty (an empty file would silently run on the defaults)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {kind} is a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
+def split_override(item: str, example: str) -> tuple[str, object]:
+    """'key=value' -> (key, value read as YAML; '' when empty)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. {example})")
+    key, text = item.split("=", 1)
+    try:
+        return key, yaml.load(text, Loader=StrictLoader) if text else ""
+    except ConfigError as e:
+        raise ConfigError(f"override {item!r}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
+    without a word, so the first setting would be silently ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override keys: that is its point
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                seen = first_line.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if seen is not None:
+                raise ConfigError(f"key {key!r} is written twice (lines {seen} and {line})")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def from_dict(cls, raw: dict, where: str):
+    """Dataclass from a dict, rejecting unknown keys and values of the wrong type; the
+    dataclass's __post_init__ then checks the values."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'recipe'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -361,7 +547,7 @@ def build(cls, raw: dict, where: str):
             raise ConfigError(f"unknown key {name!r}; valid keys{' in ' + where if where else ''}: {', '.join(sorted(known))}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
-            kwargs[key] = build(kind, value or {}, name)
+            kwargs[key] = from_dict(kind, value or {}, name)
         else:
             kwargs[key] = coerce(value, kind, name)
     return cls(**kwargs)
