@@ -573,15 +573,11 @@ def coerce(value, kind, name):
     return value
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def save_resolved(cfg, directory: str, name: str = "config.yaml") -> None:
     """Write the resolved settings next to a stage's output (atomically)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), f, sort_keys=False)
+        yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), f, sort_keys=False)
     os.replace(tmp, path)
