@@ -208,3 +208,28 @@ def test_reasoning_gym_expression_trace_and_rejections():
     assert report["rejected"]["final_mismatch"] >= 1
     ex = examples[0]
     assert ex.meta["kind"] == "expression" and ex.n_steps == len(ex.steps) >= 1
+
+
+class _FakeDataset(list):
+    def score_answer(self, answer, entry):
+        return 1.0 if answer == entry["answer"] else 0.0
+
+
+def test_reasoning_gym_load_without_the_extra(monkeypatch):
+    """The importer's own logic on a stand-in for reasoning_gym: kept records are Examples its
+    checker accepts, each rejection kind is counted, and on_error='raise' stops at a malformed one."""
+    entries = [{"question": "What is 2 + 3 * 4?", "answer": "14", "metadata": {"expression": "2 + 3 * 4"}},
+               {"question": "What is 7 - 2?", "answer": "6", "metadata": {"expression": "7 - 2"}},
+               {"question": "What is 1 + 1?", "answer": "2", "metadata": {}}]
+    fake = type(sys)("reasoning_gym")
+    fake.create_dataset = lambda name, size, seed, **config: _FakeDataset(entries)
+    monkeypatch.setitem(sys.modules, "reasoning_gym", fake)
+    task = ReasoningGym("chain_sum", size=3)
+    examples, report = task.load()
+    assert report == {"read": 3, "kept": 1, "rejected": {"bad_annotation": 0, "final_mismatch": 1, "malformed": 1}}
+    ex = examples[0]
+    assert (ex.family, ex.steps, ex.answer, ex.n_steps) == ("reasoning_gym", ("3*4=12", "2+12=14"), "14", 2)
+    assert ex.meta == {"source": "reasoning_gym/chain_sum", "index": 0, "kind": "expression", "expression": "2 + 3 * 4"}
+    assert get_task("reasoning_gym").check(ex, ["3*4=12", "2+12=15"], "14").first_bad_step == 2
+    with pytest.raises(ValueError, match=r"^reasoning_gym/chain_sum record 2: malformed record: no expression"):
+        ReasoningGym("chain_sum", size=3, on_error="raise").load()

@@ -1,19 +1,19 @@
 """The task protocol: what a task family provides, and the verdict its checker returns.
 
-There are two kinds of task, told apart by the class attribute `imported` each declares:
+There are two kinds of task. A task class subclasses the one it is, which sets the class
+attribute `imported` that tells them apart (`is_importer`):
 
-  A generated family (`imported = False`, see `Family`) makes problems:
+  A generated family (`Family`, imported = False) makes problems:
       generate(rng, n_steps) -> Example     one problem needing exactly n_steps steps
       check(example, steps, answer) -> Check
-      reward(example, completion) -> float
+      reward(example, completion) -> float  given: 1 / 0.5 / 0 from check (reward_from_check)
       problem_text(question) -> str         the problem a wrapped question asks about (what
-                                            decontamination compares); the question itself
-                                            for most families
+                                            decontamination compares); given: the question
       parse_question(question) -> Example | None
                                             a checkable Example rebuilt from a question a
                                             person typed (chat's /verify); None when the
                                             question does not look like this family's
-  An importer (`imported = True`, see `Importer`) reads problems someone else wrote:
+  An importer (`Importer`, imported = True) reads problems someone else wrote:
       load() -> (list[Example], report)     the report counts what was read, kept and
                                             rejected by kind (REJECTIONS)
       check, reward                         as above
@@ -23,7 +23,8 @@ There are two kinds of task, told apart by the class attribute `imported` each d
 
 Every task has a `name` (its family name in recipes and in Example.family) and a `license`;
 a generated family also has a `version`, raised when the same seed and knobs start to draw
-different problems.
+different problems. The two base classes are Protocols: they say what a task must provide, and
+give the two methods every task shares (reward, problem_text); nothing else is inherited.
 
 The checker's contract: `check` reads everything it needs from the example (its question and
 `meta`), never from the task's knobs. Eval and chat score with a task built with default knobs
@@ -59,28 +60,34 @@ class Check:
 
 class Family(Protocol):
     """A generated task family (see the module docstring)."""
-    imported: ClassVar[bool]  # False
+    imported: ClassVar[bool] = False
     name: ClassVar[str]
     version: ClassVar[int]
     license: ClassVar[str]
 
     def generate(self, rng: random.Random, n_steps: int) -> Example: ...
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check: ...
-    def reward(self, example: Example, completion: str) -> float: ...
-    def problem_text(self, question: str) -> str: ...
     def parse_question(self, question: str) -> Example | None: ...
+
+    def reward(self, example: Example, completion: str) -> float:
+        return reward_from_check(check_completion(self, example, completion))
+
+    def problem_text(self, question: str) -> str:
+        return question
 
 
 class Importer(Protocol):
     """A task that reads problems written elsewhere (see the module docstring)."""
-    imported: ClassVar[bool]  # True
+    imported: ClassVar[bool] = True
     name: ClassVar[str]
     license: ClassVar[str]
     on_error: str  # 'skip' or 'raise' (ON_ERROR)
 
     def load(self) -> tuple[list[Example], dict]: ...
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check: ...
-    def reward(self, example: Example, completion: str) -> float: ...
+
+    def reward(self, example: Example, completion: str) -> float:
+        return reward_from_check(check_completion(self, example, completion))
 
 
 Task = Family | Importer

@@ -38,8 +38,7 @@ from collections.abc import Sequence
 from reasonlm.answer import (MAX_EXPR_CHARS, answers_match, check_equation, evaluate_expression, format_number,
                              normalize_number, parse_expression, tree_value)
 from reasonlm.example import Example
-from reasonlm.tasks.base import (Check, Rejected, check_completion, check_on_error, finish_check, new_load_report,
-                                 reward_from_check)
+from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, finish_check, new_load_report
 
 ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
 PRINTED_RESULT_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # the result GSM8K prints after '>>'
@@ -49,8 +48,7 @@ _CALCULATOR_OPS = str.maketrans({"x": "*", "×": "*", "÷": "/"})  # '3x4' in a 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-class GSM8K:
-    imported = True
+class GSM8K(Importer):
     name = "gsm8k"
     license = "MIT (openai/gsm8k); local files keep their own license"
 
@@ -105,8 +103,6 @@ class GSM8K:
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check:
         return check_equation_steps(example, steps, answer)
 
-    def reward(self, example: Example, completion: str) -> float:
-        return reward_from_check(check_completion(self, example, completion))
 
 
 def _load_hub(path: str, config: str, split: str):

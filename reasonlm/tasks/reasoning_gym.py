@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from reasonlm.answer import format_number, normalize_number, parse_expression, tree_value
 from reasonlm.example import Example
 from reasonlm.tasks.arithmetic import ArithmeticChain, gold_steps
-from reasonlm.tasks.base import Check, Rejected, check_completion, check_on_error, new_load_report, reward_from_check
+from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, new_load_report
 from reasonlm.tasks.gsm8k import check_equation_steps, find_equations
 
 COT_TASKS = ("gsm_symbolic",)
@@ -54,8 +54,7 @@ def _reasoning_gym():
     return reasoning_gym
 
 
-class ReasoningGym:
-    imported = True
+class ReasoningGym(Importer):
     name = "reasoning_gym"
     license = "Apache-2.0 (reasoning-gym)"
 
@@ -138,5 +137,3 @@ class ReasoningGym:
             return _ARITHMETIC.check(Example(example.meta["expression"], example.answer), steps, answer)
         return check_equation_steps(example, steps, answer)
 
-    def reward(self, example: Example, completion: str) -> float:
-        return reward_from_check(check_completion(self, example, completion))
