@@ -45,8 +45,8 @@ leaves a partial dataset under the final name):
 The chat and prompt/completion views are rendered with answer.prompt_messages and
 example.render_target, the same functions the trainer tokenises through (data/writer.py).
 
-Scale and determinism (data/generate.py): rows stream to disk in shards (`shard_rows`) as they are generated, so
-memory does not grow with the count. Problems are made in jobs of JOB_ROWS, each with its own
+Scale and determinism (data/generate.py): rows stream to disk in shards (`shard_rows`) as they
+are generated, so memory does not grow with the count. Problems are made in jobs of JOB_ROWS, each with its own
 seed (seed/split/job); worker processes run jobs and the results are consumed in job order, so
 the same recipe gives byte-identical files for any number of workers.
 """
