@@ -54,6 +54,7 @@ def main():
     import datasets
     from reasonlm import data
     from reasonlm.config import DataConfig
+    from reasonlm.data.generate import resolve_workers
 
     datasets.disable_progress_bars()
     lo, hi = (int(x) for x in args.steps.split(","))
@@ -77,7 +78,7 @@ def main():
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_main = me.ru_utime + me.ru_stime - cpu0
     cpu_kids = kids.ru_utime + kids.ru_stime  # worker processes (reaped when the pool closes)
-    workers = data.resolve_workers(cfg, args.n)
+    workers = resolve_workers(cfg, args.n)
     # On a shared machine wall-clock rate depends on the neighbours; CPU-seconds per example do not.
     # "free-core rate" = what the same CPU work gives with all `cores` to ourselves (an estimate).
     per_cpu = args.n / (cpu_main + cpu_kids)

@@ -1,0 +1,155 @@
+"""The mix: what `data.tasks` asks for, one MixEntry per entry, checked before anything is made.
+
+    generated   {name: arithmetic, weight: 2, steps: [1, 8], args: {digits: 1}, splits: [base]}
+    imported    {name: gsm8k, args: {path: ..., split: test}, count: 5000, into: gsm8k_test}
+
+A MixEntry is also the one place the data stage calls its task: `draw` (a generated problem),
+`problem` (the text decontamination compares), `verify` (the checker on a gold solution) and
+`load` (an importer's records). Tasks return plain dicts today; `example` turns one into an
+Example, so the rest of the stage only sees Examples.
+"""
+from __future__ import annotations
+
+import inspect
+import random
+import re
+from dataclasses import dataclass
+
+from reasonlm.config import DataConfig
+from reasonlm.example import Example
+from reasonlm.tasks import get_task
+
+EVAL_SPLITS = ("validation", "test", "test_ood")
+SPLITS = ("base", "train", *EVAL_SPLITS)
+DEDUP_MODES = ("none", "exact", "normalized")
+ENTRY_KEYS = {"name", "weight", "args", "steps", "splits", "count", "into"}
+
+
+class DataError(ValueError):
+    """A data problem reported as one line."""
+
+
+@dataclass
+class MixEntry:
+    index: int  # position in data.tasks (names the entry in errors and seeds)
+    name: str
+    task: object
+    spec: dict
+    weight: float = 1.0  # generated: share of the problems at an n_steps this family covers
+    steps: tuple | None = None  # generated: (lo, hi) n_steps it may make; None = any
+    splits: tuple | None = None  # generated: the splits it writes to; None = every generated split
+    count: int | None = None  # imported: at most this many records (a seeded sample)
+    into: str = "train"  # imported: 'train' or the name of an eval split of their own
+
+    @property
+    def imported(self) -> bool:
+        return hasattr(self.task, "load")  # importers read records; they cannot generate
+
+    # --- the task API (plain dicts today) ---------------------------------------------------
+    def example(self, record: dict) -> Example:
+        """The Example of one of the task's dicts, as this entry's family."""
+        return Example(question=record["question"], answer=record["answer"], steps=tuple(record["steps"]),
+                       n_steps=int(record["n_steps"]), family=self.name, meta=record.get("meta") or {})
+
+    def draw(self, rng: random.Random, n_steps: int) -> Example:
+        """A generated problem; ValueError when the family cannot make n_steps."""
+        return self.example(self.task.generate(rng, n_steps))
+
+    def problem(self, question: str) -> str:
+        """The text decontamination compares: a family whose question wraps a problem ('One step
+        of 3+4*2') is compared on the problem itself."""
+        return self.task.problem_text(question) if hasattr(self.task, "problem_text") else question
+
+    def verify(self, example: Example) -> bool:
+        """Whether the task's checker accepts the example's own gold solution."""
+        record = {"question": example.question, "steps": list(example.steps), "answer": example.answer,
+                  "n_steps": example.n_steps, "meta": example.meta}
+        return self.task.check(record, record["steps"], example.answer).chain_valid
+
+    def load(self) -> tuple[list, dict]:
+        """An importer's records (unchecked dicts) and its report; ValueError names file and line."""
+        result = self.task.load()
+        return result if isinstance(result, tuple) else (result, {})
+
+
+def mix_entries(cfg: DataConfig) -> list[MixEntry]:
+    """Every entry of data.tasks, its task made with its knobs; a bad entry is one DataError."""
+    if not isinstance(cfg.tasks, list) or not cfg.tasks:
+        raise DataError("data.tasks is empty: name at least one task family")
+    return [mix_entry(i, spec, cfg.on_error) for i, spec in enumerate(cfg.tasks)]
+
+
+def mix_entry(i: int, spec, on_error: str) -> MixEntry:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise DataError(f"data.tasks[{i}] needs a 'name', got {spec!r}")
+    where = f"data.tasks[{i}] ({spec['name']})"
+    unknown = set(spec) - ENTRY_KEYS
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(ENTRY_KEYS))}")
+    args = spec.get("args") or {}
+    if not isinstance(args, dict):
+        raise DataError(f"{where}: args must be a mapping of the family's knobs, got {args!r}")
+    try:
+        task = get_task(spec["name"], **args)
+        # importers that can raise on malformed records follow the recipe's on_error
+        if (hasattr(task, "load") and "on_error" not in args
+                and "on_error" in inspect.signature(type(task).__init__).parameters):
+            task = get_task(spec["name"], **args, on_error=on_error)
+    except ValueError as e:  # unknown family (lists the known ones) or bad knobs
+        raise DataError(f"{where}: {e}") from None
+    entry = MixEntry(i, task.name, task, spec)
+    if entry.imported:
+        for key in ("weight", "steps", "splits"):
+            if key in spec:
+                raise DataError(f"{where}: '{key}' is for generated families; an importer takes "
+                                f"'count' (a cap) and 'into' (train or an eval split name)")
+        count = spec.get("count")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            raise DataError(f"{where}: count must be a positive integer, got {count!r}")
+        into = spec.get("into", "train")
+        if into != "train" and (not isinstance(into, str) or into in SPLITS
+                                or not re.fullmatch(r"[a-z][a-z0-9_]*", into)):
+            raise DataError(f"{where}: into must be 'train' or a new eval split name ([a-z0-9_], not one of "
+                            f"{', '.join(SPLITS)}), got {into!r}")
+        entry.count, entry.into = count, into
+        return entry
+    for key in ("count", "into"):
+        if key in spec:
+            raise DataError(f"{where}: '{key}' is for importers; generated families share n_train "
+                            f"(and every generated split) by 'weight'")
+    weight = spec.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+        raise DataError(f"{where}: weight must be a number >= 0, got {weight!r}")
+    steps = spec.get("steps")
+    if steps is not None:
+        if (not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, int) for s in steps)
+                or not 1 <= steps[0] <= steps[1]):
+            raise DataError(f"{where}: steps must be [lo, hi] with 1 <= lo <= hi, got {steps!r}")
+        steps = tuple(steps)
+    splits = spec.get("splits")
+    if splits is not None:
+        if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+            raise DataError(f"{where}: splits must be a non-empty list of {', '.join(SPLITS)}, got {splits!r}")
+        splits = tuple(splits)
+    entry.weight, entry.steps, entry.splits = float(weight), steps, splits
+    return entry
+
+
+def check_settings(cfg: DataConfig) -> None:
+    if cfg.on_error not in ("raise", "skip"):
+        raise DataError(f"data.on_error must be 'raise' or 'skip', got {cfg.on_error!r}")
+    if cfg.dedup not in DEDUP_MODES:
+        raise DataError(f"data.dedup must be one of {', '.join(DEDUP_MODES)}, got {cfg.dedup!r}")
+    if cfg.ngram_n < 0:
+        raise DataError(f"data.ngram_n must be >= 0 (0 = exact match only), got {cfg.ngram_n}")
+    if cfg.shard_rows < 1:
+        raise DataError(f"data.shard_rows must be >= 1, got {cfg.shard_rows}")
+    if not all(isinstance(p, str) for p in cfg.decontaminate_against):
+        raise DataError(f"data.decontaminate_against must be a list of paths, got {cfg.decontaminate_against!r}")
+    for name in ("train_steps", "ood_steps", "base_steps"):
+        value = getattr(cfg, name)
+        if len(value) != 2 or not all(isinstance(v, int) for v in value) or not 1 <= value[0] <= value[1]:
+            raise DataError(f"data.{name} must be [lo, hi] with 1 <= lo <= hi, got {value!r}")
+    if cfg.train_steps[1] >= cfg.ood_steps[0]:
+        raise DataError(f"data.ood_steps must be longer than train_steps, got train_steps={cfg.train_steps} "
+                        f"ood_steps={cfg.ood_steps}")
