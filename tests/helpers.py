@@ -13,8 +13,7 @@ def rows(n, steps=(1, 4), seed=0):
     out = []
     for i in range(n):
         ex = task.generate(rng, rng.randint(*steps))
-        out.append({"id": f"r{i}", "family": "arithmetic", "question": ex["question"], "steps": ex["steps"],
-                    "answer": ex["answer"], "n_steps": ex["n_steps"], "meta": "{}"})
+        out.append({**ex.to_row(), "id": f"r{i}", "meta": "{}"})
     return out
 
 

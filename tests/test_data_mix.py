@@ -6,7 +6,7 @@ import pytest
 
 from reasonlm import data
 from reasonlm.config import load_recipe
-from reasonlm.data.mix import check_settings, mix_entries
+from reasonlm.data.mix import mix_entries
 from reasonlm.tasks import known_tasks
 from tests.data_helpers import REPO, build
 
@@ -37,4 +37,3 @@ def test_data_recipes_load_and_name_their_command(path):
         assert f.readline().strip() == f"# reasonlm data data/{os.path.basename(path)}"
     recipe = load_recipe(path)
     mix_entries(recipe.data)  # every family and its knobs are valid
-    check_settings(recipe.data)

@@ -68,7 +68,7 @@ from reasonlm.data.decontaminate import Blocklist, Removed, suite_questions
 from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generated_rows, interleave, resolve_workers,
                                     split_targets)
 from reasonlm.data.imports import load_imports, take_imported
-from reasonlm.data.mix import EVAL_SPLITS, SPLITS, DataError, MixEntry, check_settings, mix_entries
+from reasonlm.data.mix import EVAL_SPLITS, SPLITS, DataError, MixEntry, mix_entries
 from reasonlm.data.writer import SplitStats, SplitWriter, disk_templates
 
 TOKEN_SAMPLE = 20_000  # rows per split that are tokenized for the token-length statistics
@@ -100,7 +100,6 @@ def run(cfg: DataConfig, out_dir: str) -> str:
 def write_dataset(cfg: DataConfig, tmp: str) -> dict:
     """Write every split into `tmp`; returns stats.json's content."""
     t0 = time.time()
-    check_settings(cfg)
     entries = mix_entries(cfg)
     gens = [e for e in entries if not e.imported]
     chash = config_hash(cfg)

@@ -178,7 +178,7 @@ def suite_questions(path: str):
                     task = get_task("reasoning_gym", name=spec["reasoning_gym"], size=spec.get("size", 50),
                                     seed=seed, config=spec.get("config"))
                     for i, ex in enumerate(task.load()[0]):
-                        yield ex["question"], f"{path}:{spec['reasoning_gym']}/seed{seed}/{i}"
+                        yield ex.question, f"{path}:{spec['reasoning_gym']}/seed{seed}/{i}"
     elif path.endswith(".txt"):
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, 1):

@@ -31,14 +31,13 @@ def load_imports(entries: list[MixEntry], cfg: DataConfig) -> tuple[dict, list[d
             raise DataError(f"data.tasks[{entry.index}] ({entry.name}): {e}{more}") from None
         report = {**json.loads(json.dumps(report)), "failed_check": 0}
         examples = []
-        for k, record in enumerate(records):
-            problem = record_problem(record)
-            example = entry.example(record) if problem is None else None
-            if example is not None and not entry.verify(example):
+        for k, example in enumerate(records):
+            problem = record_problem(example)
+            if problem is None and not entry.verify(example):
                 problem = "its gold solution fails the checker"
             if problem is not None:
                 if cfg.on_error == "raise":
-                    meta = (record.get("meta") or {}) if isinstance(record, dict) else {}
+                    meta = example.meta
                     where = f"{meta.get('source', entry.name)}:{meta.get('line', meta.get('index', k))}"
                     raise DataError(f"data.tasks[{entry.index}] ({entry.name}): {where}: {problem}{hint}")
                 report["failed_check"] += 1
@@ -49,18 +48,12 @@ def load_imports(entries: list[MixEntry], cfg: DataConfig) -> tuple[dict, list[d
     return by_split, reports
 
 
-def record_problem(record) -> str | None:
-    """Why an imported record is unusable, or None."""
-    if not isinstance(record, dict):
-        return f"not a record: {type(record).__name__}"
-    if not isinstance(record.get("question"), str) or not record["question"].strip():
+def record_problem(example: Example) -> str | None:
+    """Why an imported example is unusable, or None."""
+    if not example.question.strip():
         return "missing or empty question"
-    if not isinstance(record.get("steps"), list) or not all(isinstance(s, str) for s in record["steps"]):
-        return "steps is not a list of strings"
-    if not isinstance(record.get("answer"), str) or not record["answer"].strip():
+    if not example.answer.strip():
         return "missing or empty answer"
-    if not isinstance(record.get("n_steps"), int) or isinstance(record.get("n_steps"), bool):
-        return "n_steps is not an integer"
     return None
 
 

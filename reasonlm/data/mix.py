@@ -5,12 +5,10 @@
 
 A MixEntry is also the one place the data stage calls its task: `draw` (a generated problem),
 `problem` (the text decontamination compares), `verify` (the checker on a gold solution) and
-`load` (an importer's records). Tasks return plain dicts today; `example` turns one into an
-Example, so the rest of the stage only sees Examples.
+`load` (an importer's records), all Examples (the protocol is in reasonlm/tasks/base.py).
 """
 from __future__ import annotations
 
-import inspect
 import random
 import re
 from dataclasses import dataclass
@@ -18,10 +16,10 @@ from dataclasses import dataclass
 from reasonlm.config import DataConfig
 from reasonlm.example import Example
 from reasonlm.tasks import get_task
+from reasonlm.tasks.base import Task, is_importer
 
 EVAL_SPLITS = ("validation", "test", "test_ood")
 SPLITS = ("base", "train", *EVAL_SPLITS)
-DEDUP_MODES = ("none", "exact", "normalized")
 ENTRY_KEYS = {"name", "weight", "args", "steps", "splits", "count", "into"}
 
 
@@ -33,7 +31,7 @@ class DataError(ValueError):
 class MixEntry:
     index: int  # position in data.tasks (names the entry in errors and seeds)
     name: str
-    task: object
+    task: Task
     spec: dict
     weight: float = 1.0  # generated: share of the problems at an n_steps this family covers
     steps: tuple | None = None  # generated: (lo, hi) n_steps it may make; None = any
@@ -43,33 +41,25 @@ class MixEntry:
 
     @property
     def imported(self) -> bool:
-        return hasattr(self.task, "load")  # importers read records; they cannot generate
+        return is_importer(self.task)  # importers read records; they cannot generate
 
-    # --- the task API (plain dicts today) ---------------------------------------------------
-    def example(self, record: dict) -> Example:
-        """The Example of one of the task's dicts, as this entry's family."""
-        return Example(question=record["question"], answer=record["answer"], steps=tuple(record["steps"]),
-                       n_steps=int(record["n_steps"]), family=self.name, meta=record.get("meta") or {})
-
+    # --- the task API ------------------------------------------------------------------------
     def draw(self, rng: random.Random, n_steps: int) -> Example:
         """A generated problem; ValueError when the family cannot make n_steps."""
-        return self.example(self.task.generate(rng, n_steps))
+        return self.task.generate(rng, n_steps)
 
     def problem(self, question: str) -> str:
         """The text decontamination compares: a family whose question wraps a problem ('One step
         of 3+4*2') is compared on the problem itself."""
-        return self.task.problem_text(question) if hasattr(self.task, "problem_text") else question
+        return self.task.problem_text(question)
 
     def verify(self, example: Example) -> bool:
         """Whether the task's checker accepts the example's own gold solution."""
-        record = {"question": example.question, "steps": list(example.steps), "answer": example.answer,
-                  "n_steps": example.n_steps, "meta": example.meta}
-        return self.task.check(record, record["steps"], example.answer).chain_valid
+        return self.task.check(example, example.steps, example.answer).chain_valid
 
-    def load(self) -> tuple[list, dict]:
-        """An importer's records (unchecked dicts) and its report; ValueError names file and line."""
-        result = self.task.load()
-        return result if isinstance(result, tuple) else (result, {})
+    def load(self) -> tuple[list[Example], dict]:
+        """An importer's examples (not yet checked) and its report; ValueError names file and line."""
+        return self.task.load()
 
 
 def mix_entries(cfg: DataConfig) -> list[MixEntry]:
@@ -91,9 +81,7 @@ def mix_entry(i: int, spec, on_error: str) -> MixEntry:
         raise DataError(f"{where}: args must be a mapping of the family's knobs, got {args!r}")
     try:
         task = get_task(spec["name"], **args)
-        # importers that can raise on malformed records follow the recipe's on_error
-        if (hasattr(task, "load") and "on_error" not in args
-                and "on_error" in inspect.signature(type(task).__init__).parameters):
+        if is_importer(task) and "on_error" not in args:  # malformed records: the recipe's on_error
             task = get_task(spec["name"], **args, on_error=on_error)
     except ValueError as e:  # unknown family (lists the known ones) or bad knobs
         raise DataError(f"{where}: {e}") from None
@@ -133,23 +121,3 @@ def mix_entry(i: int, spec, on_error: str) -> MixEntry:
         splits = tuple(splits)
     entry.weight, entry.steps, entry.splits = float(weight), steps, splits
     return entry
-
-
-def check_settings(cfg: DataConfig) -> None:
-    if cfg.on_error not in ("raise", "skip"):
-        raise DataError(f"data.on_error must be 'raise' or 'skip', got {cfg.on_error!r}")
-    if cfg.dedup not in DEDUP_MODES:
-        raise DataError(f"data.dedup must be one of {', '.join(DEDUP_MODES)}, got {cfg.dedup!r}")
-    if cfg.ngram_n < 0:
-        raise DataError(f"data.ngram_n must be >= 0 (0 = exact match only), got {cfg.ngram_n}")
-    if cfg.shard_rows < 1:
-        raise DataError(f"data.shard_rows must be >= 1, got {cfg.shard_rows}")
-    if not all(isinstance(p, str) for p in cfg.decontaminate_against):
-        raise DataError(f"data.decontaminate_against must be a list of paths, got {cfg.decontaminate_against!r}")
-    for name in ("train_steps", "ood_steps", "base_steps"):
-        value = getattr(cfg, name)
-        if len(value) != 2 or not all(isinstance(v, int) for v in value) or not 1 <= value[0] <= value[1]:
-            raise DataError(f"data.{name} must be [lo, hi] with 1 <= lo <= hi, got {value!r}")
-    if cfg.train_steps[1] >= cfg.ood_steps[0]:
-        raise DataError(f"data.ood_steps must be longer than train_steps, got train_steps={cfg.train_steps} "
-                        f"ood_steps={cfg.ood_steps}")
