@@ -13,16 +13,21 @@ from reasonlm.evaluate.metrics import RATES
 from reasonlm.stats import mcnemar, paired_bootstrap
 
 
+def read_json(path: str, what: str):
+    """The JSON file at `path`; a missing or unreadable `what` (report, baseline) is one line."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise EvalError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{path} is not a JSON {what} ({e})") from None
+
+
 def load_report(path: str) -> dict:
     if os.path.isdir(path):
         path = os.path.join(path, "report.json")
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except FileNotFoundError:
-        raise EvalError(f"report not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise EvalError(f"{path} is not a JSON report ({e})") from None
+    report = read_json(path, "report")
     if not isinstance(report, dict) or "splits" not in report:
         raise EvalError(f"{path} is not a report written by `reasonlm eval`")
     report["_path"] = path

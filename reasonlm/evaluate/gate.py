@@ -5,8 +5,7 @@
 """
 from __future__ import annotations
 
-import json
-
+from reasonlm.evaluate.compare import read_json
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.metrics import LOWER_IS_BETTER
 
@@ -33,13 +32,7 @@ def make_baseline(report: dict) -> dict:
 
 
 def load_baseline(path: str) -> dict:
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise EvalError(f"baseline not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise EvalError(f"{path} is not a JSON baseline ({e})") from None
+    raw = read_json(path, "baseline")
     if isinstance(raw, dict) and raw.get("kind") == "reasonlm-eval-baseline":
         return raw
     if isinstance(raw, dict) and "splits" in raw:
