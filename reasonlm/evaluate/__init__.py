@@ -1,0 +1,147 @@
+"""The eval stage: generate answers in batches, score final answers and every step, report.
+
+    reasonlm eval recipes/tiny-cpu.yaml                    the recipe's test splits -> <out_dir>/eval/
+    reasonlm eval eval/ood.yaml --recipe recipes/tiny-cpu.yaml        a suite, with the recipe's model
+    reasonlm eval eval/gsm8k-sample.yaml --model DIR [--adapter DIR] [--out DIR] [key=value ...]
+    accelerate launch --multi_gpu --num_processes 2 -m reasonlm eval SUITE.yaml ... sharded over 2 processes
+                      (also on a CPU-only machine: accelerate's `--cpu` launcher starts one process unless
+                      MPI is set up; the torchrun launcher behind --multi_gpu starts them, gloo on CPU)
+    torchrun --nproc_per_node 2 -m reasonlm eval SUITE.yaml ...                 the same (torchrun directly)
+    reasonlm eval SUITE.yaml ... --baseline eval/baselines/NAME.json               CI gate
+    reasonlm eval compare A/report.json B/report.json                 paired difference and tests
+
+A run writes report.json (config, model, adapter, dataset fingerprint, every metric with its
+95% interval, per-problem correctness), report.md, samples.jsonl (prompt, output, extracted
+answers, verdicts) and accuracy_by_steps.png.
+
+Problems come from *sources* (the recipe's dataset splits by default; a suite YAML can name
+dataset splits, generated task families, GSM8K-format files and reasoning-gym tasks), each one
+section of the report, and are prompted zero- or k-shot, with the chat template or plain text.
+
+Generation: the (problem, sample) jobs are sorted by prompt length and cut into batches that run
+with a KV cache; a finished sequence (end-of-turn token, a stop string, or its own token budget,
+which grows with the problem's n_steps) leaves the batch at once. Under `accelerate launch` each
+process takes every world_size-th batch, so the batches, and thus the outputs, are the same as in
+one process; results are gathered on the main process. Every (problem, sample) samples from its
+own seeded stream. Finished samples are appended per batch to samples.partial.rank<r>.jsonl, and
+an interrupted run continues from them.
+
+Scoring, per sample: the strict answer (the '#### N' line), the flexible one (last number), an
+extraction failure when there is no final-answer line, the task checker's verdict on every step
+(step accuracy, a fully valid chain, the position of the first wrong step, a right answer reached
+through a wrong chain), and for GSM8K-format sources lm-evaluation-harness's strict-match and
+flexible-extract. Every metric is reported overall, per source, per n_steps and per task family,
+with counts and a bootstrap interval over problems; with samples > 1 also pass@k and maj@k.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+
+from accelerate.utils import gather_object
+
+from reasonlm.config import EvalConfig
+from reasonlm.evaluate.compare import compare, compare_markdown, load_report
+from reasonlm.evaluate.errors import EvalError
+from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
+from reasonlm.evaluate.metrics import summarize
+from reasonlm.evaluate.report import atomic_write, build_report, markdown, write_outputs, write_report
+from reasonlm.evaluate.runner import (build_prompt, is_main_process, make_batches, partial_path, plan_jobs,
+                                      prepare_partial, process_state, read_partial, remove_partial, run_batch, run_id)
+from reasonlm.evaluate.suites import is_suite, load_suite, validate
+from reasonlm.model import load_for_inference, set_threads
+from reasonlm.sources import load_sources
+
+__all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "validate", "compare", "compare_markdown",
+           "load_report", "make_baseline", "load_baseline", "check_gate", "markdown", "write_outputs", "write_report",
+           "atomic_write", "is_main_process", "summarize", "build_prompt"]
+
+_atomic_write = atomic_write  # the name cli.py calls today; the lead points cli at atomic_write at merge
+
+
+def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | None = None, name: str = "eval",
+        threads: int = 0, directory: str | None = None) -> dict:
+    """Evaluate one model on the configured sources; writes <out_dir>/<name>/ (or `directory`)
+    and returns the report. Under `accelerate launch` the batches are split over the processes
+    and every process returns the full report; only the main process writes files."""
+    validate(cfg)
+    state = process_state()
+    set_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0), state.num_processes)  # respect an explicit limit
+    model_name = cfg.model or (os.path.join(out_dir, "base") if out_dir else "")
+    if not model_name:
+        raise EvalError("no model: pass --model (or --recipe)")
+    if adapter is None:
+        adapter = cfg.adapter or (os.path.join(out_dir, "train", "adapter") if out_dir else "none")
+    adapter = None if adapter in ("none", "") else adapter
+    directory = directory or os.path.join(out_dir or "out", name)
+    fmt = cfg.format or fmt
+    sources, skipped = load_sources(cfg, out_dir)
+    model, tokenizer = load_for_inference(model_name, adapter)
+    model = model.to(state.device)
+    jobs = plan_jobs(sources, tokenizer, cfg, fmt)
+
+    if state.is_main_process:
+        prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
+    state.wait_for_everyone()
+    done = read_partial(directory, jobs)
+    state.wait_for_everyone()  # everyone has read the finished samples before anyone appends
+    todo = [j for j in jobs if j.key not in done]
+    if state.is_main_process and done:
+        print(f"eval: resuming {directory}: {len(done)} of {len(jobs)} samples already done")
+    mine = make_batches(todo, cfg.batch_size)[state.process_index::state.num_processes]
+    new: list[dict] = []
+    t0 = time.time()
+    try:
+        with open(partial_path(directory, state.process_index), "a", encoding="utf-8") as f:
+            for b, batch in enumerate(mine):
+                records = run_batch(model, tokenizer, batch, cfg)
+                for job, rec in zip(batch, records):
+                    f.write(json.dumps({"key": job.key, **rec}) + "\n")
+                f.flush()
+                new += records
+                if state.is_main_process and (b + 1) % max(1, len(mine) // 10) == 0:
+                    print(f"eval: {len(new)}/{len(todo) // state.num_processes} samples "
+                          f"({len(new) / max(time.time() - t0, 1e-9):.1f}/s)", flush=True)
+    except BaseException:  # interrupted or crashed: say where the finished samples are
+        print(f"\neval: stopped; {len(done) + len(new)} finished samples are kept in {directory}: "
+              "run the same command again to continue", file=sys.stderr)
+        raise
+    seconds = time.time() - t0
+    if state.num_processes > 1:
+        new = gather_object(new)
+        seconds = max(gather_object([seconds]))
+    by_key = {**done, **{f"{s['split']}/{s['id']}#{s['sample']}": s for s in new}}
+    samples = [by_key[j.key] for j in jobs]
+    report = build_report(cfg, sources, skipped, samples, model_name, adapter, fmt)
+    report.update(eval_seconds=round(seconds, 1), processes=state.num_processes, resumed_samples=len(done),
+                  problems_per_s=round(len(todo) / max(cfg.samples, 1) / max(seconds, 1e-9), 2))
+    if state.is_main_process:
+        write_outputs(directory, report, samples, cfg)
+        remove_partial(directory)
+    state.wait_for_everyone()
+    return report
+
+
+def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = None, recipe=None,
+              out: str | None = None) -> tuple[dict, str]:
+    """Run a suite; the model, adapter, format and output folder come from the arguments, then the
+    suite, then the recipe's outputs. Returns (report, output directory)."""
+    out_dir = recipe.out_dir if recipe is not None else None
+    model = model or cfg.model or (os.path.join(out_dir, "base") if out_dir else "")
+    if not model:
+        raise EvalError(f"suite {cfg.name!r} needs a model: --model PATH_OR_HUB_ID (or --recipe RECIPE)")
+    adapter = adapter or cfg.adapter or (os.path.join(out_dir, "train", "adapter") if out_dir else "none")
+    if out is None:
+        if out_dir:
+            out = os.path.join(out_dir, f"eval-{cfg.name}")
+        else:
+            tag = re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.normpath(adapter if adapter != "none" else model)))
+            out = os.path.join("out", "eval", cfg.name, tag)
+    fmt = cfg.format or (recipe.train.format if recipe is not None else "cot")
+    cfg = dataclasses.replace(cfg, model=model, format=fmt)
+    report = run(cfg, out_dir, fmt, adapter, threads=recipe.threads if recipe is not None else 0, directory=out)
+    return report, out

@@ -1,0 +1,167 @@
+"""The eval outputs: report.json, report.md, samples.jsonl, config.yaml, accuracy_by_steps.png.
+
+`build_report` turns sample records into the report (config, model, adapter, dataset fingerprint,
+every metric with its 95% interval per source, per-problem correctness). `write_outputs` writes
+everything a run leaves; `write_report` rewrites only the report files (the pipeline adds the
+direct baseline to a report without touching its samples). Every file is written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+from reasonlm.config import EvalConfig, save_resolved
+from reasonlm.evaluate.metrics import default_ks, summarize
+from reasonlm.sources import Source, fingerprint
+from reasonlm.stats import MissingDependencyError, plot_accuracy_by_steps, wilson_interval
+
+
+def build_report(cfg: EvalConfig, sources: list[Source], skipped: dict, samples: list[dict], model_name: str,
+                 adapter: str | None, fmt: str) -> dict:
+    ks = cfg.ks or (default_ks(cfg.samples) if cfg.samples > 1 else [])
+    splits = {s.name: summarize([r for r in samples if r["split"] == s.name], ks) for s in sources}
+    per_problem: dict = defaultdict(list)
+    for s in samples:
+        per_problem[f"{s['split']}/{s['id']}"].append(int(bool(s["correct"])))
+    report = {
+        "suite": cfg.name or "eval", "description": cfg.description, "model": model_name, "adapter": adapter,
+        "format": fmt, "prompt": cfg.prompt, "shots": cfg.shots, "samples_per_problem": cfg.samples,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "ks": ks,
+        "dataset_fingerprint": fingerprint(sources), "sources": {s.name: s.info for s in sources},
+        "skipped": skipped, "splits": splits,
+        "overall": summarize(samples, ks) if len(sources) > 1 else splits[sources[0].name],
+        "samples_path": "samples.jsonl", "per_problem": dict(per_problem),
+        "config": dataclasses.asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": {p: _version(p) for p in ("reasonlm", "torch", "transformers", "peft")},
+    }
+    report["accuracy"] = splits.get("test", {}).get("accuracy") if "test" in splits else report["overall"]["accuracy"]
+    report["ood_accuracy"] = splits.get("test_ood", {}).get("accuracy")
+    legacy = [s for s in ("test", "test_ood") if s in splits]
+    report["by_steps"] = ({k: v["accuracy"] for s in legacy for k, v in splits[s]["by_steps"].items()} if legacy
+                          else {k: v["accuracy"] for k, v in report["overall"]["by_steps"].items()})
+    return report
+
+
+def _version(package: str) -> str | None:
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
+def write_outputs(directory: str, report: dict, samples: list[dict], cfg) -> None:
+    """report.json, report.md, samples.jsonl, config.yaml and accuracy_by_steps.png (atomically)."""
+    os.makedirs(directory, exist_ok=True)
+    save_resolved(cfg, directory)
+    atomic_write(os.path.join(directory, "samples.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
+    write_report(directory, report)
+
+
+def write_report(directory: str, report: dict) -> None:
+    """report.json, report.md and accuracy_by_steps.png only (atomically)."""
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(os.path.join(directory, "report.json"), json.dumps(report, indent=1))
+    atomic_write(os.path.join(directory, "report.md"), markdown(report))
+    plot(report, os.path.join(directory, "accuracy_by_steps.png"))
+
+
+def atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def plot(report: dict, path: str) -> str | None:
+    """Accuracy vs n_steps with 95% bands, one line per source (and per direct-answer source)."""
+    series = {}
+    for label, rep in (("", report), ("direct ", report.get("direct") or {})):
+        for split, summary in (rep.get("splits") or {}).items():
+            points = {int(k): _band(m) for k, m in summary.get("by_steps", {}).items()
+                      if m.get("accuracy") is not None and None not in m.get("accuracy_ci", [None])}
+            if points:
+                series[f"{label}{split}"] = points
+    if not series:
+        return None
+    try:
+        return plot_accuracy_by_steps(series, path, title=f"{report.get('suite', 'eval')}: accuracy by n_steps")
+    except MissingDependencyError as e:
+        print(f"warning: no plot ({e})", file=sys.stderr)
+        return None
+
+
+def _band(m: dict) -> tuple:
+    """(accuracy, lo, hi) of a bucket: the Wilson interval with one sample per problem (the
+    bootstrap collapses to a point at 0% and 100%, common in small buckets), else the bootstrap."""
+    n, ns = m.get("n"), m.get("n_samples")
+    if n and (ns is None or ns == n):
+        return wilson_interval(round(m["accuracy"] * n), n)
+    return (m["accuracy"], *m["accuracy_ci"])
+
+
+HEADLINE = [("accuracy", "accuracy"), ("flexible_accuracy", "flexible"), ("extraction_failed", "no final answer"),
+            ("step_accuracy", "step accuracy"), ("chain_valid", "valid chains"),
+            ("right_answer_wrong_chain", "right answer, wrong chain")]
+
+
+def markdown(report: dict) -> str:
+    """Headline metrics per source, then by n_steps (with the direct baseline when the report
+    has one), by task family, and where the first wrong step falls."""
+    splits = report.get("splits") or {}
+    direct = report.get("direct") or {}
+    extra = sorted({k for m in splits.values() for k in m if k.startswith(("pass@", "maj@", "lmeval_"))
+                    and not k.endswith("_ci")}, key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0))
+    cols = HEADLINE + [(k, k.replace("lmeval_", "lm-eval ")) for k in extra]
+    title = f"{report.get('suite', 'eval')}: {report.get('model')}" + (f" + {report['adapter']}" if report.get("adapter") else "")
+    lines = [f"### {title}", ""]
+    if report.get("dataset_fingerprint"):
+        lines += [f"dataset {report['dataset_fingerprint']}, {report.get('prompt', 'chat')} prompt, "
+                  f"{report.get('shots', 0)}-shot, {report.get('samples_per_problem', 1)} sample(s)/problem at "
+                  f"temperature {report.get('temperature', 0.0)}; 95% bootstrap intervals over problems", ""]
+    lines += ["| source | problems | " + " | ".join(c for _, c in cols) + " | first bad step (mean) |",
+              "|---" * (len(cols) + 3) + "|"]
+    rows = list(splits.items()) + ([("overall", report["overall"])] if len(splits) > 1 and report.get("overall") else [])
+    for name, m in rows:
+        fb = (m.get("first_bad_step") or {}).get("mean")
+        lines.append(f"| {name} | {m.get('n')} | " + " | ".join(_ci(m, k) for k, _ in cols) + f" | {'' if fb is None else fb} |")
+    lines += ["", "| source | n_steps | problems | accuracy | " + ("direct accuracy | " if direct else "")
+              + "step accuracy | valid chains | no final answer |", "|---" * (8 if direct else 7) + "|"]
+    for name, m in splits.items():
+        d = ((direct.get("splits") or {}).get(name) or {}).get("by_steps", {})
+        for k, b in m.get("by_steps", {}).items():
+            dacc = d.get(k, {}).get("accuracy")
+            lines.append(f"| {name} | {k} | {b['n']} | {_ci(b, 'accuracy')} | "
+                         + (f"{'' if dacc is None else f'{dacc:.3f}'} | " if direct else "")
+                         + f"{_ci(b, 'step_accuracy')} | {_ci(b, 'chain_valid')} | {_ci(b, 'extraction_failed')} |")
+    families = (report.get("overall") or {}).get("by_family") or {}
+    if families:
+        lines += ["", "| task family | problems | accuracy | step accuracy | valid chains | no final answer |",
+                  "|---|---|---|---|---|---|"]
+        for fam, b in families.items():
+            lines.append(f"| {fam} | {b['n']} | {_ci(b, 'accuracy')} | {_ci(b, 'step_accuracy')} | "
+                         f"{_ci(b, 'chain_valid')} | {_ci(b, 'extraction_failed')} |")
+    hists = {n: (m.get("first_bad_step") or {}).get("hist") for n, m in splits.items()}
+    positions = sorted({int(p) for h in hists.values() if h for p in h})
+    if positions:
+        lines += ["", "First wrong step (samples with one, by position):", "",
+                  "| source | " + " | ".join(map(str, positions)) + " |", "|---" * (len(positions) + 1) + "|"]
+        for n, h in hists.items():
+            lines.append(f"| {n} | " + " | ".join(str((h or {}).get(str(p), 0)) for p in positions) + " |")
+    if report.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
+    lines.append("")
+    lines.append(f"in-distribution accuracy {report.get('accuracy')}, out-of-distribution {report.get('ood_accuracy')}"
+                 + (f"; direct baseline {direct.get('accuracy')} / {direct.get('ood_accuracy')}" if direct else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _ci(m: dict, key: str) -> str:
+    v, ci = m.get(key), m.get(f"{key}_ci")
+    if v is None:
+        return ""
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else f"{v:.3f}"

@@ -1,0 +1,172 @@
+"""Running an eval: (problem, sample) jobs, batches through the engine, and resume files.
+
+Every (problem, sample) is a Job with its prompt, its token budget (it grows with n_steps) and
+its own sampling seed. Jobs are sorted by prompt length and cut into batches that are the same for
+any process count; under `accelerate launch` each process takes every world_size-th batch, so the
+outputs are the same as in one process. Finished samples are appended per batch to
+samples.partial.rank<r>.jsonl; `prepare_partial` / `read_partial` let an interrupted run continue
+from them when its settings (`run_id`) are unchanged.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from accelerate import PartialState
+
+from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_token_ids
+from reasonlm.config import EvalConfig
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.evaluate.report import atomic_write
+from reasonlm.evaluate.scoring import score
+from reasonlm.example import Example, gold_budget, render_target
+from reasonlm.sources import Source
+
+
+@dataclass
+class Job:
+    """One (problem, sample) to generate."""
+    source: Source
+    example: Example
+    sample: int
+    prompt: str
+    ids: list
+    budget: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.source.name}/{self.example.id}#{self.sample}"
+
+
+def plan_jobs(sources: list[Source], tokenizer, cfg: EvalConfig, fmt: str) -> list[Job]:
+    jobs = []
+    for source in sources:
+        for example in source.examples:
+            text, ids = build_prompt(tokenizer, example.question, cfg.prompt, cfg.system, source.exemplars, fmt)
+            budget = cfg.max_new_tokens or gold_budget(tokenizer, example, fmt, cfg.budget_scale)
+            for s in range(cfg.samples):
+                key = f"{source.name}/{example.id}#{s}"
+                jobs.append(Job(source, example, s, text, ids, budget, sample_seed(cfg.seed, key)))
+    return jobs
+
+
+def build_prompt(tokenizer, question: str, style: str = "chat", system: str = "", exemplars=(),
+                 fmt: str = "cot") -> tuple[str, list[int]]:
+    """(prompt text, token ids). 'chat': the chat template, exemplars as earlier turns (exactly
+    what training used when there are none); 'plain': 'Question: ...\\nAnswer: ...' blocks."""
+    shots = [(ex.question, render_target(ex, fmt)) for ex in exemplars]
+    if style == "chat":
+        history = [m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        text = render_prompt(tokenizer, prompt_messages(question, system or None, history))
+        return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = (f"{system}\n\n" if system else "") + "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots)
+    text += f"Question: {question}\nAnswer:"
+    return text, tokenizer(text)["input_ids"]
+
+
+def sample_seed(seed: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "big")
+
+
+def make_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Jobs sorted by prompt length (then budget), cut into batches; the same for any process count."""
+    order = sorted(range(len(jobs)), key=lambda i: (len(jobs[i].ids), jobs[i].budget, i))
+    return [[jobs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), max(1, batch_size))]
+
+
+def stop_strings_for(cfg: EvalConfig) -> list[str]:
+    return list(dict.fromkeys([*cfg.stop_strings, *(["Question:"] if cfg.prompt == "plain" else [])]))
+
+
+def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]:
+    """Generate and score one batch of jobs; one sample record per job."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stops = stop_strings_for(cfg)
+    engine = KVCacheEngine(model, pad, stop_token_ids(tokenizer),
+                           decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    params = SamplingParams(max_new_tokens=[j.budget for j in batch], temperature=cfg.temperature, top_p=cfg.top_p,
+                            seeds=[j.seed for j in batch], stop_strings=tuple(stops), batch_size=len(batch))
+    outputs = engine.generate([j.ids for j in batch], params)
+    samples = []
+    for job, out in zip(batch, outputs):
+        text = cut_at_stop(tokenizer.decode(out, skip_special_tokens=True), stops)
+        ex = job.example
+        samples.append({"split": job.source.name, "id": ex.id, "sample": job.sample, "n_steps": ex.n_steps,
+                        "family": ex.family, "question": ex.question, "gold": ex.answer, "prompt": job.prompt,
+                        "output": text, "tokens": len(out),
+                        **score(ex, text, job.source.task, job.source.lmeval)})
+    return samples
+
+
+def process_state() -> PartialState:
+    """The process group: on a machine without a GPU, accelerate forms a multi-process CPU group
+    (gloo) only when asked for the CPU explicitly, so ask for it there."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    return process_state().is_main_process
+
+
+# --- resume ----------------------------------------------------------------------------------
+def run_id(cfg: EvalConfig, model_name: str, adapter: str | None, fmt: str) -> dict:
+    """What must match for finished samples to be reused (the sample count may grow)."""
+    keys = ("prompt", "shots", "system", "temperature", "top_p", "seed", "max_new_tokens", "budget_scale", "stop_strings")
+    return {"model": model_name, "adapter": adapter, "format": fmt, **{k: getattr(cfg, k) for k in keys}}
+
+
+def partial_path(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"samples.partial.rank{rank}.jsonl")
+
+
+def prepare_partial(directory: str, identity: dict, resume: bool) -> None:
+    """Keep finished samples of the same run; set aside (never delete) those of another run."""
+    os.makedirs(directory, exist_ok=True)
+    meta = os.path.join(directory, "samples.partial.json")
+    partials = glob.glob(os.path.join(directory, "samples.partial.rank*.jsonl"))
+    same = False
+    if os.path.exists(meta):
+        try:
+            with open(meta) as f:
+                same = json.load(f) == json.loads(json.dumps(identity))
+        except (OSError, ValueError):
+            same = False
+    if partials and not (same and resume):
+        aside = os.path.join(directory, f"stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(aside, exist_ok=True)
+        for p in partials:
+            os.replace(p, os.path.join(aside, os.path.basename(p)))
+        why = "resume is off" if same else "they come from different settings or another model"
+        print(f"warning: {len(partials)} partial sample file(s) in {directory} not reused ({why}); moved to {aside}",
+              file=sys.stderr)
+    atomic_write(meta, json.dumps(identity, indent=1))
+
+
+def read_partial(directory: str, jobs: list[Job]) -> dict:
+    """Finished samples by key, for the jobs of this run whose problem is unchanged; a torn last
+    line (a killed process) is ignored."""
+    wanted = {j.key: j.example for j in jobs}
+    done = {}
+    for path in sorted(glob.glob(os.path.join(directory, "samples.partial.rank*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                ex = wanted.get(rec.get("key")) if isinstance(rec, dict) else None
+                if ex is not None and rec.get("question") == ex.question and rec.get("gold") == ex.answer:
+                    done[rec.pop("key")] = rec
+    return done
+
+
+def remove_partial(directory: str) -> None:
+    for path in glob.glob(os.path.join(directory, "samples.partial*")):
+        os.remove(path)

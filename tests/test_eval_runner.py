@@ -1,0 +1,226 @@
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reasonlm import cli, evaluate
+from reasonlm.answer import cut_at_stop, stop_token_ids
+from reasonlm.config import EvalConfig
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
+from reasonlm.example import gold_budget
+from reasonlm.sources import Source
+from tests.eval_helpers import ROOT, examples, read_samples, toy, toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.helpers import TINY_TASK, rows
+
+torch.set_num_threads(1)
+
+
+# --- generation through the engine ------------------------------------------------------------
+def generate(model, tok, prompts, budgets, batch_size=64, stop_ids=frozenset(), **params):
+    engine = KVCacheEngine(model, tok.pad_token_id, set(stop_ids), decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+    return engine.generate(prompts, SamplingParams(max_new_tokens=budgets, batch_size=batch_size, **params))
+
+
+def test_batched_greedy_equals_one_at_a_time_and_hf_generate(toy):
+    model, tok = toy
+    exs = examples(10, seed=1)
+    prompts = [build_prompt(tok, ex.question)[1] for ex in exs]
+    budgets = [gold_budget(tok, ex, "cot") for ex in exs]
+    stops, pad = stop_token_ids(tok), tok.pad_token_id
+    batched = generate(model, tok, prompts, budgets, 4, stops)
+    alone = [generate(model, tok, [p], [b], 1, stops)[0] for p, b in zip(prompts, budgets)]
+    assert batched == alone
+    for p, b, ours in list(zip(prompts, budgets, batched))[:3]:
+        x = torch.tensor([p])
+        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=b, do_sample=False,
+                           eos_token_id=sorted(stops), pad_token_id=pad)[0, len(p):].tolist()
+        assert ours == [t for t in y[:next((i for i, t in enumerate(y) if t in stops), len(y))]]
+
+
+def test_budgets_and_early_exit(toy):
+    model, tok = toy
+    prompts = [build_prompt(tok, r["question"])[1] for r in rows(3)]
+    out = generate(model, tok, prompts, [1, 5, 9], 3)
+    assert [len(o) for o in out] == [1, 5, 9]
+
+
+def test_stop_strings_end_generation_and_are_cut(toy):
+    model, tok = toy
+    prompt = build_prompt(tok, rows(1)[0]["question"])[1]
+    free = generate(model, tok, [prompt], 20)[0]
+    text = tok.decode(free, skip_special_tokens=True)
+    stop = tok.decode(free[5:7], skip_special_tokens=True)
+    assert stop and stop in text
+    stopped = generate(model, tok, [prompt], 20, stop_strings=(stop,))[0]
+    assert len(stopped) <= 7 and stopped == free[:len(stopped)]
+    assert stop in tok.decode(stopped, skip_special_tokens=True)
+    assert cut_at_stop("8+1=9\n#### 9\nQuestion: next", ["Question:"]) == "8+1=9\n#### 9\n"
+    with pytest.raises(ValueError, match="decode"):
+        KVCacheEngine(model, tok.pad_token_id).generate([prompt], SamplingParams(max_new_tokens=3, stop_strings=("x",)))
+
+
+def test_per_row_seeds_make_samples_independent_of_the_batch(toy):
+    model, tok = toy
+    prompts = [build_prompt(tok, r["question"])[1] for r in rows(6, seed=2)]
+    seeds = [11, 12, 13, 14, 15, 16]
+    together = generate(model, tok, prompts, 10, 6, temperature=1.0, seeds=seeds)
+    apart = [generate(model, tok, [p], 10, 1, temperature=1.0, seeds=[s])[0] for p, s in zip(prompts, seeds)]
+    assert together == apart
+    other = generate(model, tok, prompts, 10, 6, temperature=1.0, seeds=[s + 100 for s in seeds])
+    assert other != together
+
+
+def test_batches_are_the_same_for_any_number_of_processes(toy):
+    _, tok = toy
+    cfg = EvalConfig(samples=3, temperature=0.5, batch_size=5)
+    source = Source("p", "rows", examples(7))
+    jobs = plan_jobs([source], tok, cfg, "cot")
+    batches = make_batches(jobs, 5)
+    assert sorted(j.key for b in batches for j in b) == sorted(j.key for j in jobs) and len(jobs) == 21
+    lengths = [len(j.ids) for b in batches for j in b]
+    assert lengths == sorted(lengths)  # sorted by prompt length
+    shards = [batches[r::2] for r in range(2)]
+    assert sorted(id(b) for s in shards for b in s) == sorted(id(b) for b in batches)
+    assert len({j.seed for j in jobs}) == 21  # every (problem, sample) has its own stream
+
+
+# --- a whole run -----------------------------------------------------------------------------
+def test_suite_run_writes_every_output(toy_dir, tmp_path, capsys):
+    from reasonlm.tasks.gsm8k import write_fixture
+    g = write_fixture(str(tmp_path / "g.jsonl"))
+    path = write_suite(tmp_path / "s.yaml", sources=[
+        {"task": "arithmetic", "args": TINY_TASK, "steps": [1, 3], "n_per_steps": 3, "name": "arith"},
+        {"gsm8k": g, "name": "gsm", "max_problems": 4}])
+    out = str(tmp_path / "out")
+    cli.main(["eval", path, "--model", toy_dir, "--out", out, "samples=2", "temperature=0.7"])
+    printed = capsys.readouterr().out
+    assert "| arith |" in printed and "| gsm |" in printed and "pass@2" in printed
+    for name in ("report.json", "report.md", "samples.jsonl", "config.yaml", "accuracy_by_steps.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert not glob.glob(os.path.join(out, "samples.partial*"))
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["model"] == toy_dir and report["adapter"] is None and report["samples_path"] == "samples.jsonl"
+    assert len(report["dataset_fingerprint"]) == 16 and report["config"]["samples"] == 2
+    assert set(report["splits"]) == {"arith", "gsm"} and report["overall"]["n"] == 13
+    assert "lmeval_strict_match" in report["splits"]["gsm"] and "lmeval_strict_match" not in report["splits"]["arith"]
+    assert report["splits"]["gsm"]["maj@2_ci"] and report["sources"]["gsm"]["load"]["kept"] == 12
+    assert len(report["per_problem"]) == 13 and all(len(v) == 2 for v in report["per_problem"].values())
+    # the random toy model never writes '#### N': every sample is an extraction failure, not a crash
+    assert report["overall"]["extraction_failed"] == 1.0 and report["accuracy"] == 0.0
+    samples = read_samples(out)
+    assert len(samples) == 26
+    for key in ("prompt", "output", "answer", "correct", "first_bad_step", "extraction_failed", "flexible"):
+        assert key in samples[0]
+
+
+def test_recipe_run_keeps_the_pipeline_contract(toy_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+    from reasonlm.data import features
+    ds = {s: Dataset.from_list([{**r, "id": f"{s}-{i}"} for i, r in enumerate(rows(6, steps=st, seed=i))],
+                               features=features()) for i, (s, st) in enumerate([("test", (2, 3)), ("test_ood", (5, 6))])}
+    DatasetDict(ds).save_to_disk(str(tmp_path / "data"))
+    cfg = EvalConfig(model=toy_dir, adapter="none", max_new_tokens=10)
+    report = evaluate.run(cfg, str(tmp_path), "cot", name="eval")
+    for key in ("accuracy", "ood_accuracy", "by_steps", "splits"):
+        assert key in report
+    assert set(report["splits"]) == {"test", "test_ood"} and set(report["by_steps"]) >= {"2", "5"}
+    report["direct"] = {k: report[k] for k in ("accuracy", "ood_accuracy", "by_steps", "splits")}
+    evaluate.write_outputs(str(tmp_path / "eval"), report, read_samples(str(tmp_path / "eval")), cfg)
+    assert "direct accuracy" in evaluate.markdown(report)
+    samples_before = open(tmp_path / "eval" / "samples.jsonl").read()
+    evaluate.write_report(str(tmp_path / "eval"), report)  # the pipeline's way to add the direct baseline
+    assert json.load(open(tmp_path / "eval" / "report.json"))["direct"]["accuracy"] == report["accuracy"]
+    assert open(tmp_path / "eval" / "samples.jsonl").read() == samples_before
+
+
+def test_interrupted_run_resumes_from_finished_samples(toy_dir, tmp_path, monkeypatch):
+    path = write_suite(tmp_path / "s.yaml", batch_size=3)
+    out = str(tmp_path / "out")
+    cfg = evaluate.load_suite(path)
+    full, _ = evaluate.run_suite(cfg, toy_dir, "none", out=str(tmp_path / "full"))
+
+    real, calls = evaluate.run_batch, []
+
+    def flaky(model, tok, batch, cfg):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(model, tok, batch, cfg)
+    monkeypatch.setattr(evaluate, "run_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run_suite(cfg, toy_dir, "none", out=out)
+    partial = glob.glob(os.path.join(out, "samples.partial.rank0.jsonl"))
+    assert partial and sum(1 for _ in open(partial[0])) == 6  # two finished batches of 3
+    with open(partial[0], "a") as f:
+        f.write('{"key": "arith/torn')  # a process killed mid-line
+    calls.clear()
+    monkeypatch.setattr(evaluate, "run_batch", lambda *a: (calls.append(len(a[2])), real(*a))[1])
+    report, _ = evaluate.run_suite(cfg, toy_dir, "none", out=out)
+    assert report["resumed_samples"] == 6 and sum(calls) == 12 - 6
+    assert [s["id"] for s in read_samples(out)] == [s["id"] for s in read_samples(str(tmp_path / "full"))]
+    assert report["dataset_fingerprint"] == full["dataset_fingerprint"]
+
+
+def test_partial_samples_of_other_settings_are_set_aside_not_reused(toy_dir, tmp_path, monkeypatch, capsys):
+    path = write_suite(tmp_path / "s.yaml", batch_size=3)
+    out = str(tmp_path / "out")
+    real = evaluate.run_batch
+    calls = []
+
+    def stop_after_one(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(evaluate, "run_batch", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run_suite(evaluate.load_suite(path), toy_dir, "none", out=out)
+    monkeypatch.setattr(evaluate, "run_batch", real)
+    report, _ = evaluate.run_suite(evaluate.load_suite(path, ["max_new_tokens=5"]), toy_dir, "none", out=out)
+    assert report["resumed_samples"] == 0
+    assert "not reused" in capsys.readouterr().err
+    assert glob.glob(os.path.join(out, "stale-*", "samples.partial.rank0.jsonl"))
+
+
+# --- sharding over processes -----------------------------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_eval_equals_one_process(toy_dir, tmp_path):
+    path = write_suite(tmp_path / "s.yaml", batch_size=3, samples=2, temperature=0.8)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    subprocess.run([sys.executable, "-m", "reasonlm", "eval", path, "--model", toy_dir, "--out", one],
+                   env=env, check=True, capture_output=True, cwd=ROOT)
+    # `accelerate launch --cpu --num_processes 2` starts ONE process without MPI (accelerate 1.15);
+    # the torchrun launcher behind --multi_gpu starts two, and evaluate forms a gloo CPU group
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port()), "-m", "reasonlm", "eval", path, "--model", toy_dir,
+                        "--out", two], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("### toy:") == 1  # only the main process prints
+    a, b = read_samples(one), read_samples(two)
+    assert [(s["id"], s["sample"], s["output"]) for s in a] == [(s["id"], s["sample"], s["output"]) for s in b]
+    ra, rb = (json.load(open(os.path.join(d, "report.json"))) for d in (one, two))
+    assert rb["processes"] == 2 and ra["splits"] == rb["splits"] and ra["per_problem"] == rb["per_problem"]
+
+
+# --- the benchmark script --------------------------------------------------------------------
+def test_bench_generate_smoke():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "eval", "bench_generate.py"), "--toy", "--n", "6"],
+                       env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = [l for l in r.stdout.splitlines() if l.startswith("| toy")][0]
+    assert row.endswith("| yes |") and "x |" in row
