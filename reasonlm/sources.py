@@ -14,11 +14,11 @@ problems whose question is in that dataset's training splits). `load_sources` ch
 source before anything is generated; a bad one is a one-line SourceError naming it. Paths may
 use `{out_dir}`, the recipe's output folder.
 
-Only the functions under "the task API" call task families; they are the lines that change when
-tasks return Examples themselves.
+Only the functions under "the task API" call task families (the protocol: reasonlm/tasks/base.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from reasonlm.config import EvalConfig
 from reasonlm.example import Example, question_key, read_dataset
 from reasonlm.tasks import get_task
+from reasonlm.tasks.base import Check, Task, is_importer
 
 SOURCE_KINDS = ("dataset", "jsonl", "task", "gsm8k", "reasoning_gym")
 SOURCE_OPTIONS = {"name", "split", "args", "steps", "n_per_steps", "size", "config", "max_problems",
@@ -274,33 +275,31 @@ def task_for(family: str):
     return _TASKS[name]
 
 
-def check_steps(task, example: Example, steps: list[str], answer: str | None):
+def check_steps(task: Task, example: Example, steps: list[str], answer: str | None) -> Check:
     """The task's verdict on a solution (steps and final answer) to `example`."""
-    view = {"question": example.question, "answer": example.answer, "steps": list(example.steps),
-            "meta": example.meta}
-    return task.check(view, steps, answer)
+    return task.check(example, steps, answer)
 
 
-def generate_example(task, rng: random.Random, n_steps: int, default_id: str) -> Example:
-    return Example.from_row(task.generate(rng, n_steps), default_id, task.name)
+def generate_example(task: Task, rng: random.Random, n_steps: int, default_id: str) -> Example:
+    if is_importer(task):
+        raise SourceError(f"task {task.name!r} is an importer: name it as a `{task.name}:` source, not `task:`")
+    return dataclasses.replace(task.generate(rng, n_steps), id=default_id)
 
 
 def load_gsm8k(path: str) -> tuple[object, list[Example], dict]:
     """(task, examples, load report) of a GSM8K-format file; ids are `line<N>`."""
     task = get_task("gsm8k", path=path)
     records, load_report = task.load()
-    examples = [Example.from_row(r, f"line{(r.get('meta') or {}).get('line', i)}", "gsm8k")
-                for i, r in enumerate(records)]
+    examples = [dataclasses.replace(r, id=f"line{r.meta.get('line', i)}") for i, r in enumerate(records)]
     return task, examples, load_report
 
 
 def load_reasoning_gym(name: str, spec: dict, seeds: list[int]) -> tuple[object, list[Example], dict]:
     """(task of the last seed, examples of every seed, load report per seed) of a reasoning-gym source."""
-    from reasonlm.tasks.reasoning_gym import ReasoningGym  # imports reasoning_gym, an optional extra
     examples, loads, task = [], {}, None
     for seed in seeds:
-        task = ReasoningGym(str(spec["reasoning_gym"]), size=spec.get("size", 50), seed=seed,
-                            config=spec.get("config") or None)
+        task = get_task("reasoning_gym", name=str(spec["reasoning_gym"]), size=spec.get("size", 50), seed=seed,
+                        config=spec.get("config") or None)
         records, loads[str(seed)] = task.load()
-        examples += [Example.from_row(r, f"{name}-s{seed}-{i:05d}", "reasoning_gym") for i, r in enumerate(records)]
+        examples += [dataclasses.replace(r, id=f"{name}-s{seed}-{i:05d}") for i, r in enumerate(records)]
     return task, examples, loads

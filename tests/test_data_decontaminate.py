@@ -43,7 +43,7 @@ def test_question_key_short_cut_agrees_with_the_rules(q):
 
 def test_planted_arithmetic_is_caught_by_exact_match(tmp_path):
     task, rng = get_task("arithmetic", **TINY), random.Random(7)
-    planted = sorted({task.generate(rng, 2)["question"] for _ in range(300)})  # short: < 8 words
+    planted = sorted({task.generate(rng, 2).question for _ in range(300)})  # short: < 8 words
     suite = tmp_path / "suite.jsonl"
     suite.write_text("".join(json.dumps({"question": q.replace("+", " + ")}) + "\n" for q in planted))
     path = build(tmp_path, n_train=1500, decontaminate_against=[str(suite)])
@@ -58,7 +58,7 @@ def test_planted_arithmetic_is_caught_by_exact_match(tmp_path):
 
 def test_planted_word_problem_8gram_is_caught(tmp_path):
     wp, rng = get_task("word_problems"), random.Random(3)
-    suite_qs = [wp.generate(rng, 3)["question"] for _ in range(5)]
+    suite_qs = [wp.generate(rng, 3).question for _ in range(5)]
     suite = tmp_path / "eval_suite.jsonl"
     suite.write_text("".join(json.dumps({"question": q}) + "\n" for q in suite_qs))
     ws = words(suite_qs[0])

@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import random
 import re
 import time
@@ -48,8 +47,7 @@ WORD_ROW = None
 
 def _word_row():
     ex = get_task("word_problems").generate(random.Random(0), 3)
-    return Example.from_row({"id": "w", "family": "word_problems", "question": ex["question"], "steps": ex["steps"],
-                             "answer": ex["answer"], "n_steps": ex["n_steps"], "meta": json.dumps(ex.get("meta") or {})})
+    return dataclasses.replace(ex, id="w")
 
 
 ADVERSARIAL = st.one_of(

@@ -44,7 +44,7 @@ import time
 
 from accelerate.utils import gather_object
 
-from reasonlm.config import EvalConfig
+from reasonlm.config import EvalConfig, RunPaths, is_suite, load_suite
 from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
@@ -52,15 +52,12 @@ from reasonlm.evaluate.metrics import summarize
 from reasonlm.evaluate.report import atomic_write, build_report, markdown, write_outputs, write_report
 from reasonlm.evaluate.runner import (build_prompt, is_main_process, make_batches, partial_path, plan_jobs,
                                       prepare_partial, process_state, read_partial, remove_partial, run_batch, run_id)
-from reasonlm.evaluate.suites import is_suite, load_suite, validate
 from reasonlm.model import load_for_inference, set_threads
 from reasonlm.sources import load_sources
 
-__all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "validate", "compare", "compare_markdown",
+__all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "compare", "compare_markdown",
            "load_report", "make_baseline", "load_baseline", "check_gate", "markdown", "write_outputs", "write_report",
            "atomic_write", "is_main_process", "summarize", "build_prompt"]
-
-_atomic_write = atomic_write  # the name cli.py calls today; the lead points cli at atomic_write at merge
 
 
 def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | None = None, name: str = "eval",
@@ -68,16 +65,18 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     """Evaluate one model on the configured sources; writes <out_dir>/<name>/ (or `directory`)
     and returns the report. Under `accelerate launch` the batches are split over the processes
     and every process returns the full report; only the main process writes files."""
-    validate(cfg)
+    if cfg.samples > 1 and cfg.temperature == 0:
+        print("warning: samples > 1 with temperature 0: every sample is the same greedy output", file=sys.stderr)
     state = process_state()
     set_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0), state.num_processes)  # respect an explicit limit
-    model_name = cfg.model or (os.path.join(out_dir, "base") if out_dir else "")
+    paths = RunPaths(out_dir) if out_dir else None
+    model_name = cfg.model or (paths.base if paths else "")
     if not model_name:
         raise EvalError("no model: pass --model (or --recipe)")
     if adapter is None:
-        adapter = cfg.adapter or (os.path.join(out_dir, "train", "adapter") if out_dir else "none")
+        adapter = cfg.adapter or (paths.adapter() if paths else "none")
     adapter = None if adapter in ("none", "") else adapter
-    directory = directory or os.path.join(out_dir or "out", name)
+    directory = directory or (paths.eval(name) if paths else os.path.join("out", name))
     fmt = cfg.format or fmt
     sources, skipped = load_sources(cfg, out_dir)
     model, tokenizer = load_for_inference(model_name, adapter)
@@ -131,13 +130,14 @@ def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = N
     """Run a suite; the model, adapter, format and output folder come from the arguments, then the
     suite, then the recipe's outputs. Returns (report, output directory)."""
     out_dir = recipe.out_dir if recipe is not None else None
-    model = model or cfg.model or (os.path.join(out_dir, "base") if out_dir else "")
+    paths = RunPaths(out_dir) if out_dir else None
+    model = model or cfg.model or (paths.base if paths else "")
     if not model:
         raise EvalError(f"suite {cfg.name!r} needs a model: --model PATH_OR_HUB_ID (or --recipe RECIPE)")
-    adapter = adapter or cfg.adapter or (os.path.join(out_dir, "train", "adapter") if out_dir else "none")
+    adapter = adapter or cfg.adapter or (paths.adapter() if paths else "none")
     if out is None:
-        if out_dir:
-            out = os.path.join(out_dir, f"eval-{cfg.name}")
+        if paths:
+            out = paths.eval(f"eval-{cfg.name}")
         else:
             tag = re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.normpath(adapter if adapter != "none" else model)))
             out = os.path.join("out", "eval", cfg.name, tag)
