@@ -63,7 +63,7 @@ def load_sources(cfg: EvalConfig, out_dir: str | None = None) -> tuple[list[Sour
     specs = cfg.sources or default_sources(cfg, out_dir)
     sources, skipped, names = [], {}, set()
     for n, spec in enumerate(specs):
-        kind, name = _kind_and_name(n, spec)
+        kind, name = source_kind_and_name(n, spec)
         if name in names:
             raise SourceError(f"sources[{n}]: two sources are named {name!r}; give one a `name`")
         names.add(name)
@@ -99,7 +99,8 @@ def default_sources(cfg: EvalConfig, out_dir: str | None) -> list[dict]:
     return [{"dataset": data_dir, "split": s, "name": s} for s in cfg.splits]
 
 
-def _kind_and_name(n: int, spec) -> tuple[str, str]:
+def source_kind_and_name(n: int, spec) -> tuple[str, str]:
+    """(kind, name) of the n-th source spec of a suite; a malformed spec is one SourceError."""
     if not isinstance(spec, dict):
         raise SourceError(f"sources[{n}]: expected a mapping like {{task: arithmetic}}, got {spec!r}")
     kinds = [k for k in SOURCE_KINDS if k in spec]

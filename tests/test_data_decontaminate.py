@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from reasonlm import data
-from reasonlm.data.decontaminate import BOILERPLATE, Blocklist, suite_questions, words
+from reasonlm.data.decontaminate import BOILERPLATE, Blocklist, source_questions, suite_questions, words
 from reasonlm.example import fold_question, question_key
+from reasonlm.sources import SOURCE_KINDS
 from reasonlm.tasks import get_task
 from tests.data_helpers import REPO, TINY, build, gsm8k_file, jsonl
 
@@ -90,3 +91,20 @@ def test_decontamination_without_reasoning_gym_warns_and_goes_on(monkeypatch, ca
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "reasoning_gym" else real(n, *a))
     assert list(suite_questions(str(REPO / "eval" / "reasoning-gym.yaml"))) == []
     assert "reasoning_gym not installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", SOURCE_KINDS)
+def test_every_source_kind_has_a_decontamination_rule(tmp_path, kind, monkeypatch):
+    """A new source kind must not silently escape decontamination: each one is read or skipped on purpose."""
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"question": "What is 2+3?", "answer": "5"}\n')
+    (tmp_path / "ds" / "jsonl").mkdir(parents=True)
+    (tmp_path / "ds" / "jsonl" / "test.jsonl").write_text('{"question": "What is 4+4?", "answer": "8"}\n')
+    spec = {"jsonl": str(jsonl), "gsm8k": str(jsonl), "dataset": str(tmp_path / "ds"), "task": "arithmetic",
+            "reasoning_gym": "chain_sum"}[kind]
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "reasoning_gym" else real(n, *a))
+    found = [q for q, _ in source_questions(0, {kind: spec}, [0], "suite.yaml")]
+    assert found == {"jsonl": ["What is 2+3?"], "gsm8k": ["What is 2+3?"], "dataset": ["What is 4+4?"], "task": [],
+                     "reasoning_gym": []}[kind]

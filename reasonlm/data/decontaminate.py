@@ -15,10 +15,10 @@ import os
 import re
 from collections import Counter
 
-import yaml
-
+from reasonlm.config import load_suite
 from reasonlm.data.mix import DataError
 from reasonlm.example import question_key
+from reasonlm.sources import source_kind_and_name
 from reasonlm.tasks import get_task
 
 EXAMPLES_KEPT = 10  # removed questions quoted in decontamination.json
@@ -104,6 +104,31 @@ class Removed:
 
 
 # --- suites: eval questions from files ------------------------------------------------------
+def source_questions(n: int, spec: dict, seeds: list[int], path: str):
+    """(question, where) of the n-th source of the suite at `path`. Every kind of sources.SOURCE_KINDS
+    has its rule here (tests/test_data_decontaminate.py checks that none is missing): `task`
+    sources are drawn fresh at eval time and exclude the training data themselves, and sources
+    under `{out_dir}` are this dataset's own eval splits."""
+    kind, _ = source_kind_and_name(n, spec)
+    if kind == "task" or "{out_dir}" in json.dumps(spec):
+        return
+    if kind in ("jsonl", "gsm8k"):
+        yield from suite_questions(str(spec[kind]))
+    elif kind == "dataset":
+        yield from suite_questions(os.path.join(str(spec["dataset"]), "jsonl", f"{spec.get('split', 'test')}.jsonl"))
+    elif kind == "reasoning_gym":
+        if importlib.util.find_spec("reasoning_gym") is None:  # optional extra, as in eval
+            print(f"warning: {path}: reasoning_gym not installed; not decontaminating against "
+                  f"{spec['reasoning_gym']} (pip install 'reasonlm[gym]')")
+            return
+        for seed in seeds:
+            task = get_task("reasoning_gym", name=spec["reasoning_gym"], size=spec.get("size", 50),
+                            seed=seed, config=spec.get("config"))
+            for i, ex in enumerate(task.load()[0]):
+                yield ex.question, f"{path}:{spec['reasoning_gym']}/seed{seed}/{i}"
+    else:
+        raise DataError(f"{path}: sources[{n}]: no decontamination rule for source kind {kind!r}")
+
 
 
 def suite_questions(path: str):
@@ -159,26 +184,9 @@ def suite_questions(path: str):
                     for q in from_record(rec):
                         yield q, f"{path}:{i}"
     elif path.endswith((".yaml", ".yml")):
-        with open(path) as f:
-            suite = yaml.safe_load(f) or {}
-        for spec in suite.get("sources") or [] if isinstance(suite, dict) else []:
-            if not isinstance(spec, dict) or "{out_dir}" in json.dumps(spec):  # this dataset's own splits
-                continue
-            for kind in ("jsonl", "gsm8k"):
-                if isinstance(spec.get(kind), str):
-                    yield from suite_questions(spec[kind])
-            if isinstance(spec.get("dataset"), str):
-                yield from suite_questions(os.path.join(spec["dataset"], "jsonl", f"{spec.get('split', 'test')}.jsonl"))
-            if isinstance(spec.get("reasoning_gym"), str):
-                if importlib.util.find_spec("reasoning_gym") is None:  # optional extra, as in eval
-                    print(f"warning: {path}: reasoning_gym not installed; not decontaminating against "
-                          f"{spec['reasoning_gym']} (pip install 'reasonlm[gym]')")
-                    continue
-                for seed in suite.get("seeds") or [0]:
-                    task = get_task("reasoning_gym", name=spec["reasoning_gym"], size=spec.get("size", 50),
-                                    seed=seed, config=spec.get("config"))
-                    for i, ex in enumerate(task.load()[0]):
-                        yield ex.question, f"{path}:{spec['reasoning_gym']}/seed{seed}/{i}"
+        suite = load_suite(path)
+        for n, spec in enumerate(suite.sources):
+            yield from source_questions(n, spec, suite.seeds, path)
     elif path.endswith(".txt"):
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
