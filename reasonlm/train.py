@@ -31,9 +31,21 @@ import time
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from peft.utils import ModulesToSaveWrapper
+from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from reasonlm.answer import encode_example, render_completion
-from reasonlm.config import TrainConfig, save_resolved
+from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse_completion, prompt_messages,
+                             stop_token_ids)
+from reasonlm.config import RunPaths, TrainConfig, save_resolved
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.example import Example, gold_budget, read_dataset, render_target
+from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
+                            set_threads)
 
 IGNORE = -100
 
@@ -49,8 +61,7 @@ def encode_rows(rows, tokenizer, fmt: str, seq_len: int, too_long: str = "drop")
         raise TrainError(f"train.format must be 'cot' or 'direct', got {fmt!r}")
     out, dropped = [], 0
     for r in rows:
-        completion = render_completion(list(r["steps"]) if fmt == "cot" else [], r["answer"])
-        prompt, answer = encode_example(tokenizer, r["question"], completion)
+        prompt, answer = encode_example(tokenizer, r["question"], render_target(Example.from_row(r), fmt))
         ids = prompt + answer
         if len(ids) > seq_len:
             if too_long == "error":
@@ -229,7 +240,6 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout=
                              packed_rows: PackedRows | None = None, **kwargs):
     """transformers attention function: (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
     if packed_rows is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     b, heads, t, dim = query.shape
@@ -258,8 +268,6 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout=
 def use_packed_attention(model):
     """Register `packed_attention_forward` with transformers and switch `model` to it. Calls without
     a PackedRows (and mask building for them) behave exactly like 'sdpa'."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
     model.set_attn_implementation(PACKED_ATTENTION)
@@ -343,7 +351,7 @@ def trainable_state_dict(model) -> dict:
 
 
 # --- the loop --------------------------------------------------------------------------------
-def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator, evaluate_fn=None):
+def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator):
     """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
     if cfg.packed_attention and cfg.compile:  # the groups change every step: the graph would be rebuilt each time
         raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
@@ -394,7 +402,6 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     t_start, tokens_seen, last_log = time.time(), 0, time.time()
     steady = None  # (time, tokens) after the first step: throughput without warm-up or compile time
     steady_tok_s = float("nan")
-    from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every or not sys.stderr.isatty(),
                desc=os.path.basename(run_dir), dynamic_ncols=True, mininterval=2.0)
     loss_value = float("nan")
@@ -447,11 +454,10 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                 record["tokens_per_s_after_first_step"] = round(steady_tok_s, 1)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             record = record or {"step": done, "loss": round(loss_value, 5)}
-            record.update(validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn))
+            record.update(validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerator))
             score = record.get("val_accuracy", -record.get("val_loss", 0.0))
             improved = [best is None or score > best["score"]]
             if world > 1:  # only the main process measures accuracy: every process follows its verdict
-                from accelerate.utils import broadcast_object_list
                 broadcast_object_list(improved)
             if improved[0]:
                 best, stale = {"step": done, "score": score}, 0
@@ -499,7 +505,7 @@ class _null:
 
 
 @torch.no_grad()
-def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn):
+def validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerator):
     """Validation loss on packed validation rows, plus the eval stage's accuracy on a sample."""
     model.eval()
     out = {}
@@ -511,10 +517,32 @@ def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluat
             loss_sum, n = token_losses(model, ids, labels, pos)
             total, count = total + loss_sum.item(), count + n
         out["val_loss"] = round(total / max(count, 1), 5)
-    if evaluate_fn is not None and cfg.eval_samples and len(val_rows) and accelerator.is_main_process:
+    if cfg.eval_samples and len(val_rows) and accelerator.is_main_process:
         sample = [val_rows[i] for i in range(min(cfg.eval_samples, len(val_rows)))]
-        out["val_accuracy"] = evaluate_fn(accelerator.unwrap_model(model), tokenizer, sample)
+        out["val_accuracy"] = val_accuracy(accelerator.unwrap_model(model), tokenizer, sample, cfg.format)
     return out
+
+
+ACCURACY_BATCH = 64
+
+
+@torch.no_grad()
+def val_accuracy(model, tokenizer, rows, fmt: str) -> float:
+    """Share of rows whose greedy final answer is right: the eval stage's zero-shot chat prompt and
+    token budget (2 x the gold target), scored by the final answer alone. 4 decimals."""
+    examples = [Example.from_row(r) for r in rows]
+    prompts = [encode_prompt(tokenizer, prompt_messages(e.question)) for e in examples]
+    budgets = [gold_budget(tokenizer, e, fmt, 2.0) for e in examples]
+    # The eval stage's batch order (prompt length, then budget): the same rows share a batch and
+    # its padding, so the numbers match `reasonlm eval` on these rows exactly.
+    order = sorted(range(len(examples)), key=lambda i: (len(prompts[i]), budgets[i], i))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    engine = KVCacheEngine(model, pad_id, stop_token_ids(tokenizer))
+    outputs = engine.generate([prompts[i] for i in order],
+                              SamplingParams(max_new_tokens=[budgets[i] for i in order], batch_size=ACCURACY_BATCH))
+    correct = sum(answers_match(parse_completion(tokenizer.decode(ids, skip_special_tokens=True)).answer,
+                                examples[i].answer) for i, ids in zip(order, outputs))
+    return round(correct / max(1, len(examples)), 4)
 
 
 def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
@@ -541,44 +569,28 @@ def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
 
 def embeddings_in_modules_to_save(model) -> bool:
     """A peft model whose input embedding and LM head are both trained in full (modules_to_save)."""
-    if not hasattr(model, "peft_config"):
-        return False
-    from peft.utils import ModulesToSaveWrapper
     layers = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     return bool(layers) and all(isinstance(m, ModulesToSaveWrapper) for m in layers)
 
 
 # --- the stage -------------------------------------------------------------------------------
-def set_threads(threads: int, world: int = 1):
-    """Split the machine's cores between processes: oversubscribed CPUs slow down many-fold."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, world))
-    torch.set_num_threads(n)
-    return n
-
-
 def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -> str:
     """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
 
     Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, config.yaml}.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from reasonlm import data as data_stage
-    from reasonlm import evaluate
-    from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer,
-                                modules_to_save)
-
     # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
                               cpu=not torch.cuda.is_available())
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
-    run_dir = os.path.join(out_dir, name)
-    model_name = cfg.model or os.path.join(out_dir, "base")
-    dataset = data_stage.load(cfg.data or os.path.join(out_dir, "data"))
+    paths = RunPaths(out_dir)
+    run_dir = paths.train_run(name)
+    model_name = cfg.model or paths.base
+    data_dir = cfg.data or paths.data
+    dataset = read_dataset(data_dir)
     if "train" not in dataset or len(dataset["train"]) == 0:
-        raise TrainError(f"dataset {cfg.data or os.path.join(out_dir, 'data')} has no training examples")
+        raise TrainError(f"dataset {data_dir} has no training examples")
     if cfg.load_in_4bit and not torch.cuda.is_available():
         raise TrainError("QLoRA (train.load_in_4bit) needs a CUDA GPU and bitsandbytes; "
                          "on CPU use train.mixed_precision=bf16 or fp32")
@@ -604,8 +616,7 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
         os.makedirs(run_dir, exist_ok=True)
         save_resolved(cfg, run_dir)
     val_rows = dataset["validation"] if "validation" in dataset else []
-    quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt=cfg.format)
-    stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator, quick)
+    stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
     final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
     save_weights(accelerator, model, tokenizer, final, cfg)
     if accelerator.is_main_process:
