@@ -1,4 +1,4 @@
-"""Batched KV-cache generation (reasonlm.evaluate.generate) vs one-at-a-time HF `model.generate`.
+"""Batched KV-cache generation (reasonlm.engine.KVCacheEngine) vs one-at-a-time HF `model.generate`.
 
     python eval/bench_generate.py --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter \
         --data out/tiny-cpu/data --n 200
@@ -40,7 +40,7 @@ def toy_model_and_rows(n: int, seed: int = 0):
 
 
 def load(args):
-    from reasonlm import data as data_stage
+    from reasonlm.example import read_dataset
     from reasonlm.model import load_for_inference
 
     if args.toy:
@@ -50,7 +50,7 @@ def load(args):
     model, tok = load_for_inference(args.model, args.adapter)
     if not args.data:
         sys.exit("error: pass --data DATASET_DIR (written by `reasonlm data`)")
-    split = data_stage.load(args.data)[args.split]
+    split = read_dataset(args.data)[args.split]
     return model, tok, [dict(r) for r in split.select(range(min(args.n, len(split))))]
 
 
@@ -79,12 +79,14 @@ def main(argv=None):
     p.add_argument("--toy", action="store_true", help="random toy model and generated problems (smoke test)")
     p.add_argument("--allow-mismatch", action="store_true", help="report differing outputs but exit 0")
     args = p.parse_args(argv)
-    from reasonlm.evaluate import budget_for, build_prompt, generate, stop_token_ids
+    from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
+    from reasonlm.engine import KVCacheEngine, SamplingParams
+    from reasonlm.example import Example, gold_budget
 
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
     model, tok, rows = load(args)
-    prompts = [build_prompt(tok, r["question"])[1] for r in rows]
-    budgets = [budget_for(tok, r, args.format) for r in rows]
+    prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in rows]
+    budgets = [gold_budget(tok, Example.from_row(r), args.format) for r in rows]
     stop_ids = stop_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
@@ -93,9 +95,10 @@ def main(argv=None):
         t0 = time.perf_counter()
         hf = hf_one_at_a_time(model, prompts, budgets, stop_ids, pad)
         t_hf = time.perf_counter() - t0
-        generate(model, prompts[:2], budgets[:2], stop_ids, pad, args.batch_size)  # warm-up
+        engine = KVCacheEngine(model, pad, stop_ids)
+        engine.generate(prompts[:2], SamplingParams(max_new_tokens=budgets[:2], batch_size=args.batch_size))  # warm-up
         t0 = time.perf_counter()
-        ours = generate(model, prompts, budgets, stop_ids, pad, args.batch_size)
+        ours = engine.generate(prompts, SamplingParams(max_new_tokens=budgets, batch_size=args.batch_size))
         t_ours = time.perf_counter() - t0
 
     differ = [i for i, (a, b) in enumerate(zip(hf, ours)) if a != b]
