@@ -56,7 +56,7 @@ def trained(request, data_dir, tmp_path_factory):
         return n
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model_mod, "fit_vocab", recording_fit_vocab)
+        mp.setattr(train, "fit_vocab", recording_fit_vocab)  # train calls the name it imported
         train.run(train_cfg(base, data_dir), str(root), "train", threads=1)
     return {"root": root, "base": str(base), "old_vocab": len(tok), "tied": request.param, **init}
 
