@@ -414,7 +414,7 @@ def worker_ideas(spec):
     import torch
 
     from reasonlm.example import read_dataset
-    from reasonlm import train
+    from reasonlm import packing, train
     from reasonlm.model import attach_lora, load_model, load_tokenizer
     set_threads(spec["threads"])
     tok = load_tokenizer(spec["base"])
@@ -422,7 +422,7 @@ def worker_ideas(spec):
     examples = train.encode_rows(read_dataset(spec["data"])["train"], tok, "cot", cfg.seq_len)
     batches = train.Batches(examples, cfg.seq_len, spec["rows"], 0)
     pad = tok.pad_token_id or 0
-    steps = [train.collate(examples, batches.rows_for_step(k), cfg.seq_len, pad) for k in range(spec["steps"])]
+    steps = [packing.collate(examples, batches.rows_for_step(k), cfg.seq_len, pad) for k in range(spec["steps"])]
     tokens = [sum(len(examples[i][0]) for row in batches.rows_for_step(k) for i in row) for k in range(spec["steps"])]
     runs = {}
     for name in spec["ideas"]:
@@ -437,7 +437,7 @@ def worker_ideas(spec):
         runs[name] = {"model": torch.compile(model) if compiled else model, "params": params, "opt": opt,
                       "bf16": bf16, "times": [], "losses": []}
     for k, (ids, labels, pos, mask) in enumerate(steps):
-        n_sup = int((labels[:, 1:] != train.IGNORE).sum())
+        n_sup = int((labels[:, 1:] != packing.IGNORE).sum())
         for name, r in runs.items():
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r["bf16"]):

@@ -20,7 +20,7 @@ LAYERS = [
     ["reasonlm.config"],
     ["reasonlm.stats"],
     ["reasonlm.engine"],
-    ["reasonlm.model"],
+    ["reasonlm.model", "reasonlm.packing"],
     ["reasonlm.tasks"],
     ["reasonlm.sources"],
     ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl"],
