@@ -31,7 +31,7 @@ def toy_model_and_rows(n: int, seed: int = 0):
     rows = []
     for i in range(max(n, 300)):
         ex = task.generate(rng, rng.randint(1, 6))
-        rows.append({"id": f"toy-{i}", "family": "arithmetic", "meta": "{}", **ex})
+        rows.append({**ex.to_row(), "id": f"toy-{i}", "meta": "{}"})
     tok = train_tokenizer(["user", "assistant", "system"] + [r["question"] + "\n" + "\n".join(r["steps"]) for r in rows],
                           vocab_size=300)
     model = build_tiny(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=256, seed=seed)
@@ -40,7 +40,7 @@ def toy_model_and_rows(n: int, seed: int = 0):
 
 
 def load(args):
-    from reasonlm import data as data_stage
+    from reasonlm.example import read_dataset
     from reasonlm.model import load_for_inference
 
     if args.toy:
@@ -50,7 +50,7 @@ def load(args):
     model, tok = load_for_inference(args.model, args.adapter)
     if not args.data:
         sys.exit("error: pass --data DATASET_DIR (written by `reasonlm data`)")
-    split = data_stage.load(args.data)[args.split]
+    split = read_dataset(args.data)[args.split]
     return model, tok, [dict(r) for r in split.select(range(min(args.n, len(split))))]
 
 
@@ -79,14 +79,13 @@ def main(argv=None):
     p.add_argument("--toy", action="store_true", help="random toy model and generated problems (smoke test)")
     p.add_argument("--allow-mismatch", action="store_true", help="report differing outputs but exit 0")
     args = p.parse_args(argv)
-    from reasonlm.answer import stop_token_ids
+    from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
     from reasonlm.engine import KVCacheEngine, SamplingParams
-    from reasonlm.evaluate import build_prompt
     from reasonlm.example import Example, gold_budget
 
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
     model, tok, rows = load(args)
-    prompts = [build_prompt(tok, r["question"])[1] for r in rows]
+    prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in rows]
     budgets = [gold_budget(tok, Example.from_row(r), args.format) for r in rows]
     stop_ids = stop_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -97,6 +96,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         hf = hf_one_at_a_time(model, prompts, budgets, stop_ids, pad)
         t_hf = time.perf_counter() - t0
+        engine = KVCacheEngine(model, pad, stop_ids)
         engine.generate(prompts[:2], SamplingParams(max_new_tokens=budgets[:2], batch_size=args.batch_size))  # warm-up
         t0 = time.perf_counter()
         ours = engine.generate(prompts, SamplingParams(max_new_tokens=budgets, batch_size=args.batch_size))

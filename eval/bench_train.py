@@ -103,12 +103,12 @@ def val_loss(model_dir: str, adapter: str | None, data_dir: str, n: int, seq_len
     import torch
     import torch.nn.functional as F
 
-    from reasonlm import data as data_stage
+    from reasonlm.example import read_dataset
     from reasonlm.answer import encode_example, render_completion
     from reasonlm.model import load_for_inference
 
     model, tok = load_for_inference(model_dir, adapter)
-    rows = data_stage.load(data_dir)["validation"]
+    rows = read_dataset(data_dir)["validation"]
     total, count = 0.0, 0
     with torch.no_grad():
         for r in rows.select(range(min(n, len(rows)))):
@@ -167,10 +167,10 @@ def reasonlm_cfg(spec, steps):
 
 def reasonlm_tokens(spec, cfg) -> int:
     """Non-padding tokens reasonlm's loop ran: its own encode_rows + Batches, replayed step by step."""
-    from reasonlm import data as data_stage
+    from reasonlm.example import read_dataset
     from reasonlm import train
     from reasonlm.model import load_tokenizer
-    examples = train.encode_rows(data_stage.load(spec["data"])["train"], load_tokenizer(spec["base"]), cfg.format,
+    examples = train.encode_rows(read_dataset(spec["data"])["train"], load_tokenizer(spec["base"]), cfg.format,
                                  cfg.seq_len, cfg.too_long)
     batches = train.Batches(examples, cfg.seq_len, cfg.batch_tokens // cfg.seq_len, cfg.seed)
     return sum(len(examples[i][0]) for step in range(cfg.steps) for row in batches.rows_for_step(step) for i in row)
@@ -214,13 +214,13 @@ def trl_trainer(spec, steps, variant, out_dir):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from reasonlm import data as data_stage
+    from reasonlm.example import read_dataset
     from reasonlm.answer import end_of_turn, prompt_messages, render_completion, render_prompt
     from reasonlm.model import load_model, load_tokenizer, lora_config
 
     tok = load_tokenizer(spec["base"])
     model = load_model(spec["base"])
-    rows = data_stage.load(spec["data"])["train"]
+    rows = read_dataset(spec["data"])["train"]
     keep = encoded_train(tok, rows, spec["seq"])  # drop what reasonlm drops (too long)
     eot = end_of_turn(tok)
     records = []
@@ -339,7 +339,7 @@ def reasonlm_fit(spec, steps):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from reasonlm import data as data_stage
+    from reasonlm.example import read_dataset
     from reasonlm import train
     from reasonlm.model import attach_lora, load_model, load_tokenizer
     cfg = reasonlm_cfg(spec, steps)
@@ -347,11 +347,11 @@ def reasonlm_fit(spec, steps):
     set_seed(0)
     tok, model = load_tokenizer(spec["base"]), load_model(spec["base"])
     model = model.requires_grad_(True) if cfg.full_finetune else attach_lora(model, cfg)
-    rows = data_stage.load(spec["data"])["train"]
+    rows = read_dataset(spec["data"])["train"]
     run_dir = os.path.join(spec["out"], spec["side"])
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
-    return lambda: train.fit(model, tok, rows, [], cfg, run_dir, accelerator, None)
+    return lambda: train.fit(model, tok, rows, [], cfg, run_dir, accelerator)
 
 
 OP_GROUPS = [  # (group, exact aten op names, substrings)
@@ -413,16 +413,16 @@ def worker_ideas(spec):
 
     import torch
 
-    from reasonlm import data as data_stage
-    from reasonlm import train
+    from reasonlm.example import read_dataset
+    from reasonlm import packing, train
     from reasonlm.model import attach_lora, load_model, load_tokenizer
     set_threads(spec["threads"])
     tok = load_tokenizer(spec["base"])
     cfg = reasonlm_cfg(spec, spec["steps"])
-    examples = train.encode_rows(data_stage.load(spec["data"])["train"], tok, "cot", cfg.seq_len)
+    examples = train.encode_rows(read_dataset(spec["data"])["train"], tok, "cot", cfg.seq_len)
     batches = train.Batches(examples, cfg.seq_len, spec["rows"], 0)
     pad = tok.pad_token_id or 0
-    steps = [train.collate(examples, batches.rows_for_step(k), cfg.seq_len, pad) for k in range(spec["steps"])]
+    steps = [packing.collate(examples, batches.rows_for_step(k), cfg.seq_len, pad) for k in range(spec["steps"])]
     tokens = [sum(len(examples[i][0]) for row in batches.rows_for_step(k) for i in row) for k in range(spec["steps"])]
     runs = {}
     for name in spec["ideas"]:
@@ -437,7 +437,7 @@ def worker_ideas(spec):
         runs[name] = {"model": torch.compile(model) if compiled else model, "params": params, "opt": opt,
                       "bf16": bf16, "times": [], "losses": []}
     for k, (ids, labels, pos, mask) in enumerate(steps):
-        n_sup = int((labels[:, 1:] != train.IGNORE).sum())
+        n_sup = int((labels[:, 1:] != packing.IGNORE).sum())
         for name, r in runs.items():
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r["bf16"]):
@@ -507,9 +507,9 @@ def make_data(args, out):
 
 
 def make_base(args, out, data_dir):
-    from reasonlm import data
+    from reasonlm.example import read_dataset
     from reasonlm.model import build_tiny, train_tokenizer
-    ds = data.load(data_dir)
+    ds = read_dataset(data_dir)
     texts = ["user", "assistant", "system"]
     for split in ("base", "train"):
         for r in ds[split].select(range(min(5000, len(ds[split])))):
@@ -527,7 +527,7 @@ def flops_per_token(args, base, data_dir):
     """Useful training FLOPs per token for full and LoRA fine-tuning (see the module docstring)."""
     import torch
 
-    from reasonlm import data
+    from reasonlm.example import read_dataset
     from reasonlm.model import attach_lora, load_model, load_tokenizer
     tok = load_tokenizer(base)
     model = load_model(base)
@@ -536,7 +536,7 @@ def flops_per_token(args, base, data_dir):
     spec = {"base": base, "data": data_dir, "mode": "lora", "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
             "rows": args.rows, "seq": args.seq, "lr": args.lr, "warmup": args.warmup}
     n_lora = sum(p.numel() for p in attach_lora(model, reasonlm_cfg(spec, 1)).parameters() if p.requires_grad)
-    lens = [len(p) + len(c) for p, c in encoded_train(tok, data.load(data_dir)["train"], args.seq)]
+    lens = [len(p) + len(c) for p, c in encoded_train(tok, read_dataset(data_dir)["train"], args.seq)]
     l_eff = sum(n * n for n in lens) / sum(lens)  # token-weighted mean example length
     d_attn = cfgm.num_attention_heads * getattr(cfgm, "head_dim", cfgm.hidden_size // cfgm.num_attention_heads)
     attn = 6 * cfgm.num_hidden_layers * d_attn * l_eff

@@ -20,29 +20,31 @@ import json
 import os
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 
-from reasonlm.config import Recipe, TrainConfig, save_resolved
+from reasonlm import train
+from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
+from reasonlm.example import read_dataset
+from reasonlm.model import build_tiny, count_parameters, load_tokenizer, set_threads, train_tokenizer
+
+
+class BaseError(ValueError):
+    """A base-stage problem reported as one line."""
 
 
 def run(recipe: Recipe) -> str:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from reasonlm import data as data_stage
-    from reasonlm import evaluate, train
-    from reasonlm.model import build_tiny, count_parameters, load_tokenizer, train_tokenizer
-
-    cfg, out_dir = recipe.base, recipe.out_dir
+    cfg, paths = recipe.base, RunPaths(recipe.out_dir)
     if cfg.model != "tiny":
         load_tokenizer(cfg.model)  # fail early, in one line, if it is not reachable
         print(f"base: using pretrained {cfg.model}")
         return cfg.model
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # see train.run
-    train.set_threads(recipe.threads, accelerator.num_processes)
+    set_threads(recipe.threads, accelerator.num_processes)
     set_seed(cfg.seed)
-    dataset = data_stage.load(os.path.join(out_dir, "data"))
+    dataset = read_dataset(paths.data)
     if "base" not in dataset or len(dataset["base"]) == 0:
-        raise data_stage.DataError("the dataset has no 'base' split to pretrain on (data.n_base is 0?)")
+        raise BaseError("the dataset has no 'base' split to pretrain on (data.n_base is 0?)")
     texts = ["user", "assistant", "system"]
     for split in ("base", "train"):
         for r in dataset[split].select(range(min(5000, len(dataset[split])))):
@@ -57,14 +59,13 @@ def run(recipe: Recipe) -> str:
                        seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                        eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter,
                        packed_attention=cfg.packed_attention, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
-    run_dir = os.path.join(out_dir, "base-run")
+    run_dir = paths.base_run
     if accelerator.is_main_process:
         os.makedirs(run_dir, exist_ok=True)
         save_resolved(cfg, run_dir)
     probe = dataset["base"].select(range(min(200, len(dataset["base"]))))
-    quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt="cot")
-    stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator, quick)
-    final = os.path.join(out_dir, "base")
+    stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
+    final = paths.base
     train.save_weights(accelerator, model, tokenizer, final, tcfg)
     if accelerator.is_main_process:
         save_resolved(cfg, final, "base_config.yaml")

@@ -8,11 +8,10 @@ How it fits together:
   - Prompts: `answer.prompt_messages(question, system, history)` + `answer.encode_prompt`, the
     renderer the trainer and the evaluator use, so the model sees in chat exactly the shape it
     was trained and evaluated on (history goes through the tokenizer's chat template).
-  - Generation: `Generator`, a small single-sequence loop that streams tokens and keeps its KV
-    cache between turns. Turn n+1's prompt starts with turn n's prompt and answer, so only the
-    tokens after the longest common prefix are fed ("prefix reuse"); the rest is cropped away.
-    Sampling is `evaluate.pick`, the eval stage's sampler. `/samples K` uses the eval stage's
-    batched `evaluate.generate` for its K answers.
+  - Generation: the engine (reasonlm/engine.py). Answers stream from `engine.stream()`, one
+    sequence whose KV cache outlives the turn: turn n+1's prompt starts with turn n's prompt and
+    answer, so only the tokens after the shared prefix are fed ("prefix reuse"). `/samples K`
+    runs the K answers as one batch through `engine.generate`.
   - Display: text is decoded incrementally (only new characters are printed), reasoning lines
     dimmed and the '#### N' line highlighted; plain when --plain, -p, or stdout is not a TTY.
   - Checking: `/verify` finds a task family whose question format this is, rebuilds the
@@ -24,15 +23,18 @@ import json
 import os
 import signal
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 
-import torch
+from transformers.utils import logging as hf_logging
 
-from reasonlm.answer import FINAL_MARK, encode_prompt, normalize_number, parse_completion, prompt_messages
-from reasonlm.evaluate import generate, pick, stop_token_ids
-from reasonlm.tasks import parse_any_question
+from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, normalize_number, parse_completion, prompt_messages,
+                             stop_token_ids)
+from reasonlm.config import ChatConfig, load_recipe
+from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
+from reasonlm.model import load_for_inference
+from reasonlm.stats import majority_vote
+from reasonlm.tasks import parse_any_question, question_families
 
 # --- settings ----------------------------------------------------------------------------------
 
@@ -174,96 +176,9 @@ class Detokenizer:
             self.emit(now[len(before):])
 
 
-# --- generation with a KV cache that outlives the turn -----------------------------------------
-@dataclass
-class Reply:
-    tokens: list[int]
-    prompt_tokens: int = 0
-    reused_tokens: int = 0  # prompt tokens whose keys/values came from the previous turn's cache
-    first_token_s: float = 0.0  # time to first token (includes feeding the prompt)
-    total_s: float = 0.0
-    stopped: bool = False  # ended by an end-of-turn token (not by the token budget)
-    text: str = ""
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode speed: tokens after the first, over the time after the first."""
-        decode_s = self.total_s - self.first_token_s
-        return (len(self.tokens) - 1) / decode_s if len(self.tokens) > 1 and decode_s > 0 else 0.0
-
-
+# --- the context window ---------------------------------------------------------------------
 class ContextError(ValueError):
     """A prompt that does not fit in the model's context window."""
-
-
-def context_size(model) -> int | None:
-    n = getattr(model.config, "max_position_embeddings", None)
-    return n if isinstance(n, int) and n > 0 else None
-
-
-class Generator:
-    """One sequence at a time, streamed, with prefix reuse of the KV cache across calls."""
-
-    def __init__(self, model, tokenizer, seed: int = 0):
-        self.model, self.tokenizer = model, tokenizer
-        self.stop_ids = stop_token_ids(tokenizer)
-        self.context = context_size(model)
-        self.rng = torch.Generator().manual_seed(seed)
-        self.cache, self.cached = None, []  # cached: the token ids whose keys/values are in cache
-
-    def check_fits(self, prompt: list[int]):
-        if self.context and len(prompt) >= self.context:
-            raise ContextError(f"the prompt is {len(prompt)} tokens but the model's context is {self.context} "
-                               f"tokens; shorten it (or /reset the history)")
-
-    @torch.no_grad()
-    def __call__(self, prompt: list[int], settings: Settings, on_token=None) -> Reply:
-        from transformers import DynamicCache
-
-        self.check_fits(prompt)
-        reuse = 0
-        while reuse < min(len(self.cached), len(prompt) - 1) and self.cached[reuse] == prompt[reuse]:
-            reuse += 1  # keep >= 1 prompt token to feed: its logits give the first new token
-        cache = self.cache if reuse else None
-        if cache is not None and len(self.cached) > reuse:
-            try:  # crop(-k) drops the last k positions (transformers 4.x and 5.x agree on negatives)
-                cache.crop(reuse - len(self.cached))
-            except (RuntimeError, ValueError):  # e.g. a sliding-window layer that cannot roll back
-                cache = None
-        if cache is None:
-            cache, reuse = DynamicCache(), 0
-        # Until this call returns the cache is mid-update; a Ctrl-C then leaves no cache behind.
-        self.cache, self.cached = None, []
-        budget = settings.max_new_tokens
-        if self.context:
-            budget = min(budget, self.context - len(prompt))
-        reply = Reply(tokens=[], prompt_tokens=len(prompt), reused_tokens=reuse)
-        fed, feed = list(prompt[:reuse]), list(prompt[reuse:])
-        t0 = time.perf_counter()
-        while True:
-            positions = torch.arange(len(fed), len(fed) + len(feed))[None]
-            out = self.model(input_ids=torch.tensor([feed]), position_ids=positions, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)  # no vocab-sized logits for every prompt token
-            fed += feed
-            token = int(pick(out.logits[:, -1], settings.temperature, settings.top_p, self.rng)[0])
-            if not reply.first_token_s:
-                reply.first_token_s = time.perf_counter() - t0
-            if token in self.stop_ids:
-                reply.stopped = True
-                break
-            reply.tokens.append(token)
-            if on_token:
-                on_token(token)
-            if len(reply.tokens) >= budget:
-                break
-            feed = [token]
-        reply.total_s = time.perf_counter() - t0
-        self.cache, self.cached = cache, fed
-        reply.text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
-        return reply
-
-    def reseed(self, seed: int):
-        self.rng.manual_seed(seed)
 
 
 # --- /verify: rebuild a task example from the question text, run the family's checker ---------
@@ -344,13 +259,13 @@ HELP = {
 class Turn:
     question: str
     history: list[dict]  # the history it was asked with
-    reply: Reply | None = None
+    reply: StreamResult | None = None  # None for a turn loaded from a file
     text: str = ""
 
 
 @dataclass
 class Chat:
-    model: object
+    engine: KVCacheEngine
     tokenizer: object
     settings: Settings
     system: str = ""
@@ -358,11 +273,21 @@ class Chat:
     out: object = field(default_factory=lambda: sys.stdout)
     history: list[dict] = field(default_factory=list)
     last: Turn | None = None
-    generator: Generator | None = None
     sample_calls: int = 0
 
     def __post_init__(self):
-        self.generator = Generator(self.model, self.tokenizer, self.settings.seed)
+        self.stream = self.engine.stream(self.settings.seed)
+        self.context = self.engine.context_size
+
+    def check_fits(self, prompt: list[int]):
+        if self.context and len(prompt) >= self.context:
+            raise ContextError(f"the prompt is {len(prompt)} tokens but the model's context is {self.context} "
+                               f"tokens; shorten it (or /reset the history)")
+
+    def budget(self, prompt: list[int]) -> int:
+        """max_new_tokens, cut to what is left of the context after the prompt."""
+        room = self.context - len(prompt) if self.context else self.settings.max_new_tokens
+        return min(self.settings.max_new_tokens, room)
 
     def say(self, text: str = "", style: str = ""):
         self.out.write((text if self.plain or not style else style + text + RESET) + "\n")
@@ -372,15 +297,17 @@ class Chat:
         return encode_prompt(self.tokenizer, prompt_messages(question, self.system or None, history))
 
     # --- asking ---
-    def ask(self, question: str, notes=None) -> Reply | None:
+    def ask(self, question: str, notes=None) -> Turn | None:
         """Stream an answer; the turn joins the history unless Ctrl-C stopped it."""
         notes = notes or self.say
         prompt = self.prompt_ids(question, self.history)
-        self.generator.check_fits(prompt)
+        self.check_fits(prompt)
         painter = Painter(self.out, self.plain)
         stream = Detokenizer(self.tokenizer, painter.feed)
+        params = SamplingParams(max_new_tokens=self.budget(prompt), temperature=self.settings.temperature,
+                                top_p=self.settings.top_p)
         try:
-            reply = self.generator(prompt, self.settings, stream.push)
+            reply = self.stream.generate(prompt, params, stream.push)
         except KeyboardInterrupt:
             painter.close()
             notes("[interrupted; this turn is not kept]", BAD)
@@ -391,9 +318,10 @@ class Chat:
             notes("(empty answer)", DIM)
         if not reply.stopped:
             notes(f"[stopped at {len(reply.tokens)} tokens: max_new_tokens or the context limit]", DIM)
-        self.last = Turn(question, list(self.history), reply, reply.text)
-        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply.text}]
-        return reply
+        text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
+        self.last = Turn(question, list(self.history), reply, text)
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
+        return self.last
 
     # --- commands ---
     def command(self, line: str) -> bool:
@@ -428,7 +356,7 @@ class Chat:
         if arg:
             new = parse_settings(arg, self.settings)
             if new.seed != self.settings.seed:
-                self.generator.reseed(new.seed)
+                self.stream.reseed(new.seed)
             self.settings = new
         s = self.settings
         self.say(f"temperature={s.temperature} top_p={s.top_p} max_new_tokens={s.max_new_tokens} seed={s.seed}"
@@ -470,9 +398,9 @@ class Chat:
         result = verify(self.last.question, self.last.text)
         if result is None:
             raise ValueError("cannot verify: the question is not in the format of a task family I can check "
-                             f"({', '.join(f for f, _ in VERIFIERS)})")
+                             f"({', '.join(question_families())})")
         family, example, parsed, check = result
-        self.say(f"checked as {family}" + (f" (true answer {example['answer']})" if example["answer"] else ""), DIM)
+        self.say(f"checked as {family}" + (f" (true answer {example.answer})" if example.answer else ""), DIM)
         if not parsed.steps:
             self.say("  no reasoning steps to check")
         for i, (step, ok) in enumerate(zip(parsed.steps, check.step_ok), 1):
@@ -481,7 +409,7 @@ class Chat:
             self.say(f"  {mark} {i}. {step}{first}", GOOD if ok else BAD)
         if parsed.answer is None:
             self.say("  no final answer line ('#### N')", BAD)
-        elif example["answer"] is None:
+        elif not example.answer:
             self.say(f"  answer {parsed.answer}: not checkable (the true answer is unknown for this family)")
         else:
             self.say(f"  answer {parsed.answer}: {'right' if check.answer_correct else 'wrong'}",
@@ -492,7 +420,7 @@ class Chat:
             self.say(f"all {len(parsed.steps)} steps check out and lead to the final answer", GOOD)
         elif parsed.steps:
             self.say(f"all {len(parsed.steps)} steps check out, but they do not reach "
-                     f"{'the right' if example['answer'] is not None else 'its'} final answer", DIM)
+                     f"{'the right' if example.answer else 'its'} final answer", DIM)
 
     def cmd_samples(self, arg):
         k_text, _, question = arg.partition(" ")
@@ -508,20 +436,15 @@ class Chat:
             question, history = self.last.question, self.last.history
         else:
             raise ValueError("ask a question first (or /samples K QUESTION)")
-        from reasonlm.stats import majority_vote
         prompt = self.prompt_ids(question, history)
-        self.generator.check_fits(prompt)
+        self.check_fits(prompt)
         temperature = self.settings.temperature or 0.7
         self.say(f"sampling {k} answers at temperature {temperature}, top_p {self.settings.top_p} ...", DIM)
-        budget = self.settings.max_new_tokens
-        if self.generator.context:
-            budget = min(budget, self.generator.context - len(prompt))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.sample_calls += 1  # fresh samples on every call, reproducible from the seed
+        params = SamplingParams(max_new_tokens=self.budget(prompt), temperature=temperature, top_p=self.settings.top_p,
+                                seed=self.settings.seed * 1000 + self.sample_calls, batch_size=k)
         try:
-            outs = generate(self.model, [prompt] * k, budget, self.generator.stop_ids, pad, batch_size=k,
-                            temperature=temperature, top_p=self.settings.top_p,
-                            seed=self.settings.seed * 1000 + self.sample_calls)
+            outs = self.engine.generate([prompt] * k, params)
         except KeyboardInterrupt:
             self.say("[interrupted]", BAD)
             return
@@ -538,28 +461,17 @@ class Chat:
                         + (f", first wrong step {check.first_bad_step})" if check.first_bad_step else ")"))
             shown = f"{FINAL_MARK} {parsed.answer}" if parsed.answer is not None else "(no final answer)"
             self.say(f"  {i}. {shown}{note}", FINAL if parsed.answer is not None else DIM)
-        winner, votes = majority_vote(answers, key=normalize_number_or_text)
+        # answer_key of '' is '': an empty final answer is no vote
+        winner, votes = majority_vote(answers, key=lambda a: answer_key(a) or None)
         if winner is None:
             self.say(f"no majority: none of the {k} samples has a final answer", BAD)
         else:
             self.say(f"majority answer: {winner} ({votes} of {k} agree)", FINAL)
 
 
-def normalize_number_or_text(answer: str):
-    """Vote key: numbers by value ('12' == '12.0' == '$12'), anything else by its case-folded text."""
-    value = normalize_number(answer)
-    if value is not None:
-        return value
-    text = answer.strip().rstrip(".").casefold()
-    return text or None
-
-
 # --- entry points ------------------------------------------------------------------------------
 def load(args):
     """(model, tokenizer) with transformers' chatter silenced; errors are one-line ModelErrors."""
-    from transformers.utils import logging as hf_logging
-
-    from reasonlm.model import load_for_inference
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings():  # deprecation notices from inside transformers/peft are not for users
@@ -568,8 +480,6 @@ def load(args):
 
 
 def main(args):
-    from reasonlm.config import ChatConfig, load_recipe
-
     cfg = load_recipe(args.recipe).chat if args.recipe else ChatConfig()
     try:
         settings = parse_settings(" ".join(f"{k}={getattr(cfg, k)}" for k in ("temperature", "top_p", "max_new_tokens")),
@@ -581,7 +491,9 @@ def main(args):
         print(f"loading {args.model}" + (f" + {args.adapter}" if args.adapter else "") + " ...", file=sys.stderr)
     model, tokenizer = load(args)
     plain = args.plain or one_shot or not sys.stdout.isatty()
-    chat = Chat(model, tokenizer, settings, system=cfg.system, plain=plain)
+    engine = KVCacheEngine(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                           stop_token_ids(tokenizer))
+    chat = Chat(engine, tokenizer, settings, system=cfg.system, plain=plain)
     if one_shot:
         chat.ask(args.prompt, notes=lambda text, style="": print(text, file=sys.stderr))
         return
@@ -598,7 +510,7 @@ def repl(chat: Chat, args):
         # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt: Ctrl-C
         # would not stop an answer. At a terminal, Ctrl-C must work.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    ctx = chat.generator.context
+    ctx = chat.context
     chat.say(f"reasonlm chat: {args.model}" + (f" + adapter {args.adapter}" + (" (merged)" if args.merged else "")
              if args.adapter else "") + (f", context {ctx} tokens" if ctx else "")
              + ". /help for commands, Ctrl-C stops an answer, Ctrl-D quits.", DIM)

@@ -6,15 +6,19 @@ import json
 import os
 import sys
 
+import datasets
+import yaml
+
+from reasonlm import base, chat, data, evaluate, pipeline, train
+from reasonlm.config import load_recipe
+from reasonlm.model import export
+
 
 def _recipe(args):
-    from reasonlm.config import load_recipe
-    overrides = list(args.overrides)
-    return load_recipe(args.recipe, overrides)
+    return load_recipe(args.recipe, list(args.overrides))
 
 
 def cmd_data(args):
-    from reasonlm import data
     if args.stats:
         data.print_stats(args.stats)
         return
@@ -25,19 +29,16 @@ def cmd_data(args):
 
 
 def cmd_base(args):
-    from reasonlm import base
     base.run(_recipe(args))
 
 
 def cmd_train(args):
-    from reasonlm import train
     recipe = _recipe(args)
     train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads)
 
 
 def cmd_eval(args):
     """evaluate: `eval RECIPE [k=v]`, `eval SUITE.yaml --model M [--adapter A] [k=v]`, `eval compare A.json B.json`"""
-    from reasonlm import evaluate
     if args.recipe in ("compare", "baseline"):
         if len(args.overrides) != 2:
             raise ValueError(f"usage: reasonlm eval {args.recipe} A/report.json "
@@ -45,12 +46,11 @@ def cmd_eval(args):
         if args.recipe == "compare":
             print(evaluate.compare_markdown(evaluate.compare(*args.overrides, metric=args.metric)))
         else:
-            evaluate._atomic_write(args.overrides[1], json.dumps(
+            evaluate.atomic_write(args.overrides[1], json.dumps(
                 evaluate.make_baseline(evaluate.load_report(args.overrides[0])), indent=1) + "\n")
             print(f"baseline written to {args.overrides[1]}")
         return
     if evaluate.is_suite(args.recipe):
-        from reasonlm.config import load_recipe
         cfg = evaluate.load_suite(args.recipe, args.overrides)
         recipe = load_recipe(args.with_recipe) if args.with_recipe else None
         report, out = evaluate.run_suite(cfg, args.model, args.adapter, recipe, args.out)
@@ -67,25 +67,21 @@ def cmd_eval(args):
 
 
 def cmd_pipeline(args):
-    from reasonlm import pipeline
     recipe = _recipe(args)
     report = pipeline.run(recipe)
     gate(report, recipe.eval.min_accuracy)
 
 
 def cmd_chat(args):
-    from reasonlm import chat
     chat.main(args)
 
 
 def cmd_export(args):
-    from reasonlm.model import export
     export(args.run, args.merge, args.out)
 
 
 def gate(report, min_accuracy, cfg=None, baseline=None):
     """Exit 1 when a metric falls below min_accuracy, a threshold, or the baseline (beyond its interval)."""
-    from reasonlm import evaluate
     failures = evaluate.check_gate(report, evaluate.load_baseline(baseline) if baseline else None,
                                    cfg.metrics if cfg else (), cfg.thresholds if cfg else None, min_accuracy)
     for line in failures:
@@ -158,7 +154,6 @@ def cpu_processes_requested() -> int:
             return int(a.split("=", 1)[1])
         if a == "--config_file" and i + 1 < len(parent):
             try:
-                import yaml
                 with open(parent[i + 1]) as f:
                     return int((yaml.safe_load(f) or {}).get("num_processes", 0))
             except (OSError, ValueError, TypeError):
@@ -189,7 +184,6 @@ def main(argv=None):
             p.parse_args(argv)
         args.overrides += extra
     if args.command != "chat":
-        import datasets
         datasets.disable_progress_bars()
     try:
         COMMANDS[args.command](args)

@@ -13,31 +13,28 @@ import json
 import os
 import time
 
-from reasonlm.config import Recipe, save_resolved
+from reasonlm import base, data, evaluate, train
+from reasonlm.config import Recipe, RunPaths, save_resolved
+from reasonlm.example import read_dataset
+from reasonlm.model import load_tokenizer
 
 
-def direct_batch_tokens(cot_cfg, base_model: str, out: str) -> int:
+def direct_batch_tokens(cot_cfg, base_model: str, paths: RunPaths) -> int:
     """Token budget per step that gives the direct run as many problems per step as the CoT run.
 
     Direct completions are a few tokens long, so at equal tokens per step the ablation would
     see several times more problems; equal problems and equal steps is the fair comparison.
     """
-    from reasonlm import data
-    from reasonlm.model import load_tokenizer
-    from reasonlm.train import encode_rows
-
     tokenizer = load_tokenizer(base_model)
-    rows = data.load(cot_cfg.data or os.path.join(out, "data"))["train"].select(range(500))
-    cot = sum(len(ids) for ids, _ in encode_rows(rows, tokenizer, "cot", 10**6))
-    direct = sum(len(ids) for ids, _ in encode_rows(rows, tokenizer, "direct", 10**6))
+    rows = read_dataset(cot_cfg.data or paths.data)["train"].select(range(500))
+    cot = sum(len(ids) for ids, _ in train.encode_rows(rows, tokenizer, "cot", 10**6))
+    direct = sum(len(ids) for ids, _ in train.encode_rows(rows, tokenizer, "direct", 10**6))
     rows_per_step = max(1, round(cot_cfg.batch_tokens * direct / cot / cot_cfg.seq_len))
     return rows_per_step * cot_cfg.seq_len
 
 
 def run(recipe: Recipe) -> dict:
-    from reasonlm import base, data, evaluate, train
-
-    out = recipe.out_dir
+    out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
     os.makedirs(out, exist_ok=True)
     save_resolved(recipe, out, "recipe.yaml")
     timing = {}
@@ -54,25 +51,24 @@ def run(recipe: Recipe) -> dict:
     cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
     timed("train", lambda: train.run(cot_cfg, out, "train", recipe.threads))
     eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
-    report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", os.path.join(out, "train", "adapter"),
-                                                  "eval", recipe.threads))
+    report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", paths.adapter("train"), "eval", recipe.threads))
     if recipe.direct_baseline:
         direct_cfg = dataclasses.replace(cot_cfg, format="direct",
-                                         batch_tokens=direct_batch_tokens(cot_cfg, base_model, out))
+                                         batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths))
         timed("train_direct", lambda: train.run(direct_cfg, out, "train-direct", recipe.threads))
-        direct = timed("eval_direct", lambda: evaluate.run(eval_cfg, out, "direct",
-                                                             os.path.join(out, "train-direct", "adapter"),
+        direct = timed("eval_direct", lambda: evaluate.run(eval_cfg, out, "direct", paths.adapter("train-direct"),
                                                              "eval-direct", recipe.threads))
         report["direct"] = {k: direct[k] for k in ("accuracy", "ood_accuracy", "by_steps", "splits")}
-    for name in ("base-run", "train", "train-direct"):
-        path = os.path.join(out, name, "train_stats.json")
+    for name, run_dir in (("base-run", paths.base_run), ("train", paths.train_run("train")),
+                          ("train-direct", paths.train_run("train-direct"))):
+        path = os.path.join(run_dir, "train_stats.json")
         if os.path.exists(path):
             with open(path) as f:
                 report.setdefault("training", {})[name] = json.load(f)
     report["timing_s"] = timing
     report["total_s"] = round(sum(timing.values()), 1)
-    evaluate.write_outputs(os.path.join(out, "eval"), report,
-                           [json.loads(l) for l in open(os.path.join(out, "eval", "samples.jsonl"))], recipe.eval)
+    # the eval stage wrote its samples and config already; the report now holds more
+    evaluate.write_report(paths.eval("eval"), report)
     print(evaluate.markdown(report))
-    print(f"pipeline: {report['total_s']}s in all; report {os.path.join(out, 'eval', 'report.json')}")
+    print(f"pipeline: {report['total_s']}s in all; report {os.path.join(paths.eval('eval'), 'report.json')}")
     return report

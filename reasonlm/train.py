@@ -11,7 +11,7 @@ How a batch is made: examples are tokenised exactly as eval and chat will see th
 its own position ids starting at 0; transformers turns position-id resets (with no attention
 mask and no cache) into a block-diagonal causal mask, so packed examples never attend to each
 other. With train.packed_attention, the examples run back to back without padding and
-attention runs per example (see "attention over packed rows" below); no mask is built. Only
+attention runs per example (reasonlm/packing.py); no mask is built. Only
 completion tokens (the steps, the answer line and the end-of-turn token) carry loss.
 
 How the global batch is split: every process computes the same global batch of
@@ -24,19 +24,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from peft.utils import ModulesToSaveWrapper
+from tqdm.auto import tqdm
 
-from reasonlm.answer import encode_example, render_completion
-from reasonlm.config import TrainConfig, save_resolved
-
-IGNORE = -100
-
+from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse_completion, prompt_messages,
+                             stop_token_ids)
+from reasonlm.config import RunPaths, TrainConfig, save_resolved
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.example import Example, gold_budget, read_dataset, render_target
+from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
+                            set_threads)
+from reasonlm.packing import IGNORE, NO_MASK, PackedRows, collate, pack, use_packed_attention
 
 class TrainError(ValueError):
     """A training problem reported as one line."""
@@ -49,8 +55,7 @@ def encode_rows(rows, tokenizer, fmt: str, seq_len: int, too_long: str = "drop")
         raise TrainError(f"train.format must be 'cot' or 'direct', got {fmt!r}")
     out, dropped = [], 0
     for r in rows:
-        completion = render_completion(list(r["steps"]) if fmt == "cot" else [], r["answer"])
-        prompt, answer = encode_example(tokenizer, r["question"], completion)
+        prompt, answer = encode_example(tokenizer, r["question"], render_target(Example.from_row(r), fmt))
         ids = prompt + answer
         if len(ids) > seq_len:
             if too_long == "error":
@@ -64,87 +69,6 @@ def encode_rows(rows, tokenizer, fmt: str, seq_len: int, too_long: str = "drop")
     if not out:
         raise TrainError("no training examples left (empty dataset, or every example is longer than seq_len)")
     return out
-
-
-def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
-    """Shuffle, then first-fit examples into rows of at most seq_len tokens.
-
-    Returns a list of rows; a row is a list of example indices. Keeping a few bins open fills
-    rows to ~99% with short examples while keeping the order random.
-    """
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    rows, bins = [], []  # bins: [used, [indices]]
-    for i in order:
-        n = len(examples[i][0])
-        for b in bins:
-            if b[0] + n <= seq_len:
-                b[0] += n
-                b[1].append(i)
-                break
-        else:
-            bins.append([n, [i]])
-            if len(bins) > open_bins:
-                rows.append(bins.pop(0)[1])
-    rows.extend(b[1] for b in bins)
-    return rows
-
-
-def collate(examples, row_indices, seq_len: int, pad_id: int, jitter: int = 0, generator=None,
-            line_break_id: int | None = None, packed_attention: bool = False):
-    """Tensors for packed rows: input_ids, labels, position_ids (reset at each example), and
-    what keeps examples apart in attention: None (transformers reads the position-id resets),
-    a block-diagonal mask (position jitter), or with `packed_attention` a `PackedRows` layout
-    for `packed_attention_forward`, which needs neither; the tensors are then (1, tokens): every
-    example of the rows back to back, without the padding.
-
-    Without jitter, transformers reads example boundaries from the position-id resets. With
-    jitter, each example's completion starts a random 0..jitter positions after its prompt
-    ends, so the model cannot find question tokens by their exact distance and has to use
-    what they say; inference uses a shift of 0, one of the trained values. The jump in
-    position ids would read as an example boundary, so boundaries are then passed as an
-    explicit block-diagonal causal mask (True = may attend). With `line_break_id`, every line
-    break of the completion adds a fresh 0..jitter shift too, so a step cannot find its operand
-    by counting positions from the start of the answer either.
-    """
-    n = len(row_indices)
-    input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
-    labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
-    position_ids = torch.zeros((n, seq_len), dtype=torch.long)
-    segment = torch.zeros((n, seq_len), dtype=torch.long)
-    lengths = []  # of every example, in row order
-    for r, idxs in enumerate(row_indices):
-        t = 0
-        for s, i in enumerate(idxs):
-            ids, lab = examples[i]
-            input_ids[r, t:t + len(ids)] = torch.tensor(ids)
-            labels[r, t:t + len(ids)] = torch.tensor(lab)
-            pos = torch.arange(len(ids))
-            if jitter:
-                start = next((k for k, x in enumerate(lab) if x != IGNORE), len(ids))
-                pos[start:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
-                if line_break_id is not None:
-                    for k in range(start, len(ids) - 1):
-                        if ids[k] == line_break_id:
-                            pos[k + 1:] += int(torch.randint(0, jitter + 1, (1,), generator=generator))
-            position_ids[r, t:t + len(ids)] = pos
-            segment[r, t:t + len(ids)] = s + 1
-            lengths.append(len(ids))
-            t += len(ids)
-        position_ids[r, t:] = torch.arange(seq_len - t)  # padding is its own segment, no loss
-    if packed_attention:
-        # One flat row of the examples alone, padding dropped: packed attention keeps them apart,
-        # so no compute is spent on pad tokens. The last token of an example now predicts the
-        # first token of the next one, whose label is IGNORE (it is the prompt's first token),
-        # as in a padded row.
-        real = segment.reshape(-1) > 0
-        flat = [x.reshape(-1)[real][None] for x in (input_ids, labels, position_ids)]
-        return (*flat, PackedRows.from_lengths(lengths))
-    mask = None
-    if jitter:
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
-        mask = ((segment[:, :, None] == segment[:, None, :]) & causal)[:, None]
-    return input_ids, labels, position_ids, mask
 
 
 class Batches:
@@ -164,105 +88,6 @@ class Batches:
         if epoch != self._epoch:
             self._epoch, self._rows = epoch, pack(self.examples, self.seq_len, self.seed + epoch)
         return self._rows[k * self.rows_per_step:(k + 1) * self.rows_per_step]
-
-
-# --- attention over packed rows ----------------------------------------------------------------
-# A packed row of 192 tokens holds several examples of 25-150 tokens. SDPA with a block-diagonal
-# mask computes all 192x192 scores of every head and masks most of them away; on a CPU its flash
-# kernel is also slow for small heads (16 dims in the tiny model). This is the variable-length
-# path instead, for any device: gather the examples of a batch into groups of equal padded
-# length (a multiple of BUCKET tokens), run plain causal attention on each group, and scatter
-# the outputs back. Every query sees exactly the keys of its own example, so it matches the
-# masked SDPA (tests/test_train.py checks the per-example losses), with no mask to build at
-# all, position jitter included. Used by training when train.packed_attention is on; other
-# calls (validation, generation) fall through to transformers' SDPA.
-PACKED_ATTENTION = "reasonlm_packed"
-BUCKET = 16
-NO_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)
-
-
-class PackedRows:
-    """Where each example of a packed batch sits, for `packed_attention_forward`.
-
-    source:  for every slot of the groups (example-major, padded to the group length), the index
-             of the token it reads in the flat sequence; pad slots repeat the example's last token,
-             which no real query sees (attention is causal) and whose outputs are dropped
-    groups:  [(examples, padded length)] in slot order
-    slot:    for every flat token, the slot holding its output
-    """
-
-    def __init__(self, source, groups, slot):
-        self.source, self.groups, self.slot = source, groups, slot
-
-    @classmethod
-    def from_lengths(cls, lengths):
-        """lengths: of the examples lying back to back in the flat sequence."""
-        by_length: dict[int, list] = {}
-        start = 0
-        for n in lengths:
-            by_length.setdefault(-(-n // BUCKET) * BUCKET, []).append((start, n))
-            start += n
-        sources, groups, slot, offset = [], [], torch.empty(start, dtype=torch.long), 0
-        for length, items in sorted(by_length.items()):
-            starts, lens = torch.tensor(items).T
-            j = torch.arange(length)
-            sources.append((starts[:, None] + torch.minimum(j, lens[:, None] - 1)).reshape(-1))
-            here = offset + torch.arange(len(items) * length).view(len(items), length)
-            real = j < lens[:, None]
-            slot[(starts[:, None] + j)[real]] = here[real]
-            groups.append((len(items), length))
-            offset += len(items) * length
-        return cls(torch.cat(sources), groups, slot)
-
-
-_causal_bias_cache: dict = {}
-
-
-def _causal_bias(length: int, dtype, device):
-    key = (length, dtype, device)
-    if key not in _causal_bias_cache:
-        _causal_bias_cache[key] = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
-    return _causal_bias_cache[key]
-
-
-def packed_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                             packed_rows: PackedRows | None = None, **kwargs):
-    """transformers attention function: (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
-    if packed_rows is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    b, heads, t, dim = query.shape
-    groups = heads // key.shape[1]
-    if groups > 1:  # grouped-query attention: every query head gets its key/value head
-        key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
-    scale = scaling if scaling is not None else dim ** -0.5
-    # (batch, heads, seq, dim) -> one row per token -> the examples' slots, in group order
-    q, k, v = (x.transpose(1, 2).reshape(b * t, heads * dim).index_select(0, packed_rows.source)
-               for x in (query, key, value))
-    outs, offset = [], 0
-    for n, length in packed_rows.groups:
-        part = slice(offset, offset + n * length)
-        offset += n * length
-        qg, kg, vg = (x[part].view(n, length, heads, dim).transpose(1, 2).reshape(n * heads, length, dim)
-                      for x in (q, k, v))
-        scores = torch.baddbmm(_causal_bias(length, qg.dtype, qg.device), qg, kg.transpose(1, 2), alpha=scale)
-        probs = scores.softmax(-1)
-        if dropout:
-            probs = F.dropout(probs, dropout)
-        out = torch.bmm(probs, vg).view(n, heads, length, dim).transpose(1, 2).reshape(n * length, heads * dim)
-        outs.append(out)
-    return torch.cat(outs).index_select(0, packed_rows.slot).view(b, t, heads, dim), None
-
-
-def use_packed_attention(model):
-    """Register `packed_attention_forward` with transformers and switch `model` to it. Calls without
-    a PackedRows (and mask building for them) behave exactly like 'sdpa'."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
-    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
-    model.set_attn_implementation(PACKED_ATTENTION)
 
 
 # --- loss ------------------------------------------------------------------------------------
@@ -343,7 +168,7 @@ def trainable_state_dict(model) -> dict:
 
 
 # --- the loop --------------------------------------------------------------------------------
-def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator, evaluate_fn=None):
+def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator):
     """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
     if cfg.packed_attention and cfg.compile:  # the groups change every step: the graph would be rebuilt each time
         raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
@@ -394,7 +219,6 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     t_start, tokens_seen, last_log = time.time(), 0, time.time()
     steady = None  # (time, tokens) after the first step: throughput without warm-up or compile time
     steady_tok_s = float("nan")
-    from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=start, disable=not accelerator.is_main_process or not cfg.log_every or not sys.stderr.isatty(),
                desc=os.path.basename(run_dir), dynamic_ncols=True, mininterval=2.0)
     loss_value = float("nan")
@@ -447,11 +271,10 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                 record["tokens_per_s_after_first_step"] = round(steady_tok_s, 1)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             record = record or {"step": done, "loss": round(loss_value, 5)}
-            record.update(validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn))
+            record.update(validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerator))
             score = record.get("val_accuracy", -record.get("val_loss", 0.0))
             improved = [best is None or score > best["score"]]
             if world > 1:  # only the main process measures accuracy: every process follows its verdict
-                from accelerate.utils import broadcast_object_list
                 broadcast_object_list(improved)
             if improved[0]:
                 best, stale = {"step": done, "score": score}, 0
@@ -499,7 +322,7 @@ class _null:
 
 
 @torch.no_grad()
-def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluate_fn):
+def validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerator):
     """Validation loss on packed validation rows, plus the eval stage's accuracy on a sample."""
     model.eval()
     out = {}
@@ -511,10 +334,32 @@ def validate(model, tokenizer, val_examples, val_rows, cfg, accelerator, evaluat
             loss_sum, n = token_losses(model, ids, labels, pos)
             total, count = total + loss_sum.item(), count + n
         out["val_loss"] = round(total / max(count, 1), 5)
-    if evaluate_fn is not None and cfg.eval_samples and len(val_rows) and accelerator.is_main_process:
+    if cfg.eval_samples and len(val_rows) and accelerator.is_main_process:
         sample = [val_rows[i] for i in range(min(cfg.eval_samples, len(val_rows)))]
-        out["val_accuracy"] = evaluate_fn(accelerator.unwrap_model(model), tokenizer, sample)
+        out["val_accuracy"] = val_accuracy(accelerator.unwrap_model(model), tokenizer, sample, cfg.format)
     return out
+
+
+ACCURACY_BATCH = 64
+
+
+@torch.no_grad()
+def val_accuracy(model, tokenizer, rows, fmt: str) -> float:
+    """Share of rows whose greedy final answer is right: the eval stage's zero-shot chat prompt and
+    token budget (2 x the gold target), scored by the final answer alone. 4 decimals."""
+    examples = [Example.from_row(r) for r in rows]
+    prompts = [encode_prompt(tokenizer, prompt_messages(e.question)) for e in examples]
+    budgets = [gold_budget(tokenizer, e, fmt, 2.0) for e in examples]
+    # The eval stage's batch order (prompt length, then budget): the same rows share a batch and
+    # its padding, so the numbers match `reasonlm eval` on these rows exactly.
+    order = sorted(range(len(examples)), key=lambda i: (len(prompts[i]), budgets[i], i))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    engine = KVCacheEngine(model, pad_id, stop_token_ids(tokenizer))
+    outputs = engine.generate([prompts[i] for i in order],
+                              SamplingParams(max_new_tokens=[budgets[i] for i in order], batch_size=ACCURACY_BATCH))
+    correct = sum(answers_match(parse_completion(tokenizer.decode(ids, skip_special_tokens=True)).answer,
+                                examples[i].answer) for i, ids in zip(order, outputs))
+    return round(correct / max(1, len(examples)), 4)
 
 
 def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
@@ -541,44 +386,28 @@ def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
 
 def embeddings_in_modules_to_save(model) -> bool:
     """A peft model whose input embedding and LM head are both trained in full (modules_to_save)."""
-    if not hasattr(model, "peft_config"):
-        return False
-    from peft.utils import ModulesToSaveWrapper
     layers = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     return bool(layers) and all(isinstance(m, ModulesToSaveWrapper) for m in layers)
 
 
 # --- the stage -------------------------------------------------------------------------------
-def set_threads(threads: int, world: int = 1):
-    """Split the machine's cores between processes: oversubscribed CPUs slow down many-fold."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, world))
-    torch.set_num_threads(n)
-    return n
-
-
 def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -> str:
     """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
 
     Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, config.yaml}.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from reasonlm import data as data_stage
-    from reasonlm import evaluate
-    from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer,
-                                modules_to_save)
-
     # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
                               cpu=not torch.cuda.is_available())
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
-    run_dir = os.path.join(out_dir, name)
-    model_name = cfg.model or os.path.join(out_dir, "base")
-    dataset = data_stage.load(cfg.data or os.path.join(out_dir, "data"))
+    paths = RunPaths(out_dir)
+    run_dir = paths.train_run(name)
+    model_name = cfg.model or paths.base
+    data_dir = cfg.data or paths.data
+    dataset = read_dataset(data_dir)
     if "train" not in dataset or len(dataset["train"]) == 0:
-        raise TrainError(f"dataset {cfg.data or os.path.join(out_dir, 'data')} has no training examples")
+        raise TrainError(f"dataset {data_dir} has no training examples")
     if cfg.load_in_4bit and not torch.cuda.is_available():
         raise TrainError("QLoRA (train.load_in_4bit) needs a CUDA GPU and bitsandbytes; "
                          "on CPU use train.mixed_precision=bf16 or fp32")
@@ -604,8 +433,7 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
         os.makedirs(run_dir, exist_ok=True)
         save_resolved(cfg, run_dir)
     val_rows = dataset["validation"] if "validation" in dataset else []
-    quick = lambda m, tok, rows: evaluate.quick_accuracy(m, tok, rows, fmt=cfg.format)
-    stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator, quick)
+    stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
     final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
     save_weights(accelerator, model, tokenizer, final, cfg)
     if accelerator.is_main_process:

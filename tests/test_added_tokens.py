@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from reasonlm import data, model as model_mod, train
-from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages
+from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import DataConfig, TrainConfig
-from reasonlm.evaluate import generate, stop_token_ids
+from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.model import CHAT_TOKENS, fit_vocab, load_for_inference, load_tokenizer
 from tests.helpers import TINY_TASK, chatless_model_and_tokenizer, tiny_model_and_tokenizer
 
@@ -56,7 +56,7 @@ def trained(request, data_dir, tmp_path_factory):
         return n
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model_mod, "fit_vocab", recording_fit_vocab)
+        mp.setattr(train, "fit_vocab", recording_fit_vocab)  # train calls the name it imported
         train.run(train_cfg(base, data_dir), str(root), "train", threads=1)
     return {"root": root, "base": str(base), "old_vocab": len(tok), "tied": request.param, **init}
 
@@ -131,7 +131,8 @@ def test_inference_and_peft_loading_use_the_new_vocabulary(trained):
     assert len(tok) == new_vocab
     logits = new_vocab_logits(model, tok)
     assert logits.shape[-1] == new_vocab
-    out = generate(model, [encode_prompt(tok, prompt_messages("2+3"))], 6, stop_token_ids(tok), tok.pad_token_id)
+    out = KVCacheEngine(model, tok.pad_token_id, stop_token_ids(tok)).generate(
+        [encode_prompt(tok, prompt_messages("2+3"))], SamplingParams(max_new_tokens=6))
     assert 0 < len(out[0]) <= 6 and max(out[0]) < new_vocab
     # plain peft: a base resized to the new vocabulary takes the adapter as saved
     base = AutoModelForCausalLM.from_pretrained(trained["base"])
@@ -156,7 +157,8 @@ def test_export_with_and_without_merge(trained):
     assert torch.allclose(new_vocab_logits(merged, tok), reference, atol=1e-4)
     m2, tok2 = load_for_inference(merged_dir)  # what `reasonlm chat --merged`-style loading does
     assert len(tok2) == new_vocab
-    out = generate(m2, [encode_prompt(tok2, prompt_messages("2+3"))], 6, stop_token_ids(tok2), tok2.pad_token_id)
+    out = KVCacheEngine(m2, tok2.pad_token_id, stop_token_ids(tok2)).generate(
+        [encode_prompt(tok2, prompt_messages("2+3"))], SamplingParams(max_new_tokens=6))
     assert 0 < len(out[0]) <= 6
 
     adapter_dir = model_mod.export(run_dir, merge=False)

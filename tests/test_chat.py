@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from reasonlm import chat
-from reasonlm.answer import encode_example, render_completion
+from reasonlm.answer import encode_example, render_completion, stop_token_ids
+from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.tasks import get_task, question_families
 from tests.helpers import rows, tiny_model_and_tokenizer
 
@@ -213,13 +214,17 @@ def loaded(models):
 def test_prefix_reuse_gives_the_same_answer_as_a_fresh_prefill(loaded):
     model, tok = loaded
     settings = chat.Settings(max_new_tokens=30)
-    warm = chat.Chat(model, tok, settings, out=open(os.devnull, "w"))
+    warm = chat.Chat(engine_for(model, tok), tok, settings, out=open(os.devnull, "w"))
     warm.ask(QUESTION, notes=lambda *a: None)
-    second = warm.ask("6-1+2", notes=lambda *a: None)
+    second = warm.ask("6-1+2", notes=lambda *a: None).reply
     assert second.reused_tokens > 0
-    cold = chat.Generator(model, tok)
-    fresh = cold(warm.prompt_ids("6-1+2", warm.history[:2]), settings)
+    cold = engine_for(model, tok).stream()
+    fresh = cold.generate(warm.prompt_ids("6-1+2", warm.history[:2]), SamplingParams(max_new_tokens=30))
     assert fresh.reused_tokens == 0 and fresh.tokens == second.tokens
+
+
+def engine_for(model, tok):
+    return KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
 
 
 def test_answers_stream_token_by_token(loaded):
@@ -233,9 +238,9 @@ def test_answers_stream_token_by_token(loaded):
         def flush(self):
             pass
 
-    c = chat.Chat(model, tok, chat.Settings(max_new_tokens=40), plain=True, out=Out())
-    reply = c.ask(QUESTION)
-    assert len(writes) > 5 and "".join(writes) == reply.text + "\n"
+    c = chat.Chat(engine_for(model, tok), tok, chat.Settings(max_new_tokens=40), plain=True, out=Out())
+    turn = c.ask(QUESTION)
+    assert len(writes) > 5 and "".join(writes) == turn.text + "\n"
 
 
 def test_detokenizer_handles_multibyte_characters(loaded):
@@ -271,7 +276,7 @@ def test_painter_dims_steps_and_highlights_the_final_line():
 
 def test_a_prompt_longer_than_the_context_is_refused(loaded):
     model, tok = loaded
-    c = chat.Chat(model, tok, chat.Settings())
+    c = chat.Chat(engine_for(model, tok), tok, chat.Settings())
     with pytest.raises(chat.ContextError, match="model's context is 256 tokens"):
         c.ask("1+" * 200 + "1")
 

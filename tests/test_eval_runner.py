@@ -121,7 +121,7 @@ def test_suite_run_writes_every_output(toy_dir, tmp_path, capsys):
 
 def test_recipe_run_keeps_the_pipeline_contract(toy_dir, tmp_path):
     from datasets import Dataset, DatasetDict
-    from reasonlm.data import features
+    from reasonlm.data.writer import features
     ds = {s: Dataset.from_list([{**r, "id": f"{s}-{i}"} for i, r in enumerate(rows(6, steps=st, seed=i))],
                                features=features()) for i, (s, st) in enumerate([("test", (2, 3)), ("test_ood", (5, 6))])}
     DatasetDict(ds).save_to_disk(str(tmp_path / "data"))

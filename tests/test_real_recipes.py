@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from reasonlm.config import load_recipe
+from reasonlm.data.mix import mix_entries
 from reasonlm.model import train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +83,7 @@ def local_tokenizer(arch: str):
     task, rng = get_task("word_problems", max_number=100, distractors=0.3), random.Random(0)
     for i in range(300):
         ex = task.generate(rng, 1 + i % 8)
-        texts += [ex["question"], "\n".join(ex["steps"]), f"#### {ex['answer']}"]
+        texts += [ex.question, "\n".join(ex.steps), f"#### {ex.answer}"]
     tok = train_tokenizer(texts, vocab_size=1024)  # <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2 (SmolLM2's ids)
     tok.chat_template = chat_template(SYSTEM[arch])
     if arch == "smollm2-135m":  # SmolLM2-Instruct: bos <|im_start|>, pad = eos = <|im_end|>
@@ -148,8 +149,7 @@ def test_recipe_names_the_real_models_and_data(recipe):
     r = load_recipe(os.path.join(ROOT, recipe))
     assert r.base.model == r.train.model == r.eval.model == hub_id  # what from_pretrained is given
     assert r.data.tokenizer == hub_id
-    from reasonlm.data import make_sources
-    sources = make_sources(r.data)  # the data stage accepts the mix
+    sources = mix_entries(r.data)  # the data stage accepts the mix
     gsm = [s for s in sources if s.name == "gsm8k"]
     assert [(s.task.path, s.task.config, s.task.split, s.into) for s in gsm] == [
         ("openai/gsm8k", "main", "train", "train"), ("openai/gsm8k", "main", "test", "gsm8k_test")]

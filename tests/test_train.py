@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reasonlm import train
+from reasonlm import packing, train
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, render_completion
 from reasonlm.config import TrainConfig
 from tests.helpers import rows, tiny_model_and_tokenizer
@@ -19,7 +19,7 @@ def toy():
 
 
 def per_example_losses(model, examples, row_indices, seq_len):
-    ids, labels, pos, _ = train.collate(examples, row_indices, seq_len, pad_id=0)
+    ids, labels, pos, _ = packing.collate(examples, row_indices, seq_len, pad_id=0)
     logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1]
     tok_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                ignore_index=-100, reduction="none").view(len(row_indices), -1)
@@ -51,7 +51,7 @@ def test_packing_changes_the_loss_if_examples_could_see_each_other(toy):
     model, tok = toy
     model.eval()
     examples = train.encode_rows(rows(3), tok, "cot", 128)
-    ids, labels, pos, _ = train.collate(examples, [[0, 1, 2]], 128, pad_id=0)
+    ids, labels, pos, _ = packing.collate(examples, [[0, 1, 2]], 128, pad_id=0)
     plain = torch.arange(128)[None]
     a = train.token_losses(model, ids, labels, pos)[0].item()
     b = train.token_losses(model, ids, labels, plain)[0].item()
@@ -89,7 +89,7 @@ def test_too_long_examples_are_dropped_or_refused(toy):
 def test_pack_fills_rows_without_exceeding_them(toy):
     _, tok = toy
     examples = train.encode_rows(rows(200), tok, "cot", 96)
-    packed = train.pack(examples, 96, seed=0)
+    packed = packing.pack(examples, 96, seed=0)
     assert sorted(i for row in packed for i in row) == list(range(200))
     used = [sum(len(examples[i][0]) for i in row) for row in packed]
     assert max(used) <= 96
@@ -108,7 +108,7 @@ def test_jittered_positions_keep_examples_apart(toy):
     model.eval()
     examples = train.encode_rows(rows(3), tok, "cot", 128)
     gen = torch.Generator().manual_seed(0)
-    ids, labels, pos, mask = train.collate(examples, [[0, 1, 2]], 128, 0, jitter=8, generator=gen)
+    ids, labels, pos, mask = packing.collate(examples, [[0, 1, 2]], 128, 0, jitter=8, generator=gen)
     packed = train.token_losses(model, ids, labels, pos, mask)[0].item()
     alone = 0.0
     t = 0
@@ -127,10 +127,10 @@ def test_line_jitter_shifts_every_completion_line_and_nothing_in_the_prompt(toy)
     _, tok = toy
     examples = train.encode_rows(rows(3), tok, "cot", 128)
     nl = tok.encode("\n", add_special_tokens=False)[0]
-    ids, labels, pos, _ = train.collate(examples, [[0]], 128, 0, jitter=8,
+    ids, labels, pos, _ = packing.collate(examples, [[0]], 128, 0, jitter=8,
                                         generator=torch.Generator().manual_seed(0), line_break_id=nl)
     n, lab = len(examples[0][0]), examples[0][1]
-    start = next(k for k, x in enumerate(lab) if x != train.IGNORE)
+    start = next(k for k, x in enumerate(lab) if x != packing.IGNORE)
     gaps = (pos[0, 1:n] - pos[0, :n - 1]).tolist()
     assert all(g == 1 for g in gaps[:start - 1])  # the prompt keeps consecutive positions
     assert all(1 <= g <= 9 for g in gaps)
@@ -145,12 +145,12 @@ def masked_and_packed(model, examples, row_indices, seq_len, jitter=8):
     packed_attention_forward (same positions, same jitter)."""
     import copy
     packed_model = copy.deepcopy(model)
-    train.use_packed_attention(packed_model)
+    packing.use_packed_attention(packed_model)
     out = []
     for m, packed in ((model, False), (packed_model, True)):
         m.zero_grad(set_to_none=True)
         gen = torch.Generator().manual_seed(0)
-        ids, labels, pos, attention = train.collate(examples, row_indices, seq_len, 0, jitter=jitter, generator=gen,
+        ids, labels, pos, attention = packing.collate(examples, row_indices, seq_len, 0, jitter=jitter, generator=gen,
                                                     packed_attention=packed)
         loss = train.token_losses(m, ids, labels, pos, attention)[0]
         loss.backward()
@@ -168,7 +168,7 @@ def test_packed_attention_matches_the_block_mask_in_loss_and_gradients(toy, kv_h
         model = LlamaForCausalLM(cfg)
     model.eval()
     examples = train.encode_rows(rows(9), tok, "cot", 160)
-    packed_rows = train.pack(examples, 160, seed=0)
+    packed_rows = packing.pack(examples, 160, seed=0)
     assert max(len(r) for r in packed_rows) > 1
     (a, grads_a), (b, grads_b) = masked_and_packed(model, examples, packed_rows, 160)
     assert b == pytest.approx(a, rel=1e-5)
@@ -179,8 +179,8 @@ def test_packed_attention_matches_the_block_mask_in_loss_and_gradients(toy, kv_h
 def test_packed_rows_put_every_token_in_exactly_one_slot_of_its_own_example(toy):
     _, tok = toy
     examples = train.encode_rows(rows(7), tok, "cot", 160)
-    row_indices = train.pack(examples, 160, seed=0)
-    ids, labels, pos, layout = train.collate(examples, row_indices, 160, 0, packed_attention=True)
+    row_indices = packing.pack(examples, 160, seed=0)
+    ids, labels, pos, layout = packing.collate(examples, row_indices, 160, 0, packed_attention=True)
     # one flat row of the examples back to back, no padding
     order = [i for row in row_indices for i in row]
     assert ids.shape == labels.shape == pos.shape == (1, sum(len(examples[i][0]) for i in order))
@@ -190,7 +190,7 @@ def test_packed_rows_put_every_token_in_exactly_one_slot_of_its_own_example(toy)
     assert sorted(layout.slot.tolist()) == sorted(set(layout.slot.tolist()))  # no two tokens share a slot
     assert torch.equal(layout.source[layout.slot], torch.arange(flat.numel()))  # each slot reads its own token
     assert sum(n * length for n, length in layout.groups) == layout.source.numel()
-    assert all(length % train.BUCKET == 0 for _, length in layout.groups)
+    assert all(length % packing.BUCKET == 0 for _, length in layout.groups)
 
 
 def test_packed_attention_without_a_layout_is_plain_sdpa(toy):
@@ -199,7 +199,7 @@ def test_packed_attention_without_a_layout_is_plain_sdpa(toy):
     model, tok = toy
     model.eval()
     packed_model = copy.deepcopy(model)
-    train.use_packed_attention(packed_model)
+    packing.use_packed_attention(packed_model)
     ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
     with torch.no_grad():
