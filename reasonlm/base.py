@@ -20,26 +20,30 @@ import json
 import os
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from reasonlm import train
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import build_tiny, count_parameters, load_tokenizer, set_threads, train_tokenizer
+from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
 
 class BaseError(ValueError):
     """A base-stage problem reported as one line."""
 
 
-def run(recipe: Recipe) -> str:
+def run(recipe: Recipe, resume: str = "auto") -> str:
+    """The base model's path (or Hub id). resume: 'auto' continues from base-run's newest
+    checkpoint, 'never' starts over (the pipeline's choice when the base settings changed).
+    Pretraining reports to the trackers in recipe.train.report_to."""
     cfg, paths = recipe.base, RunPaths(recipe.out_dir)
     if cfg.model != "tiny":
         load_tokenizer(cfg.model)  # fail early, in one line, if it is not reachable
         print(f"base: using pretrained {cfg.model}")
         return cfg.model
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # see train.run
+    run_dir = paths.base_run
+    accelerator = tracked_accelerator(recipe.train.report_to, run_dir, cpu=not torch.cuda.is_available())  # see train.run
     set_threads(recipe.threads, accelerator.num_processes)
     set_seed(cfg.seed)
     dataset = read_dataset(paths.data)
@@ -58,13 +62,17 @@ def run(recipe: Recipe) -> str:
     tcfg = TrainConfig(full_finetune=True, format="cot", steps=cfg.steps, batch_tokens=cfg.batch_tokens,
                        seq_len=cfg.seq_len, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                        eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter,
-                       packed_attention=cfg.packed_attention, save_every=max(100, cfg.steps // 4), seed=cfg.seed)
-    run_dir = paths.base_run
+                       packed_attention=cfg.packed_attention, save_every=max(100, cfg.steps // 4), seed=cfg.seed,
+                       resume=resume)
     if accelerator.is_main_process:
         os.makedirs(run_dir, exist_ok=True)
         save_resolved(cfg, run_dir)
     probe = dataset["base"].select(range(min(200, len(dataset["base"]))))
-    stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
+    start_tracking(accelerator, run_dir, cfg)
+    try:
+        stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
+    finally:
+        finish_tracking(accelerator)
     final = paths.base
     train.save_weights(accelerator, model, tokenizer, final, tcfg)
     if accelerator.is_main_process:

@@ -9,8 +9,9 @@ import sys
 import datasets
 import yaml
 
+import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, train
-from reasonlm.config import load_recipe
+from reasonlm.config import load_recipe, render_recipe
 from reasonlm.model import export
 
 
@@ -59,7 +60,8 @@ def cmd_eval(args):
         cfg = recipe.eval
         cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
         out = args.out or os.path.join(recipe.out_dir, "eval")
-        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out)
+        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out,
+                              report_to=recipe.train.report_to)
     if evaluate.is_main_process():
         print(evaluate.markdown(report))
         print(f"report: {os.path.join(out, 'report.json')}")
@@ -68,8 +70,16 @@ def cmd_eval(args):
 
 def cmd_pipeline(args):
     recipe = _recipe(args)
-    report = pipeline.run(recipe)
+    report = pipeline.run(recipe, force=args.force)
     gate(report, recipe.eval.min_accuracy)
+
+
+def cmd_config(args):
+    """print the resolved recipe (overrides applied) as YAML, each setting with its documentation"""
+    text = render_recipe(_recipe(args))
+    print(f"# {args.recipe}{' ' + ' '.join(args.overrides) if args.overrides else ''}, resolved by reasonlm "
+          f"{reasonlm.__version__}")
+    print(text, end="")
 
 
 def cmd_chat(args):
@@ -93,14 +103,33 @@ def gate(report, min_accuracy, cfg=None, baseline=None):
 
 
 COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "eval": cmd_eval,
-            "pipeline": cmd_pipeline, "chat": cmd_chat, "export": cmd_export}
+            "pipeline": cmd_pipeline, "config": cmd_config, "chat": cmd_chat, "export": cmd_export}
+
+# What each subcommand's --help says after its options: the recipe sections it reads, one example.
+EPILOGS = {
+    "data": "recipe sections: data, out_dir\nexample: reasonlm data recipes/tiny-cpu.yaml data.n_train=5000",
+    "base": "recipe sections: base, data (base_steps), train (report_to), out_dir, threads\n"
+            "example: reasonlm base recipes/tiny-cpu.yaml base.steps=100",
+    "train": "recipe sections: train, out_dir, threads\nexample: reasonlm train recipes/tiny-cpu.yaml train.lr=1e-3 "
+             "train.report_to=[tensorboard]",
+    "eval": "recipe sections: eval, train (format, report_to), out_dir, threads; or a suite YAML (eval/*.yaml)\n"
+            "example: reasonlm eval eval/ood.yaml --recipe recipes/tiny-cpu.yaml",
+    "pipeline": "recipe sections: every one (data, base, train, eval), out_dir, threads, direct_baseline\n"
+                "example: reasonlm pipeline recipes/tiny-cpu.yaml out_dir=/tmp/run train.steps=300",
+    "config": "recipe sections: every one\nexample: reasonlm config recipes/tiny-cpu.yaml train.lr=1e-3 > my-recipe.yaml",
+    "chat": "recipe sections: chat (with --recipe)\n"
+            "example: reasonlm chat --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter",
+    "export": "recipe sections: none (reads the run's saved config)\nexample: reasonlm export out/tiny-cpu/train --merge",
+}
 
 
 def parser():
     p = argparse.ArgumentParser(prog="reasonlm", description="Teach small language models to reason step by step.")
+    p.add_argument("--version", action="version", version=f"reasonlm {reasonlm.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("data", "base", "train", "eval", "pipeline"):
-        s = sub.add_parser(name, help=COMMANDS[name].__doc__ or f"run the {name} stage")
+    for name in ("data", "base", "train", "eval", "pipeline", "config"):
+        s = sub.add_parser(name, help=COMMANDS[name].__doc__ or f"run the {name} stage", epilog=EPILOGS[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         s.add_argument("recipe", nargs="?" if name == "data" else None, help="recipe YAML (recipes/*.yaml)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 out_dir=/tmp/run")
     s = sub.choices["data"]
@@ -117,14 +146,18 @@ def parser():
     s.add_argument("--out", default=None, help="output directory (default <out_dir>/eval[-SUITE] or out/eval/SUITE/MODEL)")
     s.add_argument("--baseline", default=None, help="CI gate: baseline report/file; exit 1 on a regression beyond its interval")
     s.add_argument("--metric", default="accuracy", help="compare: which per-problem metric (default accuracy)")
-    s = sub.add_parser("chat", help="talk to a model in the terminal")
+    sub.choices["pipeline"].add_argument("--force", action="store_true",
+                                         help="rerun every stage, even those whose settings did not change")
+    s = sub.add_parser("chat", help="talk to a model in the terminal", epilog=EPILOGS["chat"],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", required=True, help="base model: local path or Hub id")
     s.add_argument("--adapter", default=None, help="LoRA adapter directory")
     s.add_argument("--merged", action="store_true", help="merge the adapter into the base before chatting")
     s.add_argument("--recipe", default=None, help="recipe whose chat section sets the defaults")
     s.add_argument("--plain", action="store_true", help="no colours (for pipes)")
     s.add_argument("-p", "--prompt", default=None, help="answer one question and exit")
-    s = sub.add_parser("export", help="export a training run's adapter, or merge it into the base")
+    s = sub.add_parser("export", help="export a training run's adapter, or merge it into the base",
+                       epilog=EPILOGS["export"], formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("run", help="run directory (e.g. out/tiny-cpu/train) or adapter directory")
     s.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
     s.add_argument("--out", default=None, help="output directory (default RUN/merged or RUN/exported-adapter)")

@@ -10,7 +10,10 @@ An eval suite is the flat `eval` section in a file of its own (`load_suite`).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
 import os
 import typing
@@ -24,6 +27,7 @@ class ConfigError(ValueError):
 
 
 FORMATS = ("cot", "direct")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 DEDUP_MODES = ("none", "exact", "normalized")
 
 
@@ -252,8 +256,10 @@ class TrainConfig:
     """Validation problems generated and scored at each evaluation."""
     early_stop_patience: int = 0
     """Stop after this many evaluations in a row without a better score (0 = never)."""
-    tensorboard: bool = False
-    """Also write the logged metrics as TensorBoard scalars to <run>/tb (needs `tensorboard`)."""
+    report_to: list = field(default_factory=list)
+    """Experiment trackers that also get the logged metrics, through Accelerate: any of tensorboard
+    (<run>/tb), wandb, trackio, mlflow (each needs its package). metrics.jsonl and loss.png are always
+    written. The base stage's pretraining and eval's headline metrics report to the same trackers."""
     load_in_4bit: bool = False
     """QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes, CUDA only)."""
     save_every: int = 200
@@ -282,6 +288,8 @@ class TrainConfig:
         _one_of(self, "train", "schedule", ("cosine", "linear"))
         _one_of(self, "train", "mixed_precision", ("no", "bf16", "fp16"))
         _one_of(self, "train", "resume", ("auto", "never"))
+        _check(self, "train", lambda v: isinstance(v, list) and all(t in TRACKERS for t in v) and len(set(v)) == len(v),
+               f"a list of distinct trackers from {_choices(TRACKERS)}", "report_to")
         if self.compile and self.packed_attention:  # the groups change every step: the graph would be rebuilt each time
             raise ConfigError("train.compile and train.packed_attention cannot be combined; turn one off")
 
@@ -533,6 +541,10 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# Keys that were replaced: the unknown-key error says what to write instead.
+RENAMED = {"train.tensorboard": "train.report_to: [tensorboard]"}
+
+
 def from_dict(cls, raw: dict, where: str):
     """Dataclass from a dict, rejecting unknown keys and values of the wrong type; the
     dataclass's __post_init__ then checks the values."""
@@ -543,6 +555,8 @@ def from_dict(cls, raw: dict, where: str):
     kwargs = {}
     for key, value in raw.items():
         name = f"{where}.{key}" if where else key
+        if key not in known and name in RENAMED:
+            raise ConfigError(f"{name!r} was replaced: write {RENAMED[name]} instead")
         if key not in known:
             raise ConfigError(f"unknown key {name!r}; valid keys{' in ' + where if where else ''}: {', '.join(sorted(known))}")
         kind = hints[key]
@@ -581,3 +595,47 @@ def save_resolved(cfg, directory: str, name: str = "config.yaml") -> None:
     with open(tmp, "w") as f:
         yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), f, sort_keys=False)
     os.replace(tmp, path)
+
+
+# --- the resolved recipe, documented ---------------------------------------------------------
+def render_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, every field preceded by its docstring as a comment. Valid YAML that
+    load_recipe reads back to the same recipe (`reasonlm config RECIPE [key=value ...]`)."""
+    lines: list[str] = []
+    _render_section(recipe, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(cfg, indent: int, lines: list[str]) -> None:
+    docs, pad = field_docs(type(cfg)), " " * indent
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += ["", f"{pad}{f.name}:"]
+            _render_section(value, indent + 2, lines)
+            continue
+        lines += [f"{pad}# {line}".rstrip() for line in docs.get(f.name, "").splitlines()]
+        # one field at a time through safe_dump, so quoting ('no', '1e-3', '') is YAML's own; lists
+        # and mappings of plain values stay on one line ([1, 6])
+        flow = None if isinstance(value, (list, dict)) else False
+        text = yaml.safe_dump({f.name: value}, sort_keys=False, default_flow_style=flow, width=100, allow_unicode=True)
+        lines += [pad + line for line in text.rstrip("\n").splitlines()]
+
+
+def field_docs(cls) -> dict[str, str]:
+    """{field: docstring} of a settings dataclass: the string right under each field, read from
+    this module's source (Python keeps no docstrings of attributes at run time)."""
+    for node in _module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            return {field_node.target.id: inspect.cleandoc(doc.value.value)
+                    for field_node, doc in zip(node.body, node.body[1:])
+                    if isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)}
+    return {}
+
+
+@functools.cache
+def _module_tree() -> ast.Module:
+    with open(__file__, encoding="utf-8") as f:
+        return ast.parse(f.read())

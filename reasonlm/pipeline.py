@@ -1,6 +1,10 @@
 """The whole pipeline: data -> base -> train (CoT) -> train (direct ablation) -> eval.
 
-    reasonlm pipeline recipes/tiny-cpu.yaml [out_dir=DIR]
+    reasonlm pipeline recipes/tiny-cpu.yaml [out_dir=DIR] [--force]
+
+Run again on a finished run, it skips every stage whose settings (and inputs) are unchanged and
+reruns a changed stage and every stage after it that reads its output (StageRecord below);
+`--force` reruns them all.
 
 The ablation trains the same base with the same LoRA settings and the same number of steps
 on direct answers only ('#### 7', no steps), so the report shows what the steps buy at every
@@ -9,6 +13,7 @@ n_steps. <out_dir>/eval/report.json holds the CoT metrics with the direct ones u
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -33,31 +38,46 @@ def direct_batch_tokens(cot_cfg, base_model: str, paths: RunPaths) -> int:
     return rows_per_step * cot_cfg.seq_len
 
 
-def run(recipe: Recipe) -> dict:
+def run(recipe: Recipe, force: bool = False) -> dict:
     out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
     os.makedirs(out, exist_ok=True)
     save_resolved(recipe, out, "recipe.yaml")
-    timing = {}
+    record = StageRecord(out, force)
+    report_to = recipe.train.report_to
 
-    def timed(name, fn):
-        t0 = time.time()
-        result = fn()
-        timing[name] = round(time.time() - t0, 1)
-        print(f"== {name} done in {timing[name]}s")
-        return result
-
-    timed("data", lambda: data.run(recipe.data, out))
-    base_model = timed("base", lambda: base.run(recipe))
+    record.stage("data", data.config_hash(recipe.data), [], paths.data,
+                 lambda fresh: data.run(recipe.data, out))
+    base_model = recipe.base.model if recipe.base.model != "tiny" else paths.base
+    record.stage("base", config_hash(recipe.base), ["data"],
+                 paths.base if recipe.base.model == "tiny" else None,
+                 lambda fresh: base.run(recipe, resume="never" if fresh else "auto"))
     cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
-    timed("train", lambda: train.run(cot_cfg, out, "train", recipe.threads))
+    record.stage("train", config_hash(cot_cfg), ["data", "base"], paths.adapter("train"),
+                 lambda fresh: train.run(dataclasses.replace(cot_cfg, resume="never" if fresh else cot_cfg.resume),
+                                         out, "train", recipe.threads))
     eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
-    report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", paths.adapter("train"), "eval", recipe.threads))
+    eval_report = os.path.join(paths.eval("eval"), "report.json")
+    record.stage("eval", config_hash(eval_cfg), ["data", "base", "train"], eval_report,
+                 lambda fresh: evaluate.run(dataclasses.replace(eval_cfg, resume=eval_cfg.resume and not fresh), out,
+                                            "cot", paths.adapter("train"), "eval", recipe.threads, report_to=report_to))
     if recipe.direct_baseline:
-        direct_cfg = dataclasses.replace(cot_cfg, format="direct",
-                                         batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths))
-        timed("train_direct", lambda: train.run(direct_cfg, out, "train-direct", recipe.threads))
-        direct = timed("eval_direct", lambda: evaluate.run(eval_cfg, out, "direct", paths.adapter("train-direct"),
-                                                             "eval-direct", recipe.threads))
+        direct_cfg = dataclasses.replace(cot_cfg, format="direct")
+        record.stage("train_direct", config_hash(direct_cfg), ["data", "base"], paths.adapter("train-direct"),
+                     lambda fresh: train.run(dataclasses.replace(
+                         direct_cfg, batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths),
+                         resume="never" if fresh else direct_cfg.resume), out, "train-direct", recipe.threads))
+        record.stage("eval_direct", config_hash(eval_cfg), ["data", "base", "train_direct"],
+                     os.path.join(paths.eval("eval-direct"), "report.json"),
+                     lambda fresh: evaluate.run(dataclasses.replace(eval_cfg, resume=eval_cfg.resume and not fresh),
+                                                out, "direct", paths.adapter("train-direct"), "eval-direct",
+                                                recipe.threads, report_to=report_to))
+    report = evaluate.load_report(eval_report)
+    if not record.ran:  # a finished run, nothing changed: the report is already complete
+        print(evaluate.markdown(report))
+        print(f"pipeline: every stage is up to date (reasonlm pipeline ... --force reruns them); report {eval_report}")
+        return report
+    if recipe.direct_baseline:
+        direct = evaluate.load_report(os.path.join(paths.eval("eval-direct"), "report.json"))
         report["direct"] = {k: direct[k] for k in ("accuracy", "ood_accuracy", "by_steps", "splits")}
     for name, run_dir in (("base-run", paths.base_run), ("train", paths.train_run("train")),
                           ("train-direct", paths.train_run("train-direct"))):
@@ -65,10 +85,61 @@ def run(recipe: Recipe) -> dict:
         if os.path.exists(path):
             with open(path) as f:
                 report.setdefault("training", {})[name] = json.load(f)
-    report["timing_s"] = timing
-    report["total_s"] = round(sum(timing.values()), 1)
+    report["timing_s"] = record.seconds()
+    report["total_s"] = round(sum(report["timing_s"].values()), 1)
     # the eval stage wrote its samples and config already; the report now holds more
     evaluate.write_report(paths.eval("eval"), report)
     print(evaluate.markdown(report))
-    print(f"pipeline: {report['total_s']}s in all; report {os.path.join(paths.eval('eval'), 'report.json')}")
+    print(f"pipeline: {report['total_s']}s in all; report {eval_report}")
     return report
+
+
+# Settings that change how a stage runs or reports, never what it writes: changing one reruns nothing.
+OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
+                            "min_accuracy", "metrics", "thresholds", "baseline"})  # eval: the gate runs every time
+
+
+def config_hash(cfg) -> str:
+    """sha256 of a stage's resolved settings (less OUTPUT_NEUTRAL ones) as canonical JSON."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class StageRecord:
+    """<out_dir>/stages.json: per stage, the hash of its settings and of its inputs' hashes, whether
+    it finished, and how long it took. A stage whose hash matches a finished entry (and whose output
+    is still there) is skipped; any change reruns it and, through the hashes, every stage after it
+    that reads its output. A stage reruns from scratch (no resume) when its settings changed, and
+    continues an interrupted run of the same settings."""
+
+    def __init__(self, out_dir: str, force: bool):
+        self.path, self.force = os.path.join(out_dir, "stages.json"), force
+        self.entries = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.entries = json.load(f)
+        self.ran: list[str] = []
+
+    def stage(self, name: str, settings_hash: str, inputs: list[str], output: str | None, fn) -> None:
+        key = hashlib.sha256(json.dumps([settings_hash, [self.entries[i]["hash"] for i in inputs]]).encode()).hexdigest()
+        old = self.entries.get(name, {})
+        if not self.force and old.get("hash") == key and old.get("finished") and (output is None or os.path.exists(output)):
+            print(f"== {name}: up to date, skipped")
+            return
+        fresh = self.force or (bool(old) and old.get("hash") != key)
+        self._write(name, {"hash": key, "finished": False})
+        t0 = time.time()
+        fn(fresh)
+        seconds = round(time.time() - t0, 1)
+        self._write(name, {"hash": key, "finished": True, "seconds": seconds})
+        self.ran.append(name)
+        print(f"== {name} done in {seconds}s")
+
+    def seconds(self) -> dict:
+        return {name: e["seconds"] for name, e in self.entries.items() if "seconds" in e}
+
+    def _write(self, name: str, entry: dict) -> None:
+        self.entries[name] = entry
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.entries, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)

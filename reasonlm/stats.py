@@ -13,6 +13,7 @@ for a given seed, so two runs of the evaluator on the same outputs print the sam
     paired_bootstrap   difference of two systems on the same problems, with interval and p
     mcnemar            exact McNemar test for paired 0/1 outcomes
     plot_accuracy_by_steps   accuracy vs number of reasoning steps, with bands (matplotlib)
+    plot_training_curves     a training run's loss, validation loss and accuracy by step (loss.png)
 """
 from __future__ import annotations
 
@@ -23,17 +24,14 @@ import tempfile
 from statistics import NormalDist
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 # Bootstrap index matrices are drawn in row blocks of at most this many cells (8 bytes each,
 # so ~32 MB per block), which keeps 10k resamples of a 5k-problem eval from needing gigabytes.
 # Drawing (r1, n) then (r2, n) from a numpy Generator yields exactly the same indices as one
 # (r1 + r2, n) draw (tests/test_stats.py checks this), so the block size never changes a result.
 _MAX_BLOCK_CELLS = 1 << 22
-
-
-class MissingDependencyError(ImportError, ValueError):
-    """An optional dependency is not installed. Both an ImportError and a ValueError, so
-    callers catching either keep working."""
 
 
 def _check_confidence(confidence: float) -> float:
@@ -319,16 +317,8 @@ def plot_accuracy_by_steps(series: dict[str, dict[int, tuple[float, float, float
 
     The PNG is written atomically (temporary file in the same directory, then os.replace),
     so a crash or a concurrent reader never sees a half-written image. Returns the path.
-    matplotlib is imported lazily (it is an optional dependency) and we draw on a bare
-    Agg-canvas Figure rather than pyplot, so no global backend state is changed.
+    We draw on a bare Agg-canvas Figure rather than pyplot, so no global backend state changes.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise MissingDependencyError(
-            "plot_accuracy_by_steps needs matplotlib: pip install matplotlib "
-            "(or pip install 'reasonlm[plot]')") from e
     if not series:
         raise ValueError("nothing to plot: series is empty")
 
@@ -351,7 +341,46 @@ def plot_accuracy_by_steps(series: dict[str, dict[int, tuple[float, float, float
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return _save_png(fig, path)
 
+
+def plot_training_curves(records: list[dict], path, title: str = "training") -> str:
+    """loss.png of a training run: its metrics.jsonl records ({step, loss, val_loss?,
+    val_accuracy?, ...}). Left: training and validation loss per supervised token (log scale);
+    right, when the run measured it: validation accuracy. Written atomically; returns the path."""
+    curves = {key: sorted((r["step"], r[key]) for r in records if r.get(key) is not None)
+              for key in ("loss", "val_loss", "val_accuracy")}
+    if not curves["loss"] and not curves["val_loss"]:
+        raise ValueError("nothing to plot: no loss or val_loss in the records")
+    fig = Figure(figsize=(11, 4) if curves["val_accuracy"] else (7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 2 if curves["val_accuracy"] else 1, 1)
+    for key, label, style in (("loss", "training loss", "-"), ("val_loss", "validation loss", "o-")):
+        if curves[key]:
+            steps, values = zip(*curves[key])
+            ax.plot(steps, values, style, label=label, markersize=4)
+    if all(v > 0 for key in ("loss", "val_loss") for _, v in curves[key]):
+        ax.set_yscale("log")  # losses fall by orders of magnitude on the tiny task
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per supervised token")
+    ax.set_title(f"{title}: loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if curves["val_accuracy"]:
+        acc = fig.add_subplot(1, 2, 2)
+        steps, values = zip(*curves["val_accuracy"])
+        acc.plot(steps, values, "o-", color="tab:green", markersize=4)
+        acc.set_ylim(-0.02, 1.02)
+        acc.set_xlabel("step")
+        acc.set_ylabel("validation accuracy (greedy, final answer)")
+        acc.set_title(f"{title}: validation accuracy")
+        acc.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path) -> str:
+    """Write fig as a PNG through a temporary file in the same directory, then os.replace."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

@@ -30,7 +30,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from peft.utils import ModulesToSaveWrapper
 from tqdm.auto import tqdm
@@ -43,6 +42,8 @@ from reasonlm.example import Example, gold_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
                             set_threads)
 from reasonlm.packing import IGNORE, NO_MASK, PackedRows, collate, pack, use_packed_attention
+from reasonlm.stats import plot_training_curves
+from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
 class TrainError(ValueError):
     """A training problem reported as one line."""
@@ -203,8 +204,9 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
 
     start, state = (try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {}))
     best, stale = state.get("best"), state.get("stale", 0)  # stale: evaluations since the best one
-    writer = tensorboard_writer(run_dir) if cfg.tensorboard and accelerator.is_main_process else None
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    if accelerator.is_main_process:
+        keep_metrics_until(metrics_path, start)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     line_break_id = None
     if cfg.line_jitter:
@@ -286,10 +288,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
-            if writer is not None:
-                for k, v in record.items():
-                    if k != "step" and isinstance(v, (int, float)):
-                        writer.add_scalar(k, v, done)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
         if cfg.early_stop_patience and stale >= cfg.early_stop_patience:
             accelerator.print(f"early stop at step {done}: no better score in {stale} evaluations "
                               f"(best at step {best['step']}, kept in {os.path.join(run_dir, 'best')})")
@@ -297,20 +296,33 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"best": best, "stale": stale, "loss": loss_value})
     bar.close()
-    if writer is not None:
-        writer.close()
+    if accelerator.is_main_process:
+        plot_metrics(metrics_path, os.path.join(run_dir, "loss.png"), os.path.basename(os.path.normpath(run_dir)))
     elapsed = time.time() - t_start
     return {"steps": done if start < cfg.steps else start, "final_loss": loss_value, "train_seconds": round(elapsed, 1),
             "tokens_per_s": round(tokens_seen * world / max(elapsed, 1e-9), 1),
             "tokens_per_s_after_first_step": round(steady_tok_s, 1), "best": best}
 
 
-def tensorboard_writer(run_dir: str):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise TrainError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(os.path.join(run_dir, "tb"))
+def keep_metrics_until(path: str, step: int) -> None:
+    """Drop metrics.jsonl lines past `step` (all of them when starting over): after a resume
+    the file, and the loss curve drawn from it, hold each step once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+def plot_metrics(metrics_path: str, png_path: str, title: str) -> str | None:
+    """loss.png: training loss and the validation curves in metrics.jsonl (None if it is empty)."""
+    if not os.path.exists(metrics_path):
+        return None
+    with open(metrics_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return plot_training_curves(records, png_path, title) if records else None
 
 
 class _null:
@@ -396,13 +408,13 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
 
     Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, config.yaml}.
     """
-    # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
-                              cpu=not torch.cuda.is_available())
-    set_threads(threads, accelerator.num_processes)
-    set_seed(cfg.seed)
     paths = RunPaths(out_dir)
     run_dir = paths.train_run(name)
+    # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
+    accelerator = tracked_accelerator(cfg.report_to, run_dir, cpu=not torch.cuda.is_available(),
+                                      mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None)
+    set_threads(threads, accelerator.num_processes)
+    set_seed(cfg.seed)
     model_name = cfg.model or paths.base
     data_dir = cfg.data or paths.data
     dataset = read_dataset(data_dir)
@@ -433,7 +445,11 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
         os.makedirs(run_dir, exist_ok=True)
         save_resolved(cfg, run_dir)
     val_rows = dataset["validation"] if "validation" in dataset else []
-    stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
+    start_tracking(accelerator, run_dir, cfg)
+    try:
+        stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
+    finally:
+        finish_tracking(accelerator)
     final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
     save_weights(accelerator, model, tokenizer, final, cfg)
     if accelerator.is_main_process:

@@ -18,7 +18,7 @@ LAYERS = [
     ["reasonlm", "reasonlm.answer"],
     ["reasonlm.example"],
     ["reasonlm.config"],
-    ["reasonlm.stats"],
+    ["reasonlm.stats", "reasonlm.tracking"],
     ["reasonlm.engine"],
     ["reasonlm.model", "reasonlm.packing"],
     ["reasonlm.tasks"],

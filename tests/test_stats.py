@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from fractions import Fraction
 
 import numpy as np
@@ -13,7 +12,8 @@ from hypothesis import strategies as st
 
 from reasonlm import stats
 from reasonlm.stats import (bootstrap_ci, maj_at_k, majority_vote, mcnemar, paired_bootstrap,
-                            pass_at_k, plot_accuracy_by_steps, wilson_interval)
+                            pass_at_k, plot_accuracy_by_steps, plot_training_curves,
+                            wilson_interval)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -330,7 +330,6 @@ SERIES = {
 
 
 def test_plot_writes_png_atomically(tmp_path):
-    pytest.importorskip("matplotlib")
     out = tmp_path / "plots" / "acc_by_steps.png"  # directory is created
     got = plot_accuracy_by_steps(SERIES, out, "accuracy vs steps", train_max_steps=4)
     assert got == str(out)
@@ -342,7 +341,6 @@ def test_plot_writes_png_atomically(tmp_path):
 
 
 def test_plot_failure_leaves_no_temp_file(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
     def boom(*args, **kwargs):
@@ -356,10 +354,15 @@ def test_plot_failure_leaves_no_temp_file(tmp_path, monkeypatch):
         plot_accuracy_by_steps({}, tmp_path / "a.png", "t")
 
 
-def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
-    with pytest.raises(ValueError, match="pip install matplotlib"):
-        plot_accuracy_by_steps(SERIES, tmp_path / "a.png", "t")
-    with pytest.raises(ImportError):
-        plot_accuracy_by_steps(SERIES, tmp_path / "a.png", "t")
-    assert list(tmp_path.iterdir()) == []
+def test_training_curves_plot_loss_validation_and_accuracy(tmp_path):
+    records = [{"step": s, "loss": 2.0 / s, "lr": 1e-3} for s in range(1, 21)]
+    records += [{"step": 10, "loss": 0.2, "val_loss": 0.3, "val_accuracy": 0.4},
+                {"step": 20, "loss": 0.1, "val_loss": 0.2, "val_accuracy": 0.9}]
+    out = plot_training_curves(records, tmp_path / "loss.png", "train")
+    with_accuracy = (tmp_path / "loss.png").read_bytes()
+    assert out == str(tmp_path / "loss.png") and with_accuracy.startswith(b"\x89PNG")
+    plot_training_curves(records[:20], tmp_path / "loss.png", "train")  # no validation: one panel
+    assert (tmp_path / "loss.png").read_bytes() != with_accuracy
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]
+    with pytest.raises(ValueError, match="no loss"):
+        plot_training_curves([{"step": 1, "lr": 0.1}], tmp_path / "x.png")

@@ -12,7 +12,8 @@
 
 A run writes report.json (config, model, adapter, dataset fingerprint, every metric with its
 95% interval, per-problem correctness), report.md, samples.jsonl (prompt, output, extracted
-answers, verdicts) and accuracy_by_steps.png.
+answers, verdicts) and accuracy_by_steps.png. Progress: a bar with problems/s and ETA in a
+terminal, a plain line per 10% (or per minute) otherwise.
 
 Problems come from *sources* (the recipe's dataset splits by default; a suite YAML can name
 dataset splits, generated task families, GSM8K-format files and reasoning-gym tasks), each one
@@ -49,11 +50,13 @@ from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
 from reasonlm.evaluate.metrics import summarize
+from reasonlm.evaluate.progress import Progress
 from reasonlm.evaluate.report import atomic_write, build_report, markdown, write_outputs, write_report
 from reasonlm.evaluate.runner import (build_prompt, is_main_process, make_batches, partial_path, plan_jobs,
                                       prepare_partial, process_state, read_partial, remove_partial, run_batch, run_id)
 from reasonlm.model import load_for_inference, set_threads
 from reasonlm.sources import load_sources
+from reasonlm.tracking import check_installed, finish_tracking, start_tracking, tracked_accelerator
 
 __all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "compare", "compare_markdown",
            "load_report", "make_baseline", "load_baseline", "check_gate", "markdown", "write_outputs", "write_report",
@@ -61,12 +64,14 @@ __all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "compare",
 
 
 def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | None = None, name: str = "eval",
-        threads: int = 0, directory: str | None = None) -> dict:
+        threads: int = 0, directory: str | None = None, report_to=()) -> dict:
     """Evaluate one model on the configured sources; writes <out_dir>/<name>/ (or `directory`)
     and returns the report. Under `accelerate launch` the batches are split over the processes
-    and every process returns the full report; only the main process writes files."""
+    and every process returns the full report; only the main process writes files. The headline
+    metrics go once to the trackers in `report_to` (the recipe's train.report_to)."""
     if cfg.samples > 1 and cfg.temperature == 0:
         print("warning: samples > 1 with temperature 0: every sample is the same greedy output", file=sys.stderr)
+    check_installed(report_to)  # before the run, not after it
     state = process_state()
     set_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0), state.num_processes)  # respect an explicit limit
     paths = RunPaths(out_dir) if out_dir else None
@@ -94,21 +99,24 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     mine = make_batches(todo, cfg.batch_size)[state.process_index::state.num_processes]
     new: list[dict] = []
     t0 = time.time()
+    # the main process shows its own share: with N processes the others run at the same pace
+    progress = Progress(sum(len(b) for b in mine), "problem" if cfg.samples == 1 else "sample",
+                        desc=os.path.basename(os.path.normpath(directory)), enabled=state.is_main_process)
     try:
         with open(partial_path(directory, state.process_index), "a", encoding="utf-8") as f:
-            for b, batch in enumerate(mine):
+            for batch in mine:
                 records = run_batch(model, tokenizer, batch, cfg)
                 for job, rec in zip(batch, records):
                     f.write(json.dumps({"key": job.key, **rec}) + "\n")
                 f.flush()
                 new += records
-                if state.is_main_process and (b + 1) % max(1, len(mine) // 10) == 0:
-                    print(f"eval: {len(new)}/{len(todo) // state.num_processes} samples "
-                          f"({len(new) / max(time.time() - t0, 1e-9):.1f}/s)", flush=True)
+                progress.update(len(batch))
     except BaseException:  # interrupted or crashed: say where the finished samples are
         print(f"\neval: stopped; {len(done) + len(new)} finished samples are kept in {directory}: "
               "run the same command again to continue", file=sys.stderr)
         raise
+    finally:
+        progress.close()
     seconds = time.time() - t0
     if state.num_processes > 1:
         new = gather_object(new)
@@ -121,8 +129,23 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     if state.is_main_process:
         write_outputs(directory, report, samples, cfg)
         remove_partial(directory)
+    if report_to:
+        accelerator = tracked_accelerator(report_to, directory, cpu=state.device.type == "cpu")
+        start_tracking(accelerator, directory, cfg)
+        accelerator.log(headline_metrics(report))
+        finish_tracking(accelerator)
     state.wait_for_everyone()
     return report
+
+
+def headline_metrics(report: dict) -> dict:
+    """What the trackers get once per eval run: every scalar metric, overall and per source,
+    and the speed."""
+    out = {"eval/problems_per_s": report["problems_per_s"]}
+    for scope, summary in (("overall", report["overall"]), *report["splits"].items()):
+        out.update({f"eval/{scope}/{k}": v for k, v in summary.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return out
 
 
 def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = None, recipe=None,
@@ -143,5 +166,6 @@ def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = N
             out = os.path.join("out", "eval", cfg.name, tag)
     fmt = cfg.format or (recipe.train.format if recipe is not None else "cot")
     cfg = dataclasses.replace(cfg, model=model, format=fmt)
-    report = run(cfg, out_dir, fmt, adapter, threads=recipe.threads if recipe is not None else 0, directory=out)
+    report = run(cfg, out_dir, fmt, adapter, threads=recipe.threads if recipe is not None else 0, directory=out,
+                 report_to=recipe.train.report_to if recipe is not None else ())
     return report, out

@@ -11,14 +11,13 @@ import dataclasses
 import importlib.metadata as md
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 
 from reasonlm.config import EvalConfig, save_resolved
 from reasonlm.evaluate.metrics import default_ks, summarize
 from reasonlm.sources import Source, fingerprint
-from reasonlm.stats import MissingDependencyError, plot_accuracy_by_steps, wilson_interval
+from reasonlm.stats import plot_accuracy_by_steps, wilson_interval
 
 
 def build_report(cfg: EvalConfig, sources: list[Source], skipped: dict, samples: list[dict], model_name: str,
@@ -88,11 +87,7 @@ def plot(report: dict, path: str) -> str | None:
                 series[f"{label}{split}"] = points
     if not series:
         return None
-    try:
-        return plot_accuracy_by_steps(series, path, title=f"{report.get('suite', 'eval')}: accuracy by n_steps")
-    except MissingDependencyError as e:
-        print(f"warning: no plot ({e})", file=sys.stderr)
-        return None
+    return plot_accuracy_by_steps(series, path, title=f"{report.get('suite', 'eval')}: accuracy by n_steps")
 
 
 def _band(m: dict) -> tuple:
