@@ -4,7 +4,8 @@
     accelerate launch --cpu --num_processes 2 -m reasonlm train recipes/tiny-cpu.yaml
 
 Read top to bottom: settings -> data (tokenise with the one renderer, pack) -> model -> loop
--> checkpoints -> final adapter. No trainer classes.
+-> checkpoints -> final adapter. No trainer classes. Every logged record goes to metrics.jsonl
+(and to the trackers of train.report_to); the run ends by drawing loss.png from it.
 
 How a batch is made: examples are tokenised exactly as eval and chat will see them
 (answer.encode_example), then packed several to a row of `seq_len` tokens. Each example keeps
@@ -406,7 +407,8 @@ def embeddings_in_modules_to_save(model) -> bool:
 def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -> str:
     """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
 
-    Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, config.yaml}.
+    Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, loss.png, config.yaml};
+    the logged metrics also go to the trackers in cfg.report_to (reasonlm/tracking.py).
     """
     paths = RunPaths(out_dir)
     run_dir = paths.train_run(name)

@@ -173,12 +173,12 @@ def test_early_stopping_stops_after_patience_evaluations(run_dir, tmp_path):
     assert (out / "train" / "adapter").is_dir() and (out / "train" / "best").is_dir()
 
 
-def test_tensorboard_scalars_are_written(run_dir, tmp_path):
-    pytest.importorskip("tensorboard")
+def test_report_to_tensorboard_writes_events_and_every_run_its_loss_curve(run_dir, tmp_path):
     out = copy_run(run_dir, tmp_path)
-    subprocess.run(train_cmd(out, "train.save_every=0", "train.steps=3", "train.tensorboard=true"), env=env(),
+    subprocess.run(train_cmd(out, "train.save_every=0", "train.steps=3", "train.report_to=[tensorboard]"), env=env(),
                    check=True, capture_output=True)
-    assert any(p.name.startswith("events.out.tfevents") for p in (out / "train" / "tb").iterdir())
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "train" / "tb").rglob("*"))
+    assert (out / "train" / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_qlora_on_cpu_is_a_one_line_error(run_dir, tmp_path):
