@@ -219,3 +219,17 @@ def test_trl_sft_trainer_trains_on_the_prompt_completion_view(small_dataset, tmp
     assert ids == prompt + completion + newline
     assert labels == [-100] * len(prompt) + completion + newline
     assert trainer.train().training_loss > 0
+
+
+def test_every_docs_path_named_in_the_code_exists():
+    """Recipes, modules and tests point readers at docs/*.md (e.g. the real-model recipes at
+    docs/real-models.md): every such path must be there."""
+    named = set()
+    for folder in ("reasonlm", "recipes", "tests", "eval", ".ci"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if name.endswith((".py", ".yaml", ".yml", ".md")) or folder == ".ci":
+                    named.update(re.findall(r"\bdocs/[\w./-]+\.(?:md|png)", read(os.path.join(dirpath, name))))
+    assert "docs/real-models.md" in named
+    missing = sorted(path for path in named if not os.path.exists(os.path.join(ROOT, path)))
+    assert not missing, f"named in the code but not in the repository: {missing}"
