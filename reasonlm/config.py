@@ -248,7 +248,7 @@ class TrainConfig:
     padded length (train.packed_attention_forward) instead of SDPA with a block-diagonal mask:
     no mask, and no scores computed across examples. The rows' examples then run back to back
     as one sequence without their padding. Same losses; pays off most for short examples in
-    long rows (README, training benchmarks). On a GPU, flash_attention_2's variable-length path
+    long rows (docs/benchmarks.md, training speed). On a GPU, flash_attention_2's variable-length path
     does the same job."""
     eval_every: int = 200
     """Steps between validation loss / accuracy sample (0 = only at the end)."""

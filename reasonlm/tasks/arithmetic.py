@@ -26,9 +26,9 @@ Step formats (`step_format`), all checked by the same replay, and mixable in one
   equation+rewrite  4*8=32 | (32+7)*2-5 / 32+7=39 | 39*2-5 / 39*2=78 | 78-5 / 78-5=73
 The last is what lets a tiny model solve chains longer than any it was trained on: the
 next operation is always at the start of the line above, and the answer comes when nothing is
-left, so neither finding an operand nor stopping depends on counting steps (README, "Why the
-tiny recipe works"). Pure rewrite lines make the model compute away from the operands, which a
-1M-parameter model does badly (7% validation accuracy after 250 LoRA steps: README, run L).
+left, so neither finding an operand nor stopping depends on counting steps (docs/experiments.md,
+"Chains longer than any trained"). Pure rewrite lines make the model compute away from the operands, which a
+1M-parameter model does badly (7% validation accuracy after 250 LoRA steps: docs/experiments.md, run L).
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
@@ -396,8 +396,8 @@ class ArithmeticStep(Family):
     The answer is the expression that is left. A base corpus holding these (next to short
     chains) teaches a model to reduce one operation and copy the rest of an expression of any
     length, without ever showing it a chain of more than `data.base_steps` steps; the fine-tuning
-    that teaches chains can then reuse that copy on longer chains than it saw (README, "Why the
-    tiny recipe works"). Knobs: `length` [lo, hi] operations in the expression, and every
+    that teaches chains can then reuse that copy on longer chains than it saw (docs/experiments.md,
+    runs N and O). Knobs: `length` [lo, hi] operations in the expression, and every
     ArithmeticChain knob except `modulus` and `step_format` (the line is always 'equation | rest').
     Always one step: give it `steps: [1, 1]` in a data recipe.
     """
