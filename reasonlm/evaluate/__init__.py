@@ -44,15 +44,17 @@ import time
 
 from accelerate.utils import gather_object
 
+from reasonlm import outputs
 from reasonlm.config import EvalConfig, RunPaths, is_suite, load_suite
 from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
 from reasonlm.evaluate.metrics import summarize
-from reasonlm.evaluate.report import atomic_write, build_report, markdown, write_outputs, write_report
+from reasonlm.evaluate.report import build_report, markdown, write_outputs, write_report
 from reasonlm.evaluate.runner import (build_prompt, is_main_process, make_batches, partial_path, plan_jobs,
                                       prepare_partial, process_state, read_partial, remove_partial, run_batch, run_id)
 from reasonlm.model import load_for_inference, set_threads
+from reasonlm.outputs import atomic_write
 from reasonlm.sources import load_sources
 
 __all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "compare", "compare_markdown",
@@ -83,45 +85,47 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     model = model.to(state.device)
     jobs = plan_jobs(sources, tokenizer, cfg, fmt)
 
-    if state.is_main_process:
-        prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
-    state.wait_for_everyone()
-    done = read_partial(directory, jobs)
-    state.wait_for_everyone()  # everyone has read the finished samples before anyone appends
-    todo = [j for j in jobs if j.key not in done]
-    if state.is_main_process and done:
-        print(f"eval: resuming {directory}: {len(done)} of {len(jobs)} samples already done")
-    mine = make_batches(todo, cfg.batch_size)[state.process_index::state.num_processes]
-    new: list[dict] = []
-    t0 = time.time()
-    try:
-        with open(partial_path(directory, state.process_index), "a", encoding="utf-8") as f:
-            for b, batch in enumerate(mine):
-                records = run_batch(model, tokenizer, batch, cfg)
-                for job, rec in zip(batch, records):
-                    f.write(json.dumps({"key": job.key, **rec}) + "\n")
-                f.flush()
-                new += records
-                if state.is_main_process and (b + 1) % max(1, len(mine) // 10) == 0:
-                    print(f"eval: {len(new)}/{len(todo) // state.num_processes} samples "
-                          f"({len(new) / max(time.time() - t0, 1e-9):.1f}/s)", flush=True)
-    except BaseException:  # interrupted or crashed: say where the finished samples are
-        print(f"\neval: stopped; {len(done) + len(new)} finished samples are kept in {directory}: "
-              "run the same command again to continue", file=sys.stderr)
-        raise
-    seconds = time.time() - t0
-    if state.num_processes > 1:
-        new = gather_object(new)
-        seconds = max(gather_object([seconds]))
-    by_key = {**done, **{f"{s['split']}/{s['id']}#{s['sample']}": s for s in new}}
-    samples = [by_key[j.key] for j in jobs]
-    report = build_report(cfg, sources, skipped, samples, model_name, adapter, fmt)
-    report.update(eval_seconds=round(seconds, 1), processes=state.num_processes, resumed_samples=len(done),
-                  problems_per_s=round(len(todo) / max(cfg.samples, 1) / max(seconds, 1e-9), 2))
-    if state.is_main_process:
-        write_outputs(directory, report, samples, cfg)
-        remove_partial(directory)
-    state.wait_for_everyone()
+    # one run per output folder (only the main process writes files); a full disk is one line
+    with outputs.lock(directory, enabled=state.is_main_process), outputs.writing(directory):
+        if state.is_main_process:
+            prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
+        state.wait_for_everyone()
+        done = read_partial(directory, jobs)
+        state.wait_for_everyone()  # everyone has read the finished samples before anyone appends
+        todo = [j for j in jobs if j.key not in done]
+        if state.is_main_process and done:
+            print(f"eval: resuming {directory}: {len(done)} of {len(jobs)} samples already done")
+        mine = make_batches(todo, cfg.batch_size)[state.process_index::state.num_processes]
+        new: list[dict] = []
+        t0 = time.time()
+        try:
+            with open(partial_path(directory, state.process_index), "a", encoding="utf-8") as f:
+                for b, batch in enumerate(mine):
+                    records = run_batch(model, tokenizer, batch, cfg)
+                    for job, rec in zip(batch, records):
+                        f.write(json.dumps({"key": job.key, **rec}) + "\n")
+                    f.flush()
+                    new += records
+                    if state.is_main_process and (b + 1) % max(1, len(mine) // 10) == 0:
+                        print(f"eval: {len(new)}/{len(todo) // state.num_processes} samples "
+                              f"({len(new) / max(time.time() - t0, 1e-9):.1f}/s)", flush=True)
+        except BaseException:  # interrupted or crashed: say where the finished samples are
+            print(f"\neval: stopped; {len(done) + len(new)} finished samples are kept in {directory}: "
+                  "run the same command again to continue", file=sys.stderr)
+            raise
+        seconds = time.time() - t0
+        if state.num_processes > 1:
+            new = gather_object(new)
+            seconds = max(gather_object([seconds]))
+        by_key = {**done, **{f"{s['split']}/{s['id']}#{s['sample']}": s for s in new}}
+        samples = [by_key[j.key] for j in jobs]
+        report = build_report(cfg, sources, skipped, samples, model_name, adapter, fmt)
+        report.update(eval_seconds=round(seconds, 1), processes=state.num_processes, resumed_samples=len(done),
+                      problems_per_s=round(len(todo) / max(cfg.samples, 1) / max(seconds, 1e-9), 2))
+        if state.is_main_process:
+            write_outputs(directory, report, samples, cfg)
+            remove_partial(directory)
+        state.wait_for_everyone()
     return report
 
 
