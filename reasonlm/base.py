@@ -22,7 +22,7 @@ import os
 import torch
 from accelerate.utils import set_seed
 
-from reasonlm import train
+from reasonlm import outputs, train
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import build_tiny, count_parameters, load_tokenizer, set_threads, train_tokenizer
@@ -64,20 +64,23 @@ def run(recipe: Recipe, resume: str = "auto") -> str:
                        eval_every=0, eval_samples=200, position_jitter=cfg.position_jitter,
                        packed_attention=cfg.packed_attention, save_every=max(100, cfg.steps // 4), seed=cfg.seed,
                        resume=resume)
-    if accelerator.is_main_process:
-        os.makedirs(run_dir, exist_ok=True)
-        save_resolved(cfg, run_dir)
-    probe = dataset["base"].select(range(min(200, len(dataset["base"]))))
-    start_tracking(accelerator, run_dir, cfg)
-    try:
-        stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
-    finally:
-        finish_tracking(accelerator)
-    final = paths.base
-    train.save_weights(accelerator, model, tokenizer, final, tcfg)
-    if accelerator.is_main_process:
-        save_resolved(cfg, final, "base_config.yaml")
-        with open(os.path.join(run_dir, "train_stats.json"), "w") as f:
-            json.dump(stats, f, indent=1)
+    run_dir, final = paths.base_run, paths.base
+    main = accelerator.is_main_process
+    # one run per base; a full disk anywhere in it is one line
+    with outputs.lock(final, enabled=main), outputs.writing(run_dir):
+        if main:
+            outputs.check_replaceable(final, "base")  # someone else's folder: stop now, not after pretraining
+            os.makedirs(run_dir, exist_ok=True)
+            save_resolved(cfg, run_dir)
+        probe = dataset["base"].select(range(min(200, len(dataset["base"]))))
+        start_tracking(accelerator, run_dir, cfg)
+        try:
+            stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
+        finally:
+            finish_tracking(accelerator)
+        train.save_weights(accelerator, model, tokenizer, final, tcfg, stage="base")
+        if main:
+            save_resolved(cfg, final, "base_config.yaml")
+            outputs.atomic_write(os.path.join(run_dir, "train_stats.json"), json.dumps(stats, indent=1))
     accelerator.print(f"base: wrote {final} in {stats['train_seconds']}s ({stats['tokens_per_s']:,.0f} tokens/s)")
     return final

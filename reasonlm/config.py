@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
+from reasonlm.outputs import atomic_write
+
 
 class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
@@ -65,6 +67,12 @@ def _steps_range(cfg, section: str, *names: str) -> None:
     ok = lambda v: (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
                     and 1 <= v[0] <= v[1])
     _check(cfg, section, ok, "[lo, hi] with 1 <= lo <= hi", *names)
+
+
+def _batch_holds_a_row(cfg, section: str) -> None:
+    # a step is batch_tokens // seq_len packed rows: fewer tokens than one row would be rounded
+    # up to a whole row, silently training on a bigger batch than the recipe says
+    _check(cfg, section, lambda v: v >= cfg.seq_len, f">= {section}.seq_len ({cfg.seq_len})", "batch_tokens")
 
 
 def _strings(cfg, section: str, *names: str) -> None:
@@ -182,6 +190,7 @@ class BaseConfig:
             raise ConfigError(f"base.hidden_size must split over base.num_heads into heads of even width, got "
                               f"hidden_size={self.hidden_size} num_heads={self.num_heads}")
         _above(self, "base", 0, "rope_theta")
+        _batch_holds_a_row(self, "base")
         _at_least(self, "base", 0, "lr", "warmup_steps", "position_jitter", "weight_decay")
 
 
@@ -277,6 +286,7 @@ class TrainConfig:
         _one_of(self, "train", "format", FORMATS)
         _at_least(self, "train", 1, "lora_r", "steps", "batch_tokens", "seq_len", "grad_accum", "keep_last")
         _above(self, "train", 0, "lora_alpha")
+        _batch_holds_a_row(self, "train")
         _check(self, "train", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "lora_dropout")
         _check(self, "train", lambda v: isinstance(v, str) and v.strip(" ,"), "'all-linear' or module names",
                "target_modules")
@@ -590,11 +600,12 @@ def coerce(value, kind, name):
 def save_resolved(cfg, directory: str, name: str = "config.yaml") -> None:
     """Write the resolved settings next to a stage's output (atomically)."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(directory, name), resolved_yaml(cfg))
+
+
+def resolved_yaml(cfg) -> str:
+    """The resolved settings as YAML (what save_resolved writes)."""
+    return yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False)
 
 
 # --- the resolved recipe, documented ---------------------------------------------------------

@@ -9,9 +9,13 @@ Two ways to get a base model:
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import torch
+
+from reasonlm import outputs
 
 # ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.
 CHAT_TEMPLATE = (
@@ -220,6 +224,7 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
     fit_vocab(model, tokenizer)
     if adapter:
         from peft import PeftModel
+        check_adapter_weights(adapter)
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except (OSError, ValueError) as e:
@@ -230,6 +235,18 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
         model.to("cuda")
     model.eval()
     return model, tokenizer
+
+
+def check_adapter_weights(adapter: str) -> None:
+    """Safetensors only: a pickled adapter (adapter_model.bin) is refused before anything reads it,
+    since unpickling a file from the internet can run its code (torch's weights_only would refuse
+    it too, but with a traceback)."""
+    if os.path.isfile(os.path.join(adapter, "adapter_model.safetensors")):
+        return
+    if os.path.isfile(os.path.join(adapter, "adapter_model.bin")):
+        raise ModelError(f"adapter {adapter} holds its weights as a pickle (adapter_model.bin), which reasonlm "
+                         f"does not load: save it with safe_serialization=True (adapter_model.safetensors)")
+    raise ModelError(f"no adapter weights in {adapter} (expected adapter_model.safetensors)")
 
 
 def set_threads(threads: int, world: int = 1) -> int:
@@ -248,26 +265,44 @@ def count_parameters(model) -> tuple[int, int]:
 def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
     """Export a training run: with merge, the adapter folded into the base as a plain model that
     `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included);
-    without, the adapter alone (load it with `PeftModel.from_pretrained(base, path)`)."""
-    import json
-    import shutil
+    without, the adapter alone (load it with `PeftModel.from_pretrained(base, path)`).
 
+    `out` is replaced only if an earlier export wrote it (outputs.py), and never when it is (or
+    holds) the adapter or the base the adapter was trained on."""
     adapter = os.path.join(run_dir, "adapter") if os.path.isdir(os.path.join(run_dir, "adapter")) else run_dir
     config_path = os.path.join(adapter, "adapter_config.json")
     if not os.path.isfile(config_path):
         raise ModelError(f"no LoRA adapter in {run_dir} (expected {config_path})")
     with open(config_path) as f:
         base_name = json.load(f).get("base_model_name_or_path")
+    check_adapter_weights(adapter)
     out = out or os.path.join(run_dir, "merged" if merge else "exported-adapter")
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if merge:
-        model, tokenizer = load_for_inference(base_name, adapter, merged=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    else:
-        shutil.copytree(adapter, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    for what, path in (("the adapter", adapter), ("the base model the adapter was trained on", base_name)):
+        if path and os.path.exists(path) and _overlap(out, path):
+            raise ModelError(f"export --out {out} would write over {what} ({path}); choose another directory")
+    with outputs.lock(out):
+        outputs.check_replaceable(out, "export")  # before the merge, which can take minutes
+        tmp = outputs.fresh_temporary(out, "export")
+        with outputs.writing(out, tmp):
+            if merge:
+                model, tokenizer = load_for_inference(base_name, adapter, merged=True)
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+            else:
+                shutil.copytree(adapter, tmp, dirs_exist_ok=True, ignore=_not_copied(tmp, out))
+        outputs.replace(tmp, out, "export")
     print(f"export: wrote {out} ({'merged model' if merge else 'adapter'}; base {base_name})")
     return out
+
+
+def _overlap(out: str, path: str) -> bool:
+    """Whether writing `out` would replace `path`: the same directory, or one that holds it."""
+    out, path = os.path.realpath(out), os.path.realpath(path)
+    return path == out or path.startswith(out + os.sep)
+
+
+def _not_copied(tmp: str, out: str):
+    """copytree's ignore: the adapter's marker (it says "train"; the copy is the export's) and, for
+    an export inside the adapter's own folder (the default for `export ADAPTER_DIR`), the export."""
+    skip = {os.path.realpath(p) for p in (tmp, out, out + ".old")}
+    return lambda d, names: [n for n in names if n == outputs.MARKER or os.path.realpath(os.path.join(d, n)) in skip]

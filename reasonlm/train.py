@@ -25,16 +25,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list, set_seed
 from peft.utils import ModulesToSaveWrapper
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from reasonlm import outputs
 from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse_completion, prompt_messages,
                              stop_token_ids)
 from reasonlm.config import RunPaths, TrainConfig, save_resolved
@@ -131,34 +136,85 @@ def checkpoints(run_dir: str) -> list[str]:
     return [os.path.join(run_dir, d) for d in names if os.path.isfile(os.path.join(run_dir, d, "train_state.json"))]
 
 
-def save_checkpoint(accelerator, run_dir: str, step: int, keep_last: int, extra: dict):
+# A checkpoint is checkpoint-<step>/ holding: Accelerate's save_state (the trainable weights as
+# safetensors; the optimizer state, which Accelerate loads back with torch.load(weights_only=True));
+# the state the loop owns, never pickled: the learning-rate schedule (scheduler.json), every
+# process's random generators (rng_state_<rank>.safetensors, Python's and numpy's in its metadata)
+# and the data position with the best score so far (train_state.json, written last: a checkpoint
+# without it is incomplete). The data order is a function of the step (Batches), so the step is
+# the whole sampler position. Nothing is registered with Accelerate's register_for_checkpointing,
+# whose custom_checkpoint_<i>.pkl it would load with full unpickling; a folder that holds one
+# anyway (an older checkpoint, or a planted file) makes Accelerate refuse it, and it is skipped.
+SCHEDULER_STATE = "scheduler.json"
+
+
+def save_checkpoint(accelerator, run_dir: str, step: int, keep_last: int, scheduler, extra: dict):
     final = os.path.join(run_dir, f"checkpoint-{step:07d}")
     tmp = final + ".tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(os.path.join(tmp, "train_state.json"), "w") as f:
-            json.dump({"step": step, **extra}, f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    main = accelerator.is_main_process
+    with outputs.writing(final, *([tmp] if main else [])):  # a full disk: no half checkpoint left
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)
+        save_rng_state(tmp, accelerator.process_index)
+        accelerator.wait_for_everyone()
+        if main:
+            outputs.atomic_write(os.path.join(tmp, SCHEDULER_STATE), json.dumps(scheduler.state_dict()))
+            outputs.atomic_write(os.path.join(tmp, "train_state.json"), json.dumps({"step": step, **extra}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def try_resume(accelerator, run_dir: str) -> tuple[int, dict]:
+def save_rng_state(directory: str, rank: int) -> None:
+    """This process's random generators: torch's (CPU and every GPU) as tensors, Python's and
+    numpy's as JSON in the file's metadata."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    meta = {"python": json.dumps(random.getstate()),
+            "numpy": json.dumps([kind, keys.tolist(), pos, has_gauss, gauss])}
+    save_file(tensors, os.path.join(directory, f"rng_state_{rank}.safetensors"), metadata=meta)
+
+
+def load_rng_state(directory: str, rank: int) -> bool:
+    """Restore what save_rng_state wrote; False when the file is missing (another process count)."""
+    path = os.path.join(directory, f"rng_state_{rank}.safetensors")
+    if not os.path.isfile(path):
+        return False
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        torch.set_rng_state(f.get_tensor("torch"))
+        cuda = sorted((k for k in f.keys() if k.startswith("cuda_")), key=lambda k: int(k.split("_")[1]))
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([f.get_tensor(k) for k in cuda])
+    version, internal, gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = json.loads(meta["numpy"])
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return True
+
+
+def try_resume(accelerator, run_dir: str, scheduler) -> tuple[int, dict]:
     """Load the newest checkpoint that loads; skip (and say so) any that is corrupt."""
     for ckpt in reversed(checkpoints(run_dir)):
         try:
             with open(os.path.join(ckpt, "train_state.json")) as f:
                 state = json.load(f)
+            with open(os.path.join(ckpt, SCHEDULER_STATE)) as f:
+                schedule = json.load(f)
             accelerator.load_state(ckpt, strict=False)
-        except Exception as e:  # a half-written or damaged checkpoint: fall back to an older one
+            scheduler.load_state_dict(schedule)
+        except Exception as e:  # a half-written, damaged or foreign checkpoint: fall back to an older one
             accelerator.print(f"warning: skipping unreadable checkpoint {ckpt}: {type(e).__name__}: {str(e)[:100]}")
             continue
+        if not load_rng_state(ckpt, accelerator.process_index):
+            print(f"warning: {ckpt} has no random state for process {accelerator.process_index}; "
+                  f"continuing with a fresh one (dropout draws differ from an uninterrupted run)")
         accelerator.print(f"resuming from {ckpt} (step {state['step']})")
         return state["step"], state
     return 0, {}
@@ -188,14 +244,13 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     # fused: one kernel for all parameters (the per-tensor loop is the slow default on CPU)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay, fused=True)
     # The scheduler is stepped by hand once per optimizer step (Accelerate's wrapper would step it
-    # once per process), and registered so checkpoints carry it.
+    # once per process); checkpoints carry its state as JSON (save_checkpoint).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if cfg.packed_attention:
         use_packed_attention(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP replaces parameters inside prepare(): clip the ones the prepared model holds.
     params = [p for p in model.parameters() if p.requires_grad]
-    accelerator.register_for_checkpointing(scheduler)
     if cfg.full_finetune is False:
         # Checkpoints hold only the adapter weights (plus optimizer state), not the frozen base.
         def keep_trainable(models, weights, output_dir):
@@ -203,7 +258,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                 weights[i] = trainable_state_dict(accelerator.unwrap_model(m))
         accelerator.register_save_state_pre_hook(keep_trainable)
 
-    start, state = (try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {}))
+    start, state = (try_resume(accelerator, run_dir, scheduler) if cfg.resume == "auto" else (0, {}))
     best, stale = state.get("best"), state.get("stale", 0)  # stale: evaluations since the best one
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if accelerator.is_main_process:
@@ -295,7 +350,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                               f"(best at step {best['step']}, kept in {os.path.join(run_dir, 'best')})")
             break
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"best": best, "stale": stale, "loss": loss_value})
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, scheduler,
+                            {"best": best, "stale": stale, "loss": loss_value})
     bar.close()
     if accelerator.is_main_process:
         plot_metrics(metrics_path, os.path.join(run_dir, "loss.png"), os.path.basename(os.path.normpath(run_dir)))
@@ -375,26 +431,28 @@ def val_accuracy(model, tokenizer, rows, fmt: str) -> float:
     return round(correct / max(1, len(examples)), 4)
 
 
-def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig):
+def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig, stage: str = "train"):
     """save_pretrained (adapter or full model) + tokenizer, written to a temp dir then renamed.
+    `path` is replaced only if `stage` wrote it (outputs.py: the base stage saves the base, the
+    training loop everything else).
 
     Call it on every process: under FSDP the state dict is gathered from all of them.
     """
     state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    outputs.check_replaceable(path, stage)
+    tmp = outputs.fresh_temporary(path, stage)
     unwrapped = accelerator.unwrap_model(model)
     extra = {}
     if embeddings_in_modules_to_save(unwrapped):
         # their trained copies are saved already; peft's "auto" would add the frozen originals too
         extra["save_embedding_layers"] = False
-    unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
-    tokenizer.save_pretrained(tmp)
-    save_resolved(cfg, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with outputs.writing(path, tmp):
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
+        tokenizer.save_pretrained(tmp)
+        save_resolved(cfg, tmp)
+    outputs.replace(tmp, path, stage)
 
 
 def embeddings_in_modules_to_save(model) -> bool:
@@ -443,20 +501,24 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
     total, trainable = count_parameters(model)
     accelerator.print(f"train[{name}]: {model_name} {total/1e6:.2f}M params, {trainable/1e6:.3f}M trainable, "
                       f"format={cfg.format}, {accelerator.num_processes} process(es)")
-    if accelerator.is_main_process:
-        os.makedirs(run_dir, exist_ok=True)
-        save_resolved(cfg, run_dir)
-    val_rows = dataset["validation"] if "validation" in dataset else []
-    start_tracking(accelerator, run_dir, cfg)
-    try:
-        stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
-    finally:
-        finish_tracking(accelerator)
     final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
-    save_weights(accelerator, model, tokenizer, final, cfg)
-    if accelerator.is_main_process:
-        with open(os.path.join(run_dir, "train_stats.json"), "w") as f:
-            json.dump(stats, f, indent=1)
-    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    # one run per run directory; a full disk anywhere in it (metrics, checkpoints, weights) is one line
+    with outputs.lock(run_dir, enabled=main), outputs.writing(run_dir):
+        if main:
+            for path in (final, os.path.join(run_dir, "best")):  # someone else's folder: stop now, not after training
+                outputs.check_replaceable(path, "train")
+            os.makedirs(run_dir, exist_ok=True)
+            save_resolved(cfg, run_dir)
+        val_rows = dataset["validation"] if "validation" in dataset else []
+        start_tracking(accelerator, run_dir, cfg)
+        try:
+            stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
+        finally:
+            finish_tracking(accelerator)
+        save_weights(accelerator, model, tokenizer, final, cfg)
+        if main:
+            outputs.atomic_write(os.path.join(run_dir, "train_stats.json"), json.dumps(stats, indent=1))
+        accelerator.wait_for_everyone()
     accelerator.print(f"train[{name}]: wrote {final} in {stats['train_seconds']}s ({stats['tokens_per_s']:,.0f} tokens/s)")
     return final

@@ -37,6 +37,7 @@ BAD = [
     # base
     ("base", "steps", 0, ">= 1"),
     ("base", "batch_tokens", 0, ">= 1"),
+    ("base", "batch_tokens", 100, ">= base.seq_len (192)"),  # fewer tokens than one row
     ("base", "seq_len", 0, ">= 1"),
     ("base", "num_heads", 0, ">= 1"),
     ("base", "hidden_size", -128, ">= 1"),
@@ -49,6 +50,7 @@ BAD = [
     ("train", "steps", 0, ">= 1"),
     ("train", "steps", -3, ">= 1"),
     ("train", "batch_tokens", 0, ">= 1"),
+    ("train", "batch_tokens", 100, ">= train.seq_len (192)"),  # fewer tokens than one row
     ("train", "seq_len", 0, ">= 1"),
     ("train", "lora_r", 0, ">= 1"),
     ("train", "lora_alpha", 0, "> 0"),

@@ -62,7 +62,8 @@ from collections import Counter
 from dataclasses import asdict
 
 import reasonlm
-from reasonlm.config import DataConfig, save_resolved
+from reasonlm import outputs
+from reasonlm.config import DataConfig, RunPaths, save_resolved
 from reasonlm.data.card import print_stats, write_card
 from reasonlm.data.decontaminate import Blocklist, Removed, suite_questions
 from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generated_rows, interleave, resolve_workers,
@@ -77,21 +78,16 @@ __all__ = ["run", "write_dataset", "print_stats", "DataError"]
 
 
 def run(cfg: DataConfig, out_dir: str) -> str:
-    """Build the dataset into <out_dir>/data atomically; returns the path."""
-    final = os.path.join(out_dir, "data")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        stats = write_dataset(cfg, tmp)
-    except BaseException:  # error or Ctrl-C: leave no partial dataset behind, and the old one intact
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Build the dataset into <out_dir>/data atomically; returns the path. An existing
+    <out_dir>/data is replaced only if the data stage wrote it (outputs.py)."""
+    final = RunPaths(out_dir).data
+    with outputs.lock(final):
+        outputs.check_replaceable(final, "data")
+        tmp = outputs.fresh_temporary(final, "data")
+        # error, full disk or Ctrl-C: no partial dataset is left behind, and the old one is intact
+        with outputs.writing(final, tmp):
+            stats = write_dataset(cfg, tmp)
+        outputs.replace(tmp, final, "data")
     counts = ", ".join(f"{k} {v['rows']}" for k, v in stats["splits"].items())
     print(f"data: wrote {final} ({counts})")
     return final
@@ -104,7 +100,7 @@ def write_dataset(cfg: DataConfig, tmp: str) -> dict:
     gens = [e for e in entries if not e.imported]
     chash = config_hash(cfg)
     tokenizer = stats_tokenizer(cfg.tokenizer)
-    os.makedirs(tmp)
+    os.makedirs(tmp, exist_ok=True)
     state_template, info_text = disk_templates(tmp)
     imports, import_reports = load_imports(entries, cfg)
     lo, hi = cfg.train_steps

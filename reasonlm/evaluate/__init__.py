@@ -45,16 +45,18 @@ import time
 
 from accelerate.utils import gather_object
 
+from reasonlm import outputs
 from reasonlm.config import EvalConfig, RunPaths, is_suite, load_suite
 from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
 from reasonlm.evaluate.metrics import summarize
 from reasonlm.evaluate.progress import Progress
-from reasonlm.evaluate.report import atomic_write, build_report, markdown, write_outputs, write_report
+from reasonlm.evaluate.report import build_report, markdown, write_outputs, write_report
 from reasonlm.evaluate.runner import (build_prompt, is_main_process, make_batches, partial_path, plan_jobs,
                                       prepare_partial, process_state, read_partial, remove_partial, run_batch, run_id)
 from reasonlm.model import load_for_inference, set_threads
+from reasonlm.outputs import atomic_write
 from reasonlm.sources import load_sources
 from reasonlm.tracking import check_installed, finish_tracking, start_tracking, tracked_accelerator
 
@@ -88,14 +90,48 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     model = model.to(state.device)
     jobs = plan_jobs(sources, tokenizer, cfg, fmt)
 
-    if state.is_main_process:
-        prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
-    state.wait_for_everyone()
-    done = read_partial(directory, jobs)
-    state.wait_for_everyone()  # everyone has read the finished samples before anyone appends
-    todo = [j for j in jobs if j.key not in done]
-    if state.is_main_process and done:
-        print(f"eval: resuming {directory}: {len(done)} of {len(jobs)} samples already done")
+    # one run per output folder (only the main process writes files); a full disk is one line
+    with outputs.lock(directory, enabled=state.is_main_process), outputs.writing(directory):
+        if state.is_main_process:
+            prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
+        state.wait_for_everyone()
+        done = read_partial(directory, jobs)
+        state.wait_for_everyone()  # everyone has read the finished samples before anyone appends
+        todo = [j for j in jobs if j.key not in done]
+        if state.is_main_process and done:
+            print(f"eval: resuming {directory}: {len(done)} of {len(jobs)} samples already done")
+        new, seconds = generate_and_score(model, tokenizer, todo, cfg, directory, state, len(done))
+        by_key = {**done, **{f"{s['split']}/{s['id']}#{s['sample']}": s for s in new}}
+        samples = [by_key[j.key] for j in jobs]
+        report = build_report(cfg, sources, skipped, samples, model_name, adapter, fmt)
+        report.update(eval_seconds=round(seconds, 1), processes=state.num_processes, resumed_samples=len(done),
+                      problems_per_s=round(len(todo) / max(cfg.samples, 1) / max(seconds, 1e-9), 2))
+        if state.is_main_process:
+            write_outputs(directory, report, samples, cfg)
+            remove_partial(directory)
+        if report_to:
+            accelerator = tracked_accelerator(report_to, directory, cpu=state.device.type == "cpu")
+            start_tracking(accelerator, directory, cfg)
+            accelerator.log(headline_metrics(report))
+            finish_tracking(accelerator)
+        state.wait_for_everyone()
+    return report
+
+
+def headline_metrics(report: dict) -> dict:
+    """What the trackers get once per eval run: every scalar metric, overall and per source,
+    and the speed."""
+    out = {"eval/problems_per_s": report["problems_per_s"]}
+    for scope, summary in (("overall", report["overall"]), *report["splits"].items()):
+        out.update({f"eval/{scope}/{k}": v for k, v in summary.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return out
+
+
+
+def generate_and_score(model, tokenizer, todo: list, cfg: EvalConfig, directory: str, state, n_done: int):
+    """This process's share of the jobs, generated and scored batch by batch, each batch appended to
+    its partial file (what a resumed run reads back); returns (every process's samples, seconds)."""
     mine = make_batches(todo, cfg.batch_size)[state.process_index::state.num_processes]
     new: list[dict] = []
     t0 = time.time()
@@ -112,7 +148,7 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
                 new += records
                 progress.update(len(batch))
     except BaseException:  # interrupted or crashed: say where the finished samples are
-        print(f"\neval: stopped; {len(done) + len(new)} finished samples are kept in {directory}: "
+        print(f"\neval: stopped; {n_done + len(new)} finished samples are kept in {directory}: "
               "run the same command again to continue", file=sys.stderr)
         raise
     finally:
@@ -121,31 +157,7 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     if state.num_processes > 1:
         new = gather_object(new)
         seconds = max(gather_object([seconds]))
-    by_key = {**done, **{f"{s['split']}/{s['id']}#{s['sample']}": s for s in new}}
-    samples = [by_key[j.key] for j in jobs]
-    report = build_report(cfg, sources, skipped, samples, model_name, adapter, fmt)
-    report.update(eval_seconds=round(seconds, 1), processes=state.num_processes, resumed_samples=len(done),
-                  problems_per_s=round(len(todo) / max(cfg.samples, 1) / max(seconds, 1e-9), 2))
-    if state.is_main_process:
-        write_outputs(directory, report, samples, cfg)
-        remove_partial(directory)
-    if report_to:
-        accelerator = tracked_accelerator(report_to, directory, cpu=state.device.type == "cpu")
-        start_tracking(accelerator, directory, cfg)
-        accelerator.log(headline_metrics(report))
-        finish_tracking(accelerator)
-    state.wait_for_everyone()
-    return report
-
-
-def headline_metrics(report: dict) -> dict:
-    """What the trackers get once per eval run: every scalar metric, overall and per source,
-    and the speed."""
-    out = {"eval/problems_per_s": report["problems_per_s"]}
-    for scope, summary in (("overall", report["overall"]), *report["splits"].items()):
-        out.update({f"eval/{scope}/{k}": v for k, v in summary.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    return out
+    return new, seconds
 
 
 def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = None, recipe=None,

@@ -14,7 +14,8 @@ import os
 import time
 from collections import defaultdict
 
-from reasonlm.config import EvalConfig, save_resolved
+from reasonlm import outputs
+from reasonlm.config import EvalConfig, resolved_yaml
 from reasonlm.evaluate.metrics import default_ks, summarize
 from reasonlm.sources import Source, fingerprint
 from reasonlm.stats import plot_accuracy_by_steps, wilson_interval
@@ -54,26 +55,29 @@ def _version(package: str) -> str | None:
 
 
 def write_outputs(directory: str, report: dict, samples: list[dict], cfg) -> None:
-    """report.json, report.md, samples.jsonl, config.yaml and accuracy_by_steps.png (atomically)."""
-    os.makedirs(directory, exist_ok=True)
-    save_resolved(cfg, directory)
-    atomic_write(os.path.join(directory, "samples.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
-    write_report(directory, report)
+    """report.json, report.md, samples.jsonl, config.yaml and accuracy_by_steps.png (all or none)."""
+    write_together(directory, report, {"samples.jsonl": "".join(json.dumps(s) + "\n" for s in samples),
+                                       "config.yaml": resolved_yaml(cfg)})
 
 
 def write_report(directory: str, report: dict) -> None:
-    """report.json, report.md and accuracy_by_steps.png only (atomically)."""
+    """report.json, report.md and accuracy_by_steps.png only (all or none)."""
+    write_together(directory, report, {})
+
+
+def write_together(directory: str, report: dict, files: dict[str, str]) -> None:
+    """The report files plus `files` (name -> text), each under a temporary name until all are
+    complete: a failure (a full disk) leaves the previous run's set whole, never a mix."""
     os.makedirs(directory, exist_ok=True)
-    atomic_write(os.path.join(directory, "report.json"), json.dumps(report, indent=1))
-    atomic_write(os.path.join(directory, "report.md"), markdown(report))
-    plot(report, os.path.join(directory, "accuracy_by_steps.png"))
-
-
-def atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    files = {**files, "report.json": json.dumps(report, indent=1), "report.md": markdown(report)}
+    png, tmp_png = os.path.join(directory, "accuracy_by_steps.png"), os.path.join(directory, "accuracy_by_steps.tmp.png")
+    with outputs.writing(directory, tmp_png):
+        drawn = plot(report, tmp_png)
+        outputs.atomic_write_all({os.path.join(directory, k): v for k, v in files.items()}, directory)
+    if drawn:
+        os.replace(tmp_png, png)
+    elif os.path.exists(png):  # an older run's plot does not belong with this report
+        os.remove(png)
 
 
 def plot(report: dict, path: str) -> str | None:

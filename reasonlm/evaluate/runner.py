@@ -23,9 +23,9 @@ from accelerate import PartialState
 from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_token_ids
 from reasonlm.config import EvalConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.evaluate.report import atomic_write
 from reasonlm.evaluate.scoring import score
 from reasonlm.example import Example, gold_budget, render_target
+from reasonlm.outputs import atomic_write
 from reasonlm.sources import Source
 
 

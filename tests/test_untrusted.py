@@ -1,0 +1,156 @@
+"""Never run a stranger's code (issue 17, items 5 and 6), and a full disk while training (item 4):
+a checkpoint folder or an adapter with a pickle in it is refused or skipped without unpickling,
+and the loop's own state (scheduler, random generators, position) is saved as JSON/safetensors."""
+import errno
+import os
+import shutil
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from reasonlm import data, outputs
+from reasonlm.config import DataConfig, TrainConfig
+from reasonlm.model import ModelError, attach_lora, load_for_inference, load_model
+from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
+from tests.test_outputs import RECIPE, one_line_error, run_cli
+
+TRAIN = ["train.steps=6", "train.save_every=2", "train.keep_last=3", "train.batch_tokens=512", "train.seq_len=128",
+         "train.warmup_steps=1", "train.eval_every=0", "train.eval_samples=0", "train.log_every=0", "train.lora_r=4",
+         "train.lora_alpha=8", "threads=1"]
+
+
+class Payload:
+    """What an attacker plants: unpickling it creates `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def plant(path, marker):
+    torch.save(Payload(marker), path)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """<out>/data and <out>/base (a toy model): what `reasonlm train` needs."""
+    out = tmp_path_factory.mktemp("toyrun")
+    data.run(DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
+                        n_train=200, n_validation=10, n_test_per_steps=2, n_base=10, workers=1), str(out))
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(out / "base")
+    tok.save_pretrained(out / "base")
+    return out
+
+
+def fresh_run(toy_run, tmp_path):
+    for part in ("data", "base"):
+        shutil.copytree(toy_run / part, tmp_path / part)
+    return tmp_path
+
+
+def train(capsys, out, *extra) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `reasonlm train` on the toy run."""
+    from reasonlm import cli
+    try:
+        cli.main(["train", RECIPE, f"out_dir={out}", *TRAIN, *extra])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+# --- item 5: resume never unpickles -----------------------------------------------------------
+def test_checkpoints_hold_the_loops_state_without_pickles_of_ours(toy_run, tmp_path, capsys):
+    out = fresh_run(toy_run, tmp_path)
+    assert train(capsys, out)[0] == 0
+    ckpt = out / "train" / "checkpoint-0000004"
+    names = set(os.listdir(ckpt))
+    assert {"scheduler.json", "rng_state_0.safetensors", "train_state.json", "model.safetensors"} <= names
+    assert not [n for n in names if n.startswith("custom_checkpoint")]  # the scheduler's old pickle
+
+
+def test_a_planted_pickle_in_a_checkpoint_never_runs(toy_run, tmp_path, capsys):
+    out = fresh_run(toy_run, tmp_path)
+    assert train(capsys, out, "train.steps=8")[0] == 0  # checkpoints at 2, 4 and 6
+    marker = tmp_path / "pwned"
+    run = out / "train"
+    # the scheduler file Accelerate unpickles in full when an object is registered, the optimizer
+    # state and the random states it loads with torch.load: one planted file in each checkpoint
+    plant(run / "checkpoint-0000006" / "custom_checkpoint_0.pkl", marker)
+    plant(run / "checkpoint-0000004" / "optimizer.bin", marker)
+    plant(run / "checkpoint-0000002" / "random_states_0.pkl", marker)
+    code, printed, err = train(capsys, out, "train.steps=10")
+    assert code == 0, err
+    assert not marker.exists()
+    for skipped in ("checkpoint-0000006: RuntimeError", "checkpoint-0000004: UnpicklingError"):
+        assert f"warning: skipping unreadable checkpoint {run / skipped}" in printed
+    assert f"resuming from {run / 'checkpoint-0000002'} (step 2)" in printed  # its random states were refused
+
+
+def test_resume_restores_the_schedule_and_the_random_state(toy_run, tmp_path, capsys):
+    from reasonlm import train as train_stage
+    out = fresh_run(toy_run, tmp_path)
+    assert train(capsys, out)[0] == 0
+    ckpt = str(out / "train" / "checkpoint-0000004")
+    accelerator = Accelerator(cpu=True)
+    model, _ = tiny_model_and_tokenizer()
+    model = attach_lora(model, TrainConfig(lora_r=4, lora_alpha=8))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    torch.manual_seed(123)
+    step, state = train_stage.try_resume(accelerator, str(out / "train"), scheduler)
+    assert step == 4 and state["step"] == 4 and scheduler.last_epoch == 4
+    restored = torch.rand(3)
+    train_stage.load_rng_state(ckpt, 0)
+    assert torch.equal(torch.rand(3), restored)  # the generator is the checkpoint's, not seed 123's
+
+
+# --- item 4, training: a full disk while saving a checkpoint ----------------------------------
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary(toy_run, tmp_path, capsys, monkeypatch):
+    out = fresh_run(toy_run, tmp_path)
+    save_state = Accelerator.save_state
+
+    def full(self, directory, *a, **k):
+        save_state(self, directory, *a, **k)  # the weights are written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+    code, _, err = train(capsys, out)
+    line = one_line_error(err)
+    assert code == 2 and line.startswith("error: no space left on /")
+    assert f"while writing {out / 'train' / 'checkpoint-0000002'};" in line
+    assert [n for n in os.listdir(out / "train") if n.endswith((".tmp", ".old"))] == []
+    assert not (out / "train" / "adapter").exists()
+
+
+# --- item 6: a pickled adapter ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pickled_adapter(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pickled")
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(out / "base")
+    tok.save_pretrained(out / "base")
+    lora = attach_lora(load_model(str(out / "base")), TrainConfig(lora_r=2, lora_alpha=4))
+    lora.save_pretrained(out / "adapter", safe_serialization=False)
+    assert os.path.exists(out / "adapter" / "adapter_model.bin")
+    return out
+
+
+@pytest.mark.parametrize("weights", ["state dict", "payload"])
+def test_a_pickled_adapter_is_refused_in_one_line(pickled_adapter, tmp_path, capsys, weights):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(pickled_adapter / "adapter", adapter)
+    marker = tmp_path / "pwned"
+    if weights == "payload":
+        plant(adapter / "adapter_model.bin", marker)
+    code, err = run_cli(capsys, "export", str(adapter), "--merge", "--out", str(tmp_path / "merged"))
+    assert code == 2 and "holds its weights as a pickle (adapter_model.bin)" in one_line_error(err)
+    with pytest.raises(ModelError, match="safe_serialization=True"):
+        load_for_inference(str(pickled_adapter / "base"), str(adapter))
+    assert not marker.exists() and not (tmp_path / "merged").exists()
