@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 from reasonlm import train
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
-from reasonlm.model import build_tiny, count_parameters, load_tokenizer, set_threads, train_tokenizer
+from reasonlm.model import build_tiny, count_parameters, load_tokenizer, resolve_device, set_threads, train_tokenizer
 
 
 class BaseError(ValueError):
@@ -39,7 +39,7 @@ def run(recipe: Recipe) -> str:
         load_tokenizer(cfg.model)  # fail early, in one line, if it is not reachable
         print(f"base: using pretrained {cfg.model}")
         return cfg.model
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # see train.run
+    accelerator = Accelerator(cpu=resolve_device(recipe.device).type == "cpu")  # see train.run
     set_threads(recipe.threads, accelerator.num_processes)
     set_seed(cfg.seed)
     dataset = read_dataset(paths.data)

@@ -34,7 +34,8 @@ def cmd_base(args):
 
 def cmd_train(args):
     recipe = _recipe(args)
-    train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads)
+    train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads,
+              recipe.device)
 
 
 def cmd_eval(args):
@@ -59,7 +60,8 @@ def cmd_eval(args):
         cfg = recipe.eval
         cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
         out = args.out or os.path.join(recipe.out_dir, "eval")
-        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out)
+        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out,
+                              device=recipe.device)
     if evaluate.is_main_process():
         print(evaluate.markdown(report))
         print(f"report: {os.path.join(out, 'report.json')}")

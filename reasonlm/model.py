@@ -209,8 +209,31 @@ def attach_lora(model, cfg, save: list[str] | tuple = ()):
     return peft_model
 
 
-def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False):
-    """(model, tokenizer) ready to generate: base + adapter unmerged, or a merged export."""
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a recipe's `device`: 'auto' takes a CUDA GPU, else Apple's MPS (a
+    Mac's GPU), else the CPU. An explicit device this machine lacks is a one-line ModelError
+    rather than a crash deep inside the first forward pass."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not cuda:
+        raise ModelError(f"device={name}: no CUDA GPU is available here (torch {torch.__version__}); "
+                         f"use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    if device.type == "mps" and not mps:
+        raise ModelError(f"device={name}: Apple MPS is not available here; use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # Accelerate and bare "cuda" tensors then land on GPU N
+    return device
+
+
+def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False, device: str = "auto"):
+    """(model, tokenizer) ready to generate on `device` (see resolve_device): base + adapter
+    unmerged, or a merged export."""
+    target = resolve_device(device)  # before loading: an unavailable device fails in a second
     if adapter and not os.path.isdir(adapter):
         raise ModelError(f"adapter path not found: {adapter}")
     tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else model_name)
@@ -226,8 +249,7 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
             raise ModelError(f"cannot load adapter {adapter}: {str(e).splitlines()[0]}") from None
         if merged:
             model = model.merge_and_unload()
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model.to(target)
     model.eval()
     return model, tokenizer
 

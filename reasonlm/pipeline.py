@@ -49,15 +49,16 @@ def run(recipe: Recipe) -> dict:
     timed("data", lambda: data.run(recipe.data, out))
     base_model = timed("base", lambda: base.run(recipe))
     cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
-    timed("train", lambda: train.run(cot_cfg, out, "train", recipe.threads))
+    timed("train", lambda: train.run(cot_cfg, out, "train", recipe.threads, recipe.device))
     eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
-    report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", paths.adapter("train"), "eval", recipe.threads))
+    report = timed("eval", lambda: evaluate.run(eval_cfg, out, "cot", paths.adapter("train"), "eval", recipe.threads,
+                                                    device=recipe.device))
     if recipe.direct_baseline:
         direct_cfg = dataclasses.replace(cot_cfg, format="direct",
                                          batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths))
-        timed("train_direct", lambda: train.run(direct_cfg, out, "train-direct", recipe.threads))
+        timed("train_direct", lambda: train.run(direct_cfg, out, "train-direct", recipe.threads, recipe.device))
         direct = timed("eval_direct", lambda: evaluate.run(eval_cfg, out, "direct", paths.adapter("train-direct"),
-                                                             "eval-direct", recipe.threads))
+                                                             "eval-direct", recipe.threads, device=recipe.device))
         report["direct"] = {k: direct[k] for k in ("accuracy", "ood_accuracy", "by_steps", "splits")}
     for name, run_dir in (("base-run", paths.base_run), ("train", paths.train_run("train")),
                           ("train-direct", paths.train_run("train-direct"))):

@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from peft.utils import ModulesToSaveWrapper
 from tqdm.auto import tqdm
 
@@ -41,7 +41,7 @@ from reasonlm.config import RunPaths, TrainConfig, save_resolved
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, gold_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
-                            set_threads)
+                            resolve_device, set_threads)
 from reasonlm.packing import IGNORE, NO_MASK, PackedRows, collate, pack, use_packed_attention
 
 class TrainError(ValueError):
@@ -391,14 +391,30 @@ def embeddings_in_modules_to_save(model) -> bool:
 
 
 # --- the stage -------------------------------------------------------------------------------
-def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -> str:
+def check_launch(accelerator) -> None:
+    """Refuse a launch whose sharding Accelerate dropped without a word.
+
+    `accelerate launch --config_file recipes/accelerate/fsdp.yaml` on processes without GPUs
+    starts them with ACCELERATE_USE_FSDP=true, but Accelerate 1.x engages FSDP only for GPU-like
+    process groups: on the CPU (gloo) it runs plain DDP instead, so the run would not be what its
+    config says. (torch's FSDP2 itself does run on gloo; Accelerate does not wire it up there.)"""
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and accelerator.distributed_type != DistributedType.FSDP:
+        raise TrainError(f"the launch config asks for FSDP, but Accelerate runs FSDP only on GPUs and this run is "
+                         f"{accelerator.distributed_type.value} on {accelerator.device}; on CPUs use "
+                         f"recipes/accelerate/cpu-2proc.yaml (DDP over gloo)")
+
+
+def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0, device: str = "auto") -> str:
     """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
 
     Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, config.yaml}.
     """
-    # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
+    # cpu=True on the CPU: processes started by torchrun then form a gloo group there. Otherwise
+    # Accelerate takes the GPU (each process its own) or, on a Mac, MPS.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
-                              cpu=not torch.cuda.is_available())
+                              cpu=resolve_device(device).type == "cpu")
+    check_launch(accelerator)
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
     paths = RunPaths(out_dir)
