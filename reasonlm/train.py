@@ -42,7 +42,7 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, gold_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
                             resolve_device, set_threads)
-from reasonlm.packing import IGNORE, NO_MASK, PackedRows, collate, pack, use_packed_attention
+from reasonlm.packing import IGNORE, NO_MASK, PackedRows, check_packable, collate, pack, use_packed_attention
 
 class TrainError(ValueError):
     """A training problem reported as one line."""
@@ -172,6 +172,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
     if cfg.packed_attention and cfg.compile:  # the groups change every step: the graph would be rebuilt each time
         raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
+    check_packable(model.config)
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_step = max(1, cfg.batch_tokens // cfg.seq_len)
     if rows_per_step % (world * cfg.grad_accum):
