@@ -79,7 +79,7 @@ def cmd_chat(args):
 
 
 def cmd_export(args):
-    export(args.run, args.merge, args.out)
+    export(args.run, args.merge, args.out, args.onnx)
 
 
 def gate(report, min_accuracy, cfg=None, baseline=None):
@@ -129,7 +129,8 @@ def parser():
     s = sub.add_parser("export", help="export a training run's adapter, or merge it into the base")
     s.add_argument("run", help="run directory (e.g. out/tiny-cpu/train) or adapter directory")
     s.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
-    s.add_argument("--out", default=None, help="output directory (default RUN/merged or RUN/exported-adapter)")
+    s.add_argument("--onnx", action="store_true", help="merged model as ONNX + tokenizer, for onnxruntime (RUN/onnx)")
+    s.add_argument("--out", default=None, help="output directory (default RUN/merged, RUN/onnx or RUN/exported-adapter)")
     return p
 
 

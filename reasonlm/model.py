@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from reasonlm.ondevice import ONNX_FILE, export_onnx
+
 # ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -267,10 +269,11 @@ def count_parameters(model) -> tuple[int, int]:
     return total, trainable
 
 
-def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
+def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool = False) -> str:
     """Export a training run: with merge, the adapter folded into the base as a plain model that
-    `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included);
-    without, the adapter alone (load it with `PeftModel.from_pretrained(base, path)`)."""
+    `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included); with
+    onnx, that merged model as RUN/onnx/model.onnx + tokenizer (reasonlm/ondevice.py);
+    without either, the adapter alone (load it with `PeftModel.from_pretrained(base, path)`)."""
     import json
     import shutil
 
@@ -280,6 +283,14 @@ def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
         raise ModelError(f"no LoRA adapter in {run_dir} (expected {config_path})")
     with open(config_path) as f:
         base_name = json.load(f).get("base_model_name_or_path")
+    if onnx:
+        out = out or os.path.join(run_dir, "onnx")
+        model, tokenizer = load_for_inference(base_name, adapter, merged=True, device="cpu")
+        export_onnx(model, tokenizer, out)
+        size = os.path.getsize(os.path.join(out, ONNX_FILE))
+        print(f"export: wrote {out} (ONNX, {size / 1e6:.1f} MB, greedy runner: reasonlm.ondevice.OnnxEngine; "
+              f"base {base_name})")
+        return out
     out = out or os.path.join(run_dir, "merged" if merge else "exported-adapter")
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
