@@ -60,8 +60,10 @@ def test_cli_export_of_a_trained_run_answers_50_held_out_problems_like_pytorch(t
     assert "export: wrote" in r.stdout and os.path.isfile(tmp_path / "train" / "onnx" / ONNX_FILE)
     model, tok = load_for_inference(str(tmp_path / "base"), str(tmp_path / "train" / "adapter"), merged=True,
                                     device="cpu")
-    held_out = read_dataset(str(tmp_path / "data"))["test"].select(range(50))
-    torch_ids, onnx_ids = greedy_pair(model, tok, str(tmp_path / "train" / "onnx"), list(held_out["question"]), 64)
+    dataset = read_dataset(str(tmp_path / "data"))
+    held_out = [q for split in ("test", "test_ood", "validation") for q in dataset[split]["question"]][:50]
+    assert len(held_out) == 50  # 20 + 10 + 20: none of them trained on
+    torch_ids, onnx_ids = greedy_pair(model, tok, str(tmp_path / "train" / "onnx"), held_out, 64)
     assert len(torch_ids) == 50 and torch_ids == onnx_ids
     texts = [tok.decode(ids, skip_special_tokens=True) for ids in onnx_ids]
-    assert OnnxEngine(str(tmp_path / "train" / "onnx")).answer(held_out[0]["question"], 64) == texts[0]
+    assert OnnxEngine(str(tmp_path / "train" / "onnx")).answer(held_out[0], 64) == texts[0]
