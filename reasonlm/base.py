@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from reasonlm import outputs, train
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
-from reasonlm.model import build_tiny, count_parameters, load_tokenizer, set_threads, train_tokenizer
+from reasonlm.model import build_tiny, count_parameters, load_tokenizer, resolve_device, set_threads, train_tokenizer
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
 
@@ -43,7 +43,8 @@ def run(recipe: Recipe, resume: str = "auto") -> str:
         print(f"base: using pretrained {cfg.model}")
         return cfg.model
     run_dir = paths.base_run
-    accelerator = tracked_accelerator(recipe.train.report_to, run_dir, cpu=not torch.cuda.is_available())  # see train.run
+    accelerator = tracked_accelerator(recipe.train.report_to, run_dir,
+                                      cpu=resolve_device(recipe.device).type == "cpu")  # see train.run
     set_threads(recipe.threads, accelerator.num_processes)
     set_seed(cfg.seed)
     dataset = read_dataset(paths.data)

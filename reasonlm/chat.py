@@ -476,7 +476,8 @@ def load(args):
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings():  # deprecation notices from inside transformers/peft are not for users
         warnings.simplefilter("ignore", FutureWarning)
-        return load_for_inference(args.model, args.adapter, args.merged)
+        device = load_recipe(args.recipe).device if args.recipe else "auto"  # the recipe's device, like eval
+        return load_for_inference(args.model, args.adapter, args.merged, device)
 
 
 def main(args):

@@ -35,7 +35,8 @@ def cmd_base(args):
 
 def cmd_train(args):
     recipe = _recipe(args)
-    train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads)
+    train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads,
+              recipe.device)
 
 
 def cmd_eval(args):
@@ -61,7 +62,7 @@ def cmd_eval(args):
         cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
         out = args.out or os.path.join(recipe.out_dir, "eval")
         report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out,
-                              report_to=recipe.train.report_to)
+                              report_to=recipe.train.report_to, device=recipe.device)
     if evaluate.is_main_process():
         print(evaluate.markdown(report))
         print(f"report: {os.path.join(out, 'report.json')}")
@@ -87,7 +88,7 @@ def cmd_chat(args):
 
 
 def cmd_export(args):
-    export(args.run, args.merge, args.out)
+    export(args.run, args.merge, args.out, args.onnx)
 
 
 def gate(report, min_accuracy, cfg=None, baseline=None):
@@ -160,7 +161,8 @@ def parser():
                        epilog=EPILOGS["export"], formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("run", help="run directory (e.g. out/tiny-cpu/train) or adapter directory")
     s.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
-    s.add_argument("--out", default=None, help="output directory (default RUN/merged or RUN/exported-adapter)")
+    s.add_argument("--onnx", action="store_true", help="merged model as ONNX + tokenizer, for onnxruntime (RUN/onnx)")
+    s.add_argument("--out", default=None, help="output directory (default RUN/merged, RUN/onnx or RUN/exported-adapter)")
     return p
 
 

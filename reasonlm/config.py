@@ -16,6 +16,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -30,6 +31,7 @@ class ConfigError(ValueError):
 
 FORMATS = ("cot", "direct")
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")  # what `device` accepts
 DEDUP_MODES = ("none", "exact", "normalized")
 
 
@@ -407,6 +409,10 @@ class Recipe:
     """torch threads per process (0 = all cores / number of processes)."""
     direct_baseline: bool = True
     """Pipeline also trains and evaluates the same base on direct answers (the ablation)."""
+    device: str = "auto"
+    """Where base, train, eval and chat run: 'auto' (a CUDA GPU, else Apple MPS, else the CPU),
+    'cpu', 'cuda', 'cuda:N' or 'mps'. A device this machine lacks is a one-line error.
+    Under `accelerate launch` on GPUs every process takes its own GPU: use 'auto' or 'cuda'."""
     data: DataConfig = field(default_factory=DataConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -416,6 +422,8 @@ class Recipe:
     def __post_init__(self):
         _check(self, "", lambda v: isinstance(v, str) and v, "a directory", "out_dir")
         _at_least(self, "", 0, "threads")
+        _check(self, "", lambda v: isinstance(v, str) and DEVICE.fullmatch(v), "auto, cpu, cuda, cuda:N or mps",
+               "device")
 
 
 @dataclass(frozen=True)

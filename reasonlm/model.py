@@ -16,6 +16,7 @@ import shutil
 import torch
 
 from reasonlm import outputs
+from reasonlm.ondevice import ONNX_FILE, export_onnx
 
 # ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.
 CHAT_TEMPLATE = (
@@ -213,8 +214,31 @@ def attach_lora(model, cfg, save: list[str] | tuple = ()):
     return peft_model
 
 
-def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False):
-    """(model, tokenizer) ready to generate: base + adapter unmerged, or a merged export."""
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a recipe's `device`: 'auto' takes a CUDA GPU, else Apple's MPS (a
+    Mac's GPU), else the CPU. An explicit device this machine lacks is a one-line ModelError
+    rather than a crash deep inside the first forward pass."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not cuda:
+        raise ModelError(f"device={name}: no CUDA GPU is available here (torch {torch.__version__}); "
+                         f"use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    if device.type == "mps" and not mps:
+        raise ModelError(f"device={name}: Apple MPS is not available here; use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # Accelerate and bare "cuda" tensors then land on GPU N
+    return device
+
+
+def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False, device: str = "auto"):
+    """(model, tokenizer) ready to generate on `device` (see resolve_device): base + adapter
+    unmerged, or a merged export."""
+    target = resolve_device(device)  # before loading: an unavailable device fails in a second
     if adapter and not os.path.isdir(adapter):
         raise ModelError(f"adapter path not found: {adapter}")
     tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else model_name)
@@ -231,8 +255,7 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
             raise ModelError(f"cannot load adapter {adapter}: {str(e).splitlines()[0]}") from None
         if merged:
             model = model.merge_and_unload()
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model.to(target)
     model.eval()
     return model, tokenizer
 
@@ -262,10 +285,11 @@ def count_parameters(model) -> tuple[int, int]:
     return total, trainable
 
 
-def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
+def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool = False) -> str:
     """Export a training run: with merge, the adapter folded into the base as a plain model that
-    `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included);
-    without, the adapter alone (load it with `PeftModel.from_pretrained(base, path)`).
+    `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included); with
+    onnx, that merged model as model.onnx + tokenizer (reasonlm/ondevice.py); without either, the
+    adapter alone (load it with `PeftModel.from_pretrained(base, path)`).
 
     `out` is replaced only if an earlier export wrote it (outputs.py), and never when it is (or
     holds) the adapter or the base the adapter was trained on."""
@@ -276,7 +300,7 @@ def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
     with open(config_path) as f:
         base_name = json.load(f).get("base_model_name_or_path")
     check_adapter_weights(adapter)
-    out = out or os.path.join(run_dir, "merged" if merge else "exported-adapter")
+    out = out or os.path.join(run_dir, "onnx" if onnx else "merged" if merge else "exported-adapter")
     for what, path in (("the adapter", adapter), ("the base model the adapter was trained on", base_name)):
         if path and os.path.exists(path) and _overlap(out, path):
             raise ModelError(f"export --out {out} would write over {what} ({path}); choose another directory")
@@ -284,14 +308,18 @@ def export(run_dir: str, merge: bool = False, out: str | None = None) -> str:
         outputs.check_replaceable(out, "export")  # before the merge, which can take minutes
         tmp = outputs.fresh_temporary(out, "export")
         with outputs.writing(out, tmp):
-            if merge:
+            if onnx:
+                model, tokenizer = load_for_inference(base_name, adapter, merged=True, device="cpu")
+                export_onnx(model, tokenizer, tmp)
+            elif merge:
                 model, tokenizer = load_for_inference(base_name, adapter, merged=True)
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
             else:
                 shutil.copytree(adapter, tmp, dirs_exist_ok=True, ignore=_not_copied(tmp, out))
         outputs.replace(tmp, out, "export")
-    print(f"export: wrote {out} ({'merged model' if merge else 'adapter'}; base {base_name})")
+    what = "ONNX, greedy runner: reasonlm.ondevice.OnnxEngine" if onnx else "merged model" if merge else "adapter"
+    print(f"export: wrote {out} ({what}; base {base_name})")
     return out
 
 

@@ -17,6 +17,27 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 IGNORE = -100  # label of a token that carries no loss (prompt and padding)
 
+# transformers' layer_types whose layers carry a state from token to token (recurrent / linear
+# attention, short convolutions, attention+state hybrids): they never read position ids or the
+# attention mask, so an example packed after another one would see it.
+STATEFUL_LAYERS = ("linear_attention", "hybrid", "hybrid_sliding", "conv")
+
+
+class PackingError(ValueError):
+    """A model that packed rows cannot keep examples apart for, reported as one line."""
+
+
+def check_packable(config) -> None:
+    """Refuse a model with stateful layers: packing separates examples only by position-id resets
+    (or a mask, or packed attention), which those layers ignore (e.g. Qwen3-Next's Gated DeltaNet,
+    Mamba, Jamba, LFM2's convolutions)."""
+    # most configs (Llama, Qwen2) have no layer_types at all: every layer is plain attention
+    stateful = sorted({t for t in (getattr(config, "layer_types", None) or []) if t in STATEFUL_LAYERS})
+    if stateful:
+        raise PackingError(f"{config.model_type} has {', '.join(stateful)} layers (config.layer_types), which carry "
+                           f"state across the packed examples of a row and ignore the position-id resets that keep "
+                           f"them apart; reasonlm packs every training row, so it cannot train this model correctly")
+
 
 def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
     """Shuffle, then first-fit examples into rows of at most seq_len tokens.

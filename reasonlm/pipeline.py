@@ -54,23 +54,25 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
     record.stage("train", config_hash(cot_cfg), ["data", "base"], paths.adapter("train"),
                  lambda fresh: train.run(dataclasses.replace(cot_cfg, resume="never" if fresh else cot_cfg.resume),
-                                         out, "train", recipe.threads))
+                                         out, "train", recipe.threads, recipe.device))
     eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
     eval_report = os.path.join(paths.eval("eval"), "report.json")
     record.stage("eval", config_hash(eval_cfg), ["data", "base", "train"], eval_report,
                  lambda fresh: evaluate.run(dataclasses.replace(eval_cfg, resume=eval_cfg.resume and not fresh), out,
-                                            "cot", paths.adapter("train"), "eval", recipe.threads, report_to=report_to))
+                                            "cot", paths.adapter("train"), "eval", recipe.threads, report_to=report_to,
+                                            device=recipe.device))
     if recipe.direct_baseline:
         direct_cfg = dataclasses.replace(cot_cfg, format="direct")
         record.stage("train_direct", config_hash(direct_cfg), ["data", "base"], paths.adapter("train-direct"),
                      lambda fresh: train.run(dataclasses.replace(
                          direct_cfg, batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths),
-                         resume="never" if fresh else direct_cfg.resume), out, "train-direct", recipe.threads))
+                         resume="never" if fresh else direct_cfg.resume), out, "train-direct", recipe.threads,
+                         recipe.device))
         record.stage("eval_direct", config_hash(eval_cfg), ["data", "base", "train_direct"],
                      os.path.join(paths.eval("eval-direct"), "report.json"),
                      lambda fresh: evaluate.run(dataclasses.replace(eval_cfg, resume=eval_cfg.resume and not fresh),
                                                 out, "direct", paths.adapter("train-direct"), "eval-direct",
-                                                recipe.threads, report_to=report_to))
+                                                recipe.threads, report_to=report_to, device=recipe.device))
     report = evaluate.load_report(eval_report)
     if not record.ran:  # a finished run, nothing changed: the report is already complete
         print(evaluate.markdown(report))

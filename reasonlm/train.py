@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from peft.utils import ModulesToSaveWrapper
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -46,8 +46,8 @@ from reasonlm.config import RunPaths, TrainConfig, save_resolved
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, gold_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
-                            set_threads)
-from reasonlm.packing import IGNORE, NO_MASK, PackedRows, collate, pack, use_packed_attention
+                            resolve_device, set_threads)
+from reasonlm.packing import IGNORE, NO_MASK, PackedRows, check_packable, collate, pack, use_packed_attention
 from reasonlm.stats import plot_training_curves
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
@@ -230,6 +230,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
     if cfg.packed_attention and cfg.compile:  # the groups change every step: the graph would be rebuilt each time
         raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
+    check_packable(model.config)
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_step = max(1, cfg.batch_tokens // cfg.seq_len)
     if rows_per_step % (world * cfg.grad_accum):
@@ -462,7 +463,21 @@ def embeddings_in_modules_to_save(model) -> bool:
 
 
 # --- the stage -------------------------------------------------------------------------------
-def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -> str:
+def check_launch(accelerator) -> None:
+    """Refuse a launch whose sharding Accelerate dropped without a word.
+
+    `accelerate launch --config_file recipes/accelerate/fsdp.yaml` on processes without GPUs
+    starts them with ACCELERATE_USE_FSDP=true, but Accelerate 1.x engages FSDP only for GPU-like
+    process groups: on the CPU (gloo) it runs plain DDP instead, so the run would not be what its
+    config says. (torch's FSDP2 itself does run on gloo; Accelerate does not wire it up there.)"""
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and accelerator.distributed_type != DistributedType.FSDP:
+        raise TrainError(f"the launch config asks for FSDP, but Accelerate runs FSDP only on GPUs and this run is "
+                         f"{accelerator.distributed_type.value} on {accelerator.device}; on CPUs use "
+                         f"recipes/accelerate/cpu-2proc.yaml (DDP over gloo)")
+
+
+def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0, device: str = "auto") -> str:
     """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
 
     Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, loss.png, config.yaml};
@@ -470,9 +485,11 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0) -
     """
     paths = RunPaths(out_dir)
     run_dir = paths.train_run(name)
-    # cpu=True without CUDA: processes started by torchrun then form a gloo group on the CPU.
-    accelerator = tracked_accelerator(cfg.report_to, run_dir, cpu=not torch.cuda.is_available(),
+    # cpu=True on the CPU: processes started by torchrun then form a gloo group there. Otherwise
+    # Accelerate takes the GPU (each process its own) or, on a Mac, MPS.
+    accelerator = tracked_accelerator(cfg.report_to, run_dir, cpu=resolve_device(device).type == "cpu",
                                       mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None)
+    check_launch(accelerator)
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
     model_name = cfg.model or paths.base

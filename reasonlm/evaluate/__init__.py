@@ -66,15 +66,16 @@ __all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "compare",
 
 
 def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | None = None, name: str = "eval",
-        threads: int = 0, directory: str | None = None, report_to=()) -> dict:
+        threads: int = 0, directory: str | None = None, report_to=(), device: str = "auto") -> dict:
     """Evaluate one model on the configured sources; writes <out_dir>/<name>/ (or `directory`)
     and returns the report. Under `accelerate launch` the batches are split over the processes
     and every process returns the full report; only the main process writes files. The headline
-    metrics go once to the trackers in `report_to` (the recipe's train.report_to)."""
+    metrics go once to the trackers in `report_to` (the recipe's train.report_to). `device`: the
+    recipe's (auto, cpu, cuda, cuda:N, mps)."""
     if cfg.samples > 1 and cfg.temperature == 0:
         print("warning: samples > 1 with temperature 0: every sample is the same greedy output", file=sys.stderr)
     check_installed(report_to)  # before the run, not after it
-    state = process_state()
+    state = process_state(device)
     set_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0), state.num_processes)  # respect an explicit limit
     paths = RunPaths(out_dir) if out_dir else None
     model_name = cfg.model or (paths.base if paths else "")
@@ -86,7 +87,7 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     directory = directory or (paths.eval(name) if paths else os.path.join("out", name))
     fmt = cfg.format or fmt
     sources, skipped = load_sources(cfg, out_dir)
-    model, tokenizer = load_for_inference(model_name, adapter)
+    model, tokenizer = load_for_inference(model_name, adapter, device=device)
     model = model.to(state.device)
     jobs = plan_jobs(sources, tokenizer, cfg, fmt)
 
@@ -179,5 +180,6 @@ def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = N
     fmt = cfg.format or (recipe.train.format if recipe is not None else "cot")
     cfg = dataclasses.replace(cfg, model=model, format=fmt)
     report = run(cfg, out_dir, fmt, adapter, threads=recipe.threads if recipe is not None else 0, directory=out,
-                 report_to=recipe.train.report_to if recipe is not None else ())
+                 report_to=recipe.train.report_to if recipe is not None else (),
+                 device=recipe.device if recipe is not None else "auto")
     return report, out

@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
 from accelerate import PartialState
 
 from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_token_ids
@@ -26,6 +25,7 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.scoring import score
 from reasonlm.example import Example, gold_budget, render_target
 from reasonlm.outputs import atomic_write
+from reasonlm.model import resolve_device
 from reasonlm.sources import Source
 
 
@@ -105,10 +105,11 @@ def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]
     return samples
 
 
-def process_state() -> PartialState:
-    """The process group: on a machine without a GPU, accelerate forms a multi-process CPU group
-    (gloo) only when asked for the CPU explicitly, so ask for it there."""
-    return PartialState(cpu=not torch.cuda.is_available())
+def process_state(device: str = "auto") -> PartialState:
+    """The process group on `device` (the recipe's; 'auto': GPU, else MPS, else CPU): accelerate
+    forms a multi-process CPU group (gloo) only when asked for the CPU explicitly, so ask for it
+    there. The first call fixes the device for the process (PartialState is shared)."""
+    return PartialState(cpu=resolve_device(device).type == "cpu")
 
 
 def is_main_process() -> bool:
