@@ -32,7 +32,8 @@ checker is only trusted where it accepts the row's own gold steps, so a row whos
 rejects is dropped (`bad_annotation`), and a row without steps gets no step verdicts at all.
 
 Rejected and counted: `malformed` (bad JSON, a missing or empty question or answer, a mapped
-column the record lacks, a bad n_steps), `bad_annotation` (gold steps the checker rejects),
+column the record lacks, a bad n_steps; a mapped column the first record lacks is a ValueError: the
+map is wrong), `bad_annotation` (gold steps the checker rejects),
 `final_mismatch` (a solution's '####' answer differs from its last annotation's result).
 `on_error="raise"` turns a malformed record into a ValueError naming file:line.
 """
@@ -74,6 +75,11 @@ class Records(Importer):
         examples = []
         for line, record, error in self._records():
             report["read"] += 1
+            if report["read"] == 1 and record is not None and self.columns:  # a wrong map, not a bad record
+                missing = [c for c in self.columns.values() if c not in record]
+                if missing:
+                    raise ValueError(f"{self.path}: no column {', '.join(map(repr, missing))} in its first record "
+                                     f"(it has: {', '.join(map(str, record))}); check `columns`")
             try:
                 if error:
                     raise Rejected("malformed", error)
@@ -188,14 +194,15 @@ def read_fields(record: dict, columns: dict | None) -> dict:
 
 
 def split_steps(steps) -> list[str]:
-    """Steps from a list of strings or from one string with a step per line."""
+    """Steps from a list of strings or from one string with a step per line (a completion holds one
+    step per line, so a list entry spanning lines is as many steps)."""
     if steps is None:
         return []
     if isinstance(steps, str):
-        steps = steps.splitlines()
+        steps = [steps]
     if not isinstance(steps, (list, tuple)):
         raise Rejected("malformed", f"steps must be a list of strings or a string, got {type(steps).__name__}")
-    return [str(s).strip() for s in steps if str(s).strip()]
+    return [line.strip() for s in steps for line in str(s).splitlines() if line.strip()]
 
 
 def read_solution(text: str) -> tuple[list[str], str | None]:
