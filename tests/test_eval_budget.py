@@ -13,7 +13,7 @@ from reasonlm.evaluate import runner
 from reasonlm.example import Example, answer_budget, question_budget, render_target
 from reasonlm.model import ModelError, load_for_inference
 from reasonlm.sources import Source
-from reasonlm.tasks import get_task
+from reasonlm.tasks import get_task, question_families
 from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
 
 # An 8-step problem with its full worked solution; the eval file gives only its answer.
@@ -119,3 +119,20 @@ def test_eval_and_chat_print_the_hub_adapter_error_as_one_line(toy_dir, tmp_path
         assert err[-1].startswith("error: adapter 'someone/reasonlm-adapter' is neither a local directory nor reachable")
         assert "Traceback" not in "\n".join(err)
     assert not os.path.exists(tmp_path / "o" / "report.json")
+
+
+def test_question_budget_leaves_every_generated_family_room_for_twice_its_gold(toy):
+    """The rule was sized on the families' gold solutions (example.py): a model writing like the gold
+    gets at least twice the room it needs, with no gold to look at."""
+    _, tok = toy
+    rng = random.Random(0)
+    for family in question_families():
+        task = get_task(family)
+        for n_steps in (1, 4, 8):
+            try:
+                problems = [task.generate(rng, n_steps) for _ in range(10)]
+            except ValueError:  # not a length this family makes (arithmetic_step: one step)
+                continue
+            for ex in problems:
+                gold = len(tok(render_target(ex, "cot"), add_special_tokens=False)["input_ids"])
+                assert question_budget(tok, ex.question) >= 2 * gold, (family, n_steps, ex.question)
