@@ -74,22 +74,21 @@ def main(argv=None):
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--n", type=int, default=100, help="problems (default 100)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the batched generator")
-    p.add_argument("--format", default="cot", choices=("cot", "direct"), help="sets the token budgets")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = OMP_NUM_THREADS or all cores)")
     p.add_argument("--toy", action="store_true", help="random toy model and generated problems (smoke test)")
     p.add_argument("--allow-mismatch", action="store_true", help="report differing outputs but exit 0")
     args = p.parse_args(argv)
     from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
     from reasonlm.engine import KVCacheEngine, SamplingParams
-    from reasonlm.example import Example, gold_budget
+    from reasonlm.example import answer_budget
 
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
     model, tok, rows = load(args)
     prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in rows]
-    budgets = [gold_budget(tok, Example.from_row(r), args.format) for r in rows]
     stop_ids = stop_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     engine = KVCacheEngine(model, pad, stop_ids)
+    budgets = [answer_budget(tok, r["question"], len(p), engine.context_size) for r, p in zip(rows, prompts)]  # as eval
 
     with torch.no_grad():
         hf_one_at_a_time(model, prompts[:2], budgets[:2], stop_ids, pad)  # warm-up

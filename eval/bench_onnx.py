@@ -23,7 +23,7 @@ import torch
 
 from reasonlm.answer import answers_match, encode_prompt, parse_completion, prompt_messages, stop_token_ids
 from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.example import Example, gold_budget, read_dataset
+from reasonlm.example import Example, answer_budget, read_dataset
 from reasonlm.model import load_for_inference
 from reasonlm.ondevice import ONNX_FILE, OnnxEngine, export_onnx
 
@@ -60,7 +60,8 @@ def main():
     split = read_dataset(args.data)[args.split]
     examples = [Example.from_row(r) for r in split.select(range(min(args.n, len(split))))]
     prompts = [encode_prompt(tok, prompt_messages(e.question)) for e in examples]
-    budgets = [gold_budget(tok, e, "cot") for e in examples]
+    context = model.config.max_position_embeddings
+    budgets = [answer_budget(tok, e.question, len(p), context) for e, p in zip(examples, prompts)]
     engine = KVCacheEngine(model, tok.pad_token_id, stop_token_ids(tok))
     onnx_engine = OnnxEngine(onnx_dir, threads=args.threads)
     with torch.inference_mode():

@@ -141,7 +141,7 @@ def parser():
                "[--baseline B.json]\n       reasonlm eval compare A/report.json B/report.json [--metric M]\n"
                "       reasonlm eval baseline REPORT.json eval/baselines/NAME.json")
     s.add_argument("--model", default=None, help="base model (local path or Hub id); overrides the suite/recipe")
-    s.add_argument("--adapter", default=None, help="LoRA adapter directory, or 'none'")
+    s.add_argument("--adapter", default=None, help="LoRA adapter directory or Hub id, or 'none'")
     s.add_argument("--recipe", dest="with_recipe", default=None,
                    help="suite runs: take model, adapter, format and {out_dir} from this recipe's outputs")
     s.add_argument("--out", default=None, help="output directory (default <out_dir>/eval[-SUITE] or out/eval/SUITE/MODEL)")
@@ -152,7 +152,7 @@ def parser():
     s = sub.add_parser("chat", help="talk to a model in the terminal", epilog=EPILOGS["chat"],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", required=True, help="base model: local path or Hub id")
-    s.add_argument("--adapter", default=None, help="LoRA adapter directory")
+    s.add_argument("--adapter", default=None, help="LoRA adapter directory or Hub id")
     s.add_argument("--merged", action="store_true", help="merge the adapter into the base before chatting")
     s.add_argument("--recipe", default=None, help="recipe whose chat section sets the defaults")
     s.add_argument("--plain", action="store_true", help="no colours (for pipes)")

@@ -311,7 +311,7 @@ class EvalConfig:
     model: str = ""
     """Base model (Hub id or path); empty = <out_dir>/base."""
     adapter: str = ""
-    """LoRA adapter directory; empty = <out_dir>/train/adapter; 'none' evaluates the bare model."""
+    """LoRA adapter directory or Hub id; empty = <out_dir>/train/adapter; 'none' evaluates the bare model."""
     data: str = ""
     """Dataset directory; empty = <out_dir>/data."""
     splits: list = field(default_factory=lambda: ["test", "test_ood"])
@@ -321,7 +321,8 @@ class EvalConfig:
     batch_size: int = 64
     """Prompts generated together."""
     max_new_tokens: int = 0
-    """Generation budget per problem; 0 = derived from the problem's n_steps."""
+    """Generation budget per problem; 0 = sized from the question (64 + 16 per number or operator in it +
+    3 per token of it), never from the gold solution; either way cut to the model's context."""
     min_accuracy: float = 0.0
     """CI gate: exit non-zero when in-distribution accuracy falls below this."""
     system: str = ""
@@ -332,7 +333,8 @@ class EvalConfig:
     """One line on what the suite measures (copied into the report)."""
     sources: list = field(default_factory=list)
     """Problem sources, each one report section: {dataset: DIR, split: S} | {jsonl: FILE} | {task: NAME,
-    args: {...}, steps: [lo, hi], n_per_steps: N} | {gsm8k: FILE} | {reasoning_gym: NAME, size: N, config: {...}};
+    args: {...}, steps: [lo, hi], n_per_steps: N} | {gsm8k: FILE} | {reasoning_gym: NAME, size: N, config: {...}}
+    | {file: FILE_OR_HUB_ID, columns: {question: Q, answer: A, ...}, split: S, config: C} (your own data);
     optional per source: name, max_problems, exclude_from: DATASET_DIR. Empty = `splits` of `data`."""
     seeds: list = field(default_factory=lambda: [0])
     """Seeds of generated problems (task and reasoning_gym sources): one fresh draw per seed."""
@@ -341,7 +343,7 @@ class EvalConfig:
     shots: int = 0
     """Worked exemplars put before each question (0 = zero-shot); taken from outside the evaluated problems."""
     format: str = ""
-    """'cot' or 'direct' (how exemplars and budgets are written); empty = the recipe's train.format, else cot."""
+    """'cot' or 'direct' (how exemplars are written); empty = the recipe's train.format, else cot."""
     samples: int = 1
     """Samples per problem; > 1 (with temperature > 0) also reports pass@k and self-consistency maj@k."""
     temperature: float = 0.0
@@ -356,8 +358,6 @@ class EvalConfig:
     stop_strings: list = field(default_factory=list)
     """Generation also stops once the output contains one of these (cut from the output); the plain
     prompt always adds 'Question:'."""
-    budget_scale: float = 2.0
-    """With max_new_tokens 0, a problem's budget is budget_scale x its gold solution's tokens + 8."""
     metrics: list = field(default_factory=lambda: ["accuracy", "step_accuracy", "chain_valid", "extraction_failed"])
     """Metrics the CI gate compares against a baseline (overall and per source)."""
     thresholds: dict = field(default_factory=dict)
@@ -375,7 +375,6 @@ class EvalConfig:
         _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature")
         _check(self, "eval", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
         _check(self, "eval", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]", "min_accuracy")
-        _above(self, "eval", 0, "budget_scale")
         _check(self, "eval", lambda v: isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)
                                                                            for s in v),
                "a non-empty list of integers", "seeds")

@@ -112,6 +112,27 @@ def read_dataset(path: str):
         raise ExampleError(f"{path} is not a dataset written by `reasonlm data`: {str(e).splitlines()[0]}") from None
 
 
-def gold_budget(tokenizer, example: Example, fmt: str, scale: float = 2.0) -> int:
-    """A token budget of `scale` x the example's gold target + 8, so it grows with n_steps."""
-    return int(scale * len(tokenizer(render_target(example, fmt), add_special_tokens=False)["input_ids"])) + 8
+
+# --- token budgets: how long an answer may run ----------------------------------------------------
+# From the question alone, never from the gold solution: an answer-only problem has none, and a
+# budget sized by it would cut every chain off mid-step. Each number or operator in a question is
+# work to show (arithmetic's rewrite chains grow with both), and wordy questions get wordy
+# solutions. Measured with the tiny tokenizer over every generated family at 1-12 steps and the
+# GSM8K fixture: the rule gives at least 2.1x the gold solution's tokens (arithmetic 4x and more,
+# word_problems and object_swaps 2.1x-2.5x), where the old 2x-the-gold budget gave 2x.
+BUDGET_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+BUDGET_OPERATOR_RE = re.compile(r"[-+*/×÷=^%<>]")
+
+
+def question_budget(tokenizer, question: str) -> int:
+    """Tokens an answer to `question` may take: 64 + 16 per number or operator in the question +
+    3 per token of it."""
+    work = len(BUDGET_NUMBER_RE.findall(question)) + len(BUDGET_OPERATOR_RE.findall(question))
+    return 64 + 16 * work + 3 * len(tokenizer(question, add_special_tokens=False)["input_ids"])
+
+
+def answer_budget(tokenizer, question: str, prompt_tokens: int, context: int | None, max_new_tokens: int = 0) -> int:
+    """The budget eval and training's val_accuracy give one answer: `max_new_tokens` when set, else
+    `question_budget`, cut to the model's context left after the prompt (at least 1 token)."""
+    budget = max_new_tokens or question_budget(tokenizer, question)
+    return max(1, min(budget, context - prompt_tokens)) if context else budget

@@ -6,6 +6,7 @@ Two ways to get a base model:
     what runs offline; the base stage then pretrains it.
   - `load_model(name)`: `from_pretrained` on a Hub id (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct")
     or a local directory; safetensors only, `trust_remote_code` off.
+A LoRA adapter, likewise, is a local directory or a Hub id (`resolve_adapter`).
 """
 from __future__ import annotations
 
@@ -124,15 +125,19 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, quantize_4bit: boo
     return model
 
 
-def _load_error(name: str, error: Exception) -> str:
+def _load_error(name: str, error: Exception, what: str = "model") -> str:
     if os.path.isdir(name):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"cannot load model from {name}: {first}"
-    if name.startswith((".", "/")) or os.sep in name and not _looks_like_hub_id(name):
-        return f"model path not found: {name}"
+        return f"cannot load {what} from {name}: {first}"
+    if _looks_like_path(name):
+        return f"{what} path not found: {name}"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (f"model {name!r} is neither a local directory nor reachable on the Hub"
+    return (f"{what} {name!r} is neither a local directory nor reachable on the Hub"
             f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' (no network? set HF_HUB_OFFLINE=1 to work offline and pass a local path)'}")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -237,10 +242,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False, device: str = "auto"):
     """(model, tokenizer) ready to generate on `device` (see resolve_device): base + adapter
-    unmerged, or a merged export."""
+    unmerged, or a merged export. The adapter is a local directory or a Hub id."""
     target = resolve_device(device)  # before loading: an unavailable device fails in a second
-    if adapter and not os.path.isdir(adapter):
-        raise ModelError(f"adapter path not found: {adapter}")
+    if adapter:
+        adapter = resolve_adapter(adapter)
     tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else model_name)
     model = load_model(model_name)
     # an adapter trained with added tokens carries embeddings of len(tokenizer) rows (its
@@ -270,6 +275,20 @@ def check_adapter_weights(adapter: str) -> None:
         raise ModelError(f"adapter {adapter} holds its weights as a pickle (adapter_model.bin), which reasonlm "
                          f"does not load: save it with safe_serialization=True (adapter_model.safetensors)")
     raise ModelError(f"no adapter weights in {adapter} (expected adapter_model.safetensors)")
+
+
+def resolve_adapter(adapter: str) -> str:
+    """The local directory of a LoRA adapter: the directory itself, or a Hub adapter id's snapshot
+    (downloaded, or from the cache when offline); a missing one is the same one line as a model."""
+    if os.path.isdir(adapter):
+        return adapter
+    if _looks_like_path(adapter):
+        raise ModelError(_load_error(adapter, FileNotFoundError(adapter), "adapter"))
+    from huggingface_hub import snapshot_download  # only Hub adapter ids need it
+    try:
+        return snapshot_download(adapter)
+    except (OSError, ValueError) as e:  # offline, no network, unknown or gated repo, malformed id
+        raise ModelError(_load_error(adapter, e, "adapter")) from None
 
 
 def set_threads(threads: int, world: int = 1) -> int:

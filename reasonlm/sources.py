@@ -5,6 +5,9 @@ splits), each one section of the report:
 
     {dataset: DIR, split: test}              a split written by the data stage
     {jsonl: FILE}                            one {question, answer, [steps, n_steps, family, meta]} per line
+    {file: FILE_OR_HUB_ID, columns: {question: q, answer: a}, split: test, config: NAME}
+                                             your own JSONL/CSV/parquet file or Hub dataset, read by
+                                             column (the `records` importer, tasks/records.py)
     {task: arithmetic, args: {...}, steps: [lo, hi], n_per_steps: 20}   freshly generated, checker-verified
     {gsm8k: FILE}                            a GSM8K-format file (lm-evaluation-harness scoring too)
     {reasoning_gym: NAME, size: 50}          a reasoning-gym task (optional extra)
@@ -32,9 +35,9 @@ from reasonlm.example import Example, question_key, read_dataset
 from reasonlm.tasks import get_task
 from reasonlm.tasks.base import Check, Task, is_importer
 
-SOURCE_KINDS = ("dataset", "jsonl", "task", "gsm8k", "reasoning_gym")
+SOURCE_KINDS = ("dataset", "jsonl", "task", "gsm8k", "reasoning_gym", "file")
 SOURCE_OPTIONS = {"name", "split", "args", "steps", "n_per_steps", "size", "config", "max_problems",
-                  "exclude_from", "lmeval"}
+                  "exclude_from", "lmeval", "columns"}
 TRAINING_SPLITS = ("base", "train", "validation")
 
 
@@ -179,6 +182,10 @@ def _load_source(kind: str, name: str, spec: dict, cfg: EvalConfig, out_dir: str
                 f"write_fixture('{path}')\")" if "fixtures" in path else ""))
         source.task, examples, info["load"] = load_gsm8k(path)
         info["from"] = path
+    elif kind == "file":
+        path = resolve_path(str(spec["file"]), out_dir)
+        source.task, examples, info["load"] = load_records(path, spec)
+        info["from"] = path + (f" split {spec.get('split', 'test')}" if not os.path.isfile(path) else "")
     else:  # reasoning_gym: an optional extra
         if importlib.util.find_spec("reasoning_gym") is None:
             return None
@@ -293,6 +300,23 @@ def load_gsm8k(path: str) -> tuple[object, list[Example], dict]:
     records, load_report = task.load()
     examples = [dataclasses.replace(r, id=f"line{r.meta.get('line', i)}") for i, r in enumerate(records)]
     return task, examples, load_report
+
+
+def load_records(path: str, spec: dict) -> tuple[object, list[Example], dict]:
+    """(task, examples, load report) of a `file` source: the records importer with the source's
+    `columns` (and `split`, default test, and `config` for a Hub dataset)."""
+    task = records_task(path, spec)
+    examples, load_report = task.load()
+    return task, examples, load_report
+
+
+def records_task(path: str, spec: dict) -> Task:
+    """The records importer of a `file` source (decontamination reads it the same way)."""
+    config = spec.get("config")
+    if config is not None and not isinstance(config, str):
+        raise ValueError(f"config must be a Hub dataset config name, got {config!r}")
+    return get_task("records", path=path, columns=spec.get("columns"), config=config,
+                    split=str(spec.get("split", "test")))
 
 
 def load_reasoning_gym(name: str, spec: dict, seeds: list[int]) -> tuple[object, list[Example], dict]:

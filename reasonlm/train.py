@@ -44,7 +44,7 @@ from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse
                              stop_token_ids)
 from reasonlm.config import RunPaths, TrainConfig, save_resolved
 from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.example import Example, gold_budget, read_dataset, render_target
+from reasonlm.example import Example, answer_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
                             resolve_device, set_threads)
 from reasonlm.packing import IGNORE, NO_MASK, PackedRows, check_packable, collate, pack, use_packed_attention
@@ -406,7 +406,7 @@ def validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerato
         out["val_loss"] = round(total / max(count, 1), 5)
     if cfg.eval_samples and len(val_rows) and accelerator.is_main_process:
         sample = [val_rows[i] for i in range(min(cfg.eval_samples, len(val_rows)))]
-        out["val_accuracy"] = val_accuracy(accelerator.unwrap_model(model), tokenizer, sample, cfg.format)
+        out["val_accuracy"] = val_accuracy(accelerator.unwrap_model(model), tokenizer, sample)
     return out
 
 
@@ -414,17 +414,17 @@ ACCURACY_BATCH = 64
 
 
 @torch.no_grad()
-def val_accuracy(model, tokenizer, rows, fmt: str) -> float:
+def val_accuracy(model, tokenizer, rows) -> float:
     """Share of rows whose greedy final answer is right: the eval stage's zero-shot chat prompt and
-    token budget (2 x the gold target), scored by the final answer alone. 4 decimals."""
+    token budget (sized from the question, cut to the context), scored by the final answer alone. 4 decimals."""
     examples = [Example.from_row(r) for r in rows]
     prompts = [encode_prompt(tokenizer, prompt_messages(e.question)) for e in examples]
-    budgets = [gold_budget(tokenizer, e, fmt, 2.0) for e in examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    engine = KVCacheEngine(model, pad_id, stop_token_ids(tokenizer))
+    budgets = [answer_budget(tokenizer, e.question, len(p), engine.context_size) for e, p in zip(examples, prompts)]
     # The eval stage's batch order (prompt length, then budget): the same rows share a batch and
     # its padding, so the numbers match `reasonlm eval` on these rows exactly.
     order = sorted(range(len(examples)), key=lambda i: (len(prompts[i]), budgets[i], i))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    engine = KVCacheEngine(model, pad_id, stop_token_ids(tokenizer))
     outputs = engine.generate([prompts[i] for i in order],
                               SamplingParams(max_new_tokens=[budgets[i] for i in order], batch_size=ACCURACY_BATCH))
     correct = sum(answers_match(parse_completion(tokenizer.decode(ids, skip_special_tokens=True)).answer,

@@ -85,7 +85,6 @@ BAD = [
     ("eval", "top_p", 0.0, "in (0, 1]"),
     ("eval", "top_p", 1.5, "in (0, 1]"),
     ("eval", "min_accuracy", 1.5, "in [0, 1]"),
-    ("eval", "budget_scale", 0.0, "> 0"),
     ("eval", "seeds", [], "a non-empty list of integers"),
     ("eval", "seeds", [0, "a"], "a non-empty list of integers"),
     ("eval", "ks", [2], "a list of k in 1..samples (1)"),

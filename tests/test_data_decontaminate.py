@@ -101,10 +101,10 @@ def test_every_source_kind_has_a_decontamination_rule(tmp_path, kind, monkeypatc
     (tmp_path / "ds" / "jsonl").mkdir(parents=True)
     (tmp_path / "ds" / "jsonl" / "test.jsonl").write_text('{"question": "What is 4+4?", "answer": "8"}\n')
     spec = {"jsonl": str(jsonl), "gsm8k": str(jsonl), "dataset": str(tmp_path / "ds"), "task": "arithmetic",
-            "reasoning_gym": "chain_sum"}[kind]
+            "reasoning_gym": "chain_sum", "file": str(jsonl)}[kind]
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "reasoning_gym" else real(n, *a))
     found = [q for q, _ in source_questions(0, {kind: spec}, [0], "suite.yaml")]
     assert found == {"jsonl": ["What is 2+3?"], "gsm8k": ["What is 2+3?"], "dataset": ["What is 4+4?"], "task": [],
-                     "reasoning_gym": []}[kind]
+                     "reasoning_gym": [], "file": ["What is 2+3?"]}[kind]

@@ -13,7 +13,6 @@ from reasonlm.answer import cut_at_stop, stop_token_ids
 from reasonlm.config import EvalConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
-from reasonlm.example import gold_budget
 from reasonlm.sources import Source
 from tests.eval_helpers import ROOT, examples, read_samples, toy, toy_dir, write_suite  # noqa: F401 (fixtures)
 from tests.helpers import TINY_TASK, rows
@@ -31,7 +30,7 @@ def test_batched_greedy_equals_one_at_a_time_and_hf_generate(toy):
     model, tok = toy
     exs = examples(10, seed=1)
     prompts = [build_prompt(tok, ex.question)[1] for ex in exs]
-    budgets = [gold_budget(tok, ex, "cot") for ex in exs]
+    budgets = [6 + 4 * ex.n_steps for ex in exs]  # different budgets in one batch
     stops, pad = stop_token_ids(tok), tok.pad_token_id
     batched = generate(model, tok, prompts, budgets, 4, stops)
     alone = [generate(model, tok, [p], [b], 1, stops)[0] for p, b in zip(prompts, budgets)]

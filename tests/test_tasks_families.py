@@ -234,8 +234,8 @@ def test_linear_length_depends_on_knobs():
 
 
 def test_registry_knows_every_family():
-    assert {"arithmetic", "word_problems", "linear_equations", "object_swaps", "gsm8k", "reasoning_gym"} <= set(known_tasks())
-    assert [name for name in TASKS if is_importer(TASKS[name]())] == ["gsm8k", "reasoning_gym"]
+    assert {"arithmetic", "word_problems", "linear_equations", "object_swaps", "gsm8k", "reasoning_gym", "records"} <= set(known_tasks())
+    assert [name for name in TASKS if is_importer(TASKS[name]())] == ["gsm8k", "reasoning_gym", "records"]
     for name, cls in TASKS.items():  # every task says its name, kind and license; families a version
         assert cls.name == name and isinstance(cls.imported, bool) and cls.license
         assert cls.imported or (isinstance(cls.version, int) and cls.version >= 1)

@@ -18,7 +18,7 @@ from collections import Counter
 from reasonlm.config import load_suite
 from reasonlm.data.mix import DataError
 from reasonlm.example import question_key
-from reasonlm.sources import source_kind_and_name
+from reasonlm.sources import records_task, source_kind_and_name
 from reasonlm.tasks import get_task
 
 EXAMPLES_KEPT = 10  # removed questions quoted in decontamination.json
@@ -116,6 +116,13 @@ def source_questions(n: int, spec: dict, seeds: list[int], path: str):
         yield from suite_questions(str(spec[kind]))
     elif kind == "dataset":
         yield from suite_questions(os.path.join(str(spec["dataset"]), "jsonl", f"{spec.get('split', 'test')}.jsonl"))
+    elif kind == "file":  # read as eval reads it: the records importer with the source's columns
+        try:
+            records = records_task(str(spec["file"]), spec).load()[0]
+        except ValueError as e:
+            raise DataError(f"{path}: sources[{n}]: {e}") from None
+        for ex in records:
+            yield ex.question, f"{spec['file']}:{ex.meta['line']}"
     elif kind == "reasoning_gym":
         if importlib.util.find_spec("reasoning_gym") is None:  # optional extra, as in eval
             print(f"warning: {path}: reasoning_gym not installed; not decontaminating against "

@@ -54,8 +54,9 @@ class MixEntry:
         return self.task.problem_text(question)
 
     def verify(self, example: Example) -> bool:
-        """Whether the task's checker accepts the example's own gold solution."""
-        return self.task.check(example, example.steps, example.answer).chain_valid
+        """Whether the task's checker accepts the example's own gold solution (an answer-only
+        example: its answer)."""
+        return self.task.check(example, example.steps, example.answer).accepted
 
     def load(self) -> tuple[list[Example], dict]:
         """An importer's examples (not yet checked) and its report; ValueError names file and line."""

@@ -16,12 +16,15 @@ answers, verdicts) and accuracy_by_steps.png. Progress: a bar with problems/s an
 terminal, a plain line per 10% (or per minute) otherwise.
 
 Problems come from *sources* (the recipe's dataset splits by default; a suite YAML can name
-dataset splits, generated task families, GSM8K-format files and reasoning-gym tasks), each one
+dataset splits, generated task families, GSM8K-format files, reasoning-gym tasks and your own
+JSONL/CSV/parquet files or Hub datasets read by column), each one
 section of the report, and are prompted zero- or k-shot, with the chat template or plain text.
 
 Generation: the (problem, sample) jobs are sorted by prompt length and cut into batches that run
-with a KV cache; a finished sequence (end-of-turn token, a stop string, or its own token budget,
-which grows with the problem's n_steps) leaves the batch at once. Under `accelerate launch` each
+with a KV cache; a finished sequence (end-of-turn token, a stop string, or its own token budget:
+max_new_tokens, else sized from the question, never from the gold solution, see
+example.answer_budget) leaves the batch at once; the report counts samples cut off by their budget
+(`truncated`, per source). Under `accelerate launch` each
 process takes every world_size-th batch, so the batches, and thus the outputs, are the same as in
 one process; results are gathered on the main process. Every (problem, sample) samples from its
 own seeded stream. Finished samples are appended per batch to samples.partial.rank<r>.jsonl, and
@@ -47,6 +50,7 @@ from accelerate.utils import gather_object
 
 from reasonlm import outputs
 from reasonlm.config import EvalConfig, RunPaths, is_suite, load_suite
+from reasonlm.engine import KVCacheEngine
 from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
@@ -89,7 +93,8 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     sources, skipped = load_sources(cfg, out_dir)
     model, tokenizer = load_for_inference(model_name, adapter, device=device)
     model = model.to(state.device)
-    jobs = plan_jobs(sources, tokenizer, cfg, fmt)
+    context = KVCacheEngine(model, tokenizer.pad_token_id or 0).context_size  # prompt + answer must fit
+    jobs = plan_jobs(sources, tokenizer, cfg, fmt, context)
 
     # one run per output folder (only the main process writes files); a full disk is one line
     with outputs.lock(directory, enabled=state.is_main_process), outputs.writing(directory):

@@ -4,6 +4,12 @@
 A problem's value of a 0/1 metric is the mean over its samples; with several samples per problem
 `ks` adds unbiased pass@k and maj@k. Intervals are bootstraps over problems (step accuracy pools
 steps, so its interval resamples problems and takes the ratio).
+
+Step metrics (step accuracy, valid chains, right answer through a wrong chain, the first wrong
+step) cover only the problems whose steps are checkable; answer-only problems (samples with
+`steps_checkable: False`) are scored on the answer alone. A block says `steps_checkable` (every
+problem's were) and, when some were not, `steps_checkable_problems`; with none, the step metrics
+are absent rather than 0. `truncated` is the share of samples cut off by their token budget.
 """
 from __future__ import annotations
 
@@ -17,9 +23,12 @@ from reasonlm.stats import bootstrap_ci, maj_at_k, pass_at_k
 
 RATES = {"accuracy": "correct", "flexible_accuracy": "flexible_correct", "extraction_failed": "extraction_failed",
          "chain_valid": "chain_valid", "right_answer_wrong_chain": "right_answer_wrong_chain",
-         "lmeval_strict_match": "lmeval_strict_correct", "lmeval_flexible_extract": "lmeval_flexible_correct"}
+         "lmeval_strict_match": "lmeval_strict_correct", "lmeval_flexible_extract": "lmeval_flexible_correct",
+         "truncated": "truncated"}
 """metric name -> the 0/1 field of a sample record it averages."""
-LOWER_IS_BETTER = {"extraction_failed", "right_answer_wrong_chain", "checker_errors"}
+STEP_RATES = ("chain_valid", "right_answer_wrong_chain")
+"""The rates that judge steps: over the problems whose steps are checkable only."""
+LOWER_IS_BETTER = {"extraction_failed", "right_answer_wrong_chain", "checker_errors", "truncated"}
 
 
 def summarize(samples: list[dict], ks=()) -> dict:
@@ -55,7 +64,8 @@ def problem_table(samples: list[dict], ks=()) -> list[dict]:
              "steps_total": sum(s["steps_total"] for s in group),
              "first_bad": [(s["first_bad_step"], int(first.get("n_steps") or 0) or s["steps_total"])
                            for s in group if s.get("first_bad_step")],
-             "checker_errors": sum(1 for s in group if s.get("checker_error")), "values": {}}
+             "checker_errors": sum(1 for s in group if s.get("checker_error")),
+             "steps_checkable": all(s.get("steps_checkable", True) for s in group), "values": {}}
         for metric, key in RATES.items():
             if all(key in s for s in group):
                 p["values"][metric] = sum(bool(s[key]) for s in group) / len(group)
@@ -73,11 +83,23 @@ def problem_table(samples: list[dict], ks=()) -> list[dict]:
 def block(problems: list[dict]) -> dict:
     """Every metric over a set of problems, with counts and 95% bootstrap intervals."""
     m: dict = {"n": len(problems), "n_samples": sum(p["samples"] for p in problems)}
-    names = [k for k in problems[0]["values"] if all(k in p["values"] for p in problems)] if problems else []
-    for name in names:
-        point, lo, hi = bootstrap_ci([p["values"][name] for p in problems])
-        m[name], m[f"{name}_ci"] = _r4(point), [_r4(lo), _r4(hi)]
+    checkable = [p for p in problems if p["steps_checkable"]]
+    m["steps_checkable"] = len(checkable) == len(problems)
+    if not m["steps_checkable"]:
+        m["steps_checkable_problems"] = len(checkable)
+    for group, names in ((problems, _shared(problems, exclude=STEP_RATES)), (checkable, _shared(checkable, STEP_RATES))):
+        for name in names:
+            point, lo, hi = bootstrap_ci([p["values"][name] for p in group])
+            m[name], m[f"{name}_ci"] = _r4(point), [_r4(lo), _r4(hi)]
     m["extraction_failures"] = round(sum(p["values"].get("extraction_failed", 0) * p["samples"] for p in problems))
+    if "truncated" in m:
+        m["truncated_samples"] = round(sum(p["values"]["truncated"] * p["samples"] for p in problems))
+    errors = sum(p["checker_errors"] for p in problems)
+    if errors:
+        m["checker_errors"] = errors
+    if not checkable:  # answer-only: step metrics are absent, not 0
+        return m
+    problems = checkable
     m["right_answer_wrong_chain_count"] = round(sum(p["values"].get("right_answer_wrong_chain", 0) * p["samples"]
                                                     for p in problems))
     point, lo, hi = _ratio_ci([p["steps_ok"] for p in problems], [p["steps_total"] for p in problems])
@@ -91,10 +113,15 @@ def block(problems: list[dict]) -> dict:
     m["first_bad_step"] = {"n": len(bad), "mean": _r4(mean), "mean_ci": [_r4(lo), _r4(hi)],
                            "relative_mean": _r4(sum(pos / max(t, 1) for pos, t in bad) / len(bad)) if bad else None,
                            "hist": dict(sorted(hist.items(), key=lambda kv: int(kv[0])))}
-    errors = sum(p["checker_errors"] for p in problems)
-    if errors:
-        m["checker_errors"] = errors
     return m
+
+
+def _shared(problems: list[dict], only=None, exclude=()) -> list[str]:
+    """The metrics every problem has (in the first problem's order), within `only`, not in `exclude`."""
+    if not problems:
+        return []
+    return [k for k in problems[0]["values"] if k not in exclude and (only is None or k in only)
+            and all(k in p["values"] for p in problems)]
 
 
 def _r4(x):

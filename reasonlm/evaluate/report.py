@@ -105,7 +105,7 @@ def _band(m: dict) -> tuple:
 
 HEADLINE = [("accuracy", "accuracy"), ("flexible_accuracy", "flexible"), ("extraction_failed", "no final answer"),
             ("step_accuracy", "step accuracy"), ("chain_valid", "valid chains"),
-            ("right_answer_wrong_chain", "right answer, wrong chain")]
+            ("right_answer_wrong_chain", "right answer, wrong chain"), ("truncated", "cut off at budget")]
 
 
 def markdown(report: dict) -> str:
@@ -151,6 +151,11 @@ def markdown(report: dict) -> str:
                   "| source | " + " | ".join(map(str, positions)) + " |", "|---" * (len(positions) + 1) + "|"]
         for n, h in hists.items():
             lines.append(f"| {n} | " + " | ".join(str((h or {}).get(str(p), 0)) for p in positions) + " |")
+    unchecked = {n: m for n, m in rows if not m.get("steps_checkable", True)}
+    if unchecked:
+        lines += ["", "Steps not checkable (answer-only problems, scored on the answer alone; step metrics cover "
+                  "the rest): " + "; ".join(f"{n} ({m.get('steps_checkable_problems', 0)} of {m.get('n')} problems "
+                                            "checkable)" for n, m in unchecked.items())]
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
     lines.append("")

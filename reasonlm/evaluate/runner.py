@@ -1,7 +1,8 @@
 """Running an eval: (problem, sample) jobs, batches through the engine, and resume files.
 
-Every (problem, sample) is a Job with its prompt, its token budget (it grows with n_steps) and
-its own sampling seed. Jobs are sorted by prompt length and cut into batches that are the same for
+Every (problem, sample) is a Job with its prompt, its token budget (the suite's max_new_tokens,
+else sized from the question: example.answer_budget, never from the gold solution) and its own
+sampling seed. A sample that used its whole budget is recorded `truncated`. Jobs are sorted by prompt length and cut into batches that are the same for
 any process count; under `accelerate launch` each process takes every world_size-th batch, so the
 outputs are the same as in one process. Finished samples are appended per batch to
 samples.partial.rank<r>.jsonl; `prepare_partial` / `read_partial` let an interrupted run continue
@@ -23,9 +24,9 @@ from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_to
 from reasonlm.config import EvalConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.scoring import score
-from reasonlm.example import Example, gold_budget, render_target
-from reasonlm.outputs import atomic_write
+from reasonlm.example import Example, answer_budget, render_target
 from reasonlm.model import resolve_device
+from reasonlm.outputs import atomic_write
 from reasonlm.sources import Source
 
 
@@ -45,12 +46,14 @@ class Job:
         return f"{self.source.name}/{self.example.id}#{self.sample}"
 
 
-def plan_jobs(sources: list[Source], tokenizer, cfg: EvalConfig, fmt: str) -> list[Job]:
+def plan_jobs(sources: list[Source], tokenizer, cfg: EvalConfig, fmt: str, context: int | None = None) -> list[Job]:
+    """Every (problem, sample) with its prompt, budget and seed; `context` (the model's, when
+    known) caps prompt + answer."""
     jobs = []
     for source in sources:
         for example in source.examples:
             text, ids = build_prompt(tokenizer, example.question, cfg.prompt, cfg.system, source.exemplars, fmt)
-            budget = cfg.max_new_tokens or gold_budget(tokenizer, example, fmt, cfg.budget_scale)
+            budget = answer_budget(tokenizer, example.question, len(ids), context, cfg.max_new_tokens)
             for s in range(cfg.samples):
                 key = f"{source.name}/{example.id}#{s}"
                 jobs.append(Job(source, example, s, text, ids, budget, sample_seed(cfg.seed, key)))
@@ -96,11 +99,14 @@ def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]
     outputs = engine.generate([j.ids for j in batch], params)
     samples = []
     for job, out in zip(batch, outputs):
-        text = cut_at_stop(tokenizer.decode(out, skip_special_tokens=True), stops)
+        decoded = tokenizer.decode(out, skip_special_tokens=True)
+        text = cut_at_stop(decoded, stops)
+        # the engine leaves the stop token out: a row that ended on one is shorter than its budget
+        truncated = len(out) >= job.budget and text == decoded
         ex = job.example
         samples.append({"split": job.source.name, "id": ex.id, "sample": job.sample, "n_steps": ex.n_steps,
                         "family": ex.family, "question": ex.question, "gold": ex.answer, "prompt": job.prompt,
-                        "output": text, "tokens": len(out),
+                        "output": text, "tokens": len(out), "budget": job.budget, "truncated": truncated,
                         **score(ex, text, job.source.task, job.source.lmeval)})
     return samples
 
@@ -119,7 +125,7 @@ def is_main_process() -> bool:
 # --- resume ----------------------------------------------------------------------------------
 def run_id(cfg: EvalConfig, model_name: str, adapter: str | None, fmt: str) -> dict:
     """What must match for finished samples to be reused (the sample count may grow)."""
-    keys = ("prompt", "shots", "system", "temperature", "top_p", "seed", "max_new_tokens", "budget_scale", "stop_strings")
+    keys = ("prompt", "shots", "system", "temperature", "top_p", "seed", "max_new_tokens", "stop_strings")
     return {"model": model_name, "adapter": adapter, "format": fmt, **{k: getattr(cfg, k) for k in keys}}
 
 

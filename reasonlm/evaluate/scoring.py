@@ -4,6 +4,8 @@ The strict answer (the '#### N' line), the flexible one (the last number), an ex
 when there is no final-answer line, the task checker's verdict on every step (step accuracy, a
 fully valid chain, the position of the first wrong step, a right answer reached through a wrong
 chain), and for GSM8K-format sources lm-evaluation-harness's strict-match and flexible-extract.
+A problem whose task cannot check steps (an answer-only record) gets `steps_checkable: False`
+and no chain verdicts.
 """
 from __future__ import annotations
 
@@ -24,9 +26,12 @@ def score(example: Example, output: str, task=None, lmeval: bool = False) -> dic
            "extraction_failed": parsed.answer is None, "answer": parsed.answer, "flexible": parsed.flexible}
     try:
         check = check_steps(task or task_for(example.family), example, parsed.steps, parsed.answer)
-        out.update(steps_total=len(check.step_ok), steps_ok=sum(map(bool, check.step_ok)),
-                   chain_valid=bool(check.chain_valid), first_bad_step=check.first_bad_step,
-                   right_answer_wrong_chain=bool(check.right_answer_wrong_chain))
+        if check.steps_checkable:
+            out.update(steps_total=len(check.step_ok), steps_ok=sum(map(bool, check.step_ok)),
+                       chain_valid=bool(check.chain_valid), first_bad_step=check.first_bad_step,
+                       right_answer_wrong_chain=bool(check.right_answer_wrong_chain))
+        else:  # an answer-only problem: no step verdicts, and no chain metrics rather than zeros
+            out.update(steps_checkable=False, steps_total=0, steps_ok=0, first_bad_step=None)
     except Exception as e:  # a checker bug must not end a long eval; it is counted and shown
         out.update(steps_total=0, steps_ok=0, chain_valid=False, first_bad_step=None,
                    right_answer_wrong_chain=correct, checker_error=f"{type(e).__name__}: {e}"[:200])

@@ -13,7 +13,7 @@ question. Adding a family touches its own file plus one line in `TASKS` below.
 from __future__ import annotations
 
 from reasonlm.example import Example
-from reasonlm.tasks import arithmetic, gsm8k, linear_equations, object_swaps, reasoning_gym, word_problems
+from reasonlm.tasks import arithmetic, gsm8k, linear_equations, object_swaps, reasoning_gym, records, word_problems
 from reasonlm.tasks.base import Check, Family, Importer, Task, is_importer
 
 # In the order /verify tries the generated families on a question: word_problems reads almost any
@@ -26,6 +26,7 @@ TASKS: dict[str, type] = {
     "word_problems": word_problems.WordProblems,
     "gsm8k": gsm8k.GSM8K,  # importer
     "reasoning_gym": reasoning_gym.ReasoningGym,  # importer, optional extra reasonlm[gym]
+    "records": records.Records,  # importer: your own JSONL/CSV/parquet file or Hub dataset, by column
 }
 
 

@@ -52,10 +52,18 @@ class Check:
     step_ok: list[bool] = field(default_factory=list)  # one per step, in order
     first_bad_step: int | None = None  # 1-based index of the first wrong step, None if none
     chain_valid: bool = False  # every step right and the chain reaches the final answer
+    steps_checkable: bool = True  # False: an answer-only verdict (nothing to check steps against);
+    # step_ok is then empty and chain_valid False, and eval reports no step metrics for it
 
     @property
     def right_answer_wrong_chain(self) -> bool:
-        return self.answer_correct and not self.chain_valid
+        return self.steps_checkable and self.answer_correct and not self.chain_valid
+
+    @property
+    def accepted(self) -> bool:
+        """Everything that can be checked is right: a valid chain, or the right answer when the
+        steps are not checkable."""
+        return self.chain_valid if self.steps_checkable else self.answer_correct
 
 
 class Family(Protocol):
@@ -126,10 +134,11 @@ def finish_check(answer_correct: bool, step_ok: list[bool], complete: bool) -> C
 
 
 def reward_from_check(check: Check) -> float:
-    """1 for a right answer through a valid chain, 0.5 for a right answer through a broken one."""
+    """1 for a right answer through a valid chain (or a right answer whose steps are not
+    checkable), 0.5 for a right answer through a broken one."""
     if not check.answer_correct:
         return 0.0
-    return 1.0 if check.chain_valid else 0.5
+    return 1.0 if check.accepted else 0.5
 
 
 def check_completion(task: Task, example: Example, completion: str) -> Check:
