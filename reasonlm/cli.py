@@ -35,6 +35,12 @@ def cmd_train(args):
     train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads)
 
 
+def cmd_rl(args):
+    from reasonlm import rl
+    recipe = _recipe(args)
+    rl.run(recipe, recipe.threads)
+
+
 def cmd_eval(args):
     """evaluate: `eval RECIPE [k=v]`, `eval SUITE.yaml --model M [--adapter A] [k=v]`, `eval compare A.json B.json`"""
     from reasonlm import evaluate
@@ -96,14 +102,14 @@ def gate(report, min_accuracy, cfg=None, baseline=None):
         print("gate: passed" + (f" (baseline {baseline})" if baseline else ""))
 
 
-COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "eval": cmd_eval,
+COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "rl": cmd_rl, "eval": cmd_eval,
             "pipeline": cmd_pipeline, "chat": cmd_chat, "export": cmd_export}
 
 
 def parser():
     p = argparse.ArgumentParser(prog="reasonlm", description="Teach small language models to reason step by step.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("data", "base", "train", "eval", "pipeline"):
+    for name in ("data", "base", "train", "rl", "eval", "pipeline"):
         s = sub.add_parser(name, help=COMMANDS[name].__doc__ or f"run the {name} stage")
         s.add_argument("recipe", nargs="?" if name == "data" else None, help="recipe YAML (recipes/*.yaml)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 out_dir=/tmp/run")
