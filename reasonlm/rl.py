@@ -78,7 +78,7 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example
 from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
 from reasonlm.tasks import get_task
-from reasonlm.train import checkpoints, save_checkpoint, save_weights, try_resume
+from reasonlm.train import save_checkpoint, save_weights, trainable_state_dict, try_resume
 
 EPS = 1e-4
 
@@ -101,7 +101,8 @@ def run(recipe: Recipe, threads: int = 0) -> str:
         raise RLError("reasonlm rl runs in one process for now; launch it without accelerate's --num_processes")
     set_threads(threads)
     set_seed(cfg.seed)
-    task = get_task(*problem_family(cfg, recipe))
+    name, knobs = problem_family(cfg, recipe)
+    task = get_task(name, **knobs)
     preflight(task, cfg)
     model, tokenizer = load_policy(cfg.model or paths.base, cfg.adapter or paths.adapter("train"))
     run_dir = paths.train_run("rl")
@@ -110,6 +111,9 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # checkpoints hold the adapter weights and the optimizer state, not the frozen base
+    accelerator.register_save_state_pre_hook(
+        lambda models, weights, _: weights.__setitem__(slice(None), [trainable_state_dict(m) for m in models]))
     # the KL's reference is the starting adapter, kept before a checkpoint's weights are loaded
     reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     start, state = try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {})

@@ -1,4 +1,5 @@
 """The RL stage: advantages, process credit, loss types, preflight, the update, bad input."""
+import json
 import random
 
 import pytest
@@ -202,3 +203,32 @@ def test_expert_iteration_keeps_valid_chains_and_the_valid_prefix_of_failed_ones
     assert all(full.kept) and none.kept is None
     kept_text = tok.decode([t for t, k in zip(prefix.completion, prefix.kept) if k])
     assert kept_text == "1+2=3\n"
+
+
+class _Stops:
+    """A toy task a random model scores on now and then: every answer is right, so the reward is
+    1 for a completion that ends (emits its end-of-turn token) within the budget, 0 when truncated."""
+    name = "stops"
+
+    def generate(self, rng, n_steps):
+        return {"question": f"{rng.randint(0, 9)}+1", "steps": ["x"] * n_steps, "answer": "1", "n_steps": n_steps}
+
+    def check(self, example, steps, answer):
+        from reasonlm.tasks import Check
+        return Check(answer_correct=True, step_ok=[True] * len(steps), chain_valid=True)
+
+
+@pytest.mark.slow
+def test_a_short_rl_run_on_a_toy_task_raises_the_mean_reward(tmp_path):
+    from accelerate import Accelerator
+    model, tok = tiny_model_and_tokenizer()  # every weight trainable: a random LoRA moves too slowly for a short test
+    cfg = RLConfig(reward="outcome", rounds=12, prompts_per_round=8, num_generations=8, max_completion_length=32,
+                   lr=1e-2, save_every=0, log_completions=1, flat_rounds=0)
+    accelerator = Accelerator(cpu=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    model, opt = accelerator.prepare(model, opt)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rl.fit(model, tok, rl.ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
+    curve = [json.loads(line)["reward_mean"] for line in open(tmp_path / "metrics.jsonl")]
+    assert len(curve) == 12 and sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.2, curve
+    assert (tmp_path / "completions.jsonl").read_text().count("\n") == 12
