@@ -193,7 +193,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
             f.write(json.dumps(record) + "\n")
         with open(os.path.join(run_dir, "completions.jsonl"), "a") as f:
             for g in groups[:cfg.log_completions]:
-                f.write(json.dumps(completion_log(tokenizer, g, rnd + 1)) + "\n")
+                f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
@@ -294,7 +294,7 @@ def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int) -> tu
         drawn += len(problems) * cfg.num_generations
         for g in fresh:
             assign_credit(g, cfg, tokenizer)
-            pool.give_back(g.example, g.attempts, sum(s.correct for s in g.rollouts), len(g.rollouts))
+            pool.give_back(g.example, g.attempts, sum(s.valid for s in g.rollouts), len(g.rollouts))
         signal = [g for g in fresh if has_signal(g, cfg)]
         if attempt == 0:
             zero_first = 1 - len(signal) / len(fresh)
@@ -516,31 +516,26 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
 
 
 def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerator, seed: int) -> dict:
-    """Expert iteration: num_iterations passes of the SFT loss (mean log-likelihood of the kept
-    tokens of each mini-batch) over the kept samples, shuffled."""
-    if not batch:
-        return {"loss": 0.0, "kl": None, "entropy": None, "clip_fraction": None}
+    """Expert iteration: num_iterations shuffled passes over the kept samples with the SFT loss
+    (minus the mean log-likelihood of a mini-batch's kept tokens)."""
     model.train()
     pad = accelerator.unwrap_model(model).config.pad_token_id or 0
-    rng, losses = random.Random(seed), []  # losses: of every mini-batch
-    for _ in range(cfg.num_iterations):
-        order = list(range(len(batch)))
-        rng.shuffle(order)
+    rng, losses = random.Random(seed), []
+    for _ in range(cfg.num_iterations if batch else 0):
+        order = rng.sample(batch, len(batch))
         for i in range(0, len(order), cfg.mini_batch_size):
-            mini = [batch[k] for k in order[i:i + cfg.mini_batch_size]]
-            kept = [[float(x) for x in s.kept] for s in mini]
-            total, loss_sum = sum(map(sum, kept)), 0.0
+            mini, loss_sum = order[i:i + cfg.mini_batch_size], 0.0
+            total = sum(sum(s.kept) for s in mini)
             for j in range(0, len(mini), cfg.micro_batch_size):
                 part = mini[j:j + cfg.micro_batch_size]
-                ids, mask, tgt, keep, weight = collate(part, kept[j:j + len(part)], [1.0 / total] * len(part), pad)
-                logp, _ = token_logprobs(model, ids, mask, tgt)
-                loss = -(logp * keep * weight).sum()
+                ids, mask, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
+                                                       [1.0 / total] * len(part), pad)
+                loss = -(token_logprobs(model, ids, mask, tgt)[0] * keep * weight).sum()
                 accelerator.backward(loss)
                 loss_sum += loss.item()
             losses.append(loss_sum)
             step(model, optimizer, cfg)
-    return {"loss": round(sum(losses) / len(losses), 6),
-            "kl": None, "entropy": None, "clip_fraction": None}
+    return {"loss": round(sum(losses) / max(1, len(losses)), 6), "kl": None, "entropy": None, "clip_fraction": None}
 
 
 def step(model, optimizer, cfg: RLConfig) -> None:
@@ -590,11 +585,9 @@ def corrupt(text: str) -> str:
 
 
 # --- logs ------------------------------------------------------------------------------------
-def completion_log(tokenizer, group: Group, rnd: int) -> dict:
-    return {"round": rnd, "id": group.example.id, "question": group.example.question, "answer": group.example.answer,
-            "n_steps": group.example.n_steps,
+def completion_log(group: Group, rnd: int) -> dict:
+    ex = group.example
+    return {"round": rnd, "id": ex.id, "question": ex.question, "answer": ex.answer, "n_steps": ex.n_steps,
             "completions": [{"text": s.text, "reward": s.reward, "steps_ok": s.ok, "correct": s.correct,
-                             "chain_valid": s.valid, "truncated": s.truncated,
-                             "advantage_mean": round(sum(s.advantages) / len(s.advantages), 4) if s.advantages else None,
-                             "kept_tokens": sum(s.kept) if s.kept else 0}
-                            for s in group.rollouts]}
+                             "chain_valid": s.valid, "truncated": s.truncated, "kept_tokens": sum(s.kept or []),
+                             "advantages": [round(a, 3) for a in s.advantages or []]} for s in group.rollouts]}

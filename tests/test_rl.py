@@ -232,3 +232,29 @@ def test_a_short_rl_run_on_a_toy_task_raises_the_mean_reward(tmp_path):
     curve = [json.loads(line)["reward_mean"] for line in open(tmp_path / "metrics.jsonl")]
     assert len(curve) == 12 and sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.2, curve
     assert (tmp_path / "completions.jsonl").read_text().count("\n") == 12
+
+
+def test_an_adapter_trained_on_another_base_is_one_line(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "/models/other"}')
+    with pytest.raises(rl.RLError, match="trained on /models/other, not on"):
+        rl.load_policy(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    with pytest.raises(rl.RLError, match="no LoRA adapter"):
+        rl.load_policy(str(tmp_path / "base"), str(tmp_path / "nothing"))
+
+
+def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    cfg = RLConfig(algorithm="expert_iteration", num_iterations=3, mini_batch_size=2, micro_batch_size=1, lr=1e-2)
+    prompt = encode_prompt(tok, prompt_messages("1+2"))
+    ids = tok("1+2=3\n#### 3" + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+    batch = [rl.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
+
+    def nll():
+        x, mask, tgt, keep, w = rl.collate(batch[:1], [[1.0] * len(ids)], [1.0], 0)
+        with torch.no_grad():
+            return -(rl.token_logprobs(model, x, mask, tgt)[0] * keep).sum().item()
+    before = nll()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    stats = rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    assert stats["loss"] > 0 and nll() < before - 0.5
