@@ -32,7 +32,8 @@ from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
 from reasonlm.config import RLConfig, RunPaths, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.model import load_for_inference, set_threads
-from reasonlm.rl import new_problem, problem_family, score
+from reasonlm.credit import new_problem, score
+from reasonlm.rl import problem_family
 from reasonlm.tasks import get_task
 
 EVAL_SEED = 1_000_003  # problems RL draws come from rl.seed (small integers): never this stream

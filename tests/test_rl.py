@@ -1,16 +1,14 @@
-"""The RL stage: advantages, process credit, loss types, preflight, the update, bad input."""
+"""The RL stage and its rewards: advantages, process credit, loss types, preflight, the updates, bad input."""
 import json
-import random
 
 import pytest
 import torch
 
-from reasonlm import rl
+from reasonlm import credit, rl
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages
-from reasonlm.config import ConfigError, RLConfig, load_recipe
+from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
 from reasonlm.example import Example
 from reasonlm.model import attach_lora
-from reasonlm.config import TrainConfig
 from reasonlm.tasks import get_task
 from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
 
@@ -23,23 +21,23 @@ def toy():
 
 
 def test_outcome_advantages_are_centred_and_zero_for_a_group_scored_alike():
-    assert rl.group_advantages([1, 0, 0, 1], scale=False) == [0.5, -0.5, -0.5, 0.5]
-    scaled = rl.group_advantages([1, 0, 0, 1], scale=True)
+    assert credit.group_advantages([1, 0, 0, 1], scale=False) == [0.5, -0.5, -0.5, 0.5]
+    scaled = credit.group_advantages([1, 0, 0, 1], scale=True)
     assert scaled[0] == pytest.approx(1.0, abs=1e-3) and scaled[1] == pytest.approx(-1.0, abs=1e-3)
-    assert rl.group_advantages([1, 1, 1], scale=True) == [0.0, 0.0, 0.0]
-    assert rl.group_advantages([0, 0], scale=False) == [0.0, 0.0]
+    assert credit.group_advantages([1, 1, 1], scale=True) == [0.0, 0.0, 0.0]
+    assert credit.group_advantages([0, 0], scale=False) == [0.0, 0.0]
 
 
 def test_process_advantages_match_the_worked_example_of_the_docstring():
     ok = [[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]]
-    steps, answer = rl.process_advantages(ok, [1.0, 0.0, 0.0, 0.0], scale=False)
+    steps, answer = credit.process_advantages(ok, [1.0, 0.0, 0.0, 0.0], scale=False)
     assert steps == [pytest.approx(r) for r in ([.25, .5, .75], [.25, -.5, -.25], [.25, .5, -.25], [-.75, -.5, -.25])]
     assert answer == pytest.approx([.75, -.25, -.25, -.25])
     # a shorter completion has no advantage for steps it did not write; a missing step counts as not reached
-    steps, _ = rl.process_advantages([[1, 1], [1]], [0.0, 0.0], scale=False)
+    steps, _ = credit.process_advantages([[1, 1], [1]], [0.0, 0.0], scale=False)
     assert steps == [[0.0, 0.5], [0.0]]
     # every completion alike: no signal anywhere, scaled or not
-    steps, answer = rl.process_advantages([[1, 0], [1, 0]], [0.0, 0.0], scale=True)
+    steps, answer = credit.process_advantages([[1, 0], [1, 0]], [0.0, 0.0], scale=True)
     assert steps == [[0.0, 0.0], [0.0, 0.0]] and answer == [0.0, 0.0]
 
 
@@ -47,7 +45,7 @@ def test_token_lines_map_every_token_to_its_step_or_the_answer_line(toy):
     _, tok = toy
     text = "1+2=3\n3+4=7\n#### 7"
     ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
-    lines = rl.token_lines(tok, ids, text)
+    lines = credit.token_lines(tok, ids, text)
     pieces = tok.batch_decode([[t] for t in ids])
     by_line = {}
     for piece, line in zip(pieces, lines):
@@ -60,18 +58,18 @@ def test_process_credit_reaches_the_tokens_of_each_step(toy):
     cfg = RLConfig(reward="process", num_generations=2)
     task = get_task("arithmetic", **TINY_TASK)
     ex = Example(question="1+2+4", answer="7", steps=("1+2=3", "3+4=7"), n_steps=2)
-    group = rl.Group(ex, 0, [])
+    group = credit.Group(ex, 0, [])
     for text in ("1+2=3\n3+4=7\n#### 7", "1+2=3\n3+4=8\n#### 8"):
         ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
-        group.rollouts.append(rl.score(task, ex, text, False, 0.0, [0], ids))
-    rl.assign_credit(group, cfg, tok)
+        group.rollouts.append(credit.score(task, ex, text, False, 0.0, [0], ids))
+    credit.assign_credit(group, cfg, tok)
     right, wrong = group.rollouts
     assert right.ok == [1, 1] and wrong.ok == [1, 0] and right.valid and not wrong.valid
-    lines = rl.token_lines(tok, right.completion, right.text)
+    lines = credit.token_lines(tok, right.completion, right.text)
     assert {a for a, j in zip(right.advantages, lines) if j == 1} == {0.0}  # both got step 1 right
     assert {a for a, j in zip(right.advantages, lines) if j == 2} == {0.5}
     assert {a for a, j in zip(right.advantages, lines) if j == 0} == {0.5}  # answer line and end of turn
-    lines = rl.token_lines(tok, wrong.completion, wrong.text)
+    lines = credit.token_lines(tok, wrong.completion, wrong.text)
     assert {a for a, j in zip(wrong.advantages, lines) if j == 2} == {-0.5}
 
 
@@ -117,7 +115,7 @@ def test_num_iterations_1_has_a_ratio_of_exactly_1_and_moves_the_weights(toy):
     batch = []
     for text, a in (("1+2=3\n#### 3", 1.0), ("1+2=4\n#### 4", -1.0), ("#### 3", 0.5)):
         ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
-        batch.append(rl.Rollout(prompt, ids, text, False, [], True, True, advantages=[a] * len(ids)))
+        batch.append(credit.Rollout(prompt, ids, text, False, [], True, True, advantages=[a] * len(ids)))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     stats = rl.grpo_update(model, opt, batch, before, cfg, _Accelerator())
@@ -152,12 +150,12 @@ class _NoStepChecker(_AlwaysRight):
 
 def test_preflight_passes_the_real_checker_and_catches_broken_rewards():
     cfg = RLConfig(n_steps=[2, 4], preflight_problems=4)
-    rl.preflight(get_task("arithmetic", **TINY_TASK), cfg)
-    with pytest.raises(rl.RLError, match="broken gives full reward to a wrong answer"):
-        rl.preflight(_AlwaysRight(), cfg)
-    with pytest.raises(rl.RLError, match="a wrong step .*judges every step"):
-        rl.preflight(_NoStepChecker(), RLConfig(n_steps=[2, 4], reward="process", preflight_problems=4))
-    rl.preflight(_NoStepChecker(), RLConfig(n_steps=[2, 4], reward="outcome", preflight_problems=4))
+    credit.preflight(get_task("arithmetic", **TINY_TASK), cfg)
+    with pytest.raises(credit.RewardError, match="broken gives full reward to a wrong answer"):
+        credit.preflight(_AlwaysRight(), cfg)
+    with pytest.raises(credit.RewardError, match="a wrong step .*judges every step"):
+        credit.preflight(_NoStepChecker(), RLConfig(n_steps=[2, 4], reward="process", preflight_problems=4))
+    credit.preflight(_NoStepChecker(), RLConfig(n_steps=[2, 4], reward="outcome", preflight_problems=4))
 
 
 def test_a_reward_that_raises_is_not_turned_into_0():
@@ -165,7 +163,7 @@ def test_a_reward_that_raises_is_not_turned_into_0():
         def check(self, example, steps, answer):
             raise KeyError("meta")
     with pytest.raises(KeyError):
-        rl.score(Raises(), Example(question="1+2", answer="3"), "#### 3", False)
+        credit.score(Raises(), Example(question="1+2", answer="3"), "#### 3", False)
 
 
 def test_pool_retires_solved_problems_retries_unsolved_ones_and_resumes():
@@ -194,11 +192,11 @@ def test_expert_iteration_keeps_valid_chains_and_the_valid_prefix_of_failed_ones
     _, tok = toy
     task = get_task("arithmetic", **TINY_TASK)
     ex = Example(question="1+2+4", answer="7", steps=("1+2=3", "3+4=7"), n_steps=2)
-    group = rl.Group(ex, 0, [])
+    group = credit.Group(ex, 0, [])
     for text in ("1+2=3\n3+4=7\n#### 7", "1+2=3\n3+4=8\n#### 8", "1+2=4\n#### 4"):
         ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
-        group.rollouts.append(rl.score(task, ex, text, False, 0.0, [0], ids))
-    rl.assign_credit(group, RLConfig(algorithm="expert_iteration", keep_valid_prefix=True), tok)
+        group.rollouts.append(credit.score(task, ex, text, False, 0.0, [0], ids))
+    credit.assign_credit(group, RLConfig(algorithm="expert_iteration", keep_valid_prefix=True), tok)
     full, prefix, none = group.rollouts
     assert all(full.kept) and none.kept is None
     kept_text = tok.decode([t for t, k in zip(prefix.completion, prefix.kept) if k])
@@ -248,7 +246,7 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
     cfg = RLConfig(algorithm="expert_iteration", num_iterations=3, mini_batch_size=2, micro_batch_size=1, lr=1e-2)
     prompt = encode_prompt(tok, prompt_messages("1+2"))
     ids = tok("1+2=3\n#### 3" + end_of_turn(tok), add_special_tokens=False)["input_ids"]
-    batch = [rl.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
+    batch = [credit.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
 
     def nll():
         x, mask, tgt, keep, w = rl.collate(batch[:1], [[1.0] * len(ids)], [1.0], 0)
