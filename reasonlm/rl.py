@@ -104,14 +104,7 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     run_dir = paths.train_run("rl")
     os.makedirs(run_dir, exist_ok=True)
     save_resolved(cfg, run_dir)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # checkpoints hold the adapter weights and the optimizer state, not the frozen base
-    accelerator.register_save_state_pre_hook(
-        lambda models, weights, _: weights.__setitem__(slice(None), [trainable_state_dict(m) for m in models]))
-    # the KL's reference is the starting adapter, kept before a checkpoint's weights are loaded
-    reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model, optimizer, reference = prepare(accelerator, model, cfg)
     start, state = try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {})
     pool = ProblemPool(task, cfg, state.get("pool"))
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
@@ -121,6 +114,18 @@ def run(recipe: Recipe, threads: int = 0) -> str:
         json.dump(stats, f, indent=1)
     print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s)")
     return final
+
+
+def prepare(accelerator, model, cfg: RLConfig):
+    """(model, optimizer) prepared by Accelerate, and the starting weights (the KL's reference,
+    kept before a checkpoint's weights are loaded over them)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # checkpoints hold the trained weights and the optimizer state, not the frozen base
+    accelerator.register_save_state_pre_hook(
+        lambda models, weights, _: weights.__setitem__(slice(None), [trainable_state_dict(m) for m in models]))
+    return model, optimizer, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:

@@ -1,4 +1,5 @@
 """The RL stage and its rewards: advantages, process credit, loss types, preflight, the updates, bad input."""
+import dataclasses
 import json
 
 import pytest
@@ -223,9 +224,7 @@ def test_a_short_rl_run_on_a_toy_task_raises_the_mean_reward(tmp_path):
     cfg = RLConfig(reward="outcome", rounds=12, prompts_per_round=8, num_generations=8, max_completion_length=32,
                    lr=1e-2, save_every=0, log_completions=1, flat_rounds=0)
     accelerator = Accelerator(cpu=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    model, opt = accelerator.prepare(model, opt)
-    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, opt, reference = rl.prepare(accelerator, model, cfg)
     rl.fit(model, tok, rl.ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
     curve = [json.loads(line)["reward_mean"] for line in open(tmp_path / "metrics.jsonl")]
     assert len(curve) == 12 and sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.2, curve
@@ -256,3 +255,33 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     stats = rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
     assert stats["loss"] > 0 and nll() < before - 0.5
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
+    """4 rounds straight vs 2 rounds, a checkpoint, a fresh process state, and the last 2 rounds."""
+    from accelerate import Accelerator
+    from reasonlm.train import try_resume
+    cfg = RLConfig(reward="outcome", rounds=4, prompts_per_round=4, num_generations=4, max_completion_length=24,
+                   lr=1e-2, save_every=2, flat_rounds=0, num_iterations=2, retries=1)
+
+    def run(out, stop_after=None):
+        out.mkdir(exist_ok=True)
+        model, tok = tiny_model_and_tokenizer()
+        accelerator = Accelerator(cpu=True)
+        model, opt, reference = rl.prepare(accelerator, model, cfg)
+        start, state = try_resume(accelerator, str(out))
+        pool = rl.ProblemPool(_Stops(), cfg, state.get("pool"))
+        rl.fit(model, tok, pool, reference, cfg if stop_after is None else
+               dataclasses.replace(cfg, rounds=stop_after, save_every=0), str(out), accelerator, opt, start,
+               state.get("history"))
+        if stop_after:  # what a SIGKILL right after the checkpoint leaves behind
+            from reasonlm.train import save_checkpoint
+            save_checkpoint(accelerator, str(out), stop_after, 2, {"pool": pool.state(), "history": []})
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=2)
+    resumed = run(tmp_path / "b")
+    assert any(not torch.equal(straight[n], p) for n, p in tiny_model_and_tokenizer()[0].named_parameters())
+    assert all(torch.equal(straight[n], resumed[n]) for n in straight)
