@@ -166,7 +166,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
     samples_total, t_start = 0, time.time()
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
-        groups, drawn, zero_first = collect(engine, tokenizer, pool, cfg, rnd)
+        groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd)
         t_sample = time.time() - t0
         if cfg.algorithm == "grpo":
             batch = [s for g in groups for s in g.rollouts if any(s.advantages)]
@@ -174,7 +174,8 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         else:
             batch = [s for g in groups for s in g.rollouts if s.kept]
             update = sft_update(model, optimizer, batch, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
-        samples = [s for g in groups for s in g.rollouts]
+        samples = [s for g in seen for s in g.rollouts]
+        drawn = len(samples)
         samples_total += drawn
         rewards = torch.tensor([s.reward for s in samples])
         new_tokens = sum(len(s.completion) for s in samples)
@@ -193,7 +194,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         with open(os.path.join(run_dir, "completions.jsonl"), "a") as f:
-            for g in groups[:cfg.log_completions]:
+            for g in seen[:cfg.log_completions]:
                 f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         done = rnd + 1
@@ -252,25 +253,25 @@ class ProblemPool:
 
 
 # --- rollouts --------------------------------------------------------------------------------
-def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int) -> tuple[list[Group], int, float]:
-    """Groups of scored rollouts for one round, the number of samples drawn, and the fraction of
-    the first draw's groups without signal. With dynamic_sampling, zero-signal groups are
-    replaced by more problems (at most max_resamples extra passes)."""
-    wanted, groups, drawn, zero_first = cfg.prompts_per_round, [], 0, 0.0
+def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int) -> tuple[list[Group], list[Group], float]:
+    """(groups to train on, every group sampled this round, the fraction of the first draw's
+    groups without signal). With dynamic_sampling, groups without signal are replaced by groups
+    of more problems (at most max_resamples extra passes) and only groups with signal are kept."""
+    wanted, train, seen, zero_first = cfg.prompts_per_round, [], [], 0.0
     for attempt in range(1 + (cfg.max_resamples if cfg.dynamic_sampling else 0)):
-        problems = pool.draw(wanted - len(groups))
+        problems = pool.draw(wanted - len(train))
         fresh = rollout(engine, tokenizer, pool.task, problems, cfg, seed=(cfg.seed * 1009 + rnd) * 1009 + attempt)
-        drawn += len(problems) * cfg.num_generations
         for g in fresh:
             assign_credit(g, cfg, tokenizer)
             pool.give_back(g.example, g.attempts, sum(s.valid for s in g.rollouts), len(g.rollouts))
         signal = [g for g in fresh if has_signal(g, cfg)]
         if attempt == 0:
             zero_first = 1 - len(signal) / len(fresh)
-        groups += signal if cfg.dynamic_sampling else fresh
-        if len(groups) >= wanted or not cfg.dynamic_sampling:
+        seen += fresh
+        train += signal if cfg.dynamic_sampling else fresh
+        if len(train) >= wanted or not cfg.dynamic_sampling:
             break
-    return groups, drawn, zero_first
+    return train, seen, zero_first
 
 
 def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int) -> list[Group]:
