@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from reasonlm.answer import (FINAL_MARK, NUMBER_RE, encode_prompt, evaluate_expression, format_number,
-                             normalize_number, parse_completion, prompt_messages)
+from reasonlm.answer import FINAL_MARK, encode_prompt, normalize_number, parse_completion, prompt_messages
 from reasonlm.evaluate import generate, pick, stop_token_ids
+from reasonlm.tasks import parse_any_question
 
 # --- settings ----------------------------------------------------------------------------------
 
@@ -268,97 +267,18 @@ class Generator:
 
 
 # --- /verify: rebuild a task example from the question text, run the family's checker ---------
-def _arithmetic(question: str):
-    from reasonlm.tasks.arithmetic import split_modulus
-    expr = re.sub(r"^\s*(?:what\s+is|compute|calculate|evaluate)\s*:?", "", question, flags=re.I)
-    expr = expr.strip().rstrip("?").strip().rstrip("=").strip()
-    core, modulus = split_modulus(expr)  # '8+7-5 mod 10': steps are checked as congruences
-    value = evaluate_expression(core)
-    if value is None:
-        return None
-    if modulus and value.denominator == 1:
-        value = value % modulus
-    return {"question": expr, "answer": format_number(value), "steps": [], "meta": {}}
-
-
-def _linear_equation(question: str):
-    from reasonlm.tasks.linear_equations import parse_equation, solve
-    for equation in (e.strip() for e in LINEAR_RE.findall(question)):  # 'Find x: 4x+8=44', 'What is x if ...?'
-        sides = parse_equation(equation) if "x" in equation.lower() else None
-        value = solve(sides) if sides else None
-        if value is not None:
-            return {"question": question, "answer": format_number(value), "steps": [], "meta": {"equation": equation}}
-    return None
-
-
-LINEAR_RE = re.compile(r"[0-9xX+\-*/()×÷−. ]+=[0-9xX+\-*/()×÷−. ]+")
-
-
-def _object_swaps(question: str):
-    story, _, ask = question.partition("Who has the ")
-    held = re.findall(r"\b([A-Z][a-z]+) has the ([a-z]+) ", story)
-    swaps = re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+) swap", story)
-    target = ask.split()[0] if ask.split() else ""
-    people, start = [p for p, _ in held], [c for _, c in held]
-    if len(people) < 2 or len(set(people)) != len(people) or target not in start or not swaps:
-        return None
-    if any(a not in people or b not in people for a, b in swaps):
-        return None
-    pairs = [[people.index(a), people.index(b)] for a, b in swaps]
-    state = list(start)
-    for i, j in pairs:
-        state[i], state[j] = state[j], state[i]
-    meta = {"people": people, "start": start, "swaps": pairs, "target": target}
-    return {"question": question, "answer": people[state.index(target)], "steps": [], "meta": meta}
-
-
-# Constants word problems use without stating them (percent, half, a week, a dozen, an hour...).
-IMPLICIT_NUMBERS = ["2", "7", "12", "24", "52", "60", "100", "1000"]
-NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-NUMBER_WORDS.update(triple="3", thrice="3", quarter="4")
-
-
-def _word_problem(question: str):
-    stated = [normalize_number(m.group(0)) for m in NUMBER_RE.finditer(question)]
-    stated = [format_number(v) for v in stated if v is not None]
-    if not stated or not re.search(r"[A-Za-z]{3}", question):
-        return None
-    words = [NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", question.lower()) if w in NUMBER_WORDS]
-    given = list(dict.fromkeys(stated + words + IMPLICIT_NUMBERS))
-    return {"question": question, "answer": None, "steps": [], "meta": {"given": given}}  # answer unknown
-
-
-# Family -> question parser, tried in this order; a family missing from the registry is skipped.
-VERIFIERS = [("arithmetic", _arithmetic), ("linear_equations", _linear_equation),
-             ("object_swaps", _object_swaps), ("word_problems", _word_problem)]
-
-
-def find_checker(question: str):
-    """(family, task, example) for the first family that can read the question, else None."""
-    from reasonlm.tasks import get_task
-    for family, parse in VERIFIERS:
-        try:
-            task = get_task(family)
-        except ValueError:  # not registered in this install
-            continue
-        example = parse(question)
-        if example is not None:
-            return family, task, example
-    return None
-
-
 def verify(question: str, text: str):
     """(family, example, steps, Check) for an answer, or None when no family reads the question."""
-    found = find_checker(question)
+    found = parse_any_question(question)
     if found is None:
         return None
-    family, task, example = found
+    task, example = found
     parsed = parse_completion(text)
-    # The true answer unknown: check the chain against the model's own answer instead, so
-    # chain_valid still means "every step is right and the steps lead to the final answer".
-    reference = example["answer"] if example["answer"] is not None else (parsed.answer or "")
-    check = task.check(dict(example, answer=reference), parsed.steps, parsed.answer)
-    return family, example, parsed, check
+    # The true answer unknown (example.answer ''): check the chain against the model's own answer
+    # instead, so chain_valid still means "every step is right and the steps lead to the final answer".
+    reference = example if example.answer else replace(example, answer=parsed.answer or "")
+    check = task.check(reference, parsed.steps, parsed.answer)
+    return task.name, example, parsed, check
 
 
 # --- saving and loading sessions ----------------------------------------------------------------

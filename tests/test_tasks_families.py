@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from reasonlm.answer import format_number, normalize_number, parse_expression, render_completion
-from reasonlm.tasks import get_task, known_tasks
+from reasonlm.example import Example
+from reasonlm.tasks import TASKS, get_task, is_importer, known_tasks, parse_any_question, question_families
 from reasonlm.tasks.arithmetic import ArithmeticChain, rewrite_steps
 from reasonlm.tasks.linear_equations import LinearEquations, parse_equation, solve
 from reasonlm.tasks.object_swaps import ObjectSwaps
-from reasonlm.tasks.word_problems import BASES, EQUATION_RE, STAGES, WordProblems
+from reasonlm.tasks.word_problem_templates import BASES, STAGES
+from reasonlm.tasks.word_problems import EQUATION_RE, WordProblems
 
 # family -> (task, n_steps it must support)
 FAMILIES = {
@@ -60,11 +62,11 @@ def _corrupt_step(family: str, text: str, which: int) -> str:
     return _bump_number(text, which)
 
 
-def _wrong_answer(example: dict) -> str:
-    value = normalize_number(example["answer"])
+def _wrong_answer(example: Example) -> str:
+    value = normalize_number(example.answer)
     if value is not None:
         return format_number(value + 1)
-    return next(p for p in example["meta"]["people"] if p != example["answer"])
+    return next(p for p in example.meta["people"] if p != example.answer)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -72,13 +74,13 @@ def _wrong_answer(example: dict) -> str:
 @given(seed=st.integers(0, 2**32 - 1), n_index=st.integers(0, 20))
 def test_gold_solution_passes(family, seed, n_index):
     task, ex, n = _example(family, seed, n_index)
-    assert set(ex) == {"question", "steps", "answer", "n_steps", "meta"}
-    assert ex["n_steps"] == n == len(ex["steps"])
-    assert json.loads(json.dumps(ex)) == ex  # JSON-serialisable, meta included
-    check = task.check(ex, ex["steps"], ex["answer"])
+    assert isinstance(ex, Example) and ex.family == task.name and isinstance(ex.steps, tuple)
+    assert ex.n_steps == n == len(ex.steps)
+    assert Example.from_row(json.loads(json.dumps(ex.to_row()))) == ex  # a row and back, meta included
+    check = task.check(ex, ex.steps, ex.answer)
     assert check.answer_correct and check.chain_valid, (ex, check)
     assert check.step_ok == [True] * n and check.first_bad_step is None
-    assert task.reward(ex, render_completion(ex["steps"], ex["answer"])) == 1.0
+    assert task.reward(ex, render_completion(ex.steps, ex.answer)) == 1.0
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -87,13 +89,13 @@ def test_gold_solution_passes(family, seed, n_index):
 def test_corrupted_step_fails_where_it_is(family, seed, n_index, pick):
     task, ex, n = _example(family, seed, n_index)
     i = pick % n
-    steps = list(ex["steps"])
+    steps = list(ex.steps)
     steps[i] = _corrupt_step(family, steps[i], pick // n)
-    check = task.check(ex, steps, ex["answer"])
+    check = task.check(ex, steps, ex.answer)
     assert not check.chain_valid, (steps, ex)
     assert check.first_bad_step == i + 1, (i, steps, check)
     assert check.answer_correct and check.right_answer_wrong_chain
-    assert task.reward(ex, render_completion(steps, ex["answer"])) == 0.5
+    assert task.reward(ex, render_completion(steps, ex.answer)) == 0.5
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -101,10 +103,10 @@ def test_corrupted_step_fails_where_it_is(family, seed, n_index, pick):
 @given(seed=st.integers(0, 2**32 - 1), n_index=st.integers(0, 20))
 def test_corrupted_answer_fails(family, seed, n_index):
     task, ex, _ = _example(family, seed, n_index)
-    check = task.check(ex, ex["steps"], _wrong_answer(ex))
+    check = task.check(ex, ex.steps, _wrong_answer(ex))
     assert not check.answer_correct and not check.chain_valid
     assert check.first_bad_step is None  # the steps themselves are still right
-    assert task.reward(ex, render_completion(ex["steps"], _wrong_answer(ex))) == 0.0
+    assert task.reward(ex, render_completion(ex.steps, _wrong_answer(ex))) == 0.0
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -120,18 +122,18 @@ def test_same_seed_same_examples(family):
 def test_missing_and_extra_steps(family):
     task, _ = FAMILIES[family]
     ex = task.generate(random.Random(3), 4)
-    assert not task.check(ex, [], ex["answer"]).chain_valid
-    assert not task.check(ex, ex["steps"], None).answer_correct
+    assert not task.check(ex, [], ex.answer).chain_valid
+    assert not task.check(ex, ex.steps, None).answer_correct
     if family == "object_swaps":  # a line per swap, no more, no fewer
-        assert not task.check(ex, ex["steps"][:-1], ex["answer"]).chain_valid
-        assert task.check(ex, ex["steps"] + ex["steps"][-1:], ex["answer"]).first_bad_step == 5
+        assert not task.check(ex, ex.steps[:-1], ex.answer).chain_valid
+        assert task.check(ex, ex.steps + ex.steps[-1:], ex.answer).first_bad_step == 5
 
 
 # --- family specifics ----------------------------------------------------------------------------
 def test_no_trivial_operations_when_asked():
     """trivial_ops=False: every step changes the value, and * still appears (not starved by rejections)."""
     task, rng = ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, trivial_ops=False), random.Random(1)
-    steps = [s for _ in range(300) for s in task.generate(rng, 6)["steps"]]
+    steps = [s for _ in range(300) for s in task.generate(rng, 6).steps]
     for step in steps:
         a, op, b, c = re.fullmatch(r"(\d+)([-+*])(\d+)=(\d+)", step).groups()
         assert a != c and not (op == "*" and "1" in (a, b)), step
@@ -141,7 +143,7 @@ def test_no_trivial_operations_when_asked():
 def test_distinct_ops_never_repeat_an_operation():
     task, rng = ArithmeticChain(digits=1, ops="+-*", min_value=0, max_value=99, distinct_ops=True), random.Random(2)
     for _ in range(300):
-        ops = [re.fullmatch(r"\d+([-+*]\d+)=\d+", s).group(1) for s in task.generate(rng, 8)["steps"]]
+        ops = [re.fullmatch(r"\d+([-+*]\d+)=\d+", s).group(1) for s in task.generate(rng, 8).steps]
         assert len(set(ops)) == len(ops), ops
 
 
@@ -154,34 +156,33 @@ def test_word_problems_refuse_invented_and_distractor_numbers():
     task = WordProblems(distractors=1.0)
     rng = random.Random(11)
     ex = task.generate(rng, 3)
-    given = {normalize_number(g) for g in ex["meta"]["given"]}
+    given = {normalize_number(g) for g in ex.meta["given"]}
     unknown = next(k for k in range(7919, 10**6) if k not in given and k + 1 not in given)
-    steps = list(ex["steps"])
+    steps = list(ex.steps)
     steps[1] = f"So {unknown}+1={unknown + 1} things."  # true, but uses a number nobody gave
-    assert task.check(ex, steps, ex["answer"]).first_bad_step == 2
+    assert task.check(ex, steps, ex.answer).first_bad_step == 2
     # a distractor's number is in the question but not among the numbers a solution may use
     while True:
-        numbers = {normalize_number(t) for t in re.findall(r"\d+(?:\.\d+)?", ex["question"])}
+        numbers = {normalize_number(t) for t in re.findall(r"\d+(?:\.\d+)?", ex.question)}
         if numbers - given:
             break
         ex = task.generate(rng, 3)
-        given = {normalize_number(g) for g in ex["meta"]["given"]}
+        given = {normalize_number(g) for g in ex.meta["given"]}
     d, g = min(numbers - given), min(given)
-    steps = [f"So {format_number(d)}+{format_number(g)}={format_number(d + g)} things."] + ex["steps"][1:]
-    assert task.check(ex, steps, ex["answer"]).first_bad_step == 1
+    steps = [f"So {format_number(d)}+{format_number(g)}={format_number(d + g)} things.", *ex.steps[1:]]
+    assert task.check(ex, steps, ex.answer).first_bad_step == 1
 
 
 def test_word_problem_line_needs_an_equation():
     task = WordProblems()
     ex = task.generate(random.Random(5), 2)
-    check = task.check(ex, ["I think so.", ex["steps"][1]], ex["answer"])
+    check = task.check(ex, ["I think so.", ex.steps[1]], ex.answer)
     assert check.first_bad_step == 1
 
 
 def test_linear_states_any_valid_order():
     task = LinearEquations()
-    ex = {"question": "Solve for x: 3x+7=22", "answer": "5", "n_steps": 3, "steps": [],
-          "meta": {"equation": "3x+7=22", "form": "lin"}}
+    ex = Example("Solve for x: 3x+7=22", "5", meta={"equation": "3x+7=22", "form": "lin"})
     assert task.check(ex, ["3x=15", "x=5"], "5").chain_valid
     assert task.check(ex, ["x+7/3=22/3", "x = 5", "3*5+7=22"], "5").chain_valid
     assert task.check(ex, ["3x=29"], "5").first_bad_step == 1
@@ -202,10 +203,10 @@ def test_linear_parser():
 def test_swaps_accept_either_name_order():
     task = ObjectSwaps()
     ex = task.generate(random.Random(2), 2)
-    head, state = ex["steps"][0].split(": ", 1)
+    head, state = ex.steps[0].split(": ", 1)
     a, b = head.removeprefix("swap ").split(",")
-    flipped = [f"Swap {b} , {a}:  {state}.", ex["steps"][1]]
-    assert task.check(ex, flipped, ex["answer"].lower()).chain_valid
+    flipped = [f"Swap {b} , {a}:  {state}.", ex.steps[1]]
+    assert task.check(ex, flipped, ex.answer.lower()).chain_valid
 
 
 @pytest.mark.parametrize("family,knobs", [
@@ -234,24 +235,105 @@ def test_linear_length_depends_on_knobs():
 
 def test_registry_knows_every_family():
     assert {"arithmetic", "word_problems", "linear_equations", "object_swaps", "gsm8k", "reasoning_gym"} <= set(known_tasks())
+    assert [name for name in TASKS if is_importer(TASKS[name]())] == ["gsm8k", "reasoning_gym"]
+    for name, cls in TASKS.items():  # every task says its name, kind and license; families a version
+        assert cls.name == name and isinstance(cls.imported, bool) and cls.license
+        assert cls.imported or (isinstance(cls.version, int) and cls.version >= 1)
+
+
+# --- checkers take their knobs from the example -----------------------------------------------------
+# Eval and chat score with default-constructed tasks, so problems made with other knobs must be
+# judged right by them: every knob a checker needs is in the question or meta.
+OTHER_KNOBS = {
+    "arithmetic": [{"digits": [2, 3], "ops": "+-*/", "group_prob": 0.5, "step_format": "rewrite"},
+                   {"digits": 1, "ops": "+-*", "modulus": 7},
+                   {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False,
+                    "distinct_ops": True, "step_format": "equation+rewrite"}],
+    "arithmetic_step": [{"length": [3, 20], "digits": [1, 2], "ops": "+-*", "min_value": 0, "max_value": 999,
+                         "trivial_ops": False}],
+    "linear_equations": [{"negatives": True, "max_coef": 30, "max_const": 50, "max_solution": 25, "both_sides": False},
+                         {"parentheses": False, "max_coef": 12}],
+    "object_swaps": [{"people": [5, 10]}],
+    "word_problems": [{"max_number": 500, "max_result": 100000, "distractors": 1.0}],
+}
+
+
+@pytest.mark.parametrize("family", list(OTHER_KNOBS))
+def test_a_default_task_checks_problems_made_with_other_knobs(family):
+    assert set(OTHER_KNOBS) == set(question_families())  # every generated family is covered
+    default = get_task(family)
+    for knobs in OTHER_KNOBS[family]:
+        task, rng = get_task(family, **knobs), random.Random(5)
+        for i in range(40):
+            n = 1 if family == "arithmetic_step" else 1 + i % 6
+            ex = task.generate(rng, n)
+            assert default.check(ex, ex.steps, ex.answer).chain_valid, (knobs, ex)
+            steps, k = list(ex.steps), i % n
+            steps[k] = _corrupt_step(family, steps[k], i)
+            check = default.check(ex, steps, ex.answer)
+            assert check.first_bad_step == k + 1 and not check.chain_valid, (knobs, ex, steps)
+
+
+# --- reading a question back (chat's /verify) -------------------------------------------------------
+@pytest.mark.parametrize("family", list(OTHER_KNOBS))
+def test_parse_any_question_reads_every_family_back(family):
+    """A generated question, made with default or other knobs, is read back as its own family, and
+    the rebuilt example accepts the gold solution (word problems: their answer is unknown, '')."""
+    for knobs in [{}] + OTHER_KNOBS[family]:
+        task, rng = get_task(family, **knobs), random.Random(9)
+        for i in range(20):
+            ex = task.generate(rng, 1 if family == "arithmetic_step" else 1 + i % 4)
+            found, rebuilt = parse_any_question(ex.question)
+            assert found.name == family and rebuilt.family == family, (knobs, ex)
+            assert rebuilt.answer == ("" if family == "word_problems" else ex.answer)
+            reference = rebuilt if rebuilt.answer else Example(rebuilt.question, ex.answer, meta=rebuilt.meta)
+            assert found.check(reference, ex.steps, ex.answer).chain_valid, (knobs, ex, rebuilt)
+
+
+@pytest.mark.parametrize("question,family,answer", [
+    ("What is 3+4*2?", "arithmetic", "11"), ("compute: 8+7-5 mod 10", "arithmetic", "0"),
+    ("One step of 3+4*2", "arithmetic_step", "3+8"), ("Find x: 4x+8=44", "linear_equations", "9"),
+    ("Alice has the red ball and Bob has the blue ball. First, Alice and Bob swap balls. Who has the red ball now?",
+     "object_swaps", "Bob"),
+    ("Mia has three bags of 12 apples. How many apples?", "word_problems", ""),
+])
+def test_parse_question_examples(question, family, answer):
+    task, example = parse_any_question(question)
+    assert (task.name, example.answer) == (family, answer)
+    if family == "word_problems":
+        assert {"3", "12", "100"} <= set(example.meta["given"])  # number words and implicit constants count
+
+
+@pytest.mark.parametrize("family,question", [
+    ("arithmetic", "What is 1/0?"), ("arithmetic", "Mia has 3 apples."), ("arithmetic_step", "One step of 7"),
+    ("arithmetic_step", "3+4*2"), ("linear_equations", "Solve for x: x=x"), ("linear_equations", "3+4=7"),
+    ("object_swaps", "Alice has the red ball. Who has the red ball now?"), ("word_problems", "hello there"),
+])
+def test_parse_question_refuses_other_questions(family, question):
+    assert get_task(family).parse_question(question) is None
+
+
+def test_parse_any_question_refuses_what_no_family_reads():
+    assert parse_any_question("hello there") is None
+    assert parse_any_question("Solve for x: x=x") is None
 
 
 def test_arithmetic_accepts_steps_written_as_decimals_and_any_order():
     """Leaves are ints in the generator and the parser; a step written '2.0+3=5.0' (Fraction
     leaves) still names and reduces the same operation, and exact division keeps ints."""
     task = ArithmeticChain(digits=1, ops="+-*/")
-    ex = {"question": "(8/4+3)*2-6", "steps": [], "answer": "4", "n_steps": 4, "meta": {}}
+    ex = Example("(8/4+3)*2-6", "4")
     assert task.check(ex, ["8/4=2", "2+3=5", "5*2=10", "10-6=4"], "4").chain_valid
     assert task.check(ex, ["8.0/4=2.0", "2+3.0=5", "5*2=10.00", "10-6=4"], "4.0").chain_valid
     assert task.check(ex, ["8/4=2", "2+3=5", "5*2=11", "11-6=5"], "4").first_bad_step == 3
     assert task.check(ex, ["8/4=2", "2+3=5", "5*2=10", "10-6=4"], "5").chain_valid is False
     mod = ArithmeticChain(digits=1, ops="+-*", modulus=10)
-    ex = {"question": "(8+7)*3 mod 10", "steps": [], "answer": "5", "n_steps": 2, "meta": {}}
+    ex = Example("(8+7)*3 mod 10", "5")
     assert mod.check(ex, ["8+7=5", "5*3=5"], "5").chain_valid
     assert mod.check(ex, ["8+7=15", "15*3=45"], "5").first_bad_step == 1  # results must lie in 0..m-1
     for seed in range(50):  # every value of a chain with / is an int: no Fraction leaks into the text
         gen = task.generate(random.Random(seed), 5)
-        assert "/" not in gen["answer"] and all("." not in s for s in gen["steps"])
+        assert "/" not in gen.answer and all("." not in s for s in gen.steps)
 
 
 def test_arithmetic_rewrite_steps_are_whole_expressions():
@@ -260,7 +342,7 @@ def test_arithmetic_rewrite_steps_are_whole_expressions():
     two operations at once, or changes the rest of the expression, is wrong."""
     task = ArithmeticChain(digits=1, ops="+-*", step_format="rewrite")
     assert rewrite_steps(parse_expression("(4*8+7)*2-5")) == ["(32+7)*2-5", "39*2-5", "78-5", "73"]
-    ex = {"question": "(4*8+7)*2-5", "steps": [], "answer": "73", "n_steps": 4, "meta": {}}
+    ex = Example("(4*8+7)*2-5", "73")
     assert task.check(ex, ["(32+7)*2-5", "39*2-5", "78-5", "73"], "73").chain_valid
     assert task.check(ex, ["(32+7)*2-5", "32+7=39", "39*2=78 | 78-5", "73"], "73").chain_valid  # mixed formats
     assert task.check(ex, ["4*8=32 | (32+7)*2-6", "32+7=39"], "73").first_bad_step == 1  # a wrong rest
@@ -268,7 +350,7 @@ def test_arithmetic_rewrite_steps_are_whole_expressions():
     assert task.check(ex, ["39*2-5", "78-5", "73"], "73").first_bad_step == 1  # two reductions in one line
     assert task.check(ex, ["(32+7)*2-4", "39*2-4", "78-4", "74"], "74").first_bad_step == 1  # copied wrong
     assert task.check(ex, ["(32+7)*2-5", "39*2-5", "78-5", "73"], "72").chain_valid is False
-    two = {"question": "2*3+4*5", "steps": [], "answer": "26", "n_steps": 3, "meta": {}}
+    two = Example("2*3+4*5", "26")
     assert task.check(two, ["2*3+20", "6+20", "26"], "26").chain_valid  # right-hand product first
     with pytest.raises(ValueError, match="step_format"):
         ArithmeticChain(modulus=10, ops="+-*", step_format="rewrite")
@@ -280,12 +362,12 @@ def test_arithmetic_step_gold_passes_and_corruptions_fail(seed, pick):
     """One step of a long expression: the line must be a true step and the answer exactly what it leaves."""
     task = get_task("arithmetic_step", length=[1, 12], digits=1, ops="+-*", min_value=0, max_value=99)
     ex = task.generate(random.Random(seed), 1)
-    assert ex["question"].startswith("One step of ") and len(ex["steps"]) == 1
-    assert task.check(ex, ex["steps"], ex["answer"]).chain_valid
-    bad_line = _bump_number(ex["steps"][0], pick)
-    assert task.check(ex, [bad_line], ex["answer"]).first_bad_step == 1
-    assert not task.check(ex, ex["steps"], _bump_number(ex["answer"], pick)).answer_correct
-    assert not task.check(ex, ex["steps"] * 2, ex["answer"]).chain_valid
+    assert ex.question.startswith("One step of ") and len(ex.steps) == 1
+    assert task.check(ex, ex.steps, ex.answer).chain_valid
+    bad_line = _bump_number(ex.steps[0], pick)
+    assert task.check(ex, [bad_line], ex.answer).first_bad_step == 1
+    assert not task.check(ex, ex.steps, _bump_number(ex.answer, pick)).answer_correct
+    assert not task.check(ex, ex.steps * 2, ex.answer).chain_valid
 
 
 def test_arithmetic_step_knobs():

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from reasonlm.answer import render_completion
-from reasonlm.tasks import get_task
+from reasonlm.example import Example
+from reasonlm.tasks import get_task, is_importer
 from reasonlm.tasks.gsm8k import FIXTURE_RECORDS, GSM8K, find_equations, write_fixture
 from reasonlm.tasks.reasoning_gym import ReasoningGym
 
@@ -32,33 +33,33 @@ def test_fixture_in_repo_is_current(fixture_path):
 def test_gsm8k_fixture_report_and_examples(fixture_path):
     examples, report = GSM8K(fixture_path).load()
     assert report == EXPECTED_REPORT
-    assert [ex["meta"] for ex in examples] == [{"source": fixture_path, "line": i} for i in range(1, 13)]
+    assert [ex.meta for ex in examples] == [{"source": fixture_path, "line": i} for i in range(1, 13)]
     first = examples[0]
-    assert first["steps"] == ["On Tuesday she picked 36/2=18 strawberries.", "In total she picked 36+18=54 strawberries."]
-    assert first["answer"] == "54" and first["n_steps"] == 2
-    by_answer = {ex["answer"]: ex for ex in examples}
-    assert by_answer["90"]["steps"][1] == "He saves 450*0.2=90."  # '.2' gets its 0
-    assert by_answer["11.25"]["steps"][0] == "The notebooks cost 4*2.5=10."  # '= $<<..>>10' folded
-    assert by_answer["34"]["n_steps"] == 3 and len(by_answer["34"]["steps"]) == 2  # two annotations, one line
-    assert by_answer["5"]["steps"][1] == "It leaves at 2 pm."  # a line without annotation is kept
+    assert first.steps == ("On Tuesday she picked 36/2=18 strawberries.", "In total she picked 36+18=54 strawberries.")
+    assert first.answer == "54" and first.n_steps == 2
+    by_answer = {ex.answer: ex for ex in examples}
+    assert by_answer["90"].steps[1] == "He saves 450*0.2=90."  # '.2' gets its 0
+    assert by_answer["11.25"].steps[0] == "The notebooks cost 4*2.5=10."  # '= $<<..>>10' folded
+    assert by_answer["34"].n_steps == 3 and len(by_answer["34"].steps) == 2  # two annotations, one line
+    assert by_answer["5"].steps[1] == "It leaves at 2 pm."  # a line without annotation is kept
     task = GSM8K(fixture_path)
     for ex in examples:
-        check = task.check(ex, ex["steps"], ex["answer"])
+        check = task.check(ex, ex.steps, ex.answer)
         assert check.chain_valid and check.answer_correct, ex
-        assert task.reward(ex, render_completion(ex["steps"], ex["answer"])) == 1.0
-        assert json.loads(json.dumps(ex)) == ex
+        assert task.reward(ex, render_completion(ex.steps, ex.answer)) == 1.0
+        assert ex.family == task.name and Example.from_row(json.loads(json.dumps(ex.to_row()))) == ex
 
 
 def test_gsm8k_check_flags_wrong_equations(fixture_path):
     examples, _ = GSM8K(fixture_path).load()
     ex = examples[0]
     task = GSM8K(fixture_path)
-    wrong = ["On Tuesday she picked 36 / 2 = 19 strawberries.", ex["steps"][1]]
+    wrong = ["On Tuesday she picked 36 / 2 = 19 strawberries.", ex.steps[1]]
     check = task.check(ex, wrong, "54")
     assert check.first_bad_step == 1 and check.answer_correct and not check.chain_valid
-    assert not task.check(ex, ex["steps"], "55").answer_correct
+    assert not task.check(ex, ex.steps, "55").answer_correct
     # the last equation must give the final answer
-    assert not task.check(ex, ex["steps"] + ["Half of that is 54/2=27."], "54").chain_valid
+    assert not task.check(ex, [*ex.steps, "Half of that is 54/2=27."], "54").chain_valid
 
 
 def test_gsm8k_on_error_raise_names_file_and_line(fixture_path):
@@ -82,7 +83,7 @@ def test_gsm8k_reads_parquet(tmp_path, fixture_path):
     pq.write_table(pa.Table.from_pylist(rows), path)
     examples, report = GSM8K(path).load()
     assert report == {"read": 14, "kept": 12, "rejected": {"bad_annotation": 1, "final_mismatch": 1, "malformed": 0}}
-    assert examples[3]["meta"] == {"source": path, "line": 4}
+    assert examples[3].meta == {"source": path, "line": 4}
 
 
 def test_gsm8k_refuses_bad_settings_and_generation(tmp_path):
@@ -90,8 +91,7 @@ def test_gsm8k_refuses_bad_settings_and_generation(tmp_path):
         GSM8K(on_error="ignore")
     with pytest.raises(ValueError, match="no such file"):
         GSM8K(str(tmp_path / "missing.jsonl")).load()
-    with pytest.raises(ValueError, match="importer"):
-        get_task("gsm8k").generate(None, 2)
+    assert is_importer(get_task("gsm8k"))
 
 
 def test_gsm8k_hub_offline_is_one_clear_line(tmp_path):
@@ -117,7 +117,7 @@ def test_gsm8k_hub_rows_are_read(monkeypatch):
     examples, report = GSM8K("someone/gsm8k-like", config="main", split="test").load()
     assert calls == [("someone/gsm8k-like", "main", "test")]
     assert report == {"read": 2, "kept": 1, "rejected": {"bad_annotation": 0, "final_mismatch": 0, "malformed": 1}}
-    assert examples[0]["meta"] == {"source": "someone/gsm8k-like", "line": 1}
+    assert examples[0].meta == {"source": "someone/gsm8k-like", "line": 1}
 
 
 # --- finding equations in free text ------------------------------------------------------------
@@ -165,8 +165,15 @@ def test_reasoning_gym_refuses_unsupported_settings():
         ReasoningGym("countdown")
     with pytest.raises(ValueError, match="size"):
         ReasoningGym("chain_sum", size=0)
-    with pytest.raises(ValueError, match="importer"):
-        ReasoningGym("chain_sum").generate(None, 2)
+    with pytest.raises(ValueError, match="on_error"):
+        ReasoningGym("chain_sum", on_error="ignore")
+    assert is_importer(ReasoningGym("chain_sum"))
+
+
+def test_get_task_passes_a_knob_called_name():
+    """reasoning_gym's knob `name` (which of its tasks) reaches the importer: get_task's family is positional-only."""
+    task = get_task("reasoning_gym", name="chain_sum", size=3, on_error="raise")
+    assert (task.name, task.task, task.size, task.on_error) == ("reasoning_gym", "chain_sum", 3, "raise")
 
 
 def test_reasoning_gym_bad_config_is_one_line():
@@ -184,14 +191,14 @@ def test_reasoning_gym_import_is_verified(name):
     assert report["read"] == 40 == report["kept"] + sum(report["rejected"].values())
     assert report["kept"] >= 30
     for ex in examples:
-        check = task.check(ex, ex["steps"], ex["answer"])
+        check = task.check(ex, ex.steps, ex.answer)
         assert check.chain_valid and check.answer_correct, ex
-        assert json.loads(json.dumps(ex)) == ex
-    ex = next(e for e in examples if e["n_steps"])
-    i = next(i for i, step in enumerate(ex["steps"]) if find_equations(step))  # the first line with an equation
-    steps = list(ex["steps"])
+        assert ex.family == task.name and Example.from_row(json.loads(json.dumps(ex.to_row()))) == ex
+    ex = next(e for e in examples if e.n_steps)
+    i = next(i for i, step in enumerate(ex.steps) if find_equations(step))  # the first line with an equation
+    steps = list(ex.steps)
     steps[i] = steps[i].replace("=", "=1", 1)  # now its result is wrong
-    assert task.check(ex, steps, ex["answer"]).first_bad_step == i + 1
+    assert task.check(ex, steps, ex.answer).first_bad_step == i + 1
 
 
 def test_reasoning_gym_expression_trace_and_rejections():
@@ -200,4 +207,29 @@ def test_reasoning_gym_expression_trace_and_rejections():
     # reasoning-gym 0.1.25 truncates some divisions ('-1 / -27' answered '-1'); those are dropped
     assert report["rejected"]["final_mismatch"] >= 1
     ex = examples[0]
-    assert ex["meta"]["kind"] == "expression" and ex["n_steps"] == len(ex["steps"]) >= 1
+    assert ex.meta["kind"] == "expression" and ex.n_steps == len(ex.steps) >= 1
+
+
+class _FakeDataset(list):
+    def score_answer(self, answer, entry):
+        return 1.0 if answer == entry["answer"] else 0.0
+
+
+def test_reasoning_gym_load_without_the_extra(monkeypatch):
+    """The importer's own logic on a stand-in for reasoning_gym: kept records are Examples its
+    checker accepts, each rejection kind is counted, and on_error='raise' stops at a malformed one."""
+    entries = [{"question": "What is 2 + 3 * 4?", "answer": "14", "metadata": {"expression": "2 + 3 * 4"}},
+               {"question": "What is 7 - 2?", "answer": "6", "metadata": {"expression": "7 - 2"}},
+               {"question": "What is 1 + 1?", "answer": "2", "metadata": {}}]
+    fake = type(sys)("reasoning_gym")
+    fake.create_dataset = lambda name, size, seed, **config: _FakeDataset(entries)
+    monkeypatch.setitem(sys.modules, "reasoning_gym", fake)
+    task = ReasoningGym("chain_sum", size=3)
+    examples, report = task.load()
+    assert report == {"read": 3, "kept": 1, "rejected": {"bad_annotation": 0, "final_mismatch": 1, "malformed": 1}}
+    ex = examples[0]
+    assert (ex.family, ex.steps, ex.answer, ex.n_steps) == ("reasoning_gym", ("3*4=12", "2+12=14"), "14", 2)
+    assert ex.meta == {"source": "reasoning_gym/chain_sum", "index": 0, "kind": "expression", "expression": "2 + 3 * 4"}
+    assert get_task("reasoning_gym").check(ex, ["3*4=12", "2+12=15"], "14").first_bad_step == 2
+    with pytest.raises(ValueError, match=r"^reasoning_gym/chain_sum record 2: malformed record: no expression"):
+        ReasoningGym("chain_sum", size=3, on_error="raise").load()

@@ -21,7 +21,7 @@ Rejected and counted: `bad_annotation` (an annotation that is not a true equatio
 answer.check_equation, or a rewritten line our own checker does not accept), `final_mismatch`
 (the `####` value differs from the last annotation's result), `malformed` (bad JSON, missing or
 empty `question`/`answer`, no `####` line, no reasoning lines). `on_error="raise"` turns a
-malformed record into a ValueError naming file:line instead.
+malformed record into a ValueError naming file:line instead (the default, 'skip', counts it).
 
 Checking a solution (gold or model): every equation found in a line must be true (see
 `find_equations`, which tolerates spaces, units, currency signs and 'x' for times), the last
@@ -33,10 +33,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 
-from reasonlm.answer import (MAX_EXPR_CHARS, check_equation, evaluate_expression, format_number,
+from reasonlm.answer import (MAX_EXPR_CHARS, answers_match, check_equation, evaluate_expression, format_number,
                              normalize_number, parse_expression, tree_value)
-from reasonlm.tasks import Check, finish_check, reward_from_check, answers_match, check_completion
+from reasonlm.example import Example
+from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, finish_check, new_load_report
 
 ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
 PRINTED_RESULT_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # the result GSM8K prints after '>>'
@@ -46,38 +48,27 @@ _CALCULATOR_OPS = str.maketrans({"x": "*", "×": "*", "÷": "/"})  # '3x4' in a 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-class _Reject(Exception):
-    def __init__(self, kind: str, why: str):
-        super().__init__(why)
-        self.kind, self.why = kind, why
-
-
-class GSM8K:
+class GSM8K(Importer):
     name = "gsm8k"
     license = "MIT (openai/gsm8k); local files keep their own license"
 
     def __init__(self, path: str = "openai/gsm8k", config: str = "main", split: str = "train", on_error: str = "skip"):
         if not isinstance(path, str) or not path:
             raise ValueError(f"path must be a local JSONL/parquet file or a Hub dataset id, got {path!r}")
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.path, self.config, self.split, self.on_error = path, config, split, on_error
-
-    def generate(self, rng, n_steps: int) -> dict:
-        raise ValueError("gsm8k is an importer, it does not generate problems: use GSM8K(path).load()")
+        self.path, self.config, self.split, self.on_error = path, config, split, check_on_error(on_error)
 
     # --- loading ---------------------------------------------------------------------------
-    def load(self) -> tuple[list[dict], dict]:
+    def load(self) -> tuple[list[Example], dict]:
         """(examples, report). The report counts what was read, kept and rejected by reason."""
-        report = {"read": 0, "kept": 0, "rejected": {"bad_annotation": 0, "final_mismatch": 0, "malformed": 0}}
+        report = new_load_report()
         examples = []
         for line, record, error in self._records():
             report["read"] += 1
             try:
                 if error:
-                    raise _Reject("malformed", error)
+                    raise Rejected("malformed", error)
                 examples.append(to_example(record, self.path, line))
-            except _Reject as r:
+            except Rejected as r:
                 if r.kind == "malformed" and self.on_error == "raise":
                     raise ValueError(f"{self.path}:{line}: malformed record: {r.why}") from None
                 report["rejected"][r.kind] += 1
@@ -88,7 +79,7 @@ class GSM8K:
         """(line number, record or None, error or None) from a local file or the Hub."""
         if os.path.isfile(self.path):
             if self.path.endswith(".parquet"):
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # heavy, and only parquet files need it
                 for i, row in enumerate(pq.read_table(self.path).to_pylist(), 1):
                     yield i, row, None
                 return
@@ -109,17 +100,15 @@ class GSM8K:
             yield i, row, None
 
     # --- checking --------------------------------------------------------------------------
-    def check(self, example: dict, steps: list[str], answer: str | None) -> Check:
+    def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check:
         return check_equation_steps(example, steps, answer)
 
-    def reward(self, example: dict, completion: str) -> float:
-        return reward_from_check(check_completion(self, example, completion))
 
 
 def _load_hub(path: str, config: str, split: str):
     """Rows of a Hub dataset; any failure to get them is one clear line."""
     try:
-        import datasets
+        import datasets  # heavy (pyarrow, pandas), and only Hub ids need it
         rows = datasets.load_dataset(path, config, split=split)
     except Exception as e:  # offline, no network, unknown id/config/split: all end the same way
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
@@ -129,27 +118,27 @@ def _load_hub(path: str, config: str, split: str):
     yield from rows
 
 
-def to_example(record: dict, source: str, line: int) -> dict:
-    """One GSM8K record -> example dict; raises _Reject(kind, why)."""
+def to_example(record: dict, source: str, line: int) -> Example:
+    """One GSM8K record -> Example; raises Rejected(kind, why)."""
     question, answer = record.get("question"), record.get("answer")
     for key, value in (("question", question), ("answer", answer)):
         if not isinstance(value, str) or not value.strip():
-            raise _Reject("malformed", f"missing or empty {key!r}")
+            raise Rejected("malformed", f"missing or empty {key!r}")
     body, mark, final = answer.rpartition("####")
     final = final.strip()
     if not mark or not final:
-        raise _Reject("malformed", "no '#### <answer>' line")
+        raise Rejected("malformed", "no '#### <answer>' line")
     steps, n_annotations, last = convert_lines(body)
     if not steps:
-        raise _Reject("malformed", "no reasoning lines before '####'")
+        raise Rejected("malformed", "no reasoning lines before '####'")
     value = normalize_number(final)
     gold = format_number(value) if value is not None else final
     if last is not None and value != last:
-        raise _Reject("final_mismatch", f"'#### {final}' but the last annotation gives {format_number(last)}")
-    example = {"question": question.strip(), "steps": steps, "answer": gold, "n_steps": n_annotations,
-               "meta": {"source": source, "line": line}}
+        raise Rejected("final_mismatch", f"'#### {final}' but the last annotation gives {format_number(last)}")
+    example = Example(question.strip(), gold, tuple(steps), n_annotations, GSM8K.name,
+                      meta={"source": source, "line": line})
     if not check_equation_steps(example, steps, gold).chain_valid:
-        raise _Reject("bad_annotation", "the rewritten solution does not pass the checker")
+        raise Rejected("bad_annotation", "the rewritten solution does not pass the checker")
     return example
 
 
@@ -164,7 +153,7 @@ def convert_lines(body: str):
         for m in ANNOTATION_RE.finditer(line):
             equation = LEADING_DOT_RE.sub("0.", m.group(1)).replace(" ", "").translate(_CALCULATOR_OPS)
             if equation.count("=") != 1 or check_equation(equation) is not True:
-                raise _Reject("bad_annotation", f"annotation <<{m.group(1)}>> is not a true equation")
+                raise Rejected("bad_annotation", f"annotation <<{m.group(1)}>> is not a true equation")
             lhs, rhs = equation.split("=")
             out.append(_drop_written_copy(line[pos:m.start()], lhs))
             out.append(equation)
@@ -291,7 +280,7 @@ def _arithmetic_head(tokens: list[str]):
     return None, False
 
 
-def check_equation_steps(example: dict, steps: list[str], answer: str | None) -> Check:
+def check_equation_steps(example: Example, steps: Sequence[str], answer: str | None) -> Check:
     """Every equation true; the last one's result is the final answer; the answer matches."""
     step_ok, last = [], None
     for text in steps:
@@ -300,7 +289,7 @@ def check_equation_steps(example: dict, steps: list[str], answer: str | None) ->
         if equations:
             last = equations[-1][1]
     complete = bool(steps) and (last is None or answers_match(answer, format_number(last)))
-    return finish_check(answers_match(answer, example["answer"]), step_ok, complete)
+    return finish_check(answers_match(answer, example.answer), step_ok, complete)
 
 
 # --- a small fixture written for this project (GSM8K style, not GSM8K data) -------------------

@@ -1,0 +1,138 @@
+"""The task protocol: what a task family provides, and the verdict its checker returns.
+
+There are two kinds of task. A task class subclasses the one it is, which sets the class
+attribute `imported` that tells them apart (`is_importer`):
+
+  A generated family (`Family`, imported = False) makes problems:
+      generate(rng, n_steps) -> Example     one problem needing exactly n_steps steps
+      check(example, steps, answer) -> Check
+      reward(example, completion) -> float  given: 1 / 0.5 / 0 from check (reward_from_check)
+      problem_text(question) -> str         the problem a wrapped question asks about (what
+                                            decontamination compares); given: the question
+      parse_question(question) -> Example | None
+                                            a checkable Example rebuilt from a question a
+                                            person typed (chat's /verify); None when the
+                                            question does not look like this family's
+  An importer (`Importer`, imported = True) reads problems someone else wrote:
+      load() -> (list[Example], report)     the report counts what was read, kept and
+                                            rejected by kind (REJECTIONS)
+      check, reward                         as above
+      on_error                              a constructor knob of every importer: 'skip'
+                                            drops and counts a malformed record, 'raise'
+                                            stops with a ValueError naming where it is
+
+Every task has a `name` (its family name in recipes and in Example.family) and a `license`;
+a generated family also has a `version`, raised when the same seed and knobs start to draw
+different problems. The two base classes are Protocols: they say what a task must provide, and
+give the two methods every task shares (reward, problem_text); nothing else is inherited.
+
+The checker's contract: `check` reads everything it needs from the example (its question and
+`meta`), never from the task's knobs. Eval and chat score with a task built with default knobs
+(`get_task(example.family)`), so a checker that read its knobs would judge problems made with
+other knobs wrongly; tests/test_tasks_families.py checks every family that way.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from reasonlm.answer import parse_completion
+from reasonlm.example import Example
+
+REJECTIONS = ("bad_annotation", "final_mismatch", "malformed")  # why an importer drops a record
+ON_ERROR = ("skip", "raise")
+
+
+@dataclass
+class Check:
+    """The verdict on one solution (gold or generated)."""
+    answer_correct: bool
+    step_ok: list[bool] = field(default_factory=list)  # one per step, in order
+    first_bad_step: int | None = None  # 1-based index of the first wrong step, None if none
+    chain_valid: bool = False  # every step right and the chain reaches the final answer
+
+    @property
+    def right_answer_wrong_chain(self) -> bool:
+        return self.answer_correct and not self.chain_valid
+
+
+class Family(Protocol):
+    """A generated task family (see the module docstring)."""
+    imported: ClassVar[bool] = False
+    name: ClassVar[str]
+    version: ClassVar[int]
+    license: ClassVar[str]
+
+    def generate(self, rng: random.Random, n_steps: int) -> Example: ...
+    def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check: ...
+    def parse_question(self, question: str) -> Example | None: ...
+
+    def reward(self, example: Example, completion: str) -> float:
+        return reward_from_check(check_completion(self, example, completion))
+
+    def problem_text(self, question: str) -> str:
+        return question
+
+
+class Importer(Protocol):
+    """A task that reads problems written elsewhere (see the module docstring)."""
+    imported: ClassVar[bool] = True
+    name: ClassVar[str]
+    license: ClassVar[str]
+    on_error: str  # 'skip' or 'raise' (ON_ERROR)
+
+    def load(self) -> tuple[list[Example], dict]: ...
+    def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check: ...
+
+    def reward(self, example: Example, completion: str) -> float:
+        return reward_from_check(check_completion(self, example, completion))
+
+
+Task = Family | Importer
+
+
+def is_importer(task: Task) -> bool:
+    """An importer reads records (`load`); a generated family makes them (`generate`)."""
+    return task.imported
+
+
+class Rejected(Exception):
+    """A record an importer does not keep: `kind` is one of REJECTIONS, `why` says what is wrong."""
+
+    def __init__(self, kind: str, why: str):
+        super().__init__(why)
+        self.kind, self.why = kind, why
+
+
+def new_load_report() -> dict:
+    """The report an importer's load() returns, before any record is read."""
+    return {"read": 0, "kept": 0, "rejected": {kind: 0 for kind in REJECTIONS}}
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    return on_error
+
+
+# --- turning per-step verdicts into a Check and a reward ----------------------------------------
+def finish_check(answer_correct: bool, step_ok: list[bool], complete: bool) -> Check:
+    """Shared bookkeeping: first bad step and chain validity from per-step verdicts."""
+    first_bad = None if all(step_ok) else next(i + 1 for i, ok in enumerate(step_ok) if not ok)
+    chain_valid = first_bad is None and complete and answer_correct
+    return Check(answer_correct, step_ok, first_bad, chain_valid)
+
+
+def reward_from_check(check: Check) -> float:
+    """1 for a right answer through a valid chain, 0.5 for a right answer through a broken one."""
+    if not check.answer_correct:
+        return 0.0
+    return 1.0 if check.chain_valid else 0.5
+
+
+def check_completion(task: Task, example: Example, completion: str) -> Check:
+    """The task's verdict on a whole completion (steps, then '#### answer')."""
+    parsed = parse_completion(completion)
+    return task.check(example, parsed.steps, parsed.answer)
