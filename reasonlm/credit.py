@@ -10,6 +10,7 @@ raises stops the run instead of quietly paying 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def score(task, example: Example, text: str, truncated: bool, truncation_penalty
           prompt: list[int] = (), completion: list[int] = ()) -> Rollout:
     """The checker's verdict on one completion. Nothing is caught here: a reward that raises stops the run."""
     parsed = parse_completion(text)
-    verdict = check(task, example, parsed.steps, parsed.answer)
+    verdict = task.check(example, parsed.steps, parsed.answer)
     ok, alive = [], True
     for step_ok in verdict.step_ok:
         alive = alive and bool(step_ok)
@@ -65,15 +66,8 @@ def score(task, example: Example, text: str, truncated: bool, truncation_penalty
 
 
 def new_problem(task, rng: random.Random, n_steps: int, problem_id: str) -> Example:
-    # The one place that meets today's dict-returning families (tasks move to Example on r-tasks).
-    made = task.generate(rng, n_steps)
-    return made if isinstance(made, Example) else Example.from_row({**made, "id": problem_id, "family": task.name})
-
-
-def check(task, example: Example, steps: list[str], answer: str | None):
-    # The one place that meets today's dict-taking checkers (tasks take an Example on r-tasks).
-    return task.check({**example.to_row(), "meta": example.meta}, steps, answer)
-
+    """A fresh problem of the family, with its id."""
+    return dataclasses.replace(task.generate(rng, n_steps), id=problem_id)
 
 
 # --- credit ----------------------------------------------------------------------------------

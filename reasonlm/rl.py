@@ -75,7 +75,7 @@ from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_probl
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example
 from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
-from reasonlm.tasks import get_task
+from reasonlm.tasks import get_task, is_importer
 from reasonlm.train import save_checkpoint, save_weights, trainable_state_dict, try_resume
 
 
@@ -130,8 +130,8 @@ def prepare(accelerator, model, cfg: RLConfig):
 
 def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
     """(family name, knobs): rl.task, else the recipe's first generated family."""
-    spec = cfg.task or next((t for t in recipe.data.tasks if "into" not in t), None)
-    if not spec or "name" not in spec:
+    spec = cfg.task or next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))), None)
+    if not spec or "name" not in spec or is_importer(get_task(spec["name"])):
         raise RLError("rl.task must name a generated task family, e.g. {name: arithmetic, args: {...}}")
     return spec["name"], dict(spec.get("args") or {})
 

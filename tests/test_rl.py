@@ -1,6 +1,7 @@
 """The RL stage and its rewards: advantages, process credit, loss types, preflight, the updates, bad input."""
 import dataclasses
 import json
+import random
 
 import pytest
 import torch
@@ -9,9 +10,21 @@ from reasonlm import credit, rl
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages
 from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
 from reasonlm.example import Example
-from reasonlm.model import attach_lora
-from reasonlm.tasks import get_task
-from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
+from reasonlm.model import attach_lora, build_tiny, train_tokenizer
+from reasonlm.tasks import Check, get_task
+
+TINY_TASK = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
+
+
+def tiny_model_and_tokenizer(seed=0):
+    """A random 2-layer toy policy and a tokenizer trained on one-digit chains (nothing downloaded)."""
+    task, rng = get_task("arithmetic", **TINY_TASK), random.Random(0)
+    problems = [task.generate(rng, rng.randint(1, 4)) for _ in range(300)]
+    tok = train_tokenizer(["user", "assistant", "system"] + [p.question + "\n" + "\n".join(p.steps) for p in problems],
+                          vocab_size=300)
+    return build_tiny(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=256,
+                      seed=seed), tok
+
 
 torch.set_num_threads(2)
 
@@ -136,15 +149,14 @@ class _AlwaysRight:
         return self.inner.generate(rng, n)
 
     def check(self, example, steps, answer):
-        verdict = self.inner.check(example, steps, example["answer"])
-        return verdict
+        return self.inner.check(example, steps, example.answer)
 
 
 class _NoStepChecker(_AlwaysRight):
     """A checker that judges the answer only: every step passes."""
 
     def check(self, example, steps, answer):
-        verdict = self.inner.check(example, list(example["steps"]), answer)
+        verdict = self.inner.check(example, list(example.steps), answer)
         verdict.step_ok = [True] * len(steps)
         return verdict
 
@@ -210,10 +222,9 @@ class _Stops:
     name = "stops"
 
     def generate(self, rng, n_steps):
-        return {"question": f"{rng.randint(0, 9)}+1", "steps": ["x"] * n_steps, "answer": "1", "n_steps": n_steps}
+        return Example(f"{rng.randint(0, 9)}+1", "1", ("x",) * n_steps, n_steps, self.name)
 
     def check(self, example, steps, answer):
-        from reasonlm.tasks import Check
         return Check(answer_correct=True, step_ok=[True] * len(steps), chain_valid=True)
 
 
