@@ -366,6 +366,7 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     if not batch:
         return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
     model.train()
+    batch = sorted(batch, key=lambda s: len(s.prompt) + len(s.completion))  # micro-batches of similar lengths pad less
     weights = token_weights([len(s.completion) for s in batch], cfg.loss_type, cfg.max_completion_length)
     pad = accelerator.unwrap_model(model).config.pad_token_id or 0
     micro = [collate(batch[i:i + cfg.micro_batch_size], [s.advantages for s in batch[i:i + cfg.micro_batch_size]],
