@@ -10,7 +10,7 @@ import datasets
 import yaml
 
 import reasonlm
-from reasonlm import base, chat, data, evaluate, pipeline, train
+from reasonlm import base, chat, data, evaluate, pipeline, rl, train
 from reasonlm.config import load_recipe, render_recipe
 from reasonlm.model import export
 
@@ -37,6 +37,11 @@ def cmd_train(args):
     recipe = _recipe(args)
     train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads,
               recipe.device)
+
+
+def cmd_rl(args):
+    recipe = _recipe(args)
+    rl.run(recipe, recipe.threads)
 
 
 def cmd_eval(args):
@@ -103,7 +108,7 @@ def gate(report, min_accuracy, cfg=None, baseline=None):
         print("gate: passed" + (f" (baseline {baseline})" if baseline else ""))
 
 
-COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "eval": cmd_eval,
+COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "rl": cmd_rl, "eval": cmd_eval,
             "pipeline": cmd_pipeline, "config": cmd_config, "chat": cmd_chat, "export": cmd_export}
 
 # What each subcommand's --help says after its options: the recipe sections it reads, one example.
@@ -113,6 +118,8 @@ EPILOGS = {
             "example: reasonlm base recipes/tiny-cpu.yaml base.steps=100",
     "train": "recipe sections: train, out_dir, threads\nexample: reasonlm train recipes/tiny-cpu.yaml train.lr=1e-3 "
              "train.report_to=[tensorboard]",
+    "rl": "recipe sections: rl, train (report_to), out_dir, threads\n"
+          "example: reasonlm rl recipes/tiny-cpu.yaml rl.reward=outcome rl.rounds=5",
     "eval": "recipe sections: eval, train (format, report_to), out_dir, threads; or a suite YAML (eval/*.yaml)\n"
             "example: reasonlm eval eval/ood.yaml --recipe recipes/tiny-cpu.yaml",
     "pipeline": "recipe sections: every one (data, base, train, eval), out_dir, threads, direct_baseline\n"
@@ -128,7 +135,7 @@ def parser():
     p = argparse.ArgumentParser(prog="reasonlm", description="Teach small language models to reason step by step.")
     p.add_argument("--version", action="version", version=f"reasonlm {reasonlm.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("data", "base", "train", "eval", "pipeline", "config"):
+    for name in ("data", "base", "train", "rl", "eval", "pipeline", "config"):
         s = sub.add_parser(name, help=COMMANDS[name].__doc__ or f"run the {name} stage", epilog=EPILOGS[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         s.add_argument("recipe", nargs="?" if name == "data" else None, help="recipe YAML (recipes/*.yaml)")

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -401,6 +402,104 @@ class ChatConfig:
 
 
 @dataclass
+class RLConfig:
+    """Reinforcement learning from the task's checker (reasonlm/rl.py). Names follow TRL's GRPOConfig."""
+    model: str = ""
+    """Base model (Hub id or path); empty = <out_dir>/base."""
+    adapter: str = ""
+    """LoRA adapter to start from (and to keep the KL to); empty = <out_dir>/train/adapter."""
+    task: dict = field(default_factory=dict)
+    """Problem source: {name, args} of a generator family; empty = the first generated family of data.tasks."""
+    n_steps: list = field(default_factory=lambda: [7, 10])
+    """[lo, hi] reasoning steps of the problems drawn (no gold solution is ever trained on)."""
+    algorithm: str = "grpo"
+    """'grpo' (group-relative policy gradient) or 'expert_iteration' (fine-tune on checker-approved samples)."""
+    reward: str = "process"
+    """'outcome' (1 for a right final answer) or 'process' (the checker's verdict on every step, as token credit)."""
+    rounds: int = 20
+    """Rollout-and-update rounds: a GRPO step (num_iterations updates) or an expert-iteration round."""
+    prompts_per_round: int = 16
+    """Problems sampled per round (each gets num_generations completions)."""
+    num_generations: int = 8
+    """Completions per problem (the group); at least 2."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    top_p: float = 1.0
+    """Nucleus mass of the rollouts."""
+    max_completion_length: int = 400
+    """Token budget of a completion; one that reaches it is truncated."""
+    truncation_penalty: float = 0.0
+    """Outcome reward of a truncated completion is minus this (0 = scored like a wrong answer)."""
+    loss_type: str = "dapo"
+    """'grpo' (mean per sequence, then over sequences), 'dr_grpo' (sum / (sequences x max_completion_length))
+    or 'dapo' (mean over every completion token of the batch)."""
+    scale_rewards: bool = False
+    """Divide advantages by their group's std (per step position with process rewards); false = Dr. GRPO."""
+    beta: float = 0.0
+    """Weight of the KL to the starting policy (k3 estimator); 0 = none (the KL is still logged)."""
+    epsilon: float = 0.2
+    """Lower clip of the probability ratio (1 - epsilon)."""
+    epsilon_high: float = 0.0
+    """Upper clip (1 + epsilon_high); 0 = epsilon. DAPO's clip-higher uses 0.28."""
+    num_iterations: int = 1
+    """Optimizer steps on every batch of rollouts (GRPO), or passes over the kept samples (expert iteration)."""
+    dynamic_sampling: bool = False
+    """Replace groups that carry no signal (every advantage 0) by sampling more problems (DAPO)."""
+    max_resamples: int = 2
+    """With dynamic_sampling, extra sampling passes per round at most."""
+    keep_valid_prefix: bool = True
+    """Expert iteration: also train on the lines before the first wrong step of failed samples (no answer line)."""
+    mini_batch_size: int = 64
+    """Expert iteration: sequences per optimizer step."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward pass (memory only; never changes the result)."""
+    sample_batch_size: int = 128
+    """Rows the sampler decodes together."""
+    lr: float = 1e-4
+    """Learning rate (AdamW, constant)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max gradient norm (0 disables clipping)."""
+    retries: int = 2
+    """Times a problem the group did not fully solve comes back to the pool; fully solved ones retire."""
+    preflight_problems: int = 16
+    """Gold solutions (and corrupted copies) scored before the first round; every gold must score exactly 1."""
+    flat_rounds: int = 5
+    """Warn when the mean reward has not changed for this many rounds."""
+    log_completions: int = 2
+    """Groups per round appended to completions.jsonl with their rewards and step verdicts."""
+    save_every: int = 10
+    """Rounds between checkpoints (0 = none)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    resume: str = "auto"
+    """'auto' resumes from the newest complete checkpoint; 'never' starts over."""
+    seed: int = 0
+    """Seed of the problems, the samples and the update."""
+
+    def __post_init__(self):
+        checks = [
+            (self.algorithm in ("grpo", "expert_iteration"), f"rl.algorithm must be grpo or expert_iteration, got {self.algorithm!r}"),
+            (self.reward in ("outcome", "process"), f"rl.reward must be outcome or process, got {self.reward!r}"),
+            (self.loss_type in ("grpo", "dr_grpo", "dapo"), f"rl.loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}"),
+            (self.num_generations >= 2, f"rl.num_generations must be >= 2 (a group needs others to compare with), got {self.num_generations}"),
+            (len(self.n_steps) == 2 and all(isinstance(n, int) for n in self.n_steps) and 1 <= self.n_steps[0] <= self.n_steps[1],
+             f"rl.n_steps must be [lo, hi] with 1 <= lo <= hi, got {self.n_steps!r}"),
+            (min(self.rounds, self.prompts_per_round, self.max_completion_length, self.num_iterations,
+                 self.mini_batch_size, self.micro_batch_size, self.sample_batch_size) >= 1,
+             "rl.rounds, prompts_per_round, max_completion_length, num_iterations and the batch sizes must be >= 1"),
+            (self.temperature > 0 and 0 < self.top_p <= 1, f"rl.temperature must be > 0 and top_p in (0, 1], got "
+                                                          f"{self.temperature} and {self.top_p}"),
+            (self.epsilon >= 0 and self.epsilon_high >= 0 and self.beta >= 0, "rl.epsilon, epsilon_high and beta must be >= 0"),
+            (self.resume in ("auto", "never"), f"rl.resume must be auto or never, got {self.resume!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
 class Recipe:
     out_dir: str = "out/run"
     """Where every stage writes (data/, base/, train/, train-direct/, eval/)."""
@@ -417,6 +516,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    rl: RLConfig | None = None
+    """Reinforcement learning after SFT (`reasonlm rl`); absent = no RL stage."""
 
     def __post_init__(self):
         _check(self, "", lambda v: isinstance(v, str) and v, "a directory", "out_dir")
@@ -577,6 +678,8 @@ def from_dict(cls, raw: dict, where: str):
         if key not in known:
             raise ConfigError(f"unknown key {name!r}; valid keys{' in ' + where if where else ''}: {', '.join(sorted(known))}")
         kind = hints[key]
+        if typing.get_origin(kind) is types.UnionType:  # an optional section (`rl: RLConfig | None`)
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if dataclasses.is_dataclass(kind):
             kwargs[key] = from_dict(kind, value or {}, name)
         else:

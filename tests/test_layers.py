@@ -22,7 +22,7 @@ LAYERS = [
     ["reasonlm.engine", "reasonlm.ondevice"],
     ["reasonlm.model", "reasonlm.packing"],
     ["reasonlm.tasks"],
-    ["reasonlm.sources"],
+    ["reasonlm.sources", "reasonlm.credit"],
     ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl"],
     ["reasonlm.pipeline"],
     ["reasonlm.cli", "reasonlm.__main__"],

@@ -1,0 +1,168 @@
+"""RL measurements: the accuracy ladder of a policy, and reasonlm's RL step against TRL's GRPOTrainer.
+
+    python eval/bench_rl.py ladder RECIPE --adapter out/tiny-cpu/train/adapter --steps 2-12 --n 100
+    python eval/bench_rl.py ladder RECIPE --adapter out/tiny-cpu/rl/adapter --steps 7-12 --n 50 --json out.json
+    python eval/bench_rl.py trl RECIPE --rounds 3     # needs `pip install trl` (not a dependency)
+
+`trl` runs `--rounds` steps of reasonlm's GRPO (rl.fit) and then as many steps of TRL's
+GRPOTrainer from the same base and adapter, with the same group size, prompts per step,
+completion budget, temperature, learning rate, loss type (dapo), outcome reward (rl.score) and
+no vLLM, and prints samples/s and the mean reward of each, and where reasonlm's time goes.
+
+Greedy decoding (the engine eval and chat use), `--max-new-tokens` per problem (400 = the
+budget the issue's numbers use), fresh problems from the recipe's RL task (rl.task, else the
+first generated family) at every length, drawn with a seed RL never uses, scored by the task's
+checker through rl.score (the same verdict RL trains on). Prints one markdown row per length
+with a 95% Wilson interval.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+
+from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
+from reasonlm.config import RLConfig, RunPaths, load_recipe
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.model import load_for_inference, set_threads
+from reasonlm.credit import new_problem, score
+from reasonlm.rl import problem_family
+from reasonlm.tasks import get_task
+
+EVAL_SEED = 1_000_003  # problems RL draws come from rl.seed (small integers): never this stream
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def ladder(model, tokenizer, task, lengths, n: int, max_new_tokens: int, seed: int = EVAL_SEED) -> dict:
+    """{n_steps: (correct, total)} under greedy decoding."""
+    engine = KVCacheEngine(model, tokenizer.pad_token_id or 0, stop_token_ids(tokenizer))
+    out = {}
+    for steps in lengths:
+        rng = random.Random(seed + steps)
+        problems = [new_problem(task, rng, steps, f"ladder-{steps}-{i}") for i in range(n)]
+        prompts = [encode_prompt(tokenizer, prompt_messages(ex.question)) for ex in problems]
+        outs = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, batch_size=128))
+        verdicts = [score(task, ex, tokenizer.decode(ids), len(ids) >= max_new_tokens) for ex, ids in zip(problems, outs)]
+        out[steps] = (sum(v.correct for v in verdicts), n)
+    return out
+
+
+def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict:
+    """samples/s and mean reward of reasonlm's GRPO and TRL's GRPOTrainer over `rounds` steps."""
+    from accelerate import Accelerator  # heavy, as in the stage
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer  # optional: only this benchmark needs TRL
+
+    from reasonlm.example import Example
+    from reasonlm.rl import ProblemPool, fit, load_policy
+
+    cfg = dataclasses.replace(cfg, algorithm="grpo", reward="outcome", loss_type="dapo", rounds=rounds, save_every=0,
+                              dynamic_sampling=False, beta=0.0, num_iterations=1, resume="never")
+    base, adapter = cfg.model or paths.base, cfg.adapter or paths.adapter("train")
+    results = {}
+    model, tokenizer = load_policy(base, adapter)
+    accelerator = Accelerator(cpu=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99))
+    model, opt = accelerator.prepare(model, opt)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    os.makedirs(os.path.join(out, "reasonlm"), exist_ok=True)
+    t0 = time.time()
+    stats = fit(model, tokenizer, ProblemPool(task, cfg), reference, cfg, os.path.join(out, "reasonlm"), accelerator, opt)
+    rows = [json.loads(line) for line in open(os.path.join(out, "reasonlm", "metrics.jsonl"))]
+    results["reasonlm"] = {"seconds": round(time.time() - t0, 1), "samples": stats["samples"],
+                           "samples_per_s": round(stats["samples"] / (time.time() - t0), 2),
+                           "reward_mean": round(sum(r["reward_mean"] for r in rows) / len(rows), 4),
+                           "sample_s": round(sum(r["sample_s"] for r in rows), 1),
+                           "update_s": round(sum(r["update_s"] for r in rows), 1)}
+
+    pool = ProblemPool(task, cfg)  # the same problems, in the same order
+    problems = [ex for ex, _ in pool.draw(cfg.prompts_per_round * rounds)]
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.question}], "row": json.dumps(ex.to_row())}
+                                 for ex in problems])
+
+    def reward(prompts, completions, row, **_):
+        return [score(task, Example.from_row(json.loads(r)), c[0]["content"] if isinstance(c, list) else c, False).reward
+                for c, r in zip(completions, row)]
+
+    model, tokenizer = load_policy(base, adapter)
+    args = GRPOConfig(output_dir=os.path.join(out, "trl"), per_device_train_batch_size=cfg.prompts_per_round * cfg.num_generations,
+                      steps_per_generation=1, num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+                      temperature=cfg.temperature, top_p=cfg.top_p, learning_rate=cfg.lr, lr_scheduler_type="constant",
+                      loss_type="dapo", scale_rewards="group" if cfg.scale_rewards else "none", beta=0.0, max_steps=rounds,
+                      use_cpu=True, logging_steps=1, report_to=[], save_strategy="no", shuffle_dataset=False, seed=cfg.seed)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer)
+    t0 = time.time()
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    samples = rounds * cfg.prompts_per_round * cfg.num_generations
+    results["trl"] = {"seconds": round(time.time() - t0, 1), "samples": samples,
+                      "samples_per_s": round(samples / (time.time() - t0), 2),
+                      "reward_mean": round(sum(h["reward"] for h in logged) / max(1, len(logged)), 4)}
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("ladder", help="greedy accuracy per n_steps on fresh problems")
+    s.add_argument("recipe")
+    s.add_argument("--out-dir", default=None, help="run directory (default: the recipe's out_dir)")
+    s.add_argument("--adapter", default=None, help="adapter (default <out_dir>/rl/adapter)")
+    s.add_argument("--steps", default="2-12", help="lo-hi lengths")
+    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--max-new-tokens", type=int, default=400)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--json", default=None, help="also write the numbers here")
+    s = sub.add_parser("trl", help="reasonlm's GRPO step vs TRL's GRPOTrainer: samples/s and reward")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", help="rl.* overrides, e.g. rl.prompts_per_round=8")
+    s.add_argument("--out-dir", default=None, help="run directory (default: the recipe's out_dir)")
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", default="/tmp/rl-bench-trl", help="scratch directory of both runs")
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    recipe = load_recipe(args.recipe, getattr(args, "overrides", []))
+    paths = RunPaths(args.out_dir or recipe.out_dir)
+    cfg = recipe.rl or RLConfig()
+    name, knobs = problem_family(cfg, recipe)
+    task = get_task(name, **knobs)
+    if args.command == "trl":
+        result = bench_trl(recipe, paths, task, cfg, args.rounds, args.out)
+        print("| trainer | samples | seconds | samples/s | mean reward |\n|---|---|---|---|---|")
+        for who, r in result.items():
+            print(f"| {who} | {r['samples']} | {r['seconds']} | {r['samples_per_s']} | {r['reward_mean']} |")
+        print(f"reasonlm: sampling {result['reasonlm']['sample_s']}s, updates {result['reasonlm']['update_s']}s; "
+              f"speedup {result['reasonlm']['samples_per_s'] / result['trl']['samples_per_s']:.2f}x")
+        return
+    adapter = args.adapter or paths.adapter("rl")
+    model, tokenizer = load_for_inference(cfg.model or paths.base, adapter)
+    lo, hi = (int(x) for x in args.steps.split("-"))
+    t0 = time.time()
+    with torch.no_grad():
+        result = ladder(model, tokenizer, task, range(lo, hi + 1), args.n, args.max_new_tokens)
+    print(f"| n_steps | accuracy | 95% interval |  ({adapter}, {time.time() - t0:.0f}s)\n|---|---|---|")
+    for steps, (k, n) in result.items():
+        a, b = wilson(k, n)
+        print(f"| {steps} | {k / n:.1%} | {a:.1%}-{b:.1%} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"adapter": adapter, "n": args.n, "by_steps": {str(s): k / n for s, (k, n) in result.items()}}, f)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""RL stage: improve the SFT adapter on problems without gold solutions, scored by the task's checker.
+
+    reasonlm rl recipes/tiny-cpu.yaml [rl.reward=outcome rl.rounds=40 ...]
+
+Read top to bottom: the stage (`run`) -> the loop -> problems (a difficulty pool) -> rollouts ->
+the update -> logs; the checker's verdict and the credit below are reasonlm/credit.py. No trainer classes. A round draws
+`prompts_per_round` problems from the task's generator (only the question and the checker are
+used, never the gold steps), samples `num_generations` completions of each with the engine that
+eval and chat use, scores every completion with the task's checker, and updates the LoRA weights:
+
+- algorithm grpo: the clipped policy gradient of GRPO with group-relative advantages (below),
+  `num_iterations` optimizer steps per batch of rollouts. The old log-probs are the first
+  iteration's own (detached) log-probs, so the ratio starts at exactly 1.
+- algorithm expert_iteration (STaR / rejection-sampling fine-tuning): keep the completions the
+  checker marks fully valid (every step and the answer), with `keep_valid_prefix` also the lines
+  before the first wrong step of the others (trained without an answer line), and fine-tune on
+  them with the SFT loss (mean log-likelihood of their tokens) in `mini_batch_size` batches.
+
+Advantages (one group = the G completions of one problem):
+
+  outcome  R[i] = 1 if completion i's final answer is right, else 0 (no answer line = 0, a
+           truncated completion = -truncation_penalty). Every token of completion i gets
+           R[i] - mean(R) (divided by std(R) + eps with scale_rewards).
+
+  process  The parsed lines of a completion are steps 1..k, then the answer line.
+           ok[i][j] = 1 if completion i's step j is right AND all its earlier steps are (the valid
+                      prefix), else 0 (0 too when completion i has fewer than j steps)
+           p[j]     = mean_i ok[i][j]             (how often the group gets through step j)
+           Every token of step j of completion i gets ok[i][j] - p[j]: a right step the others
+           got wrong earns a lot, a right step everyone gets earns ~0, and the first wrong step
+           (and every later one) pays -p[j], so failing where the group usually succeeds costs
+           the most. The answer line gets c[i] - mean(c), c[i] = 1 if the answer is right AND the
+           chain valid AND the completion not truncated; tokens outside any step (the end-of-turn
+           token, text after the answer line) take the answer line's. With scale_rewards every
+           position's advantages are divided by their std over the group (+ eps).
+
+  Worked example, G = 4 completions of a 3-step problem:
+           steps       ok        c     step advantages           answer
+      A    right x3    1 1 1     1     +.25  +.50  +.75          +.75
+      B    R W R       1 0 0     0     +.25  -.50  -.25          -.25
+      C    R R W       1 1 0     0     +.25  +.50  -.25          -.25
+      D    W ...       0 0 0     0     -.75  -.50  -.25          -.25
+      p                .75 .5 .25   mean(c) = .25
+  B's third step is arithmetically right but follows a wrong one, so it is not in the valid
+  prefix; D pays most for its first step, which three of four completions got right.
+
+A group whose advantages are all 0 carries no signal (counted; `dynamic_sampling` replaces it).
+
+Loss per completion token t of completion i, ratio r = exp(logp - logp_old), A its advantage:
+  L = -min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A) + beta (exp(q) - q - 1), q = logp_ref - logp
+reduced by loss_type: grpo = mean over each completion's tokens, then over completions;
+dr_grpo = sum / (completions x max_completion_length); dapo = sum / all completion tokens.
+The reference policy is the starting adapter (its weights are kept and swapped in to score).
+
+The difficulty pool: problems no sample solved come back (up to `retries` times), problems every
+sample solved retire, fresh problems fill the rest of a round, at n_steps drawn uniformly from
+`n_steps`. Preflight: before the first round, the reward of gold solutions must be exactly 1 and
+of corrupted ones (a wrong step, a wrong answer, no answer line) below 1, else the run stops.
+Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
+from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
+from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.example import Example
+from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
+from reasonlm.tasks import get_task, is_importer
+from reasonlm.train import save_checkpoint, save_weights, trainable_state_dict, try_resume
+
+
+class RLError(ValueError):
+    """An RL problem reported as one line."""
+
+
+# --- the stage -------------------------------------------------------------------------------
+def run(recipe: Recipe, threads: int = 0) -> str:
+    """RL from <out_dir>/train/adapter (or rl.adapter); writes <out_dir>/rl/adapter and returns it."""
+    from accelerate import Accelerator  # heavy (pulls in the distributed stack): only training stages pay for it
+    from accelerate.utils import set_seed
+
+    cfg, paths = recipe.rl, RunPaths(recipe.out_dir)
+    if cfg is None:
+        raise RLError("the recipe has no rl: section")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.num_processes > 1:
+        raise RLError("reasonlm rl runs in one process for now; launch it without accelerate's --num_processes")
+    set_threads(threads)
+    set_seed(cfg.seed)
+    name, knobs = problem_family(cfg, recipe)
+    task = get_task(name, **knobs)
+    preflight(task, cfg)
+    model, tokenizer = load_policy(cfg.model or paths.base, cfg.adapter or paths.adapter("train"))
+    run_dir = paths.train_run("rl")
+    os.makedirs(run_dir, exist_ok=True)
+    save_resolved(cfg, run_dir)
+    model, optimizer, reference = prepare(accelerator, model, cfg)
+    start, state = try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {})
+    pool = ProblemPool(task, cfg, state.get("pool"))
+    stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
+    final = paths.adapter("rl")
+    save_weights(accelerator, model, tokenizer, final, cfg)
+    with open(os.path.join(run_dir, "rl_stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s)")
+    return final
+
+
+def prepare(accelerator, model, cfg: RLConfig):
+    """(model, optimizer) prepared by Accelerate, and the starting weights (the KL's reference,
+    kept before a checkpoint's weights are loaded over them)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # checkpoints hold the trained weights and the optimizer state, not the frozen base
+    accelerator.register_save_state_pre_hook(
+        lambda models, weights, _: weights.__setitem__(slice(None), [trainable_state_dict(m) for m in models]))
+    return model, optimizer, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
+    """(family name, knobs): rl.task, else the recipe's first generated family."""
+    spec = cfg.task or next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))), None)
+    if not spec or "name" not in spec or is_importer(get_task(spec["name"])):
+        raise RLError("rl.task must name a generated task family, e.g. {name: arithmetic, args: {...}}")
+    return spec["name"], dict(spec.get("args") or {})
+
+
+def load_policy(base: str, adapter: str):
+    """(peft model with a trainable adapter, tokenizer); an adapter from another base is one line."""
+    from peft import PeftModel  # heavy optional dependency of the training stages
+
+    config_path = os.path.join(adapter, "adapter_config.json")
+    if not os.path.isfile(config_path):
+        raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
+    with open(config_path) as f:
+        trained_on = json.load(f).get("base_model_name_or_path") or ""
+    if trained_on and os.path.realpath(trained_on) != os.path.realpath(base) and trained_on != base:
+        raise RLError(f"adapter {adapter} was trained on {trained_on}, not on {base}")
+    tokenizer = load_tokenizer(adapter if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else base)
+    model = load_model(base)
+    fit_vocab(model, tokenizer)
+    try:
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weight shapes of another base
+        raise RLError(f"cannot load adapter {adapter} on {base}: {str(e).splitlines()[0][:200]}") from None
+    return model, tokenizer
+
+
+# --- the loop --------------------------------------------------------------------------------
+def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
+        start: int = 0, history: list | None = None) -> dict:
+    """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
+    engine = KVCacheEngine(accelerator.unwrap_model(model), tokenizer.pad_token_id or 0, stop_token_ids(tokenizer))
+    history = list(history or [])  # mean reward per round, for the flat-reward warning
+    samples_total, t_start = 0, time.time()
+    for rnd in range(start, cfg.rounds):
+        t0 = time.time()
+        groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd)
+        t_sample = time.time() - t0
+        if cfg.algorithm == "grpo":
+            batch = [s for g in groups for s in g.rollouts if any(s.advantages)]
+            update = grpo_update(model, optimizer, batch, reference, cfg, accelerator)
+        else:
+            batch = [s for g in groups for s in g.rollouts if s.kept]
+            update = sft_update(model, optimizer, batch, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
+        samples = [s for g in seen for s in g.rollouts]
+        drawn = len(samples)
+        samples_total += drawn
+        rewards = torch.tensor([s.reward for s in samples])
+        new_tokens = sum(len(s.completion) for s in samples)
+        record = {"round": rnd + 1, "samples": drawn, "reward_mean": round(rewards.mean().item(), 4),
+                  "reward_std": round(rewards.std().item(), 4) if len(samples) > 1 else 0.0,
+                  "accuracy": round(sum(s.correct for s in samples) / len(samples), 4),
+                  "chain_valid": round(sum(s.valid for s in samples) / len(samples), 4),
+                  "zero_signal_groups": round(zero_first, 4), "trained_sequences": len(batch),
+                  "completion_length": round(new_tokens / len(samples), 1),
+                  "truncated": round(sum(s.truncated for s in samples) / len(samples), 4),
+                  **update, "tokens_per_s": round(new_tokens / max(t_sample, 1e-9), 1),
+                  "samples_per_s": round(drawn / max(time.time() - t0, 1e-9), 2),
+                  "sample_s": round(t_sample, 1), "update_s": round(time.time() - t0 - t_sample, 1)}
+        history.append(record["reward_mean"])
+        warn_if_stuck(history, zero_first, cfg, rnd + 1)
+        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with open(os.path.join(run_dir, "completions.jsonl"), "a") as f:
+            for g in seen[:cfg.log_completions]:
+                f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
+        print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
+        done = rnd + 1
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"pool": pool.state(), "history": history})
+    return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
+            "final_reward_mean": history[-1] if history else None}
+
+
+def warn_if_stuck(history: list, zero_signal: float, cfg: RLConfig, rnd: int) -> None:
+    if zero_signal >= 1.0:
+        print(f"warning: round {rnd}: every group carries no signal (all its completions scored alike); "
+              "widen rl.n_steps or raise rl.temperature", file=sys.stderr)
+    recent = history[-cfg.flat_rounds:]
+    if cfg.flat_rounds and len(recent) == cfg.flat_rounds and max(recent) - min(recent) < 1e-6:
+        print(f"warning: the mean reward has been {recent[-1]} for {cfg.flat_rounds} rounds", file=sys.stderr)
+
+
+# --- problems: the difficulty pool -----------------------------------------------------------
+class ProblemPool:
+    """Problems for the next round: retried unsolved ones first (up to half a round), then fresh
+    ones from the generator. A problem every sample solved retires; others return up to `retries` times."""
+
+    def __init__(self, task, cfg: RLConfig, state: dict | None = None):
+        self.task, self.cfg = task, cfg
+        self.rng = random.Random(cfg.seed)
+        self.queue: list[tuple[Example, int]] = []  # (problem, attempts so far)
+        self.made = self.retired = 0
+        if state:
+            version, internal, gauss = state["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+            self.queue = [(Example.from_row(row), n) for row, n in state["queue"]]
+            self.made, self.retired = state["made"], state["retired"]
+
+    def draw(self, n: int) -> list[tuple[Example, int]]:
+        retry = min(len(self.queue), n // 2)
+        out, self.queue = self.queue[:retry], self.queue[retry:]
+        while len(out) < n:
+            out.append((self.fresh(), 0))
+        return out
+
+    def fresh(self) -> Example:
+        self.made += 1
+        return new_problem(self.task, self.rng, self.rng.randint(*self.cfg.n_steps), f"rl-{self.made}")
+
+    def give_back(self, example: Example, attempts: int, solved: int, group: int) -> None:
+        if solved == group:
+            self.retired += 1
+        elif attempts < self.cfg.retries:
+            self.queue.append((example, attempts + 1))
+
+    def state(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "made": self.made, "retired": self.retired,
+                "queue": [[e.to_row(), n] for e, n in self.queue]}
+
+
+# --- rollouts --------------------------------------------------------------------------------
+def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int) -> tuple[list[Group], list[Group], float]:
+    """(groups to train on, every group sampled this round, the fraction of the first draw's
+    groups without signal). With dynamic_sampling, groups without signal are replaced by groups
+    of more problems (at most max_resamples extra passes) and only groups with signal are kept."""
+    wanted, train, seen, zero_first = cfg.prompts_per_round, [], [], 0.0
+    for attempt in range(1 + (cfg.max_resamples if cfg.dynamic_sampling else 0)):
+        problems = pool.draw(wanted - len(train))
+        fresh = rollout(engine, tokenizer, pool.task, problems, cfg, seed=(cfg.seed * 1009 + rnd) * 1009 + attempt)
+        for g in fresh:
+            assign_credit(g, cfg, tokenizer)
+            pool.give_back(g.example, g.attempts, sum(s.valid for s in g.rollouts), len(g.rollouts))
+        signal = [g for g in fresh if has_signal(g, cfg)]
+        if attempt == 0:
+            zero_first = 1 - len(signal) / len(fresh)
+        seen += fresh
+        train += signal if cfg.dynamic_sampling else fresh
+        if len(train) >= wanted or not cfg.dynamic_sampling:
+            break
+    return train, seen, zero_first
+
+
+def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int) -> list[Group]:
+    """num_generations completions of every problem, scored by the task's checker."""
+    G, eot = cfg.num_generations, tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
+    prompts = [encode_prompt(tokenizer, prompt_messages(ex.question)) for ex, _ in problems]
+    params = SamplingParams(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seeds=[seed * 100_003 + k for k in range(len(problems) * G)],
+                            batch_size=cfg.sample_batch_size)
+    was_training = engine.model.training
+    engine.model.eval()
+    outs = engine.generate([p for p in prompts for _ in range(G)], params)
+    engine.model.train(was_training)
+    groups = []
+    for k, (example, attempts) in enumerate(problems):
+        rollouts = []
+        for ids in outs[k * G:(k + 1) * G]:
+            truncated = len(ids) >= cfg.max_completion_length  # the engine drops the stop token that ended a row
+            text = tokenizer.decode(ids)
+            rollouts.append(score(task, example, text, truncated, cfg.truncation_penalty,
+                                  prompts[k], ids if truncated else ids + [eot]))
+        groups.append(Group(example, attempts, rollouts))
+    return groups
+
+
+# --- the update ------------------------------------------------------------------------------
+def token_weights(lengths: list[int], loss_type: str, max_completion_length: int) -> list[float]:
+    """What one token's loss counts in the batch's loss, per completion (see the docstring)."""
+    n, total = len(lengths), sum(lengths)
+    if loss_type == "grpo":
+        return [1.0 / (n * max(k, 1)) for k in lengths]
+    if loss_type == "dr_grpo":
+        return [1.0 / (n * max_completion_length)] * n
+    return [1.0 / max(total, 1)] * n  # dapo
+
+
+def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[float], pad_id: int):
+    """Right-padded (input_ids, attention_mask, targets, per-token value, per-token weight); the
+    last three are aligned with logits[:, :-1] and are 0 outside completions."""
+    width = max(len(s.prompt) + len(s.completion) for s in rollouts)
+    ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rollouts), width), dtype=torch.long)
+    value = torch.zeros((len(rollouts), width - 1))
+    weight = torch.zeros((len(rollouts), width - 1))
+    for r, (s, v, w) in enumerate(zip(rollouts, values, weights)):
+        seq, start = s.prompt + s.completion, len(s.prompt) - 1  # logits at start predict the first completion token
+        ids[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+        value[r, start:start + len(v)] = torch.tensor(v, dtype=torch.float32)
+        weight[r, start:start + len(v)] = w
+    return ids, mask, ids[:, 1:], value, weight
+
+
+def token_logprobs(model, ids, mask, targets, with_entropy: bool = False):
+    """log p(target) of every position (and the entropy of its distribution)."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    logp_all = F.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return logp, entropy
+
+
+def policy_loss(logp, old_logp, ref_logp, advantages, weight, cfg: RLConfig):
+    """The weighted sum of GRPO's per-token loss, and its clip statistics (see the docstring)."""
+    ratio = torch.exp(logp - old_logp)
+    clipped = ratio.clamp(1 - cfg.epsilon, 1 + (cfg.epsilon_high or cfg.epsilon))
+    per_token = -torch.minimum(ratio * advantages, clipped * advantages)
+    if cfg.beta:
+        q = ref_logp - logp
+        per_token = per_token + cfg.beta * (torch.exp(q) - q - 1)
+    live = weight > 0
+    clip_hits = ((clipped * advantages < ratio * advantages) & live).sum()
+    return (per_token * weight).sum(), {"clip_hits": clip_hits.item(), "ratio_min": ratio[live].min().item(),
+                                        "ratio_max": ratio[live].max().item()}
+
+
+@torch.no_grad()
+def reference_logprobs(model, reference: dict, ids, mask, targets):
+    """Log-probs under the starting adapter: its weights are swapped in for one forward."""
+    params = dict(model.named_parameters())
+    current = {n: params[n].detach().clone() for n in reference}
+    for n, w in reference.items():
+        params[n].copy_(w)
+    logp, _ = token_logprobs(model, ids, mask, targets)
+    for n, w in current.items():
+        params[n].copy_(w)
+    return logp
+
+
+def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RLConfig, accelerator) -> dict:
+    """num_iterations optimizer steps on one batch of rollouts; the first one's log-probs are the old ones."""
+    if not batch:
+        return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
+    model.train()
+    batch = sorted(batch, key=lambda s: len(s.prompt) + len(s.completion))  # micro-batches of similar lengths pad less
+    weights = token_weights([len(s.completion) for s in batch], cfg.loss_type, cfg.max_completion_length)
+    pad = accelerator.unwrap_model(model).config.pad_token_id or 0
+    micro = [collate(batch[i:i + cfg.micro_batch_size], [s.advantages for s in batch[i:i + cfg.micro_batch_size]],
+                     weights[i:i + cfg.micro_batch_size], pad) for i in range(0, len(batch), cfg.micro_batch_size)]
+    ref = [reference_logprobs(model, reference, ids, mask, tgt) for ids, mask, tgt, _, _ in micro]
+    old: list = [None] * len(micro)
+    stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
+    tokens = sum(len(s.completion) for s in batch)
+    for it in range(cfg.num_iterations):
+        loss_total, hits = 0.0, 0
+        for m, (ids, mask, tgt, adv, weight) in enumerate(micro):
+            logp, entropy = token_logprobs(model, ids, mask, tgt, with_entropy=it == 0)
+            if old[m] is None:
+                old[m] = logp.detach()  # the same forward, model and precision: the ratio is exactly 1
+            loss, clip = policy_loss(logp, old[m], ref[m], adv, weight, cfg)
+            accelerator.backward(loss)
+            loss_total += loss.item()
+            hits += clip["clip_hits"]
+            stats["ratio_min"] = min(stats["ratio_min"], clip["ratio_min"])
+            stats["ratio_max"] = max(stats["ratio_max"], clip["ratio_max"])
+            if it == 0:
+                live = weight > 0
+                q = (ref[m] - logp.detach())[live]
+                stats["kl"] += (torch.exp(q) - q - 1).sum().item() / tokens
+                stats["entropy"] += entropy[live].sum().item() / tokens
+        step(model, optimizer, cfg)
+        stats["loss"], stats["clip_fraction"] = loss_total, hits / tokens
+    return {k: round(v, 6) for k, v in stats.items()}
+
+
+def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerator, seed: int) -> dict:
+    """Expert iteration: num_iterations shuffled passes over the kept samples with the SFT loss
+    (minus the mean log-likelihood of a mini-batch's kept tokens)."""
+    model.train()
+    pad = accelerator.unwrap_model(model).config.pad_token_id or 0
+    rng, losses = random.Random(seed), []
+    for _ in range(cfg.num_iterations if batch else 0):
+        order = rng.sample(batch, len(batch))
+        for i in range(0, len(order), cfg.mini_batch_size):
+            mini, loss_sum = order[i:i + cfg.mini_batch_size], 0.0
+            total = sum(sum(s.kept) for s in mini)
+            for j in range(0, len(mini), cfg.micro_batch_size):
+                part = mini[j:j + cfg.micro_batch_size]
+                ids, mask, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
+                                                       [1.0 / total] * len(part), pad)
+                loss = -(token_logprobs(model, ids, mask, tgt)[0] * keep * weight).sum()
+                accelerator.backward(loss)
+                loss_sum += loss.item()
+            losses.append(loss_sum)
+            step(model, optimizer, cfg)
+    return {"loss": round(sum(losses) / max(1, len(losses)), 6), "kl": None, "entropy": None, "clip_fraction": None}
+
+
+def step(model, optimizer, cfg: RLConfig) -> None:
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# --- logs ------------------------------------------------------------------------------------
+def completion_log(group: Group, rnd: int) -> dict:
+    ex = group.example
+    return {"round": rnd, "id": ex.id, "question": ex.question, "answer": ex.answer, "n_steps": ex.n_steps,
+            "completions": [{"text": s.text, "reward": s.reward, "steps_ok": s.ok, "correct": s.correct,
+                             "chain_valid": s.valid, "truncated": s.truncated, "kept_tokens": sum(s.kept or []),
+                             "advantages": [round(a, 3) for a in s.advantages or []]} for s in group.rollouts]}

@@ -1,0 +1,298 @@
+"""The RL stage and its rewards: advantages, process credit, loss types, preflight, the updates, bad input."""
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+from reasonlm import credit, rl
+from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages
+from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
+from reasonlm.example import Example
+from reasonlm.model import attach_lora, build_tiny, train_tokenizer
+from reasonlm.tasks import Check, get_task
+
+TINY_TASK = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
+
+
+def tiny_model_and_tokenizer(seed=0):
+    """A random 2-layer toy policy and a tokenizer trained on one-digit chains (nothing downloaded)."""
+    task, rng = get_task("arithmetic", **TINY_TASK), random.Random(0)
+    problems = [task.generate(rng, rng.randint(1, 4)) for _ in range(300)]
+    tok = train_tokenizer(["user", "assistant", "system"] + [p.question + "\n" + "\n".join(p.steps) for p in problems],
+                          vocab_size=300)
+    return build_tiny(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=256,
+                      seed=seed), tok
+
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return tiny_model_and_tokenizer()
+
+
+def test_outcome_advantages_are_centred_and_zero_for_a_group_scored_alike():
+    assert credit.group_advantages([1, 0, 0, 1], scale=False) == [0.5, -0.5, -0.5, 0.5]
+    scaled = credit.group_advantages([1, 0, 0, 1], scale=True)
+    assert scaled[0] == pytest.approx(1.0, abs=1e-3) and scaled[1] == pytest.approx(-1.0, abs=1e-3)
+    assert credit.group_advantages([1, 1, 1], scale=True) == [0.0, 0.0, 0.0]
+    assert credit.group_advantages([0, 0], scale=False) == [0.0, 0.0]
+
+
+def test_process_advantages_match_the_worked_example_of_the_docstring():
+    ok = [[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    steps, answer = credit.process_advantages(ok, [1.0, 0.0, 0.0, 0.0], scale=False)
+    assert steps == [pytest.approx(r) for r in ([.25, .5, .75], [.25, -.5, -.25], [.25, .5, -.25], [-.75, -.5, -.25])]
+    assert answer == pytest.approx([.75, -.25, -.25, -.25])
+    # a shorter completion has no advantage for steps it did not write; a missing step counts as not reached
+    steps, _ = credit.process_advantages([[1, 1], [1]], [0.0, 0.0], scale=False)
+    assert steps == [[0.0, 0.5], [0.0]]
+    # every completion alike: no signal anywhere, scaled or not
+    steps, answer = credit.process_advantages([[1, 0], [1, 0]], [0.0, 0.0], scale=True)
+    assert steps == [[0.0, 0.0], [0.0, 0.0]] and answer == [0.0, 0.0]
+
+
+def test_token_lines_map_every_token_to_its_step_or_the_answer_line(toy):
+    _, tok = toy
+    text = "1+2=3\n3+4=7\n#### 7"
+    ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+    lines = credit.token_lines(tok, ids, text)
+    pieces = tok.batch_decode([[t] for t in ids])
+    by_line = {}
+    for piece, line in zip(pieces, lines):
+        by_line[line] = by_line.get(line, "") + piece
+    assert by_line == {1: "1+2=3\n", 2: "3+4=7\n", 0: "#### 7" + end_of_turn(tok)}
+
+
+def test_process_credit_reaches_the_tokens_of_each_step(toy):
+    _, tok = toy
+    cfg = RLConfig(reward="process", num_generations=2)
+    task = get_task("arithmetic", **TINY_TASK)
+    ex = Example(question="1+2+4", answer="7", steps=("1+2=3", "3+4=7"), n_steps=2)
+    group = credit.Group(ex, 0, [])
+    for text in ("1+2=3\n3+4=7\n#### 7", "1+2=3\n3+4=8\n#### 8"):
+        ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+        group.rollouts.append(credit.score(task, ex, text, False, 0.0, [0], ids))
+    credit.assign_credit(group, cfg, tok)
+    right, wrong = group.rollouts
+    assert right.ok == [1, 1] and wrong.ok == [1, 0] and right.valid and not wrong.valid
+    lines = credit.token_lines(tok, right.completion, right.text)
+    assert {a for a, j in zip(right.advantages, lines) if j == 1} == {0.0}  # both got step 1 right
+    assert {a for a, j in zip(right.advantages, lines) if j == 2} == {0.5}
+    assert {a for a, j in zip(right.advantages, lines) if j == 0} == {0.5}  # answer line and end of turn
+    lines = credit.token_lines(tok, wrong.completion, wrong.text)
+    assert {a for a, j in zip(wrong.advantages, lines) if j == 2} == {-0.5}
+
+
+def test_each_loss_type_against_a_hand_computed_value():
+    # two completions of 1 and 3 tokens; ratio 1 (logp == old), so each token's loss is -A
+    adv = torch.tensor([[2.0, 0, 0], [1.0, 1.0, 1.0]])
+    live = torch.tensor([[1.0, 0, 0], [1.0, 1.0, 1.0]])
+    logp = torch.zeros(2, 3)
+    for loss_type, expected in [("grpo", -(2.0 / 1 + 3.0 / 3) / 2),  # per-sequence mean, then mean
+                                ("dr_grpo", -(2.0 + 3.0) / (2 * 10)),  # sum / (2 sequences x 10 tokens)
+                                ("dapo", -(2.0 + 3.0) / 4)]:  # mean over the 4 tokens
+        w = torch.tensor(rl.token_weights([1, 3], loss_type, 10))[:, None] * live
+        loss, clip = rl.policy_loss(logp, logp, logp, adv, w, RLConfig(loss_type=loss_type))
+        assert loss.item() == pytest.approx(expected) and clip["clip_hits"] == 0
+
+
+def test_the_clip_binds_beyond_epsilon_and_the_kl_adds_beta_k3():
+    cfg = RLConfig(epsilon=0.2, beta=0.0)
+    w, adv = torch.ones(1, 1), torch.ones(1, 1)
+    loss, clip = rl.policy_loss(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1), torch.zeros(1, 1), adv, w, cfg)
+    assert loss.item() == pytest.approx(-1.2) and clip["clip_hits"] == 1
+    cfg = RLConfig(beta=0.5)
+    logp = torch.log(torch.tensor([[0.5]]))
+    loss, _ = rl.policy_loss(logp, logp, torch.zeros(1, 1), torch.zeros(1, 1), w, cfg)  # A = 0: only the KL
+    q = -logp.item()
+    assert loss.item() == pytest.approx(0.5 * (2.0 - q - 1))
+
+
+def toy_policy(toy):
+    model, tok = toy
+    return attach_lora(model, TrainConfig(lora_r=4, lora_alpha=8)), tok
+
+
+class _Accelerator:  # what the update needs of Accelerate, in one process
+    backward = staticmethod(lambda loss: loss.backward())
+    unwrap_model = staticmethod(lambda m: m)
+
+
+def test_num_iterations_1_has_a_ratio_of_exactly_1_and_moves_the_weights(toy):
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    cfg = RLConfig(num_iterations=1, micro_batch_size=2, lr=1e-2)
+    prompt = encode_prompt(tok, prompt_messages("1+2"))
+    batch = []
+    for text, a in (("1+2=3\n#### 3", 1.0), ("1+2=4\n#### 4", -1.0), ("#### 3", 0.5)):
+        ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+        batch.append(credit.Rollout(prompt, ids, text, False, [], True, True, advantages=[a] * len(ids)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    stats = rl.grpo_update(model, opt, batch, before, cfg, _Accelerator())
+    assert stats["ratio_min"] == 1.0 and stats["ratio_max"] == 1.0 and stats["clip_fraction"] == 0.0
+    assert stats["kl"] == 0.0  # the reference is the starting weights
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+class _AlwaysRight:
+    """A broken reward: the checker says every answer is right."""
+    name = "broken"
+
+    def __init__(self):
+        self.inner = get_task("arithmetic", **TINY_TASK)
+
+    def generate(self, rng, n):
+        return self.inner.generate(rng, n)
+
+    def check(self, example, steps, answer):
+        return self.inner.check(example, steps, example.answer)
+
+
+class _NoStepChecker(_AlwaysRight):
+    """A checker that judges the answer only: every step passes."""
+
+    def check(self, example, steps, answer):
+        verdict = self.inner.check(example, list(example.steps), answer)
+        verdict.step_ok = [True] * len(steps)
+        return verdict
+
+
+def test_preflight_passes_the_real_checker_and_catches_broken_rewards():
+    cfg = RLConfig(n_steps=[2, 4], preflight_problems=4)
+    credit.preflight(get_task("arithmetic", **TINY_TASK), cfg)
+    with pytest.raises(credit.RewardError, match="broken gives full reward to a wrong answer"):
+        credit.preflight(_AlwaysRight(), cfg)
+    with pytest.raises(credit.RewardError, match="a wrong step .*judges every step"):
+        credit.preflight(_NoStepChecker(), RLConfig(n_steps=[2, 4], reward="process", preflight_problems=4))
+    credit.preflight(_NoStepChecker(), RLConfig(n_steps=[2, 4], reward="outcome", preflight_problems=4))
+
+
+def test_a_reward_that_raises_is_not_turned_into_0():
+    class Raises(_AlwaysRight):
+        def check(self, example, steps, answer):
+            raise KeyError("meta")
+    with pytest.raises(KeyError):
+        credit.score(Raises(), Example(question="1+2", answer="3"), "#### 3", False)
+
+
+def test_pool_retires_solved_problems_retries_unsolved_ones_and_resumes():
+    cfg = RLConfig(n_steps=[2, 3], retries=1, seed=3)
+    pool = rl.ProblemPool(get_task("arithmetic", **TINY_TASK), cfg)
+    first = pool.draw(4)
+    assert all(2 <= ex.n_steps <= 3 and n == 0 for ex, n in first)
+    pool.give_back(*first[0], solved=8, group=8)  # retired
+    pool.give_back(*first[1], solved=0, group=8)  # comes back once
+    again = pool.draw(4)
+    assert again[0] == (first[1][0], 1) and pool.retired == 1
+    pool.give_back(*again[0], solved=0, group=8)  # out of retries
+    copy = rl.ProblemPool(pool.task, cfg, pool.state())
+    assert [ex for ex, _ in copy.draw(4)] == [ex for ex, _ in pool.draw(4)]
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ConfigError, match="num_generations must be >= 2"):
+        load_recipe(None, ["rl.num_generations=1"])
+    with pytest.raises(ConfigError, match="rl.reward"):
+        load_recipe(None, ["rl.reward=pairwise"])
+    assert load_recipe(None, []).rl is None and load_recipe(None, ["rl.rounds=3"]).rl.rounds == 3
+
+
+def test_expert_iteration_keeps_valid_chains_and_the_valid_prefix_of_failed_ones(toy):
+    _, tok = toy
+    task = get_task("arithmetic", **TINY_TASK)
+    ex = Example(question="1+2+4", answer="7", steps=("1+2=3", "3+4=7"), n_steps=2)
+    group = credit.Group(ex, 0, [])
+    for text in ("1+2=3\n3+4=7\n#### 7", "1+2=3\n3+4=8\n#### 8", "1+2=4\n#### 4"):
+        ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+        group.rollouts.append(credit.score(task, ex, text, False, 0.0, [0], ids))
+    credit.assign_credit(group, RLConfig(algorithm="expert_iteration", keep_valid_prefix=True), tok)
+    full, prefix, none = group.rollouts
+    assert all(full.kept) and none.kept is None
+    kept_text = tok.decode([t for t, k in zip(prefix.completion, prefix.kept) if k])
+    assert kept_text == "1+2=3\n"
+
+
+class _Stops:
+    """A toy task a random model scores on now and then: every answer is right, so the reward is
+    1 for a completion that ends (emits its end-of-turn token) within the budget, 0 when truncated."""
+    name = "stops"
+
+    def generate(self, rng, n_steps):
+        return Example(f"{rng.randint(0, 9)}+1", "1", ("x",) * n_steps, n_steps, self.name)
+
+    def check(self, example, steps, answer):
+        return Check(answer_correct=True, step_ok=[True] * len(steps), chain_valid=True)
+
+
+@pytest.mark.slow
+def test_a_short_rl_run_on_a_toy_task_raises_the_mean_reward(tmp_path):
+    from accelerate import Accelerator
+    model, tok = tiny_model_and_tokenizer()  # every weight trainable: a random LoRA moves too slowly for a short test
+    cfg = RLConfig(reward="outcome", rounds=12, prompts_per_round=8, num_generations=8, max_completion_length=32,
+                   lr=1e-2, save_every=0, log_completions=1, flat_rounds=0)
+    accelerator = Accelerator(cpu=True)
+    model, opt, reference = rl.prepare(accelerator, model, cfg)
+    rl.fit(model, tok, rl.ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
+    curve = [json.loads(line)["reward_mean"] for line in open(tmp_path / "metrics.jsonl")]
+    assert len(curve) == 12 and sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.2, curve
+    assert (tmp_path / "completions.jsonl").read_text().count("\n") == 12
+
+
+def test_an_adapter_trained_on_another_base_is_one_line(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "/models/other"}')
+    with pytest.raises(rl.RLError, match="trained on /models/other, not on"):
+        rl.load_policy(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    with pytest.raises(rl.RLError, match="no LoRA adapter"):
+        rl.load_policy(str(tmp_path / "base"), str(tmp_path / "nothing"))
+
+
+def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    cfg = RLConfig(algorithm="expert_iteration", num_iterations=3, mini_batch_size=2, micro_batch_size=1, lr=1e-2)
+    prompt = encode_prompt(tok, prompt_messages("1+2"))
+    ids = tok("1+2=3\n#### 3" + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+    batch = [credit.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
+
+    def nll():
+        x, mask, tgt, keep, w = rl.collate(batch[:1], [[1.0] * len(ids)], [1.0], 0)
+        with torch.no_grad():
+            return -(rl.token_logprobs(model, x, mask, tgt)[0] * keep).sum().item()
+    before = nll()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    stats = rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    assert stats["loss"] > 0 and nll() < before - 0.5
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
+    """4 rounds straight vs 2 rounds, a checkpoint, a fresh process state, and the last 2 rounds."""
+    from accelerate import Accelerator
+    from reasonlm.train import try_resume
+    cfg = RLConfig(reward="outcome", rounds=4, prompts_per_round=4, num_generations=4, max_completion_length=24,
+                   lr=1e-2, save_every=2, flat_rounds=0, num_iterations=2, retries=1)
+
+    def run(out, stop_after=None):
+        out.mkdir(exist_ok=True)
+        model, tok = tiny_model_and_tokenizer()
+        accelerator = Accelerator(cpu=True)
+        model, opt, reference = rl.prepare(accelerator, model, cfg)
+        start, state = try_resume(accelerator, str(out))
+        pool = rl.ProblemPool(_Stops(), cfg, state.get("pool"))
+        rl.fit(model, tok, pool, reference, cfg if stop_after is None else
+               dataclasses.replace(cfg, rounds=stop_after, save_every=0), str(out), accelerator, opt, start,
+               state.get("history"))
+        if stop_after:  # what a SIGKILL right after the checkpoint leaves behind
+            from reasonlm.train import save_checkpoint
+            save_checkpoint(accelerator, str(out), stop_after, 2, {"pool": pool.state(), "history": []})
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=2)
+    resumed = run(tmp_path / "b")
+    assert any(not torch.equal(straight[n], p) for n, p in tiny_model_and_tokenizer()[0].named_parameters())
+    assert all(torch.equal(straight[n], resumed[n]) for n in straight)
