@@ -16,7 +16,7 @@ from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
 from reasonlm.example import gold_budget
 from reasonlm.sources import Source
 from tests.eval_helpers import ROOT, examples, read_samples, toy, toy_dir, write_suite  # noqa: F401 (fixtures)
-from tests.helpers import TINY_TASK, rows
+from tests.helpers import TINY_TASK, rows, tiny_model_and_tokenizer
 
 torch.set_num_threads(1)
 
@@ -41,6 +41,25 @@ def test_batched_greedy_equals_one_at_a_time_and_hf_generate(toy):
         y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=b, do_sample=False,
                            eos_token_id=sorted(stops), pad_token_id=pad)[0, len(p):].tolist()
         assert ours == [t for t in y[:next((i for i, t in enumerate(y) if t in stops), len(y))]]
+
+
+def test_the_engine_uses_the_supported_cache_argument(toy):
+    """transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns and
+    is removed in 5.40): batched and streamed decoding, on the model and under a LoRA adapter,
+    emit no deprecation warning."""
+    import warnings
+    from peft import LoraConfig, get_peft_model
+    model, tok = toy
+    prompt = build_prompt(tok, examples(1, seed=2)[0].question)[1]
+    lora = get_peft_model(tiny_model_and_tokenizer()[0], LoraConfig(r=2, target_modules=["q_proj"])).eval()
+    for m in (model, lora):
+        engine = KVCacheEngine(m, tok.pad_token_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            engine.generate([prompt, prompt[:-2]], SamplingParams(max_new_tokens=4))
+            stream = engine.stream()
+            stream.generate(prompt, SamplingParams(max_new_tokens=3))
+            stream.generate(prompt + [5], SamplingParams(max_new_tokens=3))  # prefix reuse: cache cropped
 
 
 def test_budgets_and_early_exit(toy):
