@@ -32,6 +32,7 @@ from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, normalize_nu
                              stop_token_ids)
 from reasonlm.config import ChatConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
+from reasonlm.example import text_lines
 from reasonlm.model import load_for_inference
 from reasonlm.stats import majority_vote
 from reasonlm.tasks import parse_any_question, question_families
@@ -225,8 +226,7 @@ def save_session(path: str, system: str, history: list[dict]):
 def load_session(path: str) -> tuple[str, list[dict]]:
     """(system, history) from the last conversation in a chat-messages JSONL file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
+        lines = [ln for _, ln in text_lines(path) if ln.strip()]  # not UTF-8: one error naming path:line
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror}") from None
     if not lines:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
+from reasonlm.example import ExampleError, text_lines
+
 
 class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
@@ -441,6 +443,7 @@ class RunPaths:
 def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
     """The recipe at `path` (None: the defaults) with dotted `key=value` overrides."""
     raw = read_settings(path, "recipe") if path else {}
+    empty = path is not None and not sets_anything(raw)  # only empty sections: `train:`, `eval: {}`
     for item in overrides:
         key, value = split_override(item, "train.lr=1e-3")
         *parents, leaf = key.split(".")
@@ -450,7 +453,10 @@ def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node[leaf] = value
-    return from_dict(Recipe, raw, "")
+    recipe = from_dict(Recipe, raw, "")  # unknown keys first: `trian: {}` is a typo, not an empty recipe
+    if empty:
+        raise ConfigError(empty_file(path, "recipe"))
+    return recipe
 
 
 # Keys only a recipe has: a suite's keys are EvalConfig's, and a recipe's `data` is a section
@@ -468,6 +474,7 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
     """A suite YAML (the keys of a recipe's eval section) with `key=value` overrides; the data
     stage (decontamination) and the eval stage both read suites through here."""
     raw = read_settings(path, "suite")
+    empty = not sets_anything(raw)
     for item in overrides:
         key, value = split_override(item, "samples=8")
         raw[key.removeprefix("eval.")] = value
@@ -475,6 +482,8 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
         cfg = from_dict(EvalConfig, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if empty:
+        raise ConfigError(empty_file(path, "suite"))
     if not cfg.name:
         cfg.name = os.path.splitext(os.path.basename(path))[0]
     return cfg
@@ -488,16 +497,32 @@ def read_settings(path: str, kind: str) -> dict:
         with open(path, encoding="utf-8") as f:
             raw = yaml.load(f, Loader=StrictLoader)
     except UnicodeDecodeError:
+        try:
+            for _ in text_lines(path):  # raises naming the first line that is not UTF-8
+                pass
+        except ExampleError as e:
+            raise ConfigError(str(e)) from None
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except ConfigError as e:  # a key written twice
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None or raw == {}:
-        raise ConfigError(f"{path}: the {kind} is empty (an empty file would silently run on the defaults)")
+        raise ConfigError(empty_file(path, kind))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {kind} is a mapping of settings, got {type(raw).__name__}")
     return raw
+
+
+def empty_file(path: str, kind: str) -> str:
+    return f"{path}: the {kind} is empty (an empty file would silently run on the defaults)"
+
+
+def sets_anything(node) -> bool:
+    """Whether parsed YAML sets a value: a file of empty sections (`train:`, `eval: {}`) does not."""
+    if isinstance(node, dict):
+        return any(sets_anything(v) for v in node.values())
+    return node is not None
 
 
 def split_override(item: str, example: str) -> tuple[str, object]:

@@ -115,3 +115,16 @@ def read_dataset(path: str):
 def gold_budget(tokenizer, example: Example, fmt: str, scale: float = 2.0) -> int:
     """A token budget of `scale` x the example's gold target + 8, so it grows with n_steps."""
     return int(scale * len(tokenizer(render_target(example, fmt), add_special_tokens=False)["input_ids"])) + 8
+
+
+# --- reading text files a user gives (JSONL problems, GSM8K files, blocklists, sessions) ---------
+def text_lines(path: str):
+    """(line number, line) of a UTF-8 text file. Bytes that are not UTF-8 stop the reading with
+    one ExampleError naming the file and the line (a newline byte is never inside a UTF-8
+    character, so every line decodes on its own)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ExampleError(f"{path}:{n}: not UTF-8 text") from None

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 
 from reasonlm.config import EvalConfig, save_resolved
+from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.metrics import default_ks, summarize
 from reasonlm.sources import Source, fingerprint
 from reasonlm.stats import MissingDependencyError, plot_accuracy_by_steps, wilson_interval
@@ -71,10 +72,16 @@ def write_report(directory: str, report: dict) -> None:
 
 
 def atomic_write(path: str, text: str) -> None:
+    """Write `path` whole or not at all; an unwritable path is one EvalError naming it."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise EvalError(f"cannot write {path}: {e.strerror}") from None
 
 
 def plot(report: dict, path: str) -> str | None:
