@@ -165,3 +165,60 @@ def test_user_facing_errors_are_one_line_and_debug_re_raises(capsys, monkeypatch
     monkeypatch.setenv("REASONLM_DEBUG", "1")
     with pytest.raises(type(error)):
         cli.main(["export", "run"])
+
+
+# --- item 9: an adapter for another base ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """Base A (the adapter's), B (wider layers), C (A's layer shapes, another vocabulary: before
+    the check the adapter loaded on it and decoded garbage) and a LoRA adapter of A (with its
+    tokenizer, as training saves it)."""
+    from peft import LoraConfig, get_peft_model
+    from reasonlm.model import build_tiny, load_model, train_tokenizer
+    from tests.helpers import rows, tiny_model_and_tokenizer
+    root = tmp_path_factory.mktemp("bases")
+    a, tok = tiny_model_and_tokenizer()
+    b, _ = tiny_model_and_tokenizer(hidden=64)
+    other = train_tokenizer([r["question"][::-1] + " apple banana cherry" for r in rows(300, seed=7)], vocab_size=300)
+    c = build_tiny(other, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=256)
+    for name, model, t in (("A", a, tok), ("B", b, tok), ("C", c, other)):
+        model.save_pretrained(root / name)
+        t.save_pretrained(root / name)
+    peft_model = get_peft_model(load_model(str(root / "A")), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(root / "adapter")
+    tok.save_pretrained(root / "adapter")
+    return {k: str(root / k) for k in ("A", "B", "C", "adapter")}
+
+
+def test_an_adapter_loads_on_its_own_base(bases):
+    from reasonlm.model import load_for_inference
+    model, _ = load_for_inference(bases["A"], bases["adapter"])
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("base, problem", [
+    ("B", "model.layers.0.self_attn.q_proj is (64, 64) in the base, but the adapter's "
+          "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight is (2, 32)"),
+    ("C", "its tokenizer has another vocabulary"),
+])
+def test_an_adapter_for_another_base_is_one_line_naming_both(bases, base, problem):
+    from reasonlm.model import ModelError, load_for_inference
+    with pytest.raises(ModelError) as e:
+        load_for_inference(bases[base], bases["adapter"])
+    assert str(e.value).startswith(f"adapter {bases['adapter']} was trained for base {bases['A']}, "
+                                   f"not {bases[base]}: ")
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("base", ["B", "C"])
+def test_chat_and_export_refuse_an_adapter_for_another_base(bases, capsys, tmp_path, base):
+    fails_with_one_line(capsys, ["chat", "--model", bases[base], "--adapter", bases["adapter"], "-p", "1+1"],
+                        f"was trained for base {bases['A']}, not {bases[base]}")
+    adapter = tmp_path / "moved"  # an adapter whose recorded base is now another model
+    import shutil
+    shutil.copytree(bases["adapter"], adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": bases[base]}))
+    fails_with_one_line(capsys, ["export", str(adapter), "--merge", "--out", str(tmp_path / "merged")],
+                        f"adapter {adapter} does not fit {bases[base]}, the base it records")
+    assert not (tmp_path / "merged").exists()
