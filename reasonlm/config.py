@@ -349,9 +349,13 @@ class EvalConfig:
     """Baseline report or baseline file for the CI gate (`--baseline` on the command line wins)."""
     resume: bool = True
     """Continue an interrupted run from the samples already written in its output folder."""
+    too_long: str = "skip"
+    """A problem whose prompt leaves no room in the model's context (max_position_embeddings):
+    'skip' (left out, counted as too_long per source in the report) or 'error' (stop, naming it)."""
 
     def __post_init__(self):
         _one_of(self, "eval", "prompt", ("chat", "plain"))
+        _one_of(self, "eval", "too_long", ("skip", "error"))
         _one_of(self, "eval", "format", ("", *FORMATS))
         _at_least(self, "eval", 1, "samples", "batch_size")
         _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature")

@@ -115,8 +115,7 @@ class KVCacheEngine:
     @property
     def context_size(self) -> int | None:
         """Tokens the model can attend to (prompt + answer), when its config says."""
-        n = getattr(self.model.config, "max_position_embeddings", None)
-        return n if isinstance(n, int) and n > 0 else None
+        return context_size(self.model)
 
     def stream(self, seed: int = 0) -> KVCacheStream:
         return KVCacheStream(self.model, self.stop_ids, seed)
@@ -241,6 +240,12 @@ class KVCacheStream:
         result.total_s = time.perf_counter() - t0
         self.cache, self.cached = cache, fed
         return result
+
+
+def context_size(model: torch.nn.Module) -> int | None:
+    """Tokens a `transformers` model can attend to (prompt + answer), when its config says."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:

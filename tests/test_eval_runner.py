@@ -243,3 +243,34 @@ def test_bench_generate_smoke():
     assert r.returncode == 0, r.stderr[-2000:]
     row = [l for l in r.stdout.splitlines() if l.startswith("| toy")][0]
     assert row.endswith("| yes |") and "x |" in row
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(toy_dir, tmp_path, capsys):
+    """The toy's context is 256 tokens: a 3,000-token question is skipped (too_long in the report,
+    per source, and a warning) instead of being evaluated past the context; too_long=error stops
+    with one line; a prompt that fits gets a budget cut to the room that is left."""
+    problems = tmp_path / "p.jsonl"
+    long_question = "1+" * 1500 + "1"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "2+3", "answer": "5"}, {"question": long_question, "answer": "1501"},
+        {"question": "1+" * 110 + "1", "answer": "111"}, {"question": "4-1", "answer": "3"}]))
+    path = write_suite(tmp_path / "s.yaml", sources=[{"jsonl": str(problems), "name": "mixed"},
+                                                     {"task": "arithmetic", "args": TINY_TASK, "steps": [1, 1],
+                                                      "n_per_steps": 2, "name": "arith"}], max_new_tokens=200)
+    out = str(tmp_path / "out")
+    cli.main(["eval", path, "--model", toy_dir, "--out", out])
+    captured = capsys.readouterr()
+    assert "source 'mixed': skipped 1 problem(s) whose prompt is longer than the model's context (256 tokens)" \
+        in captured.err
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["sources"]["mixed"]["too_long"] == 1 and report["sources"]["arith"]["too_long"] == 0
+    assert report["splits"]["mixed"]["n"] == 3 and "mixed 1 problem(s)" in open(os.path.join(out, "report.md")).read()
+    samples = {s["question"]: s for s in read_samples(out)}
+    assert long_question not in samples
+    near = samples["1+" * 110 + "1"]
+    assert len(near["prompt"]) and near["tokens"] <= 256 - 200  # its budget was cut to the context's room
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", path, "--model", toy_dir, "--out", str(tmp_path / "out2"), "too_long=error"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' loading bar)
+    assert e.value.code == 2 and err.startswith("error: source 'mixed', problem 'mixed-0000001': the prompt is")
+    assert "context is 256" in err
