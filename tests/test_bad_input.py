@@ -222,3 +222,29 @@ def test_chat_and_export_refuse_an_adapter_for_another_base(bases, capsys, tmp_p
     fails_with_one_line(capsys, ["export", str(adapter), "--merge", "--out", str(tmp_path / "merged")],
                         f"adapter {adapter} does not fit {bases[base]}, the base it records")
     assert not (tmp_path / "merged").exists()
+
+
+# --- item 8 (training side): rows longer than seq_len are dropped and counted -----------------------
+def test_training_rows_longer_than_seq_len_are_counted_in_train_stats(tmp_path, capsys):
+    from reasonlm import data, train
+    from reasonlm.answer import encode_example
+    from reasonlm.config import DataConfig, TrainConfig
+    from reasonlm.example import Example, read_dataset, render_target
+    from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
+    data.run(DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 4], ood_steps=[5, 5],
+                        n_train=120, n_validation=8, n_test_per_steps=2, n_base=10, workers=1), str(tmp_path))
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    seq_len = 44
+    rows = read_dataset(str(tmp_path / "data"))["train"]
+    lengths = [sum(map(len, encode_example(tok, r["question"], render_target(Example.from_row(r), "cot")))) for r in rows]
+    longer = sum(n > seq_len for n in lengths)
+    assert 0 < longer < len(rows)  # the case exists and leaves something to train on
+    cfg = TrainConfig(model=str(tmp_path / "base"), data=str(tmp_path / "data"), steps=2, batch_tokens=2 * seq_len,
+                      seq_len=seq_len, warmup_steps=1, eval_every=0, eval_samples=0, log_every=0, save_every=0,
+                      lora_r=2, lora_alpha=4)
+    train.run(cfg, str(tmp_path), "train", threads=1)
+    stats = json.loads((tmp_path / "train" / "train_stats.json").read_text())
+    assert stats["too_long"]["train"] == longer
+    assert f"dropped {longer} of {len(rows)} examples longer than seq_len={seq_len}" in capsys.readouterr().out
