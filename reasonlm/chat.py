@@ -32,6 +32,7 @@ from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, normalize_nu
                              stop_token_ids)
 from reasonlm.config import ChatConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
+from reasonlm.example import text_lines
 from reasonlm.model import load_for_inference
 from reasonlm.stats import majority_vote
 from reasonlm.tasks import parse_any_question, question_families
@@ -98,6 +99,16 @@ def parse_settings(text: str, current: Settings) -> Settings:
 # --- display -----------------------------------------------------------------------------------
 DIM, FINAL, GOOD, BAD, BOLD, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[32m", "\x1b[1;31m", "\x1b[1m", "\x1b[0m"
 
+# A model (an adapter from the internet, say) can emit escape sequences that set the window title,
+# write the clipboard (OSC 52) or move the cursor over earlier lines. Every control character but
+# newline and tab (C0, DEL and C1: 0x9b is a one-byte CSI on some terminals) is shown escaped.
+CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character except newline and tab written as a visible \\xNN."""
+    return text.translate(CONTROL_ESCAPES)
+
 
 class Painter:
     """Writes streamed answer text: reasoning lines dimmed, the '#### N' line highlighted.
@@ -120,7 +131,7 @@ class Painter:
         self.pending = ""
 
     def feed(self, text: str):
-        for ch in text:
+        for ch in printable(text):
             if ch == "\n":
                 if self.pending:
                     self._start_line(DIM)
@@ -215,8 +226,7 @@ def save_session(path: str, system: str, history: list[dict]):
 def load_session(path: str) -> tuple[str, list[dict]]:
     """(system, history) from the last conversation in a chat-messages JSONL file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
+        lines = [ln for _, ln in text_lines(path) if ln.strip()]  # not UTF-8: one error naming path:line
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror}") from None
     if not lines:
@@ -290,6 +300,7 @@ class Chat:
         return min(self.settings.max_new_tokens, room)
 
     def say(self, text: str = "", style: str = ""):
+        text = printable(text)  # steps, answers and notes can quote the model's output
         self.out.write((text if self.plain or not style else style + text + RESET) + "\n")
         self.out.flush()
 

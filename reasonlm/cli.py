@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 
 import datasets
 import yaml
+from safetensors import SafetensorError
 
 import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, rl, train
@@ -232,11 +234,27 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
-    except ValueError as e:  # every stage reports user errors as ValueError subclasses
+    except USER_ERRORS as e:
         if os.environ.get("REASONLM_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+# What a user's input can cause, reported as one line (REASONLM_DEBUG=1 re-raises for the traceback):
+# stage errors (ValueError subclasses, by convention), OSErrors on the paths a user named, weights
+# files that are not safetensors, and pickled files that torch's weights_only loader refuses.
+USER_ERRORS = (ValueError, OSError, SafetensorError, pickle.UnpicklingError)
+
+
+def one_line(e: BaseException) -> str:
+    """The error as a single line: an OSError names its path; a long message keeps its first line."""
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    else:
+        text = str(e).strip() or type(e).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] + (" (REASONLM_DEBUG=1 shows the details)" if len(lines) > 1 else "")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
+from reasonlm.example import ExampleError, text_lines
 from reasonlm.outputs import atomic_write
 
 
@@ -368,9 +369,13 @@ class EvalConfig:
     """Baseline report or baseline file for the CI gate (`--baseline` on the command line wins)."""
     resume: bool = True
     """Continue an interrupted run from the samples already written in its output folder."""
+    too_long: str = "skip"
+    """A problem whose prompt leaves no room in the model's context (max_position_embeddings):
+    'skip' (left out, counted as too_long per source in the report) or 'error' (stop, naming it)."""
 
     def __post_init__(self):
         _one_of(self, "eval", "prompt", ("chat", "plain"))
+        _one_of(self, "eval", "too_long", ("skip", "error"))
         _one_of(self, "eval", "format", ("", *FORMATS))
         _at_least(self, "eval", 1, "samples", "batch_size")
         _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature")
@@ -567,6 +572,7 @@ class RunPaths:
 def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
     """The recipe at `path` (None: the defaults) with dotted `key=value` overrides."""
     raw = read_settings(path, "recipe") if path else {}
+    empty = path is not None and not sets_anything(raw)  # only empty sections: `train:`, `eval: {}`
     for item in overrides:
         key, value = split_override(item, "train.lr=1e-3")
         *parents, leaf = key.split(".")
@@ -576,7 +582,10 @@ def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node[leaf] = value
-    return from_dict(Recipe, raw, "")
+    recipe = from_dict(Recipe, raw, "")  # unknown keys first: `trian: {}` is a typo, not an empty recipe
+    if empty:
+        raise ConfigError(empty_file(path, "recipe"))
+    return recipe
 
 
 # Keys only a recipe has: a suite's keys are EvalConfig's, and a recipe's `data` is a section
@@ -594,6 +603,7 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
     """A suite YAML (the keys of a recipe's eval section) with `key=value` overrides; the data
     stage (decontamination) and the eval stage both read suites through here."""
     raw = read_settings(path, "suite")
+    empty = not sets_anything(raw)
     for item in overrides:
         key, value = split_override(item, "samples=8")
         raw[key.removeprefix("eval.")] = value
@@ -601,6 +611,8 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
         cfg = from_dict(EvalConfig, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if empty:
+        raise ConfigError(empty_file(path, "suite"))
     if not cfg.name:
         cfg.name = os.path.splitext(os.path.basename(path))[0]
     return cfg
@@ -614,16 +626,32 @@ def read_settings(path: str, kind: str) -> dict:
         with open(path, encoding="utf-8") as f:
             raw = yaml.load(f, Loader=StrictLoader)
     except UnicodeDecodeError:
+        try:
+            for _ in text_lines(path):  # raises naming the first line that is not UTF-8
+                pass
+        except ExampleError as e:
+            raise ConfigError(str(e)) from None
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except ConfigError as e:  # a key written twice
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None or raw == {}:
-        raise ConfigError(f"{path}: the {kind} is empty (an empty file would silently run on the defaults)")
+        raise ConfigError(empty_file(path, kind))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {kind} is a mapping of settings, got {type(raw).__name__}")
     return raw
+
+
+def empty_file(path: str, kind: str) -> str:
+    return f"{path}: the {kind} is empty (an empty file would silently run on the defaults)"
+
+
+def sets_anything(node) -> bool:
+    """Whether parsed YAML sets a value: a file of empty sections (`train:`, `eval: {}`) does not."""
+    if isinstance(node, dict):
+        return any(sets_anything(v) for v in node.values())
+    return node is not None
 
 
 def split_override(item: str, example: str) -> tuple[str, object]:

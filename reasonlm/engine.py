@@ -115,8 +115,7 @@ class KVCacheEngine:
     @property
     def context_size(self) -> int | None:
         """Tokens the model can attend to (prompt + answer), when its config says."""
-        n = getattr(self.model.config, "max_position_embeddings", None)
-        return n if isinstance(n, int) and n > 0 else None
+        return context_size(self.model)
 
     def stream(self, seed: int = 0) -> KVCacheStream:
         return KVCacheStream(self.model, self.stop_ids, seed)
@@ -152,8 +151,10 @@ class KVCacheEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         alive = list(range(len(idx)))  # rows of the current batch -> positions in idx
-        # logits_to_keep=1: only the last position's logits (a 150k vocab x long prompts is GBs otherwise)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+        # logits_to_keep=1: only the last position's logits (a 150k vocab x long prompts is GBs otherwise).
+        # `cache=` is the forward's name for the KV cache since transformers 5.24 (`past_key_values`
+        # warns and goes in 5.40); pyproject.toml requires transformers >= 5.24 for it.
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                     logits_to_keep=1)
         logits = out.logits[:, -1]
         last_pos = positions[:, -1]
@@ -186,7 +187,7 @@ class KVCacheEngine:
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
             out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                        past_key_values=cache, use_cache=True)
+                        cache=cache, use_cache=True)
             logits = out.logits[:, -1]
 
 
@@ -221,7 +222,7 @@ class KVCacheStream:
         t0 = time.perf_counter()
         while True:
             positions = torch.arange(len(fed), len(fed) + len(feed))[None]
-            out = self.model(input_ids=torch.tensor([feed]), position_ids=positions, past_key_values=cache,
+            out = self.model(input_ids=torch.tensor([feed]), position_ids=positions, cache=cache,
                              use_cache=True, logits_to_keep=1)  # no vocab-sized logits for every prompt token
             fed += feed
             token = int(pick(out.logits[:, -1], params.temperature, params.top_p, self.rng)[0])
@@ -239,6 +240,12 @@ class KVCacheStream:
         result.total_s = time.perf_counter() - t0
         self.cache, self.cached = cache, fed
         return result
+
+
+def context_size(model: torch.nn.Module) -> int | None:
+    """Tokens a `transformers` model can attend to (prompt + answer), when its config says."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:

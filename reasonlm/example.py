@@ -136,3 +136,16 @@ def answer_budget(tokenizer, question: str, prompt_tokens: int, context: int | N
     `question_budget`, cut to the model's context left after the prompt (at least 1 token)."""
     budget = max_new_tokens or question_budget(tokenizer, question)
     return max(1, min(budget, context - prompt_tokens)) if context else budget
+
+
+# --- reading text files a user gives (JSONL problems, GSM8K files, blocklists, sessions) ---------
+def text_lines(path: str):
+    """(line number, line) of a UTF-8 text file. Bytes that are not UTF-8 stop the reading with
+    one ExampleError naming the file and the line (a newline byte is never inside a UTF-8
+    character, so every line decodes on its own)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ExampleError(f"{path}:{n}: not UTF-8 text") from None

@@ -254,6 +254,7 @@ def load_for_inference(model_name: str, adapter: str | None = None, merged: bool
     if adapter:
         from peft import PeftModel
         check_adapter_weights(adapter)
+        check_adapter_fits(model, model_name, adapter, tokenizer)
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except (OSError, ValueError) as e:
@@ -289,6 +290,74 @@ def resolve_adapter(adapter: str) -> str:
         return snapshot_download(adapter)
     except (OSError, ValueError) as e:  # offline, no network, unknown or gated repo, malformed id
         raise ModelError(_load_error(adapter, e, "adapter")) from None
+
+
+def check_adapter_fits(model, model_name: str, adapter: str, tokenizer) -> None:
+    """Refuse an adapter made for another base before peft loads it, as one ModelError naming the
+    base the adapter records and the one given. Two checks, neither loading a weight:
+
+    - shapes: every tensor in adapter_model.safetensors (read from its header) against the base
+      module it attaches to (LoRA A: the layer's inputs, B: its outputs; modules saved in full:
+      the same shape). A mismatch is otherwise a page of `size mismatch` from torch.
+    - vocabulary: the adapter's own tokenizer must keep every token of the base's at the same id
+      (it may add tokens, trained with it). Another vocabulary of the same size fits every shape
+      and then decodes garbage.
+    """
+    import json
+    from safetensors import safe_open
+
+    recorded = "an unrecorded base"
+    try:
+        with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
+            recorded = json.load(f).get("base_model_name_or_path") or recorded
+    except (OSError, ValueError):
+        pass  # a missing or broken config is peft's error to report, by name
+    mismatch = (f"adapter {adapter} was trained for base {recorded}, not {model_name}" if recorded != model_name
+                else f"adapter {adapter} does not fit {model_name}, the base it records (was it replaced?)")
+    weights = os.path.join(adapter, "adapter_model.safetensors")
+    if os.path.isfile(weights):
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        with safe_open(weights, framework="pt") as f:
+            for key in f.keys():
+                problem = _adapter_tensor_mismatch(key, tuple(f.get_slice(key).get_shape()), shapes)
+                if problem:
+                    raise ModelError(f"{mismatch}: {problem}")
+    if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+        try:
+            base_vocab = load_tokenizer(model_name).get_vocab()
+        except ModelError:  # a base without a tokenizer of its own: nothing to compare with
+            return
+        vocab = tokenizer.get_vocab()
+        moved = sum(1 for token, i in base_vocab.items() if vocab.get(token) != i)
+        if moved:
+            raise ModelError(f"{mismatch}: its tokenizer has another vocabulary ({moved} of the base's "
+                             f"{len(base_vocab)} tokens missing or at other ids)")
+
+
+def _adapter_tensor_mismatch(key: str, shape: tuple, base: dict[str, tuple]) -> str | None:
+    """Why the adapter tensor `key` (peft's saved name) cannot attach to a base with parameter
+    shapes `base`, or None when it fits (or is not one whose fit the base's shapes decide)."""
+    name = key.removeprefix("base_model.model.")
+    module, lora, rest = name.partition(".lora_")
+    if not lora:  # a module saved in full (modules_to_save): the base's parameter of the same name
+        want = base.get(name)
+        return f"{name} is {want} in the base, {shape} in the adapter" if want and want != shape else None
+    weight = base.get(module + ".weight")
+    if weight is None:
+        return f"the adapter has LoRA weights for {module}, which the base lacks"
+    part = rest.split(".")[0]
+    # Linear weights are (out, in); embeddings are (rows, dim)
+    if part == "A":
+        ok = shape[-1] == weight[-1]
+    elif part == "B":
+        ok = shape[0] == weight[0]
+    elif part == "embedding_A":
+        ok = shape[-1] == weight[0]
+    elif part == "embedding_B":
+        ok = shape[0] == weight[-1]
+    else:  # e.g. DoRA's magnitude vector: follows from A and B
+        return None
+    return None if ok else f"{module} is {weight} in the base, but the adapter's {key} is {shape}"
 
 
 def set_threads(threads: int, world: int = 1) -> int:

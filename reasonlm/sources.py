@@ -30,8 +30,9 @@ import random
 import sys
 from dataclasses import dataclass, field
 
+from reasonlm.answer import normalize_number
 from reasonlm.config import EvalConfig
-from reasonlm.example import Example, question_key, read_dataset
+from reasonlm.example import Example, ExampleError, question_key, read_dataset, text_lines
 from reasonlm.tasks import get_task
 from reasonlm.tasks.base import Check, Task, is_importer
 
@@ -155,7 +156,7 @@ def _load_source(kind: str, name: str, spec: dict, cfg: EvalConfig, out_dir: str
     elif kind == "jsonl":
         path = resolve_path(str(spec["jsonl"]), out_dir)
         info["from"] = path
-        examples = [Example.from_row(r, f"{name}-{i:07d}", "arithmetic") for i, r in enumerate(_read_jsonl(path))]
+        examples = [jsonl_example(path, line, r, f"{name}-{i:07d}") for i, (line, r) in enumerate(_read_jsonl(path))]
     elif kind == "task":
         task = get_task(str(spec["task"]), **(spec.get("args") or {}))
         bounds, per = spec.get("steps", [1, 4]), spec.get("n_per_steps", 20)
@@ -244,12 +245,13 @@ def distinct_examples(task, prefix: str, rng: random.Random, targets: list[int],
     return examples
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _read_jsonl(path: str) -> list[tuple[int, dict]]:
+    """(line number, record) of every problem in a JSONL file."""
     if not os.path.isfile(path):
         raise SourceError(f"file not found: {path}")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    try:
+        for i, line in text_lines(path):
             if line.strip():
                 try:
                     r = json.loads(line)
@@ -257,8 +259,31 @@ def _read_jsonl(path: str) -> list[dict]:
                     raise SourceError(f"{path}:{i}: not valid JSON ({e.msg})") from None
                 if not isinstance(r, dict) or "question" not in r or "answer" not in r:
                     raise SourceError(f"{path}:{i}: a problem needs 'question' and 'answer'")
-                records.append(r)
+                records.append((i, r))
+    except ExampleError as e:  # not UTF-8: the message names the file and line
+        raise SourceError(str(e)) from None
     return records
+
+
+def jsonl_example(path: str, line: int, record: dict, default_id: str) -> Example:
+    """The Example of one JSONL record, whose question must be text and whose gold answer must be
+    an answer: a number, or text where the family answers with text (a gold answer that is not
+    one would score every model 0 without a word)."""
+    where = f"{path}:{line}"
+    question, answer = record["question"], record["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise SourceError(f"{where}: the question must be non-empty text, got {json.dumps(question)[:60]}")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+        raise SourceError(f"{where}: the gold answer must be a number or text, got {json.dumps(answer)[:60]}")
+    try:
+        example = Example.from_row({**record, "answer": str(answer).strip()}, default_id, "arithmetic")
+        task = task_for(example.family)
+    except ValueError as e:
+        raise SourceError(f"{where}: {e}") from None
+    if answers_with_numbers(task) and normalize_number(example.answer) is None:
+        raise SourceError(f"{where}: the gold answer {example.answer!r} is not a number, and "
+                          f"{example.family} answers are numbers")
+    return example
 
 
 def fingerprint(sources: list[Source]) -> str:
@@ -273,6 +298,7 @@ def fingerprint(sources: list[Source]) -> str:
 
 # --- the task API: the only lines that call task families ------------------------------------
 _TASKS: dict = {}
+_NUMERIC: dict = {}  # family name -> whether its answers are numbers
 
 
 def task_for(family: str):
@@ -281,6 +307,17 @@ def task_for(family: str):
     if name not in _TASKS:
         _TASKS[name] = get_task(name)
     return _TASKS[name]
+
+
+def answers_with_numbers(task: Task) -> bool:
+    """Whether a family's gold answers are numbers: what its own problems answer with (an
+    importer's records are checked by its own loader; GSM8K's answers are numbers)."""
+    if is_importer(task):
+        return task.name == "gsm8k"
+    if task.name not in _NUMERIC:
+        _NUMERIC[task.name] = normalize_number(task.generate(random.Random(0), 1).answer) is not None
+    return _NUMERIC[task.name]
+
 
 
 def check_steps(task: Task, example: Example, steps: list[str], answer: str | None) -> Check:

@@ -240,6 +240,8 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     examples = encode_rows(train_rows, tokenizer, cfg.format, cfg.seq_len, cfg.too_long)
     batches = Batches(examples, cfg.seq_len, rows_per_step, cfg.seed)
     val_examples = encode_rows(val_rows, tokenizer, cfg.format, cfg.seq_len, "drop") if len(val_rows) else []
+    # rows longer than seq_len are dropped, never cut: train_stats.json says how many
+    too_long = {"train": len(train_rows) - len(examples), "validation": len(val_rows) - len(val_examples)}
 
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for all parameters (the per-tensor loop is the slow default on CPU)
@@ -359,7 +361,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     elapsed = time.time() - t_start
     return {"steps": done if start < cfg.steps else start, "final_loss": loss_value, "train_seconds": round(elapsed, 1),
             "tokens_per_s": round(tokens_seen * world / max(elapsed, 1e-9), 1),
-            "tokens_per_s_after_first_step": round(steady_tok_s, 1), "best": best}
+            "tokens_per_s_after_first_step": round(steady_tok_s, 1), "best": best, "too_long": too_long}
 
 
 def keep_metrics_until(path: str, step: int) -> None:

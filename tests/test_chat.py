@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from reasonlm import chat
 from reasonlm.answer import encode_example, render_completion, stop_token_ids
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
 from reasonlm.tasks import get_task, question_families
 from tests.helpers import rows, tiny_model_and_tokenizer
 
@@ -272,6 +272,58 @@ def test_painter_dims_steps_and_highlights_the_final_line():
     p.feed("8+1=9\n#### 9")
     p.close()
     assert "".join(out) == "8+1=9\n#### 9\n"
+
+
+class ScriptedEngine:
+    """An engine whose model "says" a fixed text: stands in for a hostile adapter's output."""
+
+    context_size = 256
+
+    def __init__(self, tok, text):
+        self.tokens = tok(text, add_special_tokens=False)["input_ids"]
+
+    def stream(self, seed=0):
+        return self
+
+    def reseed(self, seed):
+        pass
+
+    def generate(self, prompt, params, on_token=None):
+        if isinstance(prompt[0], list):  # /samples: a batch
+            return [list(self.tokens) for _ in prompt]
+        for t in self.tokens:
+            on_token(t)
+        return StreamResult(tokens=list(self.tokens), prompt_tokens=len(prompt), stopped=True)
+
+
+HOSTILE = "1+1=2\x1b]0;owned\x07 \x1b]52;c;cm0gLXJmIH4=\x07\r\x9b2J\x08\n#### 2\x1b[8m"
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_control_characters_from_the_model_are_shown_escaped(loaded, plain):
+    """Streamed tokens, /verify's steps and /samples' answers: no control character from the
+    model reaches the terminal (window titles, OSC 52 clipboard writes, cursor moves); newline
+    and tab do, and our own colours still do."""
+    _, tok = loaded
+    out = []
+
+    class Out:
+        def write(self, text):
+            out.append(text)
+
+        def flush(self):
+            pass
+
+    c = chat.Chat(ScriptedEngine(tok, HOSTILE + "\tx"), tok, chat.Settings(), plain=plain, out=Out())
+    assert c.ask("1+1").text == HOSTILE + "\tx"  # the history keeps what the model said
+    c.command("/verify")
+    c.command("/samples 2")
+    shown = "".join(out)
+    for ours in (chat.DIM, chat.FINAL, chat.GOOD, chat.BAD, chat.RESET):
+        shown = shown.replace(ours, "")
+    assert not [ch for ch in shown if ord(ch) in chat.CONTROL_ESCAPES]
+    assert "\\x1b]52;c;cm0gLXJmIH4=\\x07\\x0d\\x9b2J" in shown and "\t" in shown
+    assert shown.count("1+1=2\\x1b]0;owned") >= 2  # the stream and /verify's step
 
 
 def test_a_prompt_longer_than_the_context_is_refused(loaded):

@@ -15,7 +15,7 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
 from reasonlm.sources import Source
 from tests.eval_helpers import ROOT, examples, read_samples, toy, toy_dir, write_suite  # noqa: F401 (fixtures)
-from tests.helpers import TINY_TASK, rows
+from tests.helpers import TINY_TASK, rows, tiny_model_and_tokenizer
 
 torch.set_num_threads(1)
 
@@ -40,6 +40,25 @@ def test_batched_greedy_equals_one_at_a_time_and_hf_generate(toy):
         y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=b, do_sample=False,
                            eos_token_id=sorted(stops), pad_token_id=pad)[0, len(p):].tolist()
         assert ours == [t for t in y[:next((i for i, t in enumerate(y) if t in stops), len(y))]]
+
+
+def test_the_engine_uses_the_supported_cache_argument(toy):
+    """transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns and
+    is removed in 5.40): batched and streamed decoding, on the model and under a LoRA adapter,
+    emit no deprecation warning."""
+    import warnings
+    from peft import LoraConfig, get_peft_model
+    model, tok = toy
+    prompt = build_prompt(tok, examples(1, seed=2)[0].question)[1]
+    lora = get_peft_model(tiny_model_and_tokenizer()[0], LoraConfig(r=2, target_modules=["q_proj"])).eval()
+    for m in (model, lora):
+        engine = KVCacheEngine(m, tok.pad_token_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            engine.generate([prompt, prompt[:-2]], SamplingParams(max_new_tokens=4))
+            stream = engine.stream()
+            stream.generate(prompt, SamplingParams(max_new_tokens=3))
+            stream.generate(prompt + [5], SamplingParams(max_new_tokens=3))  # prefix reuse: cache cropped
 
 
 def test_budgets_and_early_exit(toy):
@@ -223,3 +242,34 @@ def test_bench_generate_smoke():
     assert r.returncode == 0, r.stderr[-2000:]
     row = [l for l in r.stdout.splitlines() if l.startswith("| toy")][0]
     assert row.endswith("| yes |") and "x |" in row
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(toy_dir, tmp_path, capsys):
+    """The toy's context is 256 tokens: a 3,000-token question is skipped (too_long in the report,
+    per source, and a warning) instead of being evaluated past the context; too_long=error stops
+    with one line; a prompt that fits gets a budget cut to the room that is left."""
+    problems = tmp_path / "p.jsonl"
+    long_question = "1+" * 1500 + "1"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "2+3", "answer": "5"}, {"question": long_question, "answer": "1501"},
+        {"question": "1+" * 110 + "1", "answer": "111"}, {"question": "4-1", "answer": "3"}]))
+    path = write_suite(tmp_path / "s.yaml", sources=[{"jsonl": str(problems), "name": "mixed"},
+                                                     {"task": "arithmetic", "args": TINY_TASK, "steps": [1, 1],
+                                                      "n_per_steps": 2, "name": "arith"}], max_new_tokens=200)
+    out = str(tmp_path / "out")
+    cli.main(["eval", path, "--model", toy_dir, "--out", out])
+    captured = capsys.readouterr()
+    assert "source 'mixed': skipped 1 problem(s) whose prompt is longer than the model's context (256 tokens)" \
+        in captured.err
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["sources"]["mixed"]["too_long"] == 1 and report["sources"]["arith"]["too_long"] == 0
+    assert report["splits"]["mixed"]["n"] == 3 and "mixed 1 problem(s)" in open(os.path.join(out, "report.md")).read()
+    samples = {s["question"]: s for s in read_samples(out)}
+    assert long_question not in samples
+    near = samples["1+" * 110 + "1"]
+    assert len(near["prompt"]) and near["tokens"] <= 256 - 200  # its budget was cut to the context's room
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", path, "--model", toy_dir, "--out", str(tmp_path / "out2"), "too_long=error"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' loading bar)
+    assert e.value.code == 2 and err.startswith("error: source 'mixed', problem 'mixed-0000001': the prompt is")
+    assert "context is 256" in err

@@ -17,7 +17,7 @@ from collections import Counter
 
 from reasonlm.config import load_suite
 from reasonlm.data.mix import DataError
-from reasonlm.example import question_key
+from reasonlm.example import question_key, text_lines
 from reasonlm.sources import records_task, source_kind_and_name
 from reasonlm.tasks import get_task
 
@@ -180,25 +180,23 @@ def suite_questions(path: str):
             for q in from_record(rec):
                 yield q, f"{path}:{i}"
     elif path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:  # suites may hold broken records on purpose
-                        yield None, f"{path}:{i}"
-                        continue
-                    for q in from_record(rec):
-                        yield q, f"{path}:{i}"
+        for i, line in text_lines(path):  # bytes that are not UTF-8: one error naming path:line
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # suites may hold broken records on purpose
+                    yield None, f"{path}:{i}"
+                    continue
+                for q in from_record(rec):
+                    yield q, f"{path}:{i}"
     elif path.endswith((".yaml", ".yml")):
         suite = load_suite(path)
         for n, spec in enumerate(suite.sources):
             yield from source_questions(n, spec, suite.seeds, path)
     elif path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    yield line.strip(), f"{path}:{i}"
+        for i, line in text_lines(path):
+            if line.strip():
+                yield line.strip(), f"{path}:{i}"
     else:
         raise DataError(f"{path}: expected .jsonl, .json, .parquet, .txt, an eval suite .yaml or a directory")
 

@@ -18,7 +18,8 @@ from reasonlm.config import DataConfig
 from reasonlm.example import Example, render_target
 
 COLUMNS = ("id", "family", "question", "steps", "answer", "n_steps", "meta")
-BATCH_ROWS = 10_000  # rows buffered before they are written as one arrow record batch / parquet row group
+BATCH_ROWS = 10_000  # rows buffered before they are written as one parquet row group
+ARROW_BATCH_ROWS = 1000  # rows per arrow record batch: datasets.config.DEFAULT_MAX_BATCH_SIZE, what save_to_disk writes
 
 # datasets and pyarrow (seconds to import) are imported where files are written, not at the top:
 # the generation workers are spawned processes that import this package and never write a file.
@@ -75,21 +76,22 @@ class SplitWriter:
 
     def _write_batch(self) -> None:
         import pyarrow.parquet as pq  # heavy: see the note at the top
-        from datasets.arrow_writer import ArrowWriter
         table = self.pa.Table.from_pydict(self.batch, schema=self.schema)
         if self.arrow is None:
             k = len(self.shards)
             self.shards.append(k)
-            self.arrow = ArrowWriter(features=self.features, path=self._arrow_path(k, None))
+            # An arrow shard of `load_from_disk` is an Arrow IPC stream whose schema carries the
+            # features as metadata, in record batches of at most ARROW_BATCH_ROWS rows: written
+            # with pyarrow's public stream writer, byte for byte what datasets' own writer gives.
+            self.arrow = self.pa.ipc.new_stream(self._arrow_path(k, None), self.schema)
             self.parquet = pq.ParquetWriter(self._parquet_path(k, None), self.schema)
-        self.arrow.write_table(table)
+        self.arrow.write_table(table, max_chunksize=ARROW_BATCH_ROWS)
         self.parquet.write_table(table)
         self.batch = {c: [] for c in COLUMNS}
 
     def _close_shard(self) -> None:
         if self.batch["id"] or self.arrow is None:  # an empty split still gets one (empty) shard
             self._write_batch()
-        self.arrow.finalize()
         self.arrow.close()
         self.parquet.close()
         self.arrow = self.parquet = None

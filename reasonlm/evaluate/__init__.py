@@ -50,7 +50,7 @@ from accelerate.utils import gather_object
 
 from reasonlm import outputs
 from reasonlm.config import EvalConfig, RunPaths, is_suite, load_suite
-from reasonlm.engine import KVCacheEngine
+from reasonlm.engine import context_size
 from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
@@ -93,8 +93,13 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     sources, skipped = load_sources(cfg, out_dir)
     model, tokenizer = load_for_inference(model_name, adapter, device=device)
     model = model.to(state.device)
-    context = KVCacheEngine(model, tokenizer.pad_token_id or 0).context_size  # prompt + answer must fit
+    context = context_size(model)
     jobs = plan_jobs(sources, tokenizer, cfg, fmt, context)
+    for source in sources:
+        if source.info.get("too_long") and state.is_main_process:
+            print(f"warning: source {source.name!r}: skipped {source.info['too_long']} problem(s) whose prompt is "
+                  f"longer than the model's context ({context} tokens); counted as too_long in the report",
+                  file=sys.stderr)
 
     # one run per output folder (only the main process writes files); a full disk is one line
     with outputs.lock(directory, enabled=state.is_main_process), outputs.writing(directory):

@@ -41,13 +41,22 @@ def per_problem(report: dict, metric: str = "accuracy") -> dict[str, list[int]]:
     key = RATES.get(metric)
     if key is None:
         raise EvalError(f"cannot compare {metric!r}; choose one of {', '.join(RATES)}")
-    path = os.path.join(os.path.dirname(report["_path"]), report.get("samples_path") or "samples.jsonl")
+    name = report.get("samples_path") or "samples.jsonl"
+    # the samples are written beside the report; a report naming another place is not trusted to
+    if not isinstance(name, str) or os.path.basename(name) != name or name in (".", ".."):
+        raise EvalError(f"{report['_path']}: samples_path {name!r} is not a file name beside the report")
+    path = os.path.join(os.path.dirname(report["_path"]), name)
     if not os.path.exists(path):
         raise EvalError(f"{report['_path']}: per-problem results not found ({path} is missing)")
     out: dict = defaultdict(list)
-    with open(path) as f:
-        for line in f:
-            s = json.loads(line)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                s = json.loads(line)
+            except ValueError:
+                raise EvalError(f"{path}:{n}: not a JSON sample") from None
+            if not isinstance(s, dict) or "id" not in s:
+                raise EvalError(f"{path}:{n}: not a sample written by `reasonlm eval`")
             if key not in s:
                 raise EvalError(f"{path}: samples have no {key!r} (metric {metric!r} not measured for this source)")
             out[f"{s.get('split', '')}/{s['id']}"].append(int(bool(s[key])))

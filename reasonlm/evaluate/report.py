@@ -158,6 +158,10 @@ def markdown(report: dict) -> str:
                                             "checkable)" for n, m in unchecked.items())]
     if report.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
+    too_long = {name: info["too_long"] for name, info in (report.get("sources") or {}).items() if info.get("too_long")}
+    if too_long:
+        lines += ["", "Too long for the model's context, not evaluated: "
+                  + "; ".join(f"{name} {n} problem(s)" for name, n in too_long.items())]
     lines.append("")
     lines.append(f"in-distribution accuracy {report.get('accuracy')}, out-of-distribution {report.get('ood_accuracy')}"
                  + (f"; direct baseline {direct.get('accuracy')} / {direct.get('ood_accuracy')}" if direct else ""))

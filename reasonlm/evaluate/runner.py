@@ -23,6 +23,7 @@ from accelerate import PartialState
 from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_token_ids
 from reasonlm.config import EvalConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.scoring import score
 from reasonlm.example import Example, answer_budget, render_target
 from reasonlm.model import resolve_device
@@ -47,16 +48,28 @@ class Job:
 
 
 def plan_jobs(sources: list[Source], tokenizer, cfg: EvalConfig, fmt: str, context: int | None = None) -> list[Job]:
-    """Every (problem, sample) with its prompt, budget and seed; `context` (the model's, when
-    known) caps prompt + answer."""
+    """Every (problem, sample) to generate. With the model's `context` known, a prompt that leaves
+    no room for one new token is skipped and counted in its source's info["too_long"] (or, with
+    eval.too_long=error, stops the run), and budgets are cut to the room that is left."""
     jobs = []
     for source in sources:
+        too_long = 0
         for example in source.examples:
             text, ids = build_prompt(tokenizer, example.question, cfg.prompt, cfg.system, source.exemplars, fmt)
+            if context and len(ids) + 1 > context:
+                if cfg.too_long == "error":
+                    raise EvalError(f"source {source.name!r}, problem {example.id!r}: the prompt is {len(ids)} tokens "
+                                    f"but the model's context is {context} (eval.too_long=skip skips such problems)")
+                too_long += 1
+                continue
             budget = answer_budget(tokenizer, example.question, len(ids), context, cfg.max_new_tokens)
             for s in range(cfg.samples):
                 key = f"{source.name}/{example.id}#{s}"
                 jobs.append(Job(source, example, s, text, ids, budget, sample_seed(cfg.seed, key)))
+        if context:
+            source.info["too_long"] = too_long
+    if context and not jobs:
+        raise EvalError(f"nothing to evaluate: every prompt is longer than the model's context ({context} tokens)")
     return jobs
 
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 from reasonlm.answer import (MAX_EXPR_CHARS, answers_match, check_equation, evaluate_expression, format_number,
                              normalize_number, parse_expression, tree_value)
-from reasonlm.example import Example
+from reasonlm.example import Example, text_lines
 from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, finish_check, new_load_report
 
 ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
@@ -83,16 +83,15 @@ class GSM8K(Importer):
                 for i, row in enumerate(pq.read_table(self.path).to_pylist(), 1):
                     yield i, row, None
                 return
-            with open(self.path, encoding="utf-8") as f:
-                for i, text in enumerate(f, 1):
-                    if not text.strip():
-                        continue
-                    try:
-                        record = json.loads(text.strip())
-                    except json.JSONDecodeError as e:
-                        yield i, None, f"not valid JSON ({e.msg} at column {e.colno})"
-                        continue
-                    yield (i, record, None) if isinstance(record, dict) else (i, None, "not a JSON object")
+            for i, text in text_lines(self.path):  # bytes that are not UTF-8: one error naming path:line
+                if not text.strip():
+                    continue
+                try:
+                    record = json.loads(text.strip())
+                except json.JSONDecodeError as e:
+                    yield i, None, f"not valid JSON ({e.msg} at column {e.colno})"
+                    continue
+                yield (i, record, None) if isinstance(record, dict) else (i, None, "not a JSON object")
             return
         if self.path.endswith(LOCAL_SUFFIXES) or self.path.startswith(("/", ".", "~")) or os.path.isdir(self.path):
             raise ValueError(f"{self.path}: no such file (expected a .jsonl or .parquet file, or a Hub dataset id)")
