@@ -225,8 +225,9 @@ def write_dataset(cfg: DataConfig, tmp: str) -> dict:
 def entry_info(entry: MixEntry, import_reports: list[dict]) -> dict:
     """One entry of stats.json's `sources` (the card's Sources table)."""
     info = {"name": entry.name, "kind": "imported" if entry.imported else "generated",
-            "args": entry.spec.get("args") or {}, "license": getattr(entry.task, "license", "unknown"),
-            "version": str(getattr(entry.task, "version", GENERATOR_VERSION))}
+            "args": entry.spec.get("args") or {}, "license": entry.task.license,
+            # an importer reads what others wrote: the version of the stage that read it
+            "version": str(GENERATOR_VERSION if entry.imported else entry.task.version)}
     if entry.imported:
         info.update(into=entry.into, count=entry.count,
                     report=next(r["report"] for r in import_reports if r["source"] == entry.index))
