@@ -69,6 +69,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from reasonlm import outputs
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
@@ -105,13 +106,12 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     os.makedirs(run_dir, exist_ok=True)
     save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
-    start, state = try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {})
+    start, state = try_resume(accelerator, run_dir, None) if cfg.resume == "auto" else (0, {})  # constant rate: no schedule
     pool = ProblemPool(task, cfg, state.get("pool"))
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
     final = paths.adapter("rl")
-    save_weights(accelerator, model, tokenizer, final, cfg)
-    with open(os.path.join(run_dir, "rl_stats.json"), "w") as f:
-        json.dump(stats, f, indent=1)
+    save_weights(accelerator, model, tokenizer, final, cfg, stage="rl")
+    outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
     print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s)")
     return final
 
@@ -199,7 +199,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"pool": pool.state(), "history": history})
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history})
     return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None}
 

@@ -149,6 +149,8 @@ SCHEDULER_STATE = "scheduler.json"
 
 
 def save_checkpoint(accelerator, run_dir: str, step: int, keep_last: int, scheduler, extra: dict):
+    """checkpoint-<step>: Accelerate's state (weights, optimizer), this process's random state, the
+    schedule (`scheduler` may be None: a loop with a constant rate, like RL's) and `extra` as JSON."""
     final = os.path.join(run_dir, f"checkpoint-{step:07d}")
     tmp = final + ".tmp"
     main = accelerator.is_main_process
@@ -160,7 +162,8 @@ def save_checkpoint(accelerator, run_dir: str, step: int, keep_last: int, schedu
         save_rng_state(tmp, accelerator.process_index)
         accelerator.wait_for_everyone()
         if main:
-            outputs.atomic_write(os.path.join(tmp, SCHEDULER_STATE), json.dumps(scheduler.state_dict()))
+            if scheduler is not None:
+                outputs.atomic_write(os.path.join(tmp, SCHEDULER_STATE), json.dumps(scheduler.state_dict()))
             outputs.atomic_write(os.path.join(tmp, "train_state.json"), json.dumps({"step": step, **extra}))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -200,15 +203,19 @@ def load_rng_state(directory: str, rank: int) -> bool:
 
 
 def try_resume(accelerator, run_dir: str, scheduler) -> tuple[int, dict]:
-    """Load the newest checkpoint that loads; skip (and say so) any that is corrupt."""
+    """Load the newest checkpoint that loads (`scheduler` None: a loop without a schedule); skip
+    (and say so) any that is corrupt."""
     for ckpt in reversed(checkpoints(run_dir)):
         try:
             with open(os.path.join(ckpt, "train_state.json")) as f:
                 state = json.load(f)
-            with open(os.path.join(ckpt, SCHEDULER_STATE)) as f:
-                schedule = json.load(f)
+            schedule = None
+            if scheduler is not None:
+                with open(os.path.join(ckpt, SCHEDULER_STATE)) as f:
+                    schedule = json.load(f)
             accelerator.load_state(ckpt, strict=False)
-            scheduler.load_state_dict(schedule)
+            if scheduler is not None:
+                scheduler.load_state_dict(schedule)
         except Exception as e:  # a half-written, damaged or foreign checkpoint: fall back to an older one
             accelerator.print(f"warning: skipping unreadable checkpoint {ckpt}: {type(e).__name__}: {str(e)[:100]}")
             continue
