@@ -708,6 +708,9 @@ def from_dict(cls, raw: dict, where: str):
         kind = hints[key]
         if typing.get_origin(kind) is types.UnionType:  # an optional section (`rl: RLConfig | None`)
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if value is None:  # `rl: null` (what `reasonlm config` prints for a recipe without one): no section
+                kwargs[key] = None
+                continue
         if dataclasses.is_dataclass(kind):
             kwargs[key] = from_dict(kind, value or {}, name)
         else:
