@@ -10,6 +10,12 @@ the end, prefilled once with a KV cache, then decoded one token per step for eve
 row leaves the batch (and the cache) as soon as it emits a stop token, its decoded tail holds a
 stop string, or it reaches its own budget, so long answers never make short ones wait.
 
+Two decoders run the steps, with the same outputs: Llama-family models (Llama, SmolLM2, Qwen2;
+decided from the model class, see reasonlm/llama_decoder.py) decode on a preallocated KV cache
+with the layers' arithmetic called directly, bitwise what the model's forward computes but
+without its per-token overhead; every other causal LM runs its own forward per token on a
+transformers DynamicCache (HFDecoder, the general path; `fast=False` forces it).
+
 Sampling is reproducible per row: with `seeds` every row samples from its own torch.Generator,
 so a row's output does not depend on which rows share its batch (batching, sharding and
 resuming never change a sample). Greedy (temperature 0) needs no seed.
