@@ -10,6 +10,12 @@ the end, prefilled once with a KV cache, then decoded one token per step for eve
 row leaves the batch (and the cache) as soon as it emits a stop token, its decoded tail holds a
 stop string, or it reaches its own budget, so long answers never make short ones wait.
 
+Two decoders run the steps, with the same outputs: Llama-family models (Llama, SmolLM2, Qwen2;
+decided from the model class, see reasonlm/llama_decoder.py) decode on a preallocated KV cache
+with the layers' arithmetic called directly, bitwise what the model's forward computes but
+without its per-token overhead; every other causal LM runs its own forward per token on a
+transformers DynamicCache (HFDecoder, the general path; `fast=False` forces it).
+
 Sampling is reproducible per row: with `seeds` every row samples from its own torch.Generator,
 so a row's output does not depend on which rows share its batch (batching, sharding and
 resuming never change a sample). Greedy (temperature 0) needs no seed.
@@ -32,6 +38,8 @@ import time
 
 import torch
 from transformers import DynamicCache
+
+from reasonlm.llama_decoder import LlamaDecoder
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,9 @@ class KVCacheEngine:
     pad_id: int
     stop_ids: set[int] = field(default_factory=set)
     decode: Callable[[list[int]], str] | None = None  # token ids -> text, for stop strings only
+    fast: bool = True
+    """Decode Llama-family models with reasonlm.llama_decoder (same outputs, several times faster);
+    False forces the general path (the model's own forward per token), e.g. to compare the two."""
 
     @property
     def context_size(self) -> int | None:
@@ -140,7 +151,7 @@ class KVCacheEngine:
         return results
 
     def _run_batch(self, prompts, idx, budgets, params, gens, stop_strings, results, on_token):
-        model, device = self.model, next(self.model.parameters()).device
+        device = next(self.model.parameters()).device
         window = 4 * max(map(len, stop_strings)) + 4 if stop_strings else 0  # tokens that can hold a stop string
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long, device=device)
@@ -149,22 +160,27 @@ class KVCacheEngine:
             ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        alive = list(range(len(idx)))  # rows of the current batch -> positions in idx
-        # logits_to_keep=1: only the last position's logits (a 150k vocab x long prompts is GBs otherwise).
-        # `cache=` is the forward's name for the KV cache since transformers 5.24 (`past_key_values`
-        # warns and goes in 5.40); pyproject.toml requires transformers >= 5.24 for it.
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                    logits_to_keep=1)
-        logits = out.logits[:, -1]
-        last_pos = positions[:, -1]
+        decoder = (LlamaDecoder.for_model(self.model) if self.fast else None) or HFDecoder(self.model)
+        logits = decoder.prefill(ids, mask, positions)
+        # rows[r]: the problem (position in idx) in cache row r, None once it finished; a finished row
+        # keeps being decoded (its tokens ignored) until few enough rows live to make dropping pay
+        rows: list[int | None] = list(range(len(idx)))
+        live = len(rows)
+        per_row = isinstance(gens, list)
         steps = 0
-        while alive:
-            token = pick(logits, params.temperature, params.top_p, gens)
+        while True:
+            live_rows = [r for r, p in enumerate(rows) if p is not None] if live < len(rows) else range(len(rows))
+            if live < len(rows) and (params.temperature > 0):  # sample only the live rows (one stream each)
+                sel = torch.tensor(live_rows, device=device)
+                token = torch.zeros(len(rows), dtype=torch.long, device=device)
+                token[sel] = pick(logits[sel], params.temperature, params.top_p,
+                                  [gens[r] for r in live_rows] if per_row else gens)
+            else:
+                token = pick(logits, params.temperature, params.top_p, gens)
             steps += 1
-            keep = []
-            for r, t in enumerate(token.tolist()):
-                i = idx[alive[r]]
+            picked = token.tolist()
+            for r in live_rows:
+                t, i = picked[r], idx[rows[r]]
                 done = t in self.stop_ids
                 if not done:
                     results[i].append(t)
@@ -173,22 +189,51 @@ class KVCacheEngine:
                     if stop_strings:
                         tail = self.decode(results[i][-window:])
                         done = any(s in tail for s in stop_strings)
-                if not (done or steps >= budgets[i]):
-                    keep.append(r)
-            if not keep:
+                if done or steps >= budgets[i]:
+                    rows[r] = None
+                    live -= 1
+            if not live:
                 break
-            if len(keep) < len(alive):  # early exit: drop finished rows from the batch and cache
-                sel = torch.tensor(keep, device=device)
-                cache.batch_select_indices(sel)
-                mask, token, last_pos = mask[sel], token[sel], last_pos[sel]
-                alive = [alive[r] for r in keep]
-                if isinstance(gens, list):
+            if live <= decoder.keep_below * len(rows):  # drop finished rows from the batch and the cache
+                keep = [r for r, p in enumerate(rows) if p is not None]
+                decoder.keep(keep)
+                token = token[torch.tensor(keep, device=device)]
+                rows = [rows[r] for r in keep]
+                if per_row:
                     gens = [gens[r] for r in keep]
-            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
-            last_pos = last_pos + 1
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                        cache=cache, use_cache=True)
-            logits = out.logits[:, -1]
+            logits = decoder.step(token)
+
+
+class HFDecoder:
+    """The general path: the model's own forward per token on a transformers DynamicCache (any
+    causal LM transformers can cache)."""
+    keep_below = 1.0  # drop a finished row at once: the cache's batch_select is cheaper than its step
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.cache = DynamicCache()
+        self.mask = self.last_pos = None
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # logits_to_keep=1: only the last position's logits (a 150k vocab x long prompts is GBs otherwise).
+        # `cache=` is the forward's name for the KV cache since transformers 5.24 (`past_key_values`
+        # warns and goes in 5.40); pyproject.toml requires transformers >= 5.24 for it.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.mask, self.last_pos = mask, positions[:, -1]
+        return out.logits[:, -1]
+
+    def keep(self, rows: list[int]) -> None:
+        sel = torch.tensor(rows, device=self.mask.device)
+        self.cache.batch_select_indices(sel)
+        self.mask, self.last_pos = self.mask[sel], self.last_pos[sel]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
+        self.last_pos = self.last_pos + 1
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.last_pos[:, None],
+                         cache=self.cache, use_cache=True)
+        return out.logits[:, -1]
 
 
 class KVCacheStream:

@@ -240,8 +240,9 @@ def test_bench_generate_smoke():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "eval", "bench_generate.py"), "--toy", "--n", "6"],
                        env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    row = [l for l in r.stdout.splitlines() if l.startswith("| toy")][0]
-    assert row.endswith("| yes |") and "x |" in row
+    table = {l.split(" | ")[0][2:]: l for l in r.stdout.splitlines() if l.startswith("| ") and "x |" in l}
+    assert set(table) == {"HF generate, batched", "HF generate, one at a time", "engine, general path", "engine"}
+    assert all(row.endswith("| yes |") for row in table.values())
 
 
 def test_prompts_longer_than_the_context_are_skipped_and_counted(toy_dir, tmp_path, capsys):

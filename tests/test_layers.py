@@ -19,7 +19,7 @@ LAYERS = [
     ["reasonlm.example"],
     ["reasonlm.config"],
     ["reasonlm.stats", "reasonlm.tracking"],
-    ["reasonlm.engine", "reasonlm.ondevice"],
+    ["reasonlm.engine", "reasonlm.llama_decoder", "reasonlm.ondevice"],
     ["reasonlm.model", "reasonlm.packing"],
     ["reasonlm.tasks"],
     ["reasonlm.sources", "reasonlm.credit"],

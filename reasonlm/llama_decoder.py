@@ -1,0 +1,193 @@
+"""The engine's fast decode step for Llama-family models (Llama, SmolLM2, Qwen2): one new token per
+row on a preallocated KV cache, with the decoder layers' arithmetic called directly.
+
+    decoder = LlamaDecoder.for_model(model)   # None: not a model this file knows; use the general path
+    logits = decoder.prefill(ids, mask, positions)
+    logits = decoder.step(tokens)              # [rows] -> [rows, vocab]
+    decoder.keep(rows)                         # drop the other rows from the cache
+
+Why: at small sizes a decode step costs Python and framework overhead, not FLOPs. HF's forward per
+token builds a mask, walks ~20 nn.Module calls per layer (PEFT's LoRA wrappers add their own
+bookkeeping to each projection) and grows the cache with a `cat` of all of it. Here the cache is
+preallocated (new keys/values are written in place, the mask is a slice of a preallocated
+buffer), and each projection is plain `F.linear` calls on the module's own weight tensors.
+
+Greedy outputs are identical to HF's forward: the prompt is prefilled by the model's own forward,
+and every decode operation is the one `modeling_llama` / `modeling_qwen2` and PEFT's `lora.Linear`
+run, in the same order on the same tensors (RMSNorm, rotary and activation are the model's own
+modules). Which models take this path is decided from the model class and config, never probed;
+anything else (another architecture, eager/flash attention, sliding windows, a DoRA or merged
+adapter, a model in training mode) goes through the engine's general path.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from peft.tuners.lora import Linear as LoraLinear
+from transformers import DynamicCache, LlamaForCausalLM, Qwen2ForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+RMS_NORMS = (LlamaRMSNorm, Qwen2RMSNorm)
+CACHE_CHUNK = 128  # cache positions added at a time: growing by a cat is rare, not per token
+
+
+class LlamaDecoder:
+    """Decode state of one batch: per-layer key/value buffers [rows, kv_heads, capacity, head_dim]."""
+    keep_below = 0.75
+    """The engine drops finished rows once at most this fraction of the cache's rows is live: copying
+    the whole cache for every row that finishes costs more than decoding a few dead rows."""
+
+    @staticmethod
+    def for_model(model: torch.nn.Module) -> "LlamaDecoder | None":
+        """A decoder for `model` (plain or a PEFT LoRA model), or None when the general path must run it."""
+        lm = model.get_base_model() if isinstance(model, PeftModel) else model
+        if model.training or type(lm) not in (LlamaForCausalLM, Qwen2ForCausalLM):
+            return None
+        config = lm.config
+        if config._attn_implementation != "sdpa":  # eager/flash attention round differently
+            return None
+        if type(lm) is Qwen2ForCausalLM and any(t != "full_attention" for t in config.layer_types):
+            return None  # sliding-window layers need a rolling cache
+        if config.hidden_act != "silu" or type(lm.model.norm) not in RMS_NORMS:
+            return None
+        layers = []
+        for layer in lm.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            if type(layer.input_layernorm) not in RMS_NORMS or type(layer.post_attention_layernorm) not in RMS_NORMS:
+                return None
+            projections = [linear_fn(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                                                  mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+            if any(f is None for f in projections):
+                return None
+            norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
+            layers.append((norm1.weight, norm1.variance_epsilon, norm2.weight, norm2.variance_epsilon,
+                           *projections, F.silu))
+        return LlamaDecoder(model, lm, layers)
+
+    def __init__(self, model, lm, layers: list[tuple]):
+        self.model, self.lm, self.layers = model, lm, layers  # per layer: norms, projections, activation
+        self.final_norm, self.final_eps = lm.model.norm.weight, lm.model.norm.variance_epsilon
+        attn = lm.model.layers[0].self_attn
+        self.head_dim, self.groups, self.scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.mask = self.pos = None
+        self.length = 0  # cache positions filled (the same for every row: prompts are left-padded)
+        self.pads: list[int] = []  # padding per row: a batch with none attends without a mask, as HF does
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run the prompts through the model's own forward and move its cache into the buffers."""
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        rows, width = ids.shape
+        self.length = width
+        self.keys = [grow(layer.keys, CACHE_CHUNK) for layer in cache.layers]
+        self.values = [grow(layer.values, CACHE_CHUNK) for layer in cache.layers]
+        self.mask = grow(mask.bool(), CACHE_CHUNK, fill=True)
+        self.pos = positions[:, -1:].clone()
+        self.pads = (width - mask.sum(-1)).tolist()
+        return out.logits[:, -1]
+
+    def keep(self, rows: list[int]) -> None:
+        sel = torch.tensor(rows, device=self.mask.device)
+        self.keys = [k.index_select(0, sel) for k in self.keys]
+        self.values = [v.index_select(0, sel) for v in self.values]
+        self.mask, self.pos = self.mask.index_select(0, sel), self.pos.index_select(0, sel)
+        self.pads = [self.pads[r] for r in rows]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; the next-token logits [rows, vocab]."""
+        if self.length == self.keys[0].shape[2]:
+            self.keys = [grow(k, CACHE_CHUNK) for k in self.keys]
+            self.values = [grow(v, CACHE_CHUNK) for v in self.values]
+            self.mask = grow(self.mask, CACHE_CHUNK, fill=True)
+        t, self.length = self.length, self.length + 1
+        self.pos += 1
+        lm, rows, hd = self.lm.model, tokens.shape[0], self.head_dim
+        hidden = lm.embed_tokens(tokens[:, None])
+        cos, sin = lm.rotary_emb(hidden, position_ids=self.pos)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        # HF passes no mask when no row is padded (sdpa's own path), a boolean one otherwise; with
+        # grouped kv heads and a mask it packs the query heads of a kv head as its query length
+        mask = self.mask[:, None, None, :t + 1] if any(self.pads) else None
+        gqa = self.groups > 1 and mask is None
+        packed = self.groups if self.groups > 1 and mask is not None else 1
+        for (norm1, eps1, norm2, eps2, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, act), keys, values \
+                in zip(self.layers, self.keys, self.values):
+            x = rms_norm(hidden, norm1, eps1)
+            q = q_proj(x).view(rows, 1, -1, hd).transpose(1, 2)
+            k = k_proj(x).view(rows, 1, -1, hd).transpose(1, 2)
+            v = v_proj(x).view(rows, 1, -1, hd).transpose(1, 2)
+            q = (q * cos) + (rotate_half(q) * sin)
+            keys[:, :, t:t + 1] = (k * cos) + (rotate_half(k) * sin)
+            values[:, :, t:t + 1] = v
+            if packed > 1:
+                q = q.reshape(rows, -1, packed, hd)
+            a = F.scaled_dot_product_attention(q, keys[:, :, :t + 1], values[:, :, :t + 1], attn_mask=mask,
+                                               scale=self.scaling, enable_gqa=gqa)
+            a = a.reshape(rows, -1, 1, hd).transpose(1, 2).contiguous().reshape(rows, 1, -1).contiguous()
+            hidden = hidden + o_proj(a)
+            x = rms_norm(hidden, norm2, eps2)
+            hidden = hidden + down_proj(act(gate_proj(x)) * up_proj(x))
+        hidden = rms_norm(hidden, self.final_norm, self.final_eps)
+        return self.lm.lm_head(hidden)[:, -1]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm / Qwen2RMSNorm.forward, op for op."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def linear_fn(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """`module(x)` as plain F.linear calls on its weights, in PEFT's order for a LoRA layer; None for a
+    module whose forward does something else (DoRA, merged or disabled adapters, other wrappers)."""
+    if type(module) is torch.nn.Linear:
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
+    if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear:
+        return None
+    if module.disable_adapters or module.merged or module.fan_in_fan_out:
+        return None
+    weight, bias = module.base_layer.weight, module.base_layer.bias
+    loras = []
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        a, b = module.lora_A[name].weight, module.lora_B[name].weight
+        if name in module.lora_variant or a.dtype != weight.dtype or module.lora_A[name].bias is not None \
+                or module.lora_B[name].bias is not None:
+            return None
+        loras.append((a, b, module.scaling[name]))
+    if not loras:
+        return lambda x: F.linear(x, weight, bias)
+    if len(loras) == 1:
+        (a, b, s), = loras
+        return lambda x: F.linear(x, weight, bias) + F.linear(F.linear(x, a), b) * s
+
+    def multi(x):
+        result = F.linear(x, weight, bias)
+        for a, b, s in loras:
+            result = result + F.linear(F.linear(x, a), b) * s
+        return result
+    return multi
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """modeling_llama.rotate_half: (x1, x2) -> (-x2, x1) on the last dimension."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def grow(t: torch.Tensor, extra: int, fill=0) -> torch.Tensor:
+    """`t` with `extra` more positions along the sequence dimension (2 for keys/values, 1 for masks)."""
+    dim = 2 if t.dim() == 4 else 1
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=dim)

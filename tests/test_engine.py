@@ -1,0 +1,106 @@
+"""The engine's fast decode path (reasonlm.llama_decoder) against the general path and HF generate,
+on random-weight Llama (MHA and grouped kv heads), Qwen2 (biases, grouped kv heads) and LoRA models."""
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.llama_decoder import CACHE_CHUNK, LlamaDecoder
+
+torch.set_num_threads(1)
+SIZES = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=512, pad_token_id=0, eos_token_id=1)
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def random_model(arch: str, attn: str = "sdpa"):
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM._from_config(LlamaConfig(**SIZES, num_key_value_heads=4), attn_implementation=attn)
+    elif arch == "llama-gqa":  # SmolLM2's shape: fewer kv heads than query heads
+        model = LlamaForCausalLM._from_config(LlamaConfig(**SIZES, num_key_value_heads=2), attn_implementation=attn)
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM._from_config(Qwen2Config(**SIZES, num_key_value_heads=2), attn_implementation=attn)
+    else:  # a LoRA adapter with random (non-zero) B, so the adapter changes every projection
+        model = get_peft_model(random_model("llama-gqa"), LoraConfig(r=4, lora_alpha=8, target_modules=PROJECTIONS,
+                                                                     init_lora_weights=False))
+    return model.eval()
+
+
+def prompts(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, SIZES["vocab_size"], (int(torch.randint(3, 14, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def generate(model, ps, budgets, fast=True, stop_ids=frozenset({1}), on_token=None, **params):
+    engine = KVCacheEngine(model, 0, set(stop_ids), decode=lambda ids: " ".join(map(str, ids)), fast=fast)
+    return engine.generate(ps, SamplingParams(max_new_tokens=budgets, **params), on_token=on_token)
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-gqa", "qwen2", "lora"])
+def test_fast_greedy_equals_the_general_path_and_hf_generate(arch):
+    model = random_model(arch)
+    assert LlamaDecoder.for_model(model) is not None
+    ps = prompts(12)
+    budgets = [5 + 3 * (i % 7) for i in range(12)]  # rows finish at different steps: the cache drops rows
+    fast = generate(model, ps, budgets, batch_size=5)
+    assert fast == generate(model, ps, budgets, fast=False, batch_size=5)
+    assert fast == [generate(model, [p], [b], batch_size=1)[0] for p, b in zip(ps, budgets)]
+    for p, b, ours in list(zip(ps, budgets, fast))[:4]:
+        x = torch.tensor([p])
+        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=b, do_sample=False,
+                           eos_token_id=1, pad_token_id=0)[0, len(p):].tolist()
+        assert ours == y[:next((i for i, t in enumerate(y) if t == 1), len(y))]
+
+
+def test_cache_grows_past_its_first_chunk():
+    model = random_model("qwen2")
+    ps, budget = prompts(3, seed=1), CACHE_CHUNK + 40
+    fast = generate(model, ps, budget, stop_ids=set())
+    assert [len(o) for o in fast] == [budget] * 3
+    assert fast == generate(model, ps, budget, fast=False, stop_ids=set())
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "lora"])
+def test_sampling_is_reproducible_per_row_and_matches_the_general_path(arch):
+    model = random_model(arch)
+    ps, seeds = prompts(7, seed=2), [11, 12, 13, 14, 15, 16, 17]
+    budgets = [4, 20, 9, 20, 2, 15, 20]
+    together = generate(model, ps, budgets, temperature=1.0, top_p=0.9, seeds=seeds, batch_size=7)
+    apart = [generate(model, [p], [b], temperature=1.0, top_p=0.9, seeds=[s])[0]
+             for p, b, s in zip(ps, budgets, seeds)]
+    assert together == apart
+    assert together == generate(model, ps, budgets, fast=False, temperature=1.0, top_p=0.9, seeds=seeds)
+    # one shared stream (no per-row seeds): the fast path draws exactly what the general path draws
+    shared = generate(model, ps, budgets, temperature=1.0, seed=5, batch_size=7)
+    assert shared == generate(model, ps, budgets, fast=False, temperature=1.0, seed=5, batch_size=7)
+    assert generate(model, ps, budgets, temperature=1.0, seeds=[s + 100 for s in seeds]) != together
+
+
+def test_stop_strings_budgets_and_streaming_on_the_fast_path():
+    model = random_model("llama")
+    ps = prompts(4, seed=3)
+    free = generate(model, ps, 12, stop_ids=set())
+    assert [len(o) for o in free] == [12] * 4
+    stop = f"{free[0][4]} {free[0][5]}"  # the decoded text of two tokens of row 0
+    streamed = []
+    stopped = generate(model, ps, 12, stop_ids=set(), stop_strings=(stop,),
+                       on_token=lambda i, t: streamed.append((i, t)))
+    assert stopped[0] == free[0][:len(stopped[0])] and len(stopped[0]) <= 6
+    for i, out in enumerate(stopped):
+        assert [t for j, t in streamed if j == i] == out  # every token streamed once, in order
+        assert out == free[i][:len(out)]
+
+
+def test_models_the_fast_path_does_not_know_take_the_general_path():
+    assert LlamaDecoder.for_model(random_model("llama", attn="eager")) is None
+    assert LlamaDecoder.for_model(random_model("llama").train()) is None
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=128)).eval()
+    assert LlamaDecoder.for_model(gpt2) is None
+    ps = prompts(3)
+    assert generate(gpt2, ps, 6) == generate(gpt2, ps, 6, fast=False)
+    dora = get_peft_model(random_model("llama"), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    assert LlamaDecoder.for_model(dora.eval()) is None
