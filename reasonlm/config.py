@@ -405,7 +405,7 @@ class ChatConfig:
 class RLConfig:
     """Reinforcement learning from the task's checker (reasonlm/rl.py). Names follow TRL's GRPOConfig."""
     model: str = ""
-    """Base model (Hub id or path); empty = <out_dir>/base."""
+    """Base model (Hub id or path); empty = base.model (<out_dir>/base for the tiny one)."""
     adapter: str = ""
     """LoRA adapter to start from (and to keep the KL to); empty = <out_dir>/train/adapter."""
     task: dict = field(default_factory=dict)

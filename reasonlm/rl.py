@@ -104,12 +104,13 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     task = get_task(name, **knobs)
     records = imported_problems(task, cfg)
     preflight(task, cfg, records)
-    model, tokenizer = load_policy(cfg.model or paths.base, cfg.adapter or paths.adapter("train"))
+    base_model = cfg.model or (recipe.base.model if recipe.base.model != "tiny" else paths.base)
+    model, tokenizer = load_policy(base_model, cfg.adapter or paths.adapter("train"))
     run_dir = paths.train_run("rl")
     os.makedirs(run_dir, exist_ok=True)
     save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
-    start, state = try_resume(accelerator, run_dir) if cfg.resume == "auto" else (0, {})
+    start, state = try_resume(accelerator, run_dir, constant_schedule(optimizer)) if cfg.resume == "auto" else (0, {})
     pool = ProblemPool(task, cfg, state.get("pool"), records)
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
     final = paths.adapter("rl")
@@ -130,6 +131,12 @@ def prepare(accelerator, model, cfg: RLConfig):
     accelerator.register_save_state_pre_hook(
         lambda models, weights, _: weights.__setitem__(slice(None), [trainable_state_dict(m) for m in models]))
     return model, optimizer, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def constant_schedule(optimizer):
+    """The learning rate is constant; train's checkpoint helpers save and restore a schedule, so
+    they get this one (it never changes the rate)."""
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
@@ -226,7 +233,8 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, {"pool": pool.state(), "history": history})
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, constant_schedule(optimizer),
+                            {"pool": pool.state(), "history": history})
     return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None}
 

@@ -281,14 +281,15 @@ def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
         model, tok = tiny_model_and_tokenizer()
         accelerator = Accelerator(cpu=True)
         model, opt, reference = rl.prepare(accelerator, model, cfg)
-        start, state = try_resume(accelerator, str(out))
+        start, state = try_resume(accelerator, str(out), rl.constant_schedule(opt))
         pool = rl.ProblemPool(_Stops(), cfg, state.get("pool"))
         rl.fit(model, tok, pool, reference, cfg if stop_after is None else
                dataclasses.replace(cfg, rounds=stop_after, save_every=0), str(out), accelerator, opt, start,
                state.get("history"))
         if stop_after:  # what a SIGKILL right after the checkpoint leaves behind
             from reasonlm.train import save_checkpoint
-            save_checkpoint(accelerator, str(out), stop_after, 2, {"pool": pool.state(), "history": []})
+            save_checkpoint(accelerator, str(out), stop_after, 2, rl.constant_schedule(opt),
+                            {"pool": pool.state(), "history": []})
         return {n: p.detach().clone() for n, p in model.named_parameters()}
 
     straight = run(tmp_path / "a")
