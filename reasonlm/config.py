@@ -368,12 +368,15 @@ class EvalConfig:
     """Baseline report or baseline file for the CI gate (`--baseline` on the command line wins)."""
     resume: bool = True
     """Continue an interrupted run from the samples already written in its output folder."""
+    ladder_per_steps: int = 50
+    """Pipeline's length ladder: fresh problems per n_steps from 2 to twice data.train_steps' longest, of the
+    recipe's generated family, for every model it trains (greedy, budget from the question); 0 = no ladder."""
 
     def __post_init__(self):
         _one_of(self, "eval", "prompt", ("chat", "plain"))
         _one_of(self, "eval", "format", ("", *FORMATS))
         _at_least(self, "eval", 1, "samples", "batch_size")
-        _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature")
+        _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature", "ladder_per_steps")
         _check(self, "eval", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
         _check(self, "eval", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]", "min_accuracy")
         _check(self, "eval", lambda v: isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)

@@ -150,8 +150,9 @@ def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
 
 
 def imported_problems(task, cfg: RLConfig) -> list[Example] | None:
-    """An importer's problems of rl.n_steps steps (None for a generated family, which makes its
-    own). A source with no problem of those lengths is one line, before any model is loaded."""
+    """An importer's problems of rl.n_steps steps, and its answer-only ones (whose length is
+    unknown; reward outcome only), or None for a generated family, which makes its own. A source
+    with no problem of those lengths is one line, before any model is loaded."""
     lo, hi = cfg.n_steps
     if not is_importer(task):
         for n_steps in sorted({lo, hi}):  # a family that cannot make a length says so (ValueError)
@@ -162,7 +163,7 @@ def imported_problems(task, cfg: RLConfig) -> list[Example] | None:
                               f"{str(e).splitlines()[0]}") from None
         return None
     examples, _ = task.load()
-    records = [ex for ex in examples if lo <= ex.n_steps <= hi]
+    records = [ex for ex in examples if not ex.steps or lo <= ex.n_steps <= hi]
     if not records:
         have = sorted({ex.n_steps for ex in examples})
         raise RLError(f"rl.task {task.name}: none of its {len(examples)} problems has {lo}-{hi} steps (rl.n_steps); "

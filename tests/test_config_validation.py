@@ -219,7 +219,7 @@ def test_an_override_that_is_not_yaml_is_one_line():
 
 # --- suites ----------------------------------------------------------------------------------------
 def test_recipe_keys_are_the_keys_only_a_recipe_has():
-    assert RECIPE_KEYS == {"out_dir", "threads", "direct_baseline", "device", "base", "train", "eval", "chat"}
+    assert RECIPE_KEYS == {"out_dir", "threads", "direct_baseline", "device", "base", "train", "eval", "chat", "rl"}
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "eval", "*.yaml"))))
