@@ -412,7 +412,8 @@ class RLConfig:
     adapter: str = ""
     """LoRA adapter to start from (and to keep the KL to); empty = <out_dir>/train/adapter."""
     task: dict = field(default_factory=dict)
-    """Problem source: {name, args} of a generator family; empty = the first generated family of data.tasks."""
+    """Problem source: {name, args} of a generated family, or of an importer (its problems of n_steps steps,
+    question + checker only, e.g. {name: gsm8k, args: {split: train}}); empty = the first generated family of data.tasks."""
     n_steps: list = field(default_factory=lambda: [7, 10])
     """[lo, hi] reasoning steps of the problems drawn (no gold solution is ever trained on)."""
     algorithm: str = "grpo"
