@@ -350,8 +350,10 @@ def test_qwen25_grpo_recipe_end_to_end(tmp_path):
         f"rl.model={model_dir}", f"rl.task={json.dumps(task)}", "rl.n_steps=[1,3]", "rl.rounds=2",
         "rl.prompts_per_round=2", "rl.num_generations=2", "rl.max_completion_length=8", "rl.sample_batch_size=4",
         "rl.micro_batch_size=2", "rl.dynamic_sampling=false", "rl.preflight_problems=4", "rl.save_every=1"])
-    check_run(out, model_dir, 2, result)
+    # the SFT part is the LoRA recipe's, checked by test_qwen25_recipe_end_to_end; here: it ran, then RL on it
+    assert (out / "train" / "adapter" / "adapter_model.safetensors").exists() and "pipeline:" in result.stdout
     adapter = out / "rl" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
     with open(adapter / "adapter_config.json") as f:
         assert json.load(f)["base_model_name_or_path"] == model_dir
     metrics = [json.loads(l) for l in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
