@@ -358,8 +358,8 @@ def test_qwen25_grpo_recipe_end_to_end(tmp_path):
         assert json.load(f)["base_model_name_or_path"] == model_dir
     metrics = [json.loads(l) for l in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [1, 2] and all(m["samples"] == 4 for m in metrics)
-    with open(FIXTURE) as f:
-        fixture_questions = {json.loads(l).get("question") for l in f if l.strip().startswith("{")}
+    from reasonlm.tasks import get_task
+    fixture_questions = {ex.question for ex in get_task("gsm8k", path=FIXTURE).load()[0]}
     logged = [json.loads(l) for l in (out / "rl" / "completions.jsonl").read_text().splitlines()]
     assert logged and all(g["question"] in fixture_questions for g in logged)  # GSM8K train questions
     report = json.loads((out / "eval" / "report.json").read_text())
