@@ -372,13 +372,16 @@ class EvalConfig:
     too_long: str = "skip"
     """A problem whose prompt leaves no room in the model's context (max_position_embeddings):
     'skip' (left out, counted as too_long per source in the report) or 'error' (stop, naming it)."""
+    ladder_per_steps: int = 50
+    """Pipeline's length ladder: fresh problems per n_steps from 2 to twice data.train_steps' longest, of the
+    recipe's generated family, for every model it trains (greedy, budget from the question); 0 = no ladder."""
 
     def __post_init__(self):
         _one_of(self, "eval", "prompt", ("chat", "plain"))
         _one_of(self, "eval", "too_long", ("skip", "error"))
         _one_of(self, "eval", "format", ("", *FORMATS))
         _at_least(self, "eval", 1, "samples", "batch_size")
-        _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature")
+        _at_least(self, "eval", 0, "shots", "max_problems", "max_new_tokens", "temperature", "ladder_per_steps")
         _check(self, "eval", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
         _check(self, "eval", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]", "min_accuracy")
         _check(self, "eval", lambda v: isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)
@@ -410,11 +413,12 @@ class ChatConfig:
 class RLConfig:
     """Reinforcement learning from the task's checker (reasonlm/rl.py). Names follow TRL's GRPOConfig."""
     model: str = ""
-    """Base model (Hub id or path); empty = <out_dir>/base."""
+    """Base model (Hub id or path); empty = base.model (<out_dir>/base for the tiny one)."""
     adapter: str = ""
     """LoRA adapter to start from (and to keep the KL to); empty = <out_dir>/train/adapter."""
     task: dict = field(default_factory=dict)
-    """Problem source: {name, args} of a generator family; empty = the first generated family of data.tasks."""
+    """Problem source: {name, args} of a generated family, or of an importer (its problems of n_steps steps,
+    question + checker only, e.g. {name: gsm8k, args: {split: train}}); empty = the first generated family of data.tasks."""
     n_steps: list = field(default_factory=lambda: [7, 10])
     """[lo, hi] reasoning steps of the problems drawn (no gold solution is ever trained on)."""
     algorithm: str = "grpo"

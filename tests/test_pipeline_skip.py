@@ -71,7 +71,7 @@ TINY = {
              "steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1},
     "train": {"steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1, "eval_every": 0,
               "eval_samples": 0, "save_every": 0, "lora_r": 4, "lora_alpha": 8},
-    "eval": {"batch_size": 16, "max_new_tokens": 24},
+    "eval": {"batch_size": 16, "max_new_tokens": 24, "ladder_per_steps": 0},  # the ladder: tests/test_pipeline_rl.py
 }
 
 

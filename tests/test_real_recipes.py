@@ -47,6 +47,7 @@ RECIPES = {  # recipe -> (architecture, Hub id)
     "recipes/smollm2-135m-gsm8k-lora.yaml": ("smollm2-135m", SMOL_ID),
     "recipes/qwen2.5-0.5b-gsm8k-lora.yaml": ("qwen2.5-0.5b", QWEN_ID),
     "recipes/qwen2.5-0.5b-gsm8k-lora-multigpu.yaml": ("qwen2.5-0.5b", QWEN_ID),
+    "recipes/qwen2.5-0.5b-gsm8k-grpo.yaml": ("qwen2.5-0.5b", QWEN_ID),
 }
 # Parameter counts quoted in the recipes' comments (total, LoRA r=32 on all linear layers).
 QUOTED = {"smollm2-135m": ("134.5M", "9.8M"), "qwen2.5-0.5b": ("494.0M", "17.6M")}
@@ -324,6 +325,46 @@ def test_qwen25_recipe_end_to_end(tmp_path):
     model_dir, out, result = run_recipe(recipe, tmp_path, steps=4, seq_len=192, grad_accum=1)  # affordable on CPU
     adapter = check_run(out, model_dir, 4, result)
     chat_once(recipe, model_dir, adapter, tmp_path)
+
+
+def test_grpo_recipe_is_the_lora_recipe_plus_grpo_on_gsm8k_train():
+    lora = recipe_yaml("recipes/qwen2.5-0.5b-gsm8k-lora.yaml")
+    grpo = recipe_yaml("recipes/qwen2.5-0.5b-gsm8k-grpo.yaml")
+    rl = grpo.pop("rl")
+    assert grpo.pop("out_dir") != lora.pop("out_dir") and grpo["eval"].pop("ladder_per_steps") == 50
+    assert grpo == lora  # the same SFT run and eval: SFT vs SFT+RL is a fair comparison
+    r = load_recipe(os.path.join(ROOT, "recipes/qwen2.5-0.5b-gsm8k-grpo.yaml"))
+    assert r.rl.model == QWEN_ID and r.rl.algorithm == "grpo" and r.rl.adapter == ""
+    assert r.rl.task == {"name": "gsm8k", "args": {"path": "openai/gsm8k", "config": "main", "split": "train"}}
+
+
+@pytest.mark.slow
+def test_qwen25_grpo_recipe_end_to_end(tmp_path):
+    """SFT, then GRPO on the GSM8K fixture's train questions scored by the GSM8K checker, then
+    eval-rl, through `reasonlm pipeline` on the random-weight Qwen2.5 architecture."""
+    recipe = "recipes/qwen2.5-0.5b-gsm8k-grpo.yaml"
+    model_dir = str(tmp_path / "qwen2.5-0.5b")
+    task = {"name": "gsm8k", "args": {"path": FIXTURE}}
+    model_dir, out, result = run_recipe(recipe, tmp_path, steps=2, seq_len=192, grad_accum=1, extra=[
+        "eval.ladder_per_steps=0",  # the ladder's long word problems take minutes at 0.5B on CPU (tiny pipeline test)
+        f"rl.model={model_dir}", f"rl.task={json.dumps(task)}", "rl.n_steps=[1,3]", "rl.rounds=2",
+        "rl.prompts_per_round=2", "rl.num_generations=2", "rl.max_completion_length=8", "rl.sample_batch_size=4",
+        "rl.micro_batch_size=2", "rl.dynamic_sampling=false", "rl.preflight_problems=4", "rl.save_every=1"])
+    # the SFT part is the LoRA recipe's, checked by test_qwen25_recipe_end_to_end; here: it ran, then RL on it
+    assert (out / "train" / "adapter" / "adapter_model.safetensors").exists() and "pipeline:" in result.stdout
+    adapter = out / "rl" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    with open(adapter / "adapter_config.json") as f:
+        assert json.load(f)["base_model_name_or_path"] == model_dir
+    metrics = [json.loads(l) for l in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2] and all(m["samples"] == 4 for m in metrics)
+    from reasonlm.tasks import get_task
+    fixture_questions = {ex.question for ex in get_task("gsm8k", path=FIXTURE).load()[0]}
+    logged = [json.loads(l) for l in (out / "rl" / "completions.jsonl").read_text().splitlines()]
+    assert logged and all(g["question"] in fixture_questions for g in logged)  # GSM8K train questions
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert list(report["rl"]["splits"]) == ["gsm8k_test", "word_problems", "word_problems_ood"]
+    assert (out / "eval-rl" / "report.json").exists() and "SFT+RL accuracy" in (out / "eval" / "report.md").read_text()
 
 
 @pytest.mark.slow

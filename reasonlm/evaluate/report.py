@@ -3,7 +3,7 @@
 `build_report` turns sample records into the report (config, model, adapter, dataset fingerprint,
 every metric with its 95% interval per source, per-problem correctness). `write_outputs` writes
 everything a run leaves; `write_report` rewrites only the report files (the pipeline adds the
-direct baseline to a report without touching its samples). Every file is written atomically.
+direct baseline, the RL model and the length ladder to a report without touching its samples). Every file is written atomically.
 """
 from __future__ import annotations
 
@@ -81,17 +81,31 @@ def write_together(directory: str, report: dict, files: dict[str, str]) -> None:
 
 
 def plot(report: dict, path: str) -> str | None:
-    """Accuracy vs n_steps with 95% bands, one line per source (and per direct-answer source)."""
+    """Accuracy vs n_steps with 95% bands: with a length ladder (the pipeline's), one line per
+    model up the ladder and a mark after the longest trained chain; otherwise one line per source
+    (and per direct-answer and RL source)."""
+    ladder = report.get("ladder") or {}
+    if ladder.get("models"):
+        series = {model: _points(by_steps) for model, by_steps in ladder["models"].items()}
+        series = {k: v for k, v in series.items() if v}
+        if series:
+            return plot_accuracy_by_steps(series, path, title=f"{report.get('suite', 'eval')}: accuracy by n_steps "
+                                          f"({ladder.get('family')}, fresh problems)",
+                                          train_max_steps=ladder.get("trained_steps"))
     series = {}
-    for label, rep in (("", report), ("direct ", report.get("direct") or {})):
+    for label, rep in (("", report), ("direct ", report.get("direct") or {}), ("SFT+RL ", report.get("rl") or {})):
         for split, summary in (rep.get("splits") or {}).items():
-            points = {int(k): _band(m) for k, m in summary.get("by_steps", {}).items()
-                      if m.get("accuracy") is not None and None not in m.get("accuracy_ci", [None])}
+            points = _points(summary.get("by_steps", {}))
             if points:
                 series[f"{label}{split}"] = points
     if not series:
         return None
     return plot_accuracy_by_steps(series, path, title=f"{report.get('suite', 'eval')}: accuracy by n_steps")
+
+
+def _points(by_steps: dict) -> dict:
+    return {int(k): _band(m) for k, m in by_steps.items()
+            if m.get("accuracy") is not None and None not in m.get("accuracy_ci", [None])}
 
 
 def _band(m: dict) -> tuple:
@@ -128,15 +142,18 @@ def markdown(report: dict) -> str:
     for name, m in rows:
         fb = (m.get("first_bad_step") or {}).get("mean")
         lines.append(f"| {name} | {m.get('n')} | " + " | ".join(_ci(m, k) for k, _ in cols) + f" | {'' if fb is None else fb} |")
-    lines += ["", "| source | n_steps | problems | accuracy | " + ("direct accuracy | " if direct else "")
-              + "step accuracy | valid chains | no final answer |", "|---" * (8 if direct else 7) + "|"]
+    others = [(label, rep) for label, rep in (("SFT+RL accuracy", report.get("rl") or {}),
+                                               ("direct accuracy", direct)) if rep]
+    lines += ["", "| source | n_steps | problems | accuracy | " + "".join(f"{label} | " for label, _ in others)
+              + "step accuracy | valid chains | no final answer |", "|---" * (7 + len(others)) + "|"]
     for name, m in splits.items():
-        d = ((direct.get("splits") or {}).get(name) or {}).get("by_steps", {})
         for k, b in m.get("by_steps", {}).items():
-            dacc = d.get(k, {}).get("accuracy")
+            cells = [((rep.get("splits") or {}).get(name) or {}).get("by_steps", {}).get(k, {}).get("accuracy")
+                     for _, rep in others]
             lines.append(f"| {name} | {k} | {b['n']} | {_ci(b, 'accuracy')} | "
-                         + (f"{'' if dacc is None else f'{dacc:.3f}'} | " if direct else "")
+                         + "".join(f"{'' if a is None else f'{a:.3f}'} | " for a in cells)
                          + f"{_ci(b, 'step_accuracy')} | {_ci(b, 'chain_valid')} | {_ci(b, 'extraction_failed')} |")
+    lines += ladder_table(report.get("ladder") or {})
     families = (report.get("overall") or {}).get("by_family") or {}
     if families:
         lines += ["", "| task family | problems | accuracy | step accuracy | valid chains | no final answer |",
@@ -163,9 +180,28 @@ def markdown(report: dict) -> str:
         lines += ["", "Too long for the model's context, not evaluated: "
                   + "; ".join(f"{name} {n} problem(s)" for name, n in too_long.items())]
     lines.append("")
+    rl_block = report.get("rl") or {}
     lines.append(f"in-distribution accuracy {report.get('accuracy')}, out-of-distribution {report.get('ood_accuracy')}"
+                 + (f"; SFT+RL {rl_block.get('accuracy')} / {rl_block.get('ood_accuracy')}" if rl_block else "")
                  + (f"; direct baseline {direct.get('accuracy')} / {direct.get('ood_accuracy')}" if direct else ""))
     return "\n".join(lines) + "\n"
+
+
+def ladder_table(ladder: dict) -> list[str]:
+    """The length ladder: accuracy of every model at every n_steps (lengths past the longest
+    trained chain in bold)."""
+    models = ladder.get("models") or {}
+    if not models:
+        return []
+    trained = ladder.get("trained_steps")
+    lines = ["", f"Length ladder: {ladder.get('n_per_steps')} fresh {ladder.get('family')} problems per n_steps "
+             f"(greedy), none a training question; trained on chains of up to {trained} steps, longer ones in bold.", "",
+             "| n_steps | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for k in sorted({int(k) for by_steps in models.values() for k in by_steps}):
+        label = f"**{k}**" if trained is not None and k > trained else str(k)
+        lines.append(f"| {label} | " + " | ".join(_ci(by_steps.get(str(k), {}), "accuracy") for by_steps in models.values())
+                     + " |")
+    return lines
 
 
 def _ci(m: dict, key: str) -> str:

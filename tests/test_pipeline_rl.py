@@ -1,0 +1,154 @@
+"""The pipeline with an `rl:` section: RL after SFT, eval-rl on the same splits, the length ladder
+for SFT, SFT+RL and direct, and the report's rl block, SFT+RL column, ladder table and plot.
+Also the RL stage's bad input through the CLI (one line, exit 2) and importer problems.
+
+The end-to-end run is a tiny recipe with tiny step counts (~30 s on 2 cores: slow); the report's
+rendering and the ladder's settings are checked on hand-made inputs (fast)."""
+import json
+import os
+
+import pytest
+import yaml
+
+from reasonlm import cli, rl
+from reasonlm.config import RLConfig, RunPaths, load_recipe
+from reasonlm.credit import RewardError, preflight
+from reasonlm.evaluate.report import markdown, plot
+from reasonlm.pipeline import ladder_config
+from reasonlm.tasks import get_task
+from tests.helpers import TINY_TASK
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "data", "fixtures", "gsm8k_sample.jsonl")
+
+TINY = {
+    "out_dir": "", "threads": 1, "direct_baseline": True,
+    "data": {"tasks": [{"name": "arithmetic", "args": TINY_TASK}], "train_steps": [1, 3], "ood_steps": [4, 4],
+             "n_train": 500, "n_validation": 10, "n_test_per_steps": 4, "n_base": 100, "workers": 1},
+    "base": {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "intermediate_size": 64, "max_position": 256,
+             "steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1},
+    "train": {"steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1, "eval_every": 0,
+              "eval_samples": 0, "save_every": 0, "lora_r": 4, "lora_alpha": 8},
+    "eval": {"batch_size": 16, "max_new_tokens": 24, "ladder_per_steps": 2},
+    "rl": {"n_steps": [3, 4], "rounds": 2, "prompts_per_round": 2, "num_generations": 2, "max_completion_length": 24,
+           "save_every": 0, "preflight_problems": 2, "reward": "process"},
+}
+
+
+def by_steps_bucket(accuracy, n=4):
+    return {"n": n, "n_samples": n, "accuracy": accuracy, "accuracy_ci": [max(0.0, accuracy - .1), min(1.0, accuracy + .1)]}
+
+
+def test_report_shows_sft_rl_and_direct_by_steps_and_up_the_ladder(tmp_path):
+    split = {"n": 8, "accuracy": 0.5, "by_steps": {"2": by_steps_bucket(1.0), "3": by_steps_bucket(0.25)}}
+    report = {"suite": "eval", "splits": {"test": split}, "overall": split, "accuracy": 0.5, "ood_accuracy": None,
+              "rl": {"accuracy": 0.75, "ood_accuracy": None,
+                     "splits": {"test": {"by_steps": {"2": by_steps_bucket(1.0), "3": by_steps_bucket(0.5)}}}},
+              "direct": {"accuracy": 0.125, "ood_accuracy": None,
+                         "splits": {"test": {"by_steps": {"2": by_steps_bucket(0.25), "3": by_steps_bucket(0.0)}}}},
+              "ladder": {"family": "arithmetic", "steps": [2, 4], "n_per_steps": 4, "trained_steps": 2,
+                         "models": {"SFT": {"2": by_steps_bucket(1.0), "3": by_steps_bucket(0.25), "4": by_steps_bucket(0.0)},
+                                    "SFT+RL": {"2": by_steps_bucket(1.0), "3": by_steps_bucket(0.75), "4": by_steps_bucket(0.5)},
+                                    "direct": {"2": by_steps_bucket(0.25), "3": by_steps_bucket(0.0), "4": by_steps_bucket(0.0)}}}}
+    md = markdown(report)
+    assert "| source | n_steps | problems | accuracy | SFT+RL accuracy | direct accuracy |" in md
+    assert "| test | 3 | 4 | 0.250 [0.150, 0.350] | 0.500 | 0.000 |" in md
+    assert "| n_steps | SFT | SFT+RL | direct |" in md
+    assert "| 2 | 1.000 [0.900, 1.000] | 1.000 [0.900, 1.000] | 0.250 [0.150, 0.350] |" in md
+    assert "| **4** | 0.000 [0.000, 0.100] | 0.500 [0.400, 0.600] | 0.000 [0.000, 0.100] |" in md  # past training
+    assert "SFT+RL 0.75 / None; direct baseline 0.125 / None" in md
+    assert plot(report, str(tmp_path / "ladder.png")) and (tmp_path / "ladder.png").stat().st_size > 0
+
+
+def test_the_ladder_runs_from_2_to_twice_the_longest_trained_chain_of_the_recipes_family(tmp_path):
+    recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml"), [f"out_dir={tmp_path}"])
+    cfg = ladder_config(recipe, recipe.eval, RunPaths(str(tmp_path)))
+    (source,) = cfg.sources
+    assert source["task"] == "arithmetic" and source["args"] == recipe.data.tasks[0]["args"]  # not arithmetic_step
+    assert source["steps"] == [2, 12] and source["n_per_steps"] == 50 and source["exclude_from"] == str(tmp_path / "data")
+    assert cfg.temperature == 0 and cfg.samples == 1 and cfg.max_new_tokens == 0  # greedy, budget from the question
+    assert ladder_config(recipe, load_recipe(None, ["eval.ladder_per_steps=0"]).eval, RunPaths(str(tmp_path))) is None
+
+
+def test_rl_draws_an_importers_problems_of_the_requested_lengths():
+    task = get_task("gsm8k", path=FIXTURE)
+    cfg = RLConfig(n_steps=[2, 2], reward="process", preflight_problems=4)
+    records = rl.imported_problems(task, cfg)
+    assert records and all(ex.n_steps == 2 for ex in records)
+    preflight(task, cfg, records)  # GSM8K's checker judges the equations of every step
+    pool = rl.ProblemPool(task, cfg, None, records)
+    first = [ex.question for ex, _ in pool.draw(len(records))]
+    assert sorted(first) == sorted(ex.question for ex in records)  # one pass covers every record once
+    again = rl.ProblemPool(task, cfg, pool.state(), records)
+    assert [ex for ex, _ in again.draw(3)] == [ex for ex, _ in pool.draw(3)]  # the order is a function of the state
+
+
+def test_reward_process_on_answer_only_problems_is_refused_and_outcome_is_not(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"q": "What is 2+3?", "a": "5"}\n{"q": "What is 4+4?", "a": "8"}\n')
+    task = get_task("records", path=str(path), columns={"question": "q", "answer": "a"})
+    records = rl.imported_problems(task, RLConfig())  # answer-only: no length to filter on
+    assert len(records) == 2
+    with pytest.raises(RewardError, match="no steps to check, so reward process"):
+        preflight(task, RLConfig(reward="process"), records)
+    preflight(task, RLConfig(reward="outcome"), records)
+
+
+def rl_cli(tmp_path, capsys, *overrides):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "run")}))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["rl", str(recipe), *overrides])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_rl_input_is_one_line_through_the_cli(tmp_path, capsys):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"q": "What is 2+3?", "a": "5"}\n')
+    records = {"name": "records", "args": {"path": str(answers), "columns": {"question": "q", "answer": "a"}}}
+    assert "reward process" in rl_cli(tmp_path, capsys, f"rl.task={json.dumps(records)}", "rl.reward=process")
+    assert "rl.num_generations must be >= 2" in rl_cli(tmp_path, capsys, "rl.num_generations=1")
+    gsm8k = {"name": "gsm8k", "args": {"path": FIXTURE}}
+    line = rl_cli(tmp_path, capsys, f"rl.task={json.dumps(gsm8k)}", "rl.n_steps=[20,30]")
+    assert "none of its 12 problems has 20-30 steps" in line
+    assert "makes no problems of 7 steps" in rl_cli(tmp_path, capsys, 'rl.task={"name": "arithmetic_step"}',
+                                                    "rl.n_steps=[7,8]")
+    adapter = tmp_path / "other-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/models/other"}')
+    line = rl_cli(tmp_path, capsys, f"rl.adapter={adapter}", f"rl.model={tmp_path / 'base'}")
+    assert "trained on /models/other, not on" in line
+
+
+@pytest.mark.slow
+def test_pipeline_with_rl_reports_eval_rl_and_the_ladder(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "run")}))
+    cli.main(["pipeline", str(recipe)])
+    out = capsys.readouterr().out
+    stages = ["data", "base", "train", "eval", "ladder", "train_direct", "eval_direct", "ladder_direct", "rl",
+              "eval_rl", "ladder_rl"]
+    assert [s for s in stages if f"== {s} done in" in out] == stages
+    run = tmp_path / "run"
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert list(report["splits"]) == ["test", "test_ood"]  # the ladder is its own eval: these are unchanged
+    assert set(report["rl"]) == {"accuracy", "ood_accuracy", "by_steps", "splits"}
+    assert list(report["rl"]["splits"]) == ["test", "test_ood"]
+    rl_report = json.loads((run / "eval-rl" / "report.json").read_text())
+    assert rl_report["adapter"] == str(run / "rl" / "adapter") and report["rl"]["accuracy"] == rl_report["accuracy"]
+    ladder = report["ladder"]
+    assert ladder["steps"] == [2, 6] and ladder["trained_steps"] == 3 and ladder["family"] == "arithmetic"
+    assert list(ladder["models"]) == ["SFT", "direct", "SFT+RL"]
+    for by_steps in ladder["models"].values():
+        assert sorted(by_steps, key=int) == ["2", "3", "4", "5", "6"] and all(b["n"] == 2 for b in by_steps.values())
+    md = (run / "eval" / "report.md").read_text()
+    assert "SFT+RL accuracy" in md and "Length ladder: 2 fresh arithmetic problems" in md
+    assert (run / "eval" / "accuracy_by_steps.png").exists() and "rl" in report["training"]
+    assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
+    # a second run skips every stage, RL and the ladders included
+    cli.main(["pipeline", str(recipe)])
+    out = capsys.readouterr().out
+    assert all(f"== {s}: up to date" in out for s in stages), out
