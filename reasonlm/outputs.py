@@ -164,12 +164,16 @@ def mount_point(path: str) -> str:
 
 
 def atomic_write(path: str, text: str) -> None:
-    """Write a text file under a temporary name and rename it into place."""
+    """Write a text file under a temporary name and rename it into place; a path that cannot be
+    written (a missing folder, no permission) is one OutputError naming it, not its temporary."""
     tmp = path + ".tmp"
-    with writing(path, tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+    try:
+        with writing(path, tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
 
 
 def atomic_write_all(files: dict[str, str], where: str) -> None:
