@@ -16,7 +16,7 @@ import shutil
 
 import torch
 
-from reasonlm import outputs
+from reasonlm import modelcard, outputs
 from reasonlm.ondevice import ONNX_FILE, export_onnx
 
 # ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.
@@ -374,7 +374,7 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool = False) -> str:
-    """Export a training run: with merge, the adapter folded into the base as a plain model that
+    """Export a training run, with a model card (README.md: modelcard.py): with merge, the adapter folded into the base as a plain model that
     `AutoModelForCausalLM.from_pretrained` loads (tokenizer and chat template included); with
     onnx, that merged model as model.onnx + tokenizer (reasonlm/ondevice.py); without either, the
     adapter alone (load it with `PeftModel.from_pretrained(base, path)`).
@@ -405,6 +405,15 @@ def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool
                 tokenizer.save_pretrained(tmp)
             else:
                 shutil.copytree(adapter, tmp, dirs_exist_ok=True, ignore=_not_copied(tmp, out))
+            # the card, with the run's eval results when the run is one of the pipeline's
+            run = os.path.dirname(os.path.abspath(adapter))
+            report, data_dir = modelcard.run_report_path(run), modelcard.run_data_dir(run)
+            if onnx or merge:
+                modelcard.write_card(tmp, "onnx" if onnx else "merged", base_name,
+                                     modelcard.read_text(os.path.join(adapter, "config.yaml")), data_dir,
+                                     modelcard.read_report(report))
+            else:
+                modelcard.adapter_card(tmp, data_dir, report)
         outputs.replace(tmp, out, "export")
     what = "ONNX, greedy runner: reasonlm.ondevice.OnnxEngine" if onnx else "merged model" if merge else "adapter"
     print(f"export: wrote {out} ({what}; base {base_name})")

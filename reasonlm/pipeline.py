@@ -23,7 +23,7 @@ import json
 import os
 import time
 
-from reasonlm import base, data, evaluate, rl, train
+from reasonlm import base, data, evaluate, modelcard, rl, train
 from reasonlm.config import EvalConfig, Recipe, RunPaths, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
@@ -123,9 +123,18 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     report["total_s"] = round(sum(report["timing_s"].values()), 1)
     # the eval stage wrote its samples and config already; the report now holds more
     evaluate.write_report(paths.eval("eval"), report)
+    write_model_cards(recipe, paths)
     print(evaluate.markdown(report))
     print(f"pipeline: {report['total_s']}s in all; report {eval_report}")
     return report
+
+
+def write_model_cards(recipe: Recipe, paths: RunPaths) -> None:
+    """Rewrite the card each training stage wrote into its adapter, now with its eval results."""
+    for run_name, wanted in (("train", True), ("train-direct", recipe.direct_baseline), ("rl", recipe.rl)):
+        if wanted:
+            modelcard.adapter_card(paths.adapter(run_name), paths.data,
+                                   modelcard.run_report_path(paths.train_run(run_name)))
 
 
 def ladder_config(recipe: Recipe, eval_cfg: EvalConfig, paths: RunPaths) -> EvalConfig | None:

@@ -115,7 +115,7 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     pool = ProblemPool(task, cfg, state.get("pool"), records)
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
     final = paths.adapter("rl")
-    save_weights(accelerator, model, tokenizer, final, cfg, stage="rl")
+    save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
     outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
     print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s)")
     return final

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from reasonlm import outputs
+from reasonlm import modelcard, outputs
 from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse_completion, prompt_messages,
                              stop_token_ids)
 from reasonlm.config import RunPaths, TrainConfig, save_resolved
@@ -441,10 +441,12 @@ def val_accuracy(model, tokenizer, rows) -> float:
     return round(correct / max(1, len(examples)), 4)
 
 
-def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig, stage: str = "train"):
-    """save_pretrained (adapter or full model) + tokenizer, written to a temp dir then renamed.
-    `path` is replaced only if `stage` wrote it (outputs.py: the base stage saves the base, the
-    training loop everything else).
+def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig, stage: str = "train",
+                 data_dir: str | None = None):
+    """save_pretrained (adapter or full model) + tokenizer + the model card (README.md, linking
+    the dataset card of `data_dir`), written to a temp dir then renamed. `path` is replaced only
+    if `stage` wrote it (outputs.py: the base stage saves the base, the training loop everything
+    else). The base stage's model gets no card: it is an input to the run, not its result.
 
     Call it on every process: under FSDP the state dict is gathered from all of them.
     """
@@ -462,6 +464,12 @@ def save_weights(accelerator, model, tokenizer, path: str, cfg: TrainConfig, sta
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp)
         save_resolved(cfg, tmp)
+        if stage != "base":  # no eval results yet: the pipeline rewrites the card after eval
+            if os.path.isfile(os.path.join(tmp, "adapter_config.json")):
+                modelcard.adapter_card(tmp, data_dir)
+            else:  # a full fine-tune
+                modelcard.write_card(tmp, "full", unwrapped.name_or_path,
+                                     modelcard.read_text(os.path.join(tmp, "config.yaml")), data_dir)
     outputs.replace(tmp, path, stage)
 
 
@@ -542,7 +550,7 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0, d
             stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
         finally:
             finish_tracking(accelerator)
-        save_weights(accelerator, model, tokenizer, final, cfg)
+        save_weights(accelerator, model, tokenizer, final, cfg, data_dir=data_dir)
         if main:
             outputs.atomic_write(os.path.join(run_dir, "train_stats.json"), json.dumps(stats, indent=1))
         accelerator.wait_for_everyone()
