@@ -208,7 +208,7 @@ def test_trl_sft_trainer_trains_on_the_prompt_completion_view(small_dataset, tmp
                            split="train")
     trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=dataset,
                          args=SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-                                        use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True),
+                                        use_cpu=True, bf16=False, report_to=[], save_strategy="no", disable_tqdm=True),
                          peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     first = trainer.train_dataset[0]
     prompt, completion = encode_example(tok, rows[0]["prompt"][0]["content"], rows[0]["completion"][0]["content"])
