@@ -86,8 +86,11 @@ class LlamaDecoder:
                          use_cache=True, logits_to_keep=1)
         rows, width = ids.shape
         self.length = width
-        self.keys = [grow(layer.keys, CACHE_CHUNK) for layer in cache.layers]
-        self.values = [grow(layer.values, CACHE_CHUNK) for layer in cache.layers]
+        # the decode steps run in the weights' dtype; a forward under autocast (Accelerate wraps a
+        # prepared model's forward in it for bf16 runs) leaves a cache in another dtype
+        dtype = next(self.model.parameters()).dtype
+        self.keys = [grow(layer.keys.to(dtype), CACHE_CHUNK) for layer in cache.layers]
+        self.values = [grow(layer.values.to(dtype), CACHE_CHUNK) for layer in cache.layers]
         self.mask = grow(mask.bool(), CACHE_CHUNK, fill=True)
         self.pos = positions[:, -1:].clone()
         self.pads = (width - mask.sum(-1)).tolist()
