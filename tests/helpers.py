@@ -6,6 +6,17 @@ from reasonlm.tasks import get_task
 
 TINY_TASK = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
 
+TINY_RECIPE = {  # a whole pipeline in seconds (tests/test_pipeline_skip.py, test_pipeline_rl.py)
+    "out_dir": "", "threads": 1, "direct_baseline": True,
+    "data": {"tasks": [{"name": "arithmetic", "args": TINY_TASK}], "train_steps": [1, 3], "ood_steps": [4, 4],
+             "n_train": 500, "n_validation": 10, "n_test_per_steps": 4, "n_base": 100, "workers": 1},
+    "base": {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "intermediate_size": 64, "max_position": 256,
+             "steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1},
+    "train": {"steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1, "eval_every": 0,
+              "eval_samples": 0, "save_every": 0, "lora_r": 4, "lora_alpha": 8},
+    "eval": {"batch_size": 16, "max_new_tokens": 24, "ladder_per_steps": 0},
+}
+
 
 def rows(n, steps=(1, 4), seed=0):
     task = get_task("arithmetic", **TINY_TASK)

@@ -16,23 +16,14 @@ from reasonlm.credit import RewardError, preflight
 from reasonlm.evaluate.report import markdown, plot
 from reasonlm.pipeline import ladder_config
 from reasonlm.tasks import get_task
-from tests.helpers import TINY_TASK
+from tests.helpers import TINY_RECIPE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "data", "fixtures", "gsm8k_sample.jsonl")
 
-TINY = {
-    "out_dir": "", "threads": 1, "direct_baseline": True,
-    "data": {"tasks": [{"name": "arithmetic", "args": TINY_TASK}], "train_steps": [1, 3], "ood_steps": [4, 4],
-             "n_train": 500, "n_validation": 10, "n_test_per_steps": 4, "n_base": 100, "workers": 1},
-    "base": {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "intermediate_size": 64, "max_position": 256,
-             "steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1},
-    "train": {"steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1, "eval_every": 0,
-              "eval_samples": 0, "save_every": 0, "lora_r": 4, "lora_alpha": 8},
-    "eval": {"batch_size": 16, "max_new_tokens": 24, "ladder_per_steps": 2},
-    "rl": {"n_steps": [3, 4], "rounds": 2, "prompts_per_round": 2, "num_generations": 2, "max_completion_length": 24,
-           "save_every": 0, "preflight_problems": 2, "reward": "process"},
-}
+TINY = {**TINY_RECIPE, "eval": {**TINY_RECIPE["eval"], "ladder_per_steps": 2},
+        "rl": {"n_steps": [3, 4], "rounds": 2, "prompts_per_round": 2, "num_generations": 2, "max_completion_length": 24,
+               "save_every": 0, "preflight_problems": 2, "reward": "process"}}
 
 
 def by_steps_bucket(accuracy, n=4):

@@ -9,7 +9,7 @@ import yaml
 from reasonlm import cli
 from reasonlm.pipeline import StageRecord, config_hash
 from reasonlm.config import TrainConfig
-from tests.helpers import TINY_TASK
+from tests.helpers import TINY_RECIPE as TINY
 
 
 def run_stages(out, settings, force=False):
@@ -63,16 +63,6 @@ def test_settings_that_never_change_an_output_rerun_nothing():
     assert config_hash(cfg) != config_hash(TrainConfig(lr=1e-4))
 
 
-TINY = {
-    "out_dir": "", "threads": 1, "direct_baseline": True,
-    "data": {"tasks": [{"name": "arithmetic", "args": TINY_TASK}], "train_steps": [1, 3], "ood_steps": [4, 4],
-             "n_train": 500, "n_validation": 10, "n_test_per_steps": 4, "n_base": 100, "workers": 1},
-    "base": {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "intermediate_size": 64, "max_position": 256,
-             "steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1},
-    "train": {"steps": 2, "batch_tokens": 512, "seq_len": 128, "warmup_steps": 1, "eval_every": 0,
-              "eval_samples": 0, "save_every": 0, "lora_r": 4, "lora_alpha": 8},
-    "eval": {"batch_size": 16, "max_new_tokens": 24, "ladder_per_steps": 0},  # the ladder: tests/test_pipeline_rl.py
-}
 
 
 @pytest.mark.slow
