@@ -16,9 +16,11 @@ with the layers' arithmetic called directly, bitwise what the model's forward co
 without its per-token overhead; every other causal LM runs its own forward per token on a
 transformers DynamicCache (HFDecoder, the general path; `fast=False` forces it).
 
-Sampling is reproducible per row: with `seeds` every row samples from its own torch.Generator,
-so a row's output does not depend on which rows share its batch (batching, sharding and
-resuming never change a sample). Greedy (temperature 0) needs no seed.
+Sampling is reproducible per row: with `seeds` the k-th token of a row is drawn with noise that
+is a hash of (the row's seed, k, token id) (`row_noise`), so a row's output does not depend on
+which rows share its batch (batching, sharding and resuming never change a sample), and a whole
+batch is drawn in a few tensor operations rather than one generator call per row. Greedy
+(temperature 0) needs no seed.
 
 Chat decodes one sequence at a time and streams it: `engine.stream(seed)` gives a `KVCacheStream`
 that keeps its KV cache between calls. Turn n+1's prompt starts with turn n's prompt and answer,
@@ -122,6 +124,10 @@ class KVCacheEngine:
     fast: bool = True
     """Decode Llama-family models with reasonlm.llama_decoder (same outputs, several times faster);
     False forces the general path (the model's own forward per token), e.g. to compare the two."""
+    fold_lora: bool = False
+    """On the fast path, decode with LoRA folded into the weights and q/k/v, gate/up fused (see
+    LlamaDecoder.for_model): fewer matmuls per token, outputs equal up to float rounding only.
+    RL's sampler sets it; eval and chat keep outputs identical to the model's own forward."""
 
     @property
     def context_size(self) -> int | None:
@@ -145,7 +151,7 @@ class KVCacheEngine:
         shared = torch.Generator().manual_seed(params.seed)
         for start in range(0, n, params.batch_size):
             idx = order[start:start + params.batch_size]
-            gens = ([torch.Generator().manual_seed(params.seeds[i]) for i in idx]
+            gens = (row_keys([params.seeds[i] for i in idx])
                     if params.seeds is not None and params.temperature > 0 else shared)
             self._run_batch(prompts, idx, budgets, params, gens, stop_strings, results, on_token)
         return results
@@ -160,23 +166,22 @@ class KVCacheEngine:
             ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoder = (LlamaDecoder.for_model(self.model) if self.fast else None) or HFDecoder(self.model)
+        decoder = (LlamaDecoder.for_model(self.model, self.fold_lora) if self.fast else None) or HFDecoder(self.model)
         logits = decoder.prefill(ids, mask, positions)
         # rows[r]: the problem (position in idx) in cache row r, None once it finished; a finished row
         # keeps being decoded (its tokens ignored) until few enough rows live to make dropping pay
         rows: list[int | None] = list(range(len(idx)))
         live = len(rows)
-        per_row = isinstance(gens, list)
+        per_row = isinstance(gens, torch.Tensor)
         steps = 0
         while True:
             live_rows = [r for r, p in enumerate(rows) if p is not None] if live < len(rows) else range(len(rows))
-            if live < len(rows) and (params.temperature > 0):  # sample only the live rows (one stream each)
+            if live < len(rows) and params.temperature > 0 and not per_row:  # the shared stream draws for live rows only
                 sel = torch.tensor(live_rows, device=device)
                 token = torch.zeros(len(rows), dtype=torch.long, device=device)
-                token[sel] = pick(logits[sel], params.temperature, params.top_p,
-                                  [gens[r] for r in live_rows] if per_row else gens)
-            else:
-                token = pick(logits, params.temperature, params.top_p, gens)
+                token[sel] = pick(logits[sel], params.temperature, params.top_p, gens)
+            else:  # per-row noise depends on (seed, step) alone: a finished row's draw changes nothing
+                token = pick(logits, params.temperature, params.top_p, gens, step=steps)
             steps += 1
             picked = token.tolist()
             for r in live_rows:
@@ -200,7 +205,7 @@ class KVCacheEngine:
                 token = token[torch.tensor(keep, device=device)]
                 rows = [rows[r] for r in keep]
                 if per_row:
-                    gens = [gens[r] for r in keep]
+                    gens = gens[torch.tensor(keep)]
             logits = decoder.step(token)
 
 
@@ -293,8 +298,10 @@ def context_size(model: torch.nn.Module) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def pick(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:
-    """Next token per row: argmax, or a (nucleus) sample from one shared generator or one per row."""
+def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int = 0) -> torch.Tensor:
+    """Next token per row: argmax, or a (nucleus) sample, from one shared torch.Generator or, when
+    `gen` is a row_keys tensor, from each row's own noise for its `step`-th token (Gumbel-max:
+    argmax(log p + Gumbel noise) is an exact draw from p)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -303,6 +310,41 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.T
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
-    if isinstance(gen, list):
-        return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gen)])
+    if isinstance(gen, torch.Tensor):
+        u = row_noise(gen, step, probs.shape[-1])
+        return (probs.double().log() - (-u.log()).log()).argmax(-1)  # log 0 = -inf: never drawn
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+MASK32 = 0xFFFFFFFF
+
+
+def row_keys(seeds: list[int]) -> torch.Tensor:
+    """[rows, 2] 32-bit keys of the rows' seeds (splitmix64, so nearby seeds share nothing)."""
+    keys = []
+    for seed in seeds:
+        z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+        keys.append((z & MASK32, z >> 32))
+    return torch.tensor(keys, dtype=torch.long)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values below 2**32; a product's
+    low 32 bits are exact even where the int64 product wraps."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
+def row_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """[rows, vocab] uniforms in (0, 1): a hash of (row key, step, token id), the same for a row
+    whichever rows share its batch."""
+    per_row = mix32((keys[:, 0] + mix32(keys[:, 1] ^ step)) & MASK32)
+    token = torch.arange(vocab, device=keys.device)
+    bits = mix32(mix32(per_row[:, None] ^ token[None, :]) ^ keys[:, 1:2])
+    return (bits.double() + 0.5) / 2.0 ** 32

@@ -190,7 +190,8 @@ def load_policy(base: str, adapter: str):
 def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
         start: int = 0, history: list | None = None) -> dict:
     """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
-    engine = KVCacheEngine(accelerator.unwrap_model(model), tokenizer.pad_token_id or 0, stop_token_ids(tokenizer))
+    engine = KVCacheEngine(accelerator.unwrap_model(model), tokenizer.pad_token_id or 0, stop_token_ids(tokenizer),
+                           fold_lora=True)  # the update recomputes every log-prob: sampling needn't be bitwise
     history = list(history or [])  # mean reward per round, for the flat-reward warning
     samples_total, t_start = 0, time.time()
     for rnd in range(start, cfg.rounds):
@@ -336,14 +337,29 @@ def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int) -> list
 
 
 # --- the update ------------------------------------------------------------------------------
-def token_weights(lengths: list[int], loss_type: str, max_completion_length: int) -> list[float]:
-    """What one token's loss counts in the batch's loss, per completion (see the docstring)."""
-    n, total = len(lengths), sum(lengths)
+# At a low temperature many of a group's completions are the same tokens (an easy problem's G
+# samples are often one chain). Identical rollouts (same prompt, completion and credit) have
+# identical gradients, so each runs once with its count as a weight: the same loss, fewer tokens.
+def unique(batch: list[Rollout]) -> tuple[list[Rollout], list[int]]:
+    """(distinct rollouts in first-seen order, how many times each occurs)."""
+    index: dict = {}
+    for s in batch:
+        key = (tuple(s.prompt), tuple(s.completion), tuple(s.advantages or ()), tuple(s.kept or ()))
+        index.setdefault(key, [s, 0])[1] += 1
+    return [s for s, _ in index.values()], [n for _, n in index.values()]
+
+
+def token_weights(lengths: list[int], loss_type: str, max_completion_length: int,
+                  counts: list[int] | None = None) -> list[float]:
+    """What one token's loss counts in the batch's loss, per completion (see the docstring); with
+    `counts`, completion i stands for counts[i] identical ones."""
+    counts = counts or [1] * len(lengths)
+    n, total = sum(counts), sum(k * c for k, c in zip(lengths, counts))
     if loss_type == "grpo":
-        return [1.0 / (n * max(k, 1)) for k in lengths]
+        return [c / (n * max(k, 1)) for k, c in zip(lengths, counts)]
     if loss_type == "dr_grpo":
-        return [1.0 / (n * max_completion_length)] * n
-    return [1.0 / max(total, 1)] * n  # dapo
+        return [c / (n * max_completion_length) for c in counts]
+    return [c / max(total, 1) for c in counts]  # dapo
 
 
 def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[float], pad_id: int):
@@ -365,7 +381,9 @@ def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[fl
 
 def token_logprobs(model, ids, mask, targets, with_entropy: bool = False):
     """log p(target) of every position (and the entropy of its distribution)."""
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    # rows are right-padded: under causal attention no real token sees a pad, so no mask is passed
+    # (SDPA's causal kernel instead of a masked one, several times faster on a CPU)
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
     logp_all = F.log_softmax(logits, -1)
     logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
@@ -381,8 +399,8 @@ def policy_loss(logp, old_logp, ref_logp, advantages, weight, cfg: RLConfig):
         q = ref_logp - logp
         per_token = per_token + cfg.beta * (torch.exp(q) - q - 1)
     live = weight > 0
-    clip_hits = ((clipped * advantages < ratio * advantages) & live).sum()
-    return (per_token * weight).sum(), {"clip_hits": clip_hits.item(), "ratio_min": ratio[live].min().item(),
+    clip_hits = ((clipped * advantages < ratio * advantages) & live).sum(-1)  # per completion
+    return (per_token * weight).sum(), {"clip_hits": clip_hits, "ratio_min": ratio[live].min().item(),
                                         "ratio_max": ratio[live].max().item()}
 
 
@@ -404,15 +422,20 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     if not batch:
         return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
     model.train()
-    batch = sorted(batch, key=lambda s: len(s.prompt) + len(s.completion))  # micro-batches of similar lengths pad less
-    weights = token_weights([len(s.completion) for s in batch], cfg.loss_type, cfg.max_completion_length)
+    tokens = sum(len(s.completion) for s in batch)
+    batch, counts = unique(batch)
+    order = sorted(range(len(batch)), key=lambda i: len(batch[i].prompt) + len(batch[i].completion))
+    batch, counts = [batch[i] for i in order], [counts[i] for i in order]  # micro-batches of similar lengths pad less
+    weights = token_weights([len(s.completion) for s in batch], cfg.loss_type, cfg.max_completion_length, counts)
     pad = accelerator.unwrap_model(model).config.pad_token_id or 0
     micro = [collate(batch[i:i + cfg.micro_batch_size], [s.advantages for s in batch[i:i + cfg.micro_batch_size]],
                      weights[i:i + cfg.micro_batch_size], pad) for i in range(0, len(batch), cfg.micro_batch_size)]
     ref = [reference_logprobs(model, reference, ids, mask, tgt) for ids, mask, tgt, _, _ in micro]
     old: list = [None] * len(micro)
     stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
-    tokens = sum(len(s.completion) for s in batch)
+    multiplicity = [torch.full((min(len(batch) - i, cfg.micro_batch_size), 1), 1.0) for i in range(0, len(batch), cfg.micro_batch_size)]
+    for m, i in enumerate(range(0, len(batch), cfg.micro_batch_size)):
+        multiplicity[m][:, 0] = torch.tensor(counts[i:i + cfg.micro_batch_size], dtype=torch.float32)
     for it in range(cfg.num_iterations):
         loss_total, hits = 0.0, 0
         for m, (ids, mask, tgt, adv, weight) in enumerate(micro):
@@ -422,14 +445,13 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
             loss, clip = policy_loss(logp, old[m], ref[m], adv, weight, cfg)
             accelerator.backward(loss)
             loss_total += loss.item()
-            hits += clip["clip_hits"]
+            hits += (clip["clip_hits"] * multiplicity[m][:, 0]).sum().item()
             stats["ratio_min"] = min(stats["ratio_min"], clip["ratio_min"])
             stats["ratio_max"] = max(stats["ratio_max"], clip["ratio_max"])
-            if it == 0:
-                live = weight > 0
-                q = (ref[m] - logp.detach())[live]
-                stats["kl"] += (torch.exp(q) - q - 1).sum().item() / tokens
-                stats["entropy"] += entropy[live].sum().item() / tokens
+            if it == 0:  # per-token means over the batch as drawn (duplicates counted)
+                live, q = weight > 0, ref[m] - logp.detach()
+                stats["kl"] += ((torch.exp(q) - q - 1) * multiplicity[m] * live).sum().item() / tokens
+                stats["entropy"] += (entropy * multiplicity[m] * live).sum().item() / tokens
         step(model, optimizer, cfg)
         stats["loss"], stats["clip_fraction"] = loss_total, hits / tokens
     return {k: round(v, 6) for k, v in stats.items()}
@@ -437,19 +459,27 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
 
 def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerator, seed: int) -> dict:
     """Expert iteration: num_iterations shuffled passes over the kept samples with the SFT loss
-    (minus the mean log-likelihood of a mini-batch's kept tokens)."""
+    (minus the mean log-likelihood of a mini-batch's kept tokens). A mini-batch holds
+    mini_batch_size kept samples; identical ones run as one row weighted by their count."""
     model.train()
     pad = accelerator.unwrap_model(model).config.pad_token_id or 0
     rng, losses = random.Random(seed), []
+    distinct, counts = unique(batch)
     for _ in range(cfg.num_iterations if batch else 0):
-        order = rng.sample(batch, len(batch))
-        for i in range(0, len(order), cfg.mini_batch_size):
-            mini, loss_sum = order[i:i + cfg.mini_batch_size], 0.0
-            total = sum(sum(s.kept) for s in mini)
+        order = rng.sample(range(len(distinct)), len(distinct))
+        minis, filled = [[]], 0
+        for i in order:
+            if filled >= cfg.mini_batch_size:
+                minis, filled = minis + [[]], 0
+            minis[-1].append(i)
+            filled += counts[i]
+        for mini in minis:
+            loss_sum, total = 0.0, sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for j in range(0, len(mini), cfg.micro_batch_size):
-                part = mini[j:j + cfg.micro_batch_size]
+                part = [distinct[i] for i in mini[j:j + cfg.micro_batch_size]]
                 ids, mask, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
-                                                       [1.0 / total] * len(part), pad)
+                                                       [counts[i] / total for i in mini[j:j + cfg.micro_batch_size]],
+                                                       pad)
                 loss = -(token_logprobs(model, ids, mask, tgt)[0] * keep * weight).sum()
                 accelerator.backward(loss)
                 loss_sum += loss.item()

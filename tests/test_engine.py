@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.engine import KVCacheEngine, SamplingParams, pick, row_keys
 from reasonlm.llama_decoder import CACHE_CHUNK, LlamaDecoder
 
 torch.set_num_threads(1)
@@ -104,3 +104,37 @@ def test_models_the_fast_path_does_not_know_take_the_general_path():
     assert generate(gpt2, ps, 6) == generate(gpt2, ps, 6, fast=False)
     dora = get_peft_model(random_model("llama"), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
     assert LlamaDecoder.for_model(dora.eval()) is None
+
+
+def test_per_row_noise_draws_from_the_softmax_and_respects_top_p():
+    """Gumbel-max on the hashed per-row noise is an exact sampler: 20,000 rows with their own
+    seeds, one step, land on each token with softmax's probability (within 4 standard errors);
+    top_p leaves out the tail; a row's draw depends on its seed and step only."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    n, p = 20_000, torch.softmax(logits, -1)
+    keys = row_keys(list(range(n)))
+    drawn = pick(logits.expand(n, -1), 1.0, 1.0, keys, step=3)
+    freq = torch.bincount(drawn, minlength=6).double() / n
+    assert ((freq - p.double()).abs() <= 4 * (p.double() * (1 - p.double()) / n).sqrt() + 1e-9).all(), freq
+    nucleus = pick(logits.expand(n, -1), 1.0, 0.8, keys, step=3)
+    assert set(nucleus.tolist()) == {0, 1, 2}  # 0.53 + 0.19 + 0.12 reaches 0.8 at the third token
+    assert torch.equal(pick(logits.expand(5, -1), 1.0, 1.0, keys[[7, 3, 9, 1, 0]], step=3), drawn[[7, 3, 9, 1, 0]])
+    assert not torch.equal(pick(logits.expand(n, -1), 1.0, 1.0, keys, step=4), drawn)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "lora"])  # qwen2: biases on q/k/v; lora: adapters to fold
+def test_folded_lora_decodes_the_same_logits_up_to_rounding(arch):
+    """fold_lora (RL's sampler) computes the same function as the op-for-op path: same logits at
+    every decode step to float rounding, on a batch with padding."""
+    model = random_model(arch)
+    ps = prompts(5, seed=4)
+    width = max(map(len, ps))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in ps])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in ps])[:, None]).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    plain, folded = LlamaDecoder.for_model(model), LlamaDecoder.for_model(model, fold_lora=True)
+    a, b = plain.prefill(ids, mask, positions), folded.prefill(ids, mask, positions)
+    for _ in range(6):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+        token = a.argmax(-1)
+        a, b = plain.step(token), folded.step(token)
