@@ -4,6 +4,13 @@
     python eval/bench_rl.py ladder RECIPE --adapter out/tiny-cpu/rl/adapter --steps 7-12 --n 50 --json out.json
     python eval/bench_rl.py trl RECIPE --rounds 3     # needs `pip install trl` (not a dependency)
 
+    python eval/bench_rl.py compare --run "SFT=out/sft" --run "GRPO process=out/p0,out/p1" --plot rl.png
+
+`compare` reads the `ladder.json` of each run directory (written by `ladder --json DIR/ladder.json`)
+and prints one markdown row per method: accuracy at 2-6, 7-8, 9-10 and 11-12 steps with the
+seeds' problems pooled and a 95% Wilson interval; with `--plot`, the probe accuracy
+(rl.probe_every) of each run's metrics.jsonl against samples drawn, one line per seed.
+
 `trl` runs `--rounds` steps of reasonlm's GRPO (rl.fit) and then as many steps of TRL's
 GRPOTrainer from the same base and adapter, with the same group size, prompts per step,
 completion budget, temperature, learning rate, loss type (dapo), outcome reward (rl.score) and
@@ -115,6 +122,57 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict
     return results
 
 
+BUCKETS = [(2, 6), (7, 8), (9, 10), (11, 12)]
+
+
+def compare(runs: list[str], plot: str | None) -> None:
+    """The equal-budget table of methods (each "label=dir[,dir...]", one dir per seed) and the plot."""
+    methods = []
+    for spec in runs:
+        label, _, dirs = spec.partition("=")
+        methods.append((label, [d for d in dirs.split(",") if d]))
+    print("| method | seeds | " + " | ".join(f"{lo}-{hi} steps" for lo, hi in BUCKETS) + " |")
+    print("|---|---|" + "---|" * len(BUCKETS))
+    for label, dirs in methods:
+        ladders = [json.load(open(os.path.join(d, "ladder.json"))) for d in dirs]
+        cells = []
+        for lo, hi in BUCKETS:
+            k = n = 0
+            for lad in ladders:
+                for steps in range(lo, hi + 1):
+                    if str(steps) in lad["by_steps"]:
+                        k += round(lad["by_steps"][str(steps)] * lad["n"])
+                        n += lad["n"]
+            a, b = wilson(k, n)
+            cells.append(f"{k / n:.1%} ({a:.0%}-{b:.0%})" if n else "-")
+        print(f"| {label} | {len(dirs)} | " + " | ".join(cells) + " |")
+    if not plot:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for color, (label, dirs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], methods):
+        for i, d in enumerate(dirs):
+            path = os.path.join(d, "rl", "metrics.jsonl")
+            if not os.path.isfile(path):
+                continue
+            rows = [json.loads(line) for line in open(path)]
+            points = [(0, None)] + [(r["samples_total"], r["probe"]) for r in rows if "probe" in r]
+            points = [(x, sum(p.values()) / len(p)) for x, p in points if p]
+            if points:
+                ax.plot(*zip(*points), color=color, marker="o", ms=3, label=label if i == 0 else None)
+    ax.set_xlabel("samples drawn")
+    ax.set_ylabel("greedy accuracy on the probe set")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    print(f"wrote {plot}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +185,9 @@ def main(argv=None):
     s.add_argument("--max-new-tokens", type=int, default=400)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--json", default=None, help="also write the numbers here")
+    s = sub.add_parser("compare", help="the equal-budget table of ladder.json runs, and the accuracy-vs-samples plot")
+    s.add_argument("--run", action="append", required=True, help='"label=dir[,dir...]" (one directory per seed)')
+    s.add_argument("--plot", default=None, help="write the probe accuracy against samples here (png)")
     s = sub.add_parser("trl", help="reasonlm's GRPO step vs TRL's GRPOTrainer: samples/s and reward")
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*", help="rl.* overrides, e.g. rl.prompts_per_round=8")
@@ -135,6 +196,8 @@ def main(argv=None):
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", default="/tmp/rl-bench-trl", help="scratch directory of both runs")
     args = p.parse_args(argv)
+    if args.command == "compare":
+        return compare(args.run, args.plot)
     set_threads(args.threads)
     recipe = load_recipe(args.recipe, getattr(args, "overrides", []))
     paths = RunPaths(args.out_dir or recipe.out_dir)

@@ -421,6 +421,11 @@ class RLConfig:
     question + checker only, e.g. {name: gsm8k, args: {split: train}}); empty = the first generated family of data.tasks."""
     n_steps: list = field(default_factory=lambda: [7, 10])
     """[lo, hi] reasoning steps of the problems drawn (no gold solution is ever trained on)."""
+    replay_fraction: float = 0.0
+    """Fraction of each round's fresh problems drawn at replay_steps instead: short chains the model
+    already solves, whose approved samples expert iteration trains on too, so they are not forgotten."""
+    replay_steps: list = field(default_factory=lambda: [2, 6])
+    """[lo, hi] steps of the replayed problems."""
     algorithm: str = "grpo"
     """'grpo' (group-relative policy gradient) or 'expert_iteration' (fine-tune on checker-approved samples)."""
     reward: str = "process"
@@ -474,6 +479,13 @@ class RLConfig:
     """Times a problem the group did not fully solve comes back to the pool; fully solved ones retire."""
     preflight_problems: int = 16
     """Gold solutions (and corrupted copies) scored before the first round; every gold must score exactly 1."""
+    probe_every: int = 0
+    """Every this many rounds, greedy accuracy on a fixed held-out probe set (probe_problems fresh problems
+    of each length in probe_steps) goes into metrics.jsonl: accuracy against samples drawn (0 = never)."""
+    probe_steps: list = field(default_factory=lambda: [9, 10])
+    """[lo, hi] lengths of the probe set."""
+    probe_problems: int = 50
+    """Problems per probed length."""
     flat_rounds: int = 5
     """Warn when the mean reward has not changed for this many rounds."""
     log_completions: int = 2
@@ -495,6 +507,13 @@ class RLConfig:
             (self.num_generations >= 2, f"rl.num_generations must be >= 2 (a group needs others to compare with), got {self.num_generations}"),
             (len(self.n_steps) == 2 and all(isinstance(n, int) for n in self.n_steps) and 1 <= self.n_steps[0] <= self.n_steps[1],
              f"rl.n_steps must be [lo, hi] with 1 <= lo <= hi, got {self.n_steps!r}"),
+            (len(self.replay_steps) == 2 and all(isinstance(n, int) for n in self.replay_steps)
+             and 1 <= self.replay_steps[0] <= self.replay_steps[1] and 0 <= self.replay_fraction < 1,
+             f"rl.replay_steps must be [lo, hi] with 1 <= lo <= hi and replay_fraction in [0, 1), got "
+             f"{self.replay_steps!r} and {self.replay_fraction}"),
+            (len(self.probe_steps) == 2 and all(isinstance(n, int) for n in self.probe_steps)
+             and 1 <= self.probe_steps[0] <= self.probe_steps[1] and self.probe_every >= 0 and self.probe_problems >= 1,
+             f"rl.probe_steps must be [lo, hi] with 1 <= lo <= hi, probe_every >= 0 and probe_problems >= 1"),
             (min(self.rounds, self.prompts_per_round, self.max_completion_length, self.num_iterations,
                  self.mini_batch_size, self.micro_batch_size, self.sample_batch_size) >= 1,
              "rl.rounds, prompts_per_round, max_completion_length, num_iterations and the batch sizes must be >= 1"),

@@ -112,8 +112,11 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
     start, state = try_resume(accelerator, run_dir, None) if cfg.resume == "auto" else (0, {})  # constant rate: no schedule
+    if cfg.probe_every and records is not None:
+        raise RLError("rl.probe_every needs a generated task family (an importer's problems have no held-out lengths)")
     pool = ProblemPool(task, cfg, state.get("pool"), records)
-    stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"))
+    stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
+                state.get("samples_total", 0))
     final = paths.adapter("rl")
     save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
     outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
@@ -188,12 +191,13 @@ def load_policy(base: str, adapter: str):
 
 # --- the loop --------------------------------------------------------------------------------
 def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
-        start: int = 0, history: list | None = None) -> dict:
+        start: int = 0, history: list | None = None, samples_done: int = 0) -> dict:
     """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
     engine = KVCacheEngine(accelerator.unwrap_model(model), tokenizer.pad_token_id or 0, stop_token_ids(tokenizer),
                            fold_lora=True)  # the update recomputes every log-prob: sampling needn't be bitwise
     history = list(history or [])  # mean reward per round, for the flat-reward warning
-    samples_total, t_start = 0, time.time()
+    probe = probe_set(pool.task, tokenizer, cfg) if cfg.probe_every else None
+    samples_total, t_start = samples_done, time.time()  # samples_total: since round 1, across resumes
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
         groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd)
@@ -219,6 +223,9 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                   **update, "tokens_per_s": round(new_tokens / max(t_sample, 1e-9), 1),
                   "samples_per_s": round(drawn / max(time.time() - t0, 1e-9), 2),
                   "sample_s": round(t_sample, 1), "update_s": round(time.time() - t0 - t_sample, 1)}
+        record["samples_total"] = samples_total
+        if probe and (rnd + 1) % cfg.probe_every == 0:
+            record["probe"] = run_probe(engine, tokenizer, pool.task, probe, cfg)
         history.append(record["reward_mean"])
         warn_if_stuck(history, zero_first, cfg, rnd + 1)
         with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
@@ -229,9 +236,38 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history})
-    return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,
+                                                                       "samples_total": samples_total})
+    return {"rounds": cfg.rounds, "samples": samples_total - samples_done, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None}
+
+
+PROBE_SEED = 2_000_003  # rl.seed draws training problems (small integers); eval/bench_rl.py's ladder 1_000_003
+
+
+def probe_set(task, tokenizer, cfg: RLConfig) -> list[tuple[Example, list[int]]]:
+    """The fixed held-out (problem, prompt ids) of every probe length."""
+    out = []
+    for n_steps in range(cfg.probe_steps[0], cfg.probe_steps[1] + 1):
+        rng = random.Random(PROBE_SEED + n_steps)
+        for i in range(cfg.probe_problems):
+            ex = new_problem(task, rng, n_steps, f"probe-{n_steps}-{i}")
+            out.append((ex, encode_prompt(tokenizer, prompt_messages(ex.question))))
+    return out
+
+
+def run_probe(engine, tokenizer, task, probe, cfg: RLConfig) -> dict:
+    """{n_steps: greedy accuracy} of the policy now on the probe set."""
+    was_training = engine.model.training
+    engine.model.eval()
+    outs = engine.generate([p for _, p in probe], SamplingParams(max_new_tokens=cfg.max_completion_length,
+                                                                 batch_size=cfg.sample_batch_size))
+    engine.model.train(was_training)
+    right: dict = {}
+    for (ex, _), ids in zip(probe, outs):
+        verdict = score(task, ex, tokenizer.decode(ids), len(ids) >= cfg.max_completion_length)
+        right.setdefault(str(ex.n_steps), []).append(verdict.correct)
+    return {k: round(sum(v) / len(v), 4) for k, v in right.items()}
 
 
 def warn_if_stuck(history: list, zero_signal: float, cfg: RLConfig, rnd: int) -> None:
@@ -271,7 +307,9 @@ class ProblemPool:
     def fresh(self) -> Example:
         self.made += 1
         if self.records is None:
-            return new_problem(self.task, self.rng, self.rng.randint(*self.cfg.n_steps), f"rl-{self.made}")
+            replay = self.cfg.replay_fraction and self.rng.random() < self.cfg.replay_fraction
+            n_steps = self.rng.randint(*(self.cfg.replay_steps if replay else self.cfg.n_steps))
+            return new_problem(self.task, self.rng, n_steps, f"rl-{self.made}")
         epoch, k = divmod(self.made - 1, len(self.records))
         if self._order[0] != epoch:
             self._order = (epoch, random.Random(self.cfg.seed * 1_000_003 + epoch).sample(range(len(self.records)),
@@ -363,26 +401,24 @@ def token_weights(lengths: list[int], loss_type: str, max_completion_length: int
 
 
 def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[float], pad_id: int):
-    """Right-padded (input_ids, attention_mask, targets, per-token value, per-token weight); the
-    last three are aligned with logits[:, :-1] and are 0 outside completions."""
+    """Right-padded (input_ids, targets, per-token value, per-token weight); the last three are
+    aligned with logits[:, :-1] and are 0 outside completions."""
     width = max(len(s.prompt) + len(s.completion) for s in rollouts)
     ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rollouts), width), dtype=torch.long)
     value = torch.zeros((len(rollouts), width - 1))
     weight = torch.zeros((len(rollouts), width - 1))
     for r, (s, v, w) in enumerate(zip(rollouts, values, weights)):
         seq, start = s.prompt + s.completion, len(s.prompt) - 1  # logits at start predict the first completion token
         ids[r, :len(seq)] = torch.tensor(seq)
-        mask[r, :len(seq)] = 1
         value[r, start:start + len(v)] = torch.tensor(v, dtype=torch.float32)
         weight[r, start:start + len(v)] = w
-    return ids, mask, ids[:, 1:], value, weight
+    return ids, ids[:, 1:], value, weight
 
 
-def token_logprobs(model, ids, mask, targets, with_entropy: bool = False):
+def token_logprobs(model, ids, targets, with_entropy: bool = False):
     """log p(target) of every position (and the entropy of its distribution)."""
     # rows are right-padded: under causal attention no real token sees a pad, so no mask is passed
-    # (SDPA's causal kernel instead of a masked one, several times faster on a CPU)
+    # (SDPA's causal kernel instead of a masked one)
     logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
     logp_all = F.log_softmax(logits, -1)
     logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
@@ -405,13 +441,13 @@ def policy_loss(logp, old_logp, ref_logp, advantages, weight, cfg: RLConfig):
 
 
 @torch.no_grad()
-def reference_logprobs(model, reference: dict, ids, mask, targets):
+def reference_logprobs(model, reference: dict, ids, targets):
     """Log-probs under the starting adapter: its weights are swapped in for one forward."""
     params = dict(model.named_parameters())
     current = {n: params[n].detach().clone() for n in reference}
     for n, w in reference.items():
         params[n].copy_(w)
-    logp, _ = token_logprobs(model, ids, mask, targets)
+    logp, _ = token_logprobs(model, ids, targets)
     for n, w in current.items():
         params[n].copy_(w)
     return logp
@@ -430,7 +466,7 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     pad = accelerator.unwrap_model(model).config.pad_token_id or 0
     micro = [collate(batch[i:i + cfg.micro_batch_size], [s.advantages for s in batch[i:i + cfg.micro_batch_size]],
                      weights[i:i + cfg.micro_batch_size], pad) for i in range(0, len(batch), cfg.micro_batch_size)]
-    ref = [reference_logprobs(model, reference, ids, mask, tgt) for ids, mask, tgt, _, _ in micro]
+    ref = [reference_logprobs(model, reference, ids, tgt) for ids, tgt, _, _ in micro]
     old: list = [None] * len(micro)
     stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
     multiplicity = [torch.full((min(len(batch) - i, cfg.micro_batch_size), 1), 1.0) for i in range(0, len(batch), cfg.micro_batch_size)]
@@ -438,8 +474,8 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
         multiplicity[m][:, 0] = torch.tensor(counts[i:i + cfg.micro_batch_size], dtype=torch.float32)
     for it in range(cfg.num_iterations):
         loss_total, hits = 0.0, 0
-        for m, (ids, mask, tgt, adv, weight) in enumerate(micro):
-            logp, entropy = token_logprobs(model, ids, mask, tgt, with_entropy=it == 0)
+        for m, (ids, tgt, adv, weight) in enumerate(micro):
+            logp, entropy = token_logprobs(model, ids, tgt, with_entropy=it == 0)
             if old[m] is None:
                 old[m] = logp.detach()  # the same forward, model and precision: the ratio is exactly 1
             loss, clip = policy_loss(logp, old[m], ref[m], adv, weight, cfg)
@@ -477,10 +513,9 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
             loss_sum, total = 0.0, sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for j in range(0, len(mini), cfg.micro_batch_size):
                 part = [distinct[i] for i in mini[j:j + cfg.micro_batch_size]]
-                ids, mask, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
-                                                       [counts[i] / total for i in mini[j:j + cfg.micro_batch_size]],
-                                                       pad)
-                loss = -(token_logprobs(model, ids, mask, tgt)[0] * keep * weight).sum()
+                ids, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
+                                                 [counts[i] / total for i in mini[j:j + cfg.micro_batch_size]], pad)
+                loss = -(token_logprobs(model, ids, tgt)[0] * keep * weight).sum()
                 accelerator.backward(loss)
                 loss_sum += loss.item()
             losses.append(loss_sum)

@@ -260,9 +260,9 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
     batch = [credit.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
 
     def nll():
-        x, mask, tgt, keep, w = rl.collate(batch[:1], [[1.0] * len(ids)], [1.0], 0)
+        x, tgt, keep, w = rl.collate(batch[:1], [[1.0] * len(ids)], [1.0], 0)
         with torch.no_grad():
-            return -(rl.token_logprobs(model, x, mask, tgt)[0] * keep).sum().item()
+            return -(rl.token_logprobs(model, x, tgt)[0] * keep).sum().item()
     before = nll()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     stats = rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
