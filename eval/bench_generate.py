@@ -10,7 +10,11 @@ stop tokens (end-of-turn and EOS) and the same per-problem token budgets:
     --batch-size (the fair anchor: a user who cares about speed already batches);
   - HF generate, one at a time (how lm-evaluation-harness's generate_until runs);
   - engine, general path: the engine with the model's own forward per token (fast=False);
-  - engine: the default (reasonlm.llama_decoder's decode step for Llama-family models).
+  - engine: the default (reasonlm.llama_decoder's decode step for Llama-family models);
+  - engine, folded: LoRA folded into the weights, q/k/v and gate/up fused (RL's sampler; equal to
+    the default up to float rounding, so its outputs may differ on near-ties).
+Then both batched methods sample at temperature 0.6 (HF: do_sample; the engine: per-row seeds):
+speed only, since samples differ by nature.
 The script prints a markdown table: problems/s by wall clock and per CPU-second of this process
 (steadier on a shared machine), the speedup over batched generate, and whether every output is
 identical to batched generate's. Exit status 1 when any output differs (--allow-mismatch to only
@@ -73,7 +77,7 @@ def hf_one_at_a_time(model, prompts, budgets, stop_ids, pad):
     return outs
 
 
-def hf_batched(model, prompts, budgets, stop_ids, pad, batch_size):
+def hf_batched(model, prompts, budgets, stop_ids, pad, batch_size, temperature: float = 0.0):
     """`model.generate` the way a user who cares about speed calls it: prompts sorted by length,
     left-padded batches, each batch run to its largest budget, every row then cut at its own budget
     and first stop token (the same rows and budgets the engine gets)."""
@@ -88,7 +92,8 @@ def hf_batched(model, prompts, budgets, stop_ids, pad, batch_size):
             x[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]):] = 1
         y = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max(budgets[i] for i in idx),
-                           do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=pad)
+                           do_sample=temperature > 0, temperature=temperature or None, top_k=None, top_p=None,
+                           eos_token_id=sorted(stop_ids), pad_token_id=pad)
         for r, i in enumerate(idx):
             new = y[r, width:width + budgets[i]].tolist()
             outs[i] = new[:next((k for k, t in enumerate(new) if t in stop_ids), len(new))]
@@ -139,6 +144,14 @@ def main(argv=None):
             ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
         "engine": lambda ps, bs: KVCacheEngine(model, pad, stop_ids).generate(
             ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
+        "engine, folded (RL's sampler)": lambda ps, bs: KVCacheEngine(model, pad, stop_ids, fold_lora=True).generate(
+            ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
+    }
+    sampling = {  # temperature 0.6: outputs differ by nature, so only the speed is compared
+        "HF generate, batched, sampling": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size, 0.6),
+        "engine, folded, sampling (per-row seeds)": lambda ps, bs: KVCacheEngine(
+            model, pad, stop_ids, fold_lora=True).generate(ps, SamplingParams(
+                max_new_tokens=bs, batch_size=args.batch_size, temperature=0.6, seeds=list(range(len(ps))))),
     }
     if args.skip_one_at_a_time:
         del methods["HF generate, one at a time"]
@@ -147,6 +160,10 @@ def main(argv=None):
         for name, run in methods.items():
             run(prompts[:2], budgets[:2])  # warm-up
             results[name] = timed(lambda: run(prompts, budgets), args.repeat)
+        sampled = {}
+        for name, run in sampling.items():
+            run(prompts[:2], budgets[:2])
+            sampled[name] = timed(lambda: run(prompts, budgets), args.repeat)
 
     name = "toy (random)" if args.toy else args.model + (f" + {args.adapter}" if args.adapter else "")
     n, (reference, ref_wall, ref_cpu) = len(rows), results["HF generate, batched"]
@@ -165,6 +182,11 @@ def main(argv=None):
             i = differ[0]
             print(f"first difference, problem {rows[i].get('id', i)}:\n  batched generate: {tok.decode(reference[i])!r}\n"
                   f"  {method}: {tok.decode(out[i])!r}", file=sys.stderr)
+    (_, _, hf_cpu), (_, _, ours_cpu) = sampled.values()
+    for method, (out, wall, cpu) in sampled.items():
+        tokens = sum(map(len, out))
+        print(f"| {method} | {n / wall:.2f} | {n / cpu:.2f} | {hf_cpu / cpu:.2f}x (vs batched sampling) | "
+              f"sampled ({tokens} tokens) |")
     if mismatch and not args.allow_mismatch:
         sys.exit(1)
 

@@ -456,7 +456,7 @@ class RLConfig:
     epsilon_high: float = 0.0
     """Upper clip (1 + epsilon_high); 0 = epsilon. DAPO's clip-higher uses 0.28."""
     num_iterations: int = 1
-    """Optimizer steps on every batch of rollouts (GRPO), or passes over the kept samples (expert iteration)."""
+    """Passes over a round's rollouts (GRPO) or kept samples (expert iteration), in mini-batches."""
     dynamic_sampling: bool = False
     """Replace groups that carry no signal (every advantage 0) by sampling more problems (DAPO)."""
     max_resamples: int = 2
@@ -464,7 +464,7 @@ class RLConfig:
     keep_valid_prefix: bool = True
     """Expert iteration: also train on the lines before the first wrong step of failed samples (no answer line)."""
     mini_batch_size: int = 64
-    """Expert iteration: sequences per optimizer step."""
+    """Drawn completions per optimizer step (both algorithms; a pass over a round's batch takes several steps)."""
     micro_batch_size: int = 64
     """Sequences per forward/backward pass (memory only; never changes the result)."""
     sample_batch_size: int = 128

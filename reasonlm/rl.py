@@ -10,8 +10,10 @@ the question and the checker are used, never the gold steps; it samples `num_gen
 eval and chat use, scores every completion with the task's checker, and updates the LoRA weights:
 
 - algorithm grpo: the clipped policy gradient of GRPO with group-relative advantages (below),
-  `num_iterations` optimizer steps per batch of rollouts. The old log-probs are the first
-  iteration's own (detached) log-probs, so the ratio starts at exactly 1.
+  `num_iterations` shuffled passes over the round's rollouts in mini-batches of
+  `mini_batch_size` drawn completions, one optimizer step each. The old log-probs are computed
+  for every rollout before the first step, by the same model in the same precision, so the
+  first step's ratio is exactly 1.
 - algorithm expert_iteration (STaR / rejection-sampling fine-tuning): keep the completions the
   checker marks fully valid (every step and the answer), with `keep_valid_prefix` also the lines
   before the first wrong step of the others (trained without an answer line), and fine-tune on
@@ -204,7 +206,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         t_sample = time.time() - t0
         if cfg.algorithm == "grpo":
             batch = [s for g in groups for s in g.rollouts if any(s.advantages)]
-            update = grpo_update(model, optimizer, batch, reference, cfg, accelerator)
+            update = grpo_update(model, optimizer, batch, reference, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
         else:
             batch = [s for g in groups for s in g.rollouts if s.kept]
             update = sft_update(model, optimizer, batch, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
@@ -410,7 +412,7 @@ def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[fl
     for r, (s, v, w) in enumerate(zip(rollouts, values, weights)):
         seq, start = s.prompt + s.completion, len(s.prompt) - 1  # logits at start predict the first completion token
         ids[r, :len(seq)] = torch.tensor(seq)
-        value[r, start:start + len(v)] = torch.tensor(v, dtype=torch.float32)
+        value[r, start:start + len(v)] = torch.as_tensor(v, dtype=torch.float32)
         weight[r, start:start + len(v)] = w
     return ids, ids[:, 1:], value, weight
 
@@ -453,43 +455,70 @@ def reference_logprobs(model, reference: dict, ids, targets):
     return logp
 
 
-def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RLConfig, accelerator) -> dict:
-    """num_iterations optimizer steps on one batch of rollouts; the first one's log-probs are the old ones."""
+def mini_batches(counts: list[int], size: int, rng: random.Random) -> list[list[int]]:
+    """A shuffled pass over distinct rollouts (by index), cut where a mini-batch holds `size` drawn
+    rollouts (a rollout drawn c times counts c)."""
+    out, filled = [[]], 0
+    for i in rng.sample(range(len(counts)), len(counts)):
+        if filled >= size:
+            out, filled = out + [[]], 0
+        out[-1].append(i)
+        filled += counts[i]
+    return out
+
+
+def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RLConfig, accelerator,
+                seed: int = 0) -> dict:
+    """num_iterations shuffled passes over the round's rollouts in mini-batches of mini_batch_size
+    drawn rollouts, one optimizer step each. The old (and reference) log-probs of every rollout are
+    computed first, by the same model in the same precision, so the first step's ratio is exactly 1."""
     if not batch:
         return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
     model.train()
     tokens = sum(len(s.completion) for s in batch)
-    batch, counts = unique(batch)
-    order = sorted(range(len(batch)), key=lambda i: len(batch[i].prompt) + len(batch[i].completion))
-    batch, counts = [batch[i] for i in order], [counts[i] for i in order]  # micro-batches of similar lengths pad less
-    weights = token_weights([len(s.completion) for s in batch], cfg.loss_type, cfg.max_completion_length, counts)
+    distinct, counts = unique(batch)
     pad = accelerator.unwrap_model(model).config.pad_token_id or 0
-    micro = [collate(batch[i:i + cfg.micro_batch_size], [s.advantages for s in batch[i:i + cfg.micro_batch_size]],
-                     weights[i:i + cfg.micro_batch_size], pad) for i in range(0, len(batch), cfg.micro_batch_size)]
-    ref = [reference_logprobs(model, reference, ids, tgt) for ids, tgt, _, _ in micro]
-    old: list = [None] * len(micro)
+    old, ref = [], []  # per distinct rollout: log-probs of its completion tokens before any step
+    for i in range(0, len(distinct), cfg.micro_batch_size):
+        part = distinct[i:i + cfg.micro_batch_size]
+        ids, tgt, _, _ = collate(part, [[] for _ in part], [0.0] * len(part), pad)
+        with torch.no_grad():
+            logp = token_logprobs(model, ids, tgt)[0]
+        logp_ref = reference_logprobs(model, reference, ids, tgt)
+        for r, s in enumerate(part):
+            at = slice(len(s.prompt) - 1, len(s.prompt) - 1 + len(s.completion))
+            old.append(logp[r, at])
+            ref.append(logp_ref[r, at])
+    rng = random.Random(seed)
     stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
-    multiplicity = [torch.full((min(len(batch) - i, cfg.micro_batch_size), 1), 1.0) for i in range(0, len(batch), cfg.micro_batch_size)]
-    for m, i in enumerate(range(0, len(batch), cfg.micro_batch_size)):
-        multiplicity[m][:, 0] = torch.tensor(counts[i:i + cfg.micro_batch_size], dtype=torch.float32)
     for it in range(cfg.num_iterations):
-        loss_total, hits = 0.0, 0
-        for m, (ids, tgt, adv, weight) in enumerate(micro):
-            logp, entropy = token_logprobs(model, ids, tgt, with_entropy=it == 0)
-            if old[m] is None:
-                old[m] = logp.detach()  # the same forward, model and precision: the ratio is exactly 1
-            loss, clip = policy_loss(logp, old[m], ref[m], adv, weight, cfg)
-            accelerator.backward(loss)
-            loss_total += loss.item()
-            hits += (clip["clip_hits"] * multiplicity[m][:, 0]).sum().item()
-            stats["ratio_min"] = min(stats["ratio_min"], clip["ratio_min"])
-            stats["ratio_max"] = max(stats["ratio_max"], clip["ratio_max"])
-            if it == 0:  # per-token means over the batch as drawn (duplicates counted)
-                live, q = weight > 0, ref[m] - logp.detach()
-                stats["kl"] += ((torch.exp(q) - q - 1) * multiplicity[m] * live).sum().item() / tokens
-                stats["entropy"] += (entropy * multiplicity[m] * live).sum().item() / tokens
-        step(model, optimizer, cfg)
-        stats["loss"], stats["clip_fraction"] = loss_total, hits / tokens
+        losses, hits = [], 0.0
+        for mini in mini_batches(counts, cfg.mini_batch_size, rng):
+            mini.sort(key=lambda i: len(distinct[i].prompt) + len(distinct[i].completion))  # micro-batches pad less
+            weights = token_weights([len(distinct[i].completion) for i in mini], cfg.loss_type,
+                                    cfg.max_completion_length, [counts[i] for i in mini])
+            loss_sum = 0.0
+            for j in range(0, len(mini), cfg.micro_batch_size):
+                idx = mini[j:j + cfg.micro_batch_size]
+                part = [distinct[i] for i in idx]
+                ids, tgt, adv, weight = collate(part, [s.advantages for s in part], weights[j:j + len(idx)], pad)
+                old_m = collate(part, [old[i] for i in idx], weights[j:j + len(idx)], pad)[2]
+                ref_m = collate(part, [ref[i] for i in idx], weights[j:j + len(idx)], pad)[2]
+                multiplicity = torch.tensor([counts[i] for i in idx], dtype=torch.float32)[:, None]
+                logp, entropy = token_logprobs(model, ids, tgt, with_entropy=it == 0)
+                loss, clip = policy_loss(logp, old_m, ref_m, adv, weight, cfg)
+                accelerator.backward(loss)
+                loss_sum += loss.item()
+                hits += (clip["clip_hits"] * multiplicity[:, 0]).sum().item()
+                stats["ratio_min"] = min(stats["ratio_min"], clip["ratio_min"])
+                stats["ratio_max"] = max(stats["ratio_max"], clip["ratio_max"])
+                if it == 0:  # per-token means over the batch as drawn (duplicates counted)
+                    live, q = weight > 0, ref_m - logp.detach()
+                    stats["kl"] += ((torch.exp(q) - q - 1) * multiplicity * live).sum().item() / tokens
+                    stats["entropy"] += (entropy * multiplicity * live).sum().item() / tokens
+            step(model, optimizer, cfg)
+            losses.append(loss_sum)
+        stats["loss"], stats["clip_fraction"] = sum(losses) / len(losses), hits / tokens
     return {k: round(v, 6) for k, v in stats.items()}
 
 
@@ -502,14 +531,7 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
     rng, losses = random.Random(seed), []
     distinct, counts = unique(batch)
     for _ in range(cfg.num_iterations if batch else 0):
-        order = rng.sample(range(len(distinct)), len(distinct))
-        minis, filled = [[]], 0
-        for i in order:
-            if filled >= cfg.mini_batch_size:
-                minis, filled = minis + [[]], 0
-            minis[-1].append(i)
-            filled += counts[i]
-        for mini in minis:
+        for mini in mini_batches(counts, cfg.mini_batch_size, rng):
             loss_sum, total = 0.0, sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for j in range(0, len(mini), cfg.micro_batch_size):
                 part = [distinct[i] for i in mini[j:j + cfg.micro_batch_size]]

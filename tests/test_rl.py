@@ -8,8 +8,9 @@ import torch
 
 from reasonlm import credit, rl
 from reasonlm.credit import Rollout
-from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages
+from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
+from reasonlm.engine import KVCacheEngine
 from reasonlm.example import Example
 from reasonlm.model import attach_lora, build_tiny, train_tokenizer
 from reasonlm.tasks import Check, get_task
@@ -192,6 +193,30 @@ def test_pool_retires_solved_problems_retries_unsolved_ones_and_resumes():
     pool.give_back(*again[0], solved=0, group=8)  # out of retries
     copy = rl.ProblemPool(pool.task, cfg, pool.state())
     assert [ex for ex, _ in copy.draw(4)] == [ex for ex, _ in pool.draw(4)]
+
+
+def test_replay_mixes_short_problems_into_the_fresh_ones():
+    cfg = RLConfig(n_steps=[6, 7], replay_fraction=0.25, replay_steps=[2, 3], seed=1)
+    drawn = [ex.n_steps for ex, _ in rl.ProblemPool(get_task("arithmetic", **TINY_TASK), cfg).draw(400)]
+    short = sum(n <= 3 for n in drawn)
+    assert set(drawn) <= {2, 3, 6, 7} and 70 <= short <= 130  # 100 expected
+    plain = [ex.n_steps for ex, _ in rl.ProblemPool(get_task("arithmetic", **TINY_TASK), RLConfig(n_steps=[6, 7])).draw(50)]
+    assert set(plain) <= {6, 7}
+
+
+def test_the_probe_set_is_fixed_held_out_and_scored_greedily(toy):
+    model, tok = toy
+    task = get_task("arithmetic", **TINY_TASK)
+    cfg = RLConfig(n_steps=[2, 3], probe_steps=[2, 3], probe_problems=20, max_completion_length=40)
+    probe = rl.probe_set(task, tok, cfg)
+    assert [ex.question for ex, _ in probe] == [ex.question for ex, _ in rl.probe_set(task, tok, cfg)]
+    assert [ex.n_steps for ex, _ in probe] == [2] * 20 + [3] * 20
+    trained = {ex.question for ex, _ in rl.ProblemPool(task, cfg).draw(40)}
+    assert len(trained & {ex.question for ex, _ in probe}) < 10  # another stream (short problems can coincide)
+    engine = KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
+    accuracy = rl.run_probe(engine, tok, task, probe, cfg)
+    assert set(accuracy) == {"2", "3"} and all(0 <= a <= 1 for a in accuracy.values())
+    assert accuracy == rl.run_probe(engine, tok, task, probe, cfg)  # greedy: the same policy, the same score
 
 
 def test_bad_settings_are_one_line_errors():
