@@ -240,7 +240,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,
                                                                        "samples_total": samples_total})
-    return {"rounds": cfg.rounds, "samples": samples_total - samples_done, "seconds": round(time.time() - t_start, 1),
+    return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None}
 
 
