@@ -154,17 +154,16 @@ def compare(runs: list[str], plot: str | None) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for color, (label, dirs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], methods):
-        for i, d in enumerate(dirs):
+        labelled = False
+        for d in dirs:
             path = os.path.join(d, "rl", "metrics.jsonl")
-            if not os.path.isfile(path):
-                continue
-            rows = [json.loads(line) for line in open(path)]
-            points = [(0, None)] + [(r["samples_total"], r["probe"]) for r in rows if "probe" in r]
-            points = [(x, sum(p.values()) / len(p)) for x, p in points if p]
-            if points:
-                ax.plot(*zip(*points), color=color, marker="o", ms=3, label=label if i == 0 else None)
+            rows = [json.loads(line) for line in open(path)] if os.path.isfile(path) else []
+            points = [(r["samples_total"], sum(r["probe"].values()) / len(r["probe"])) for r in rows if r.get("probe")]
+            if points:  # one line per seed; the method's label once
+                ax.plot(*zip(*points), color=color, marker="o", ms=3, label=None if labelled else label)
+                labelled = True
     ax.set_xlabel("samples drawn")
-    ax.set_ylabel("greedy accuracy on the probe set")
+    ax.set_ylabel("greedy accuracy, probe set (rl.probe_steps)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
