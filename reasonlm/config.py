@@ -505,14 +505,11 @@ class RLConfig:
             (self.reward in ("outcome", "process"), f"rl.reward must be outcome or process, got {self.reward!r}"),
             (self.loss_type in ("grpo", "dr_grpo", "dapo"), f"rl.loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}"),
             (self.num_generations >= 2, f"rl.num_generations must be >= 2 (a group needs others to compare with), got {self.num_generations}"),
-            (len(self.n_steps) == 2 and all(isinstance(n, int) for n in self.n_steps) and 1 <= self.n_steps[0] <= self.n_steps[1],
-             f"rl.n_steps must be [lo, hi] with 1 <= lo <= hi, got {self.n_steps!r}"),
-            (len(self.replay_steps) == 2 and all(isinstance(n, int) for n in self.replay_steps)
-             and 1 <= self.replay_steps[0] <= self.replay_steps[1] and 0 <= self.replay_fraction < 1,
+            (_is_steps_range(self.n_steps), f"rl.n_steps must be [lo, hi] with 1 <= lo <= hi, got {self.n_steps!r}"),
+            (_is_steps_range(self.replay_steps) and 0 <= self.replay_fraction < 1,
              f"rl.replay_steps must be [lo, hi] with 1 <= lo <= hi and replay_fraction in [0, 1), got "
              f"{self.replay_steps!r} and {self.replay_fraction}"),
-            (len(self.probe_steps) == 2 and all(isinstance(n, int) for n in self.probe_steps)
-             and 1 <= self.probe_steps[0] <= self.probe_steps[1] and self.probe_every >= 0 and self.probe_problems >= 1,
+            (_is_steps_range(self.probe_steps) and self.probe_every >= 0 and self.probe_problems >= 1,
              f"rl.probe_steps must be [lo, hi] with 1 <= lo <= hi, probe_every >= 0 and probe_problems >= 1"),
             (min(self.rounds, self.prompts_per_round, self.max_completion_length, self.num_iterations,
                  self.mini_batch_size, self.micro_batch_size, self.sample_batch_size) >= 1,
@@ -525,6 +522,12 @@ class RLConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def _is_steps_range(value) -> bool:
+    """[lo, hi] integers with 1 <= lo <= hi."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(n, int) for n in value)
+            and 1 <= value[0] <= value[1])
 
 
 @dataclass

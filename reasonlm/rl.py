@@ -407,14 +407,21 @@ def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[fl
     aligned with logits[:, :-1] and are 0 outside completions."""
     width = max(len(s.prompt) + len(s.completion) for s in rollouts)
     ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    value = torch.zeros((len(rollouts), width - 1))
     weight = torch.zeros((len(rollouts), width - 1))
     for r, (s, v, w) in enumerate(zip(rollouts, values, weights)):
-        seq, start = s.prompt + s.completion, len(s.prompt) - 1  # logits at start predict the first completion token
+        seq = s.prompt + s.completion
         ids[r, :len(seq)] = torch.tensor(seq)
-        value[r, start:start + len(v)] = torch.as_tensor(v, dtype=torch.float32)
-        weight[r, start:start + len(v)] = w
-    return ids, ids[:, 1:], value, weight
+        weight[r, len(s.prompt) - 1:len(s.prompt) - 1 + len(v)] = w
+    return ids, ids[:, 1:], aligned(rollouts, values, width), weight
+
+
+def aligned(rollouts: list[Rollout], values: list, width: int) -> torch.Tensor:
+    """[rows, width - 1] per-completion-token values placed where logits[:, :-1] predict those
+    tokens (the logits at the prompt's last position predict the first completion token); 0 elsewhere."""
+    out = torch.zeros((len(rollouts), width - 1))
+    for r, (s, v) in enumerate(zip(rollouts, values)):
+        out[r, len(s.prompt) - 1:len(s.prompt) - 1 + len(v)] = torch.as_tensor(v, dtype=torch.float32)
+    return out
 
 
 def token_logprobs(model, ids, targets, with_entropy: bool = False):
@@ -502,8 +509,7 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
                 idx = mini[j:j + cfg.micro_batch_size]
                 part = [distinct[i] for i in idx]
                 ids, tgt, adv, weight = collate(part, [s.advantages for s in part], weights[j:j + len(idx)], pad)
-                old_m = collate(part, [old[i] for i in idx], weights[j:j + len(idx)], pad)[2]
-                ref_m = collate(part, [ref[i] for i in idx], weights[j:j + len(idx)], pad)[2]
+                old_m, ref_m = (aligned(part, [x[i] for i in idx], ids.shape[1]) for x in (old, ref))
                 multiplicity = torch.tensor([counts[i] for i in idx], dtype=torch.float32)[:, None]
                 logp, entropy = token_logprobs(model, ids, tgt, with_entropy=it == 0)
                 loss, clip = policy_loss(logp, old_m, ref_m, adv, weight, cfg)
