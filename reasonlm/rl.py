@@ -61,6 +61,13 @@ sample solved retire, fresh problems fill the rest of a round, at n_steps drawn 
 of corrupted ones (a wrong answer, no answer line; a wrong step: each step corrupted in turn, the
 lowest reward counts) below 1, else the run stops.
 Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
+
+Several processes (`accelerate launch --num_processes N -m reasonlm rl ...`, CPU or GPU) share the
+work and end where one process would: each samples every N-th batch of rows (`sample`; rows carry
+their own seeds, so the samples are those of one process) and every process gathers and scores all
+of them, so the pool, the rollouts and the logs are the same everywhere; in the update each runs
+every N-th micro-batch and the gradients are summed before each step (`step`), equal to one
+process's up to the order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
 """
 from __future__ import annotations
 
@@ -82,7 +89,7 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example
 from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
 from reasonlm.tasks import get_task, is_importer
-from reasonlm.train import save_checkpoint, save_weights, trainable_state_dict, try_resume
+from reasonlm.train import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
 
 
 class RLError(ValueError):
@@ -99,9 +106,7 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     if cfg is None:
         raise RLError("the recipe has no rl: section")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if accelerator.num_processes > 1:
-        raise RLError("reasonlm rl runs in one process for now; launch it without accelerate's --num_processes")
-    set_threads(threads)
+    set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
     name, knobs = problem_family(cfg, recipe)
     task = get_task(name, **knobs)
@@ -111,9 +116,13 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     model, tokenizer = load_policy(base_model, cfg.adapter or paths.adapter("train"))
     run_dir = paths.train_run("rl")
     os.makedirs(run_dir, exist_ok=True)
-    save_resolved(cfg, run_dir)
+    if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
+        save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
     start, state = try_resume(accelerator, run_dir, None) if cfg.resume == "auto" else (0, {})  # constant rate: no schedule
+    if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
+        for log in ("metrics.jsonl", "completions.jsonl"):
+            keep_metrics_until(os.path.join(run_dir, log), start, key="round")
     if cfg.probe_every and records is not None:
         raise RLError("rl.probe_every needs a generated task family (an importer's problems have no held-out lengths)")
     pool = ProblemPool(task, cfg, state.get("pool"), records)
@@ -121,8 +130,10 @@ def run(recipe: Recipe, threads: int = 0) -> str:
                 state.get("samples_total", 0))
     final = paths.adapter("rl")
     save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
-    outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
-    print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s)")
+    if accelerator.is_main_process:
+        outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
+    accelerator.print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s, "
+                      f"{accelerator.num_processes} process(es))")
     return final
 
 
@@ -133,9 +144,10 @@ def prepare(accelerator, model, cfg: RLConfig):
                                   betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     # checkpoints hold the trained weights and the optimizer state, not the frozen base
-    accelerator.register_save_state_pre_hook(
-        lambda models, weights, _: weights.__setitem__(slice(None), [trainable_state_dict(m) for m in models]))
-    return model, optimizer, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    accelerator.register_save_state_pre_hook(lambda models, weights, _: weights.__setitem__(
+        slice(None), [trainable_state_dict(accelerator.unwrap_model(m)) for m in models]))
+    net = accelerator.unwrap_model(model)
+    return model, optimizer, {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
 
 
 def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
@@ -202,7 +214,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
     samples_total, t_start = samples_done, time.time()  # samples_total: since round 1, across resumes
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
-        groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd)
+        groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd, accelerator)
         t_sample = time.time() - t0
         if cfg.algorithm == "grpo":
             batch = [s for g in groups for s in g.rollouts if any(s.advantages)]
@@ -227,15 +239,16 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                   "sample_s": round(t_sample, 1), "update_s": round(time.time() - t0 - t_sample, 1)}
         record["samples_total"] = samples_total
         if probe and (rnd + 1) % cfg.probe_every == 0:
-            record["probe"] = run_probe(engine, tokenizer, pool.task, probe, cfg)
+            record["probe"] = run_probe(engine, tokenizer, pool.task, probe, cfg, accelerator)
         history.append(record["reward_mean"])
-        warn_if_stuck(history, zero_first, cfg, rnd + 1)
-        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        with open(os.path.join(run_dir, "completions.jsonl"), "a") as f:
-            for g in seen[:cfg.log_completions]:
-                f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
-        print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
+        if accelerator.is_main_process:  # every process holds the same rollouts and record
+            warn_if_stuck(history, zero_first, cfg, rnd + 1)
+            with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            with open(os.path.join(run_dir, "completions.jsonl"), "a") as f:
+                for g in seen[:cfg.log_completions]:
+                    f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
+            print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,
@@ -258,13 +271,10 @@ def probe_set(task, tokenizer, cfg: RLConfig) -> list[tuple[Example, list[int]]]
     return out
 
 
-def run_probe(engine, tokenizer, task, probe, cfg: RLConfig) -> dict:
+def run_probe(engine, tokenizer, task, probe, cfg: RLConfig, accelerator) -> dict:
     """{n_steps: greedy accuracy} of the policy now on the probe set."""
-    was_training = engine.model.training
-    engine.model.eval()
-    outs = engine.generate([p for _, p in probe], SamplingParams(max_new_tokens=cfg.max_completion_length,
-                                                                 batch_size=cfg.sample_batch_size))
-    engine.model.train(was_training)
+    outs = sample(engine, [p for _, p in probe], SamplingParams(max_new_tokens=cfg.max_completion_length,
+                                                                batch_size=cfg.sample_batch_size), accelerator)
     right: dict = {}
     for (ex, _), ids in zip(probe, outs):
         verdict = score(task, ex, tokenizer.decode(ids), len(ids) >= cfg.max_completion_length)
@@ -332,14 +342,16 @@ class ProblemPool:
 
 
 # --- rollouts --------------------------------------------------------------------------------
-def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int) -> tuple[list[Group], list[Group], float]:
+def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int,
+            accelerator) -> tuple[list[Group], list[Group], float]:
     """(groups to train on, every group sampled this round, the fraction of the first draw's
     groups without signal). With dynamic_sampling, groups without signal are replaced by groups
     of more problems (at most max_resamples extra passes) and only groups with signal are kept."""
     wanted, train, seen, zero_first = cfg.prompts_per_round, [], [], 0.0
     for attempt in range(1 + (cfg.max_resamples if cfg.dynamic_sampling else 0)):
         problems = pool.draw(wanted - len(train))
-        fresh = rollout(engine, tokenizer, pool.task, problems, cfg, seed=(cfg.seed * 1009 + rnd) * 1009 + attempt)
+        fresh = rollout(engine, tokenizer, pool.task, problems, cfg, (cfg.seed * 1009 + rnd) * 1009 + attempt,
+                        accelerator)
         for g in fresh:
             assign_credit(g, cfg, tokenizer)
             pool.give_back(g.example, g.attempts, sum(s.valid for s in g.rollouts), len(g.rollouts))
@@ -353,17 +365,15 @@ def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int) -> tu
     return train, seen, zero_first
 
 
-def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int) -> list[Group]:
-    """num_generations completions of every problem, scored by the task's checker."""
+def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int, accelerator) -> list[Group]:
+    """num_generations completions of every problem, scored by the task's checker (by every
+    process, each holding every completion)."""
     G, eot = cfg.num_generations, tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
     prompts = [encode_prompt(tokenizer, prompt_messages(ex.question)) for ex, _ in problems]
     params = SamplingParams(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                             seeds=[seed * 100_003 + k for k in range(len(problems) * G)],
                             batch_size=cfg.sample_batch_size)
-    was_training = engine.model.training
-    engine.model.eval()
-    outs = engine.generate([p for p in prompts for _ in range(G)], params)
-    engine.model.train(was_training)
+    outs = sample(engine, [p for p in prompts for _ in range(G)], params, accelerator)
     groups = []
     for k, (example, attempts) in enumerate(problems):
         rollouts = []
@@ -374,6 +384,27 @@ def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int) -> list
                                   prompts[k], ids if truncated else ids + [eot]))
         groups.append(Group(example, attempts, rollouts))
     return groups
+
+
+def sample(engine, prompts: list[list[int]], params: SamplingParams, accelerator) -> list[list[int]]:
+    """engine.generate over the processes: rows sorted by prompt length (as the engine sorts them)
+    and cut into batches of params.batch_size, every num_processes-th batch to one process, the
+    completions gathered back in prompt order on every process. The batches are the ones a single
+    process decodes and each row samples from its own seed, so N processes sample what 1 does."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[s:s + params.batch_size] for s in range(0, len(order), params.batch_size)]
+    was_training = engine.model.training
+    engine.model.eval()
+    mine = []
+    for idx in batches[rank::world]:
+        budgets = params.max_new_tokens
+        part = dataclasses.replace(params, seeds=[params.seeds[i] for i in idx] if params.seeds else None,
+                                   max_new_tokens=[budgets[i] for i in idx] if isinstance(budgets, list) else budgets)
+        mine += zip(idx, engine.generate([prompts[i] for i in idx], part))
+    engine.model.train(was_training)
+    done = dict(gathered(accelerator, mine))
+    return [done[i] for i in range(len(prompts))]
 
 
 # --- the update ------------------------------------------------------------------------------
@@ -474,6 +505,18 @@ def mini_batches(counts: list[int], size: int, rng: random.Random) -> list[list[
     return out
 
 
+# With N processes every process holds the whole round (the same rollouts, the same shuffles);
+# each runs every N-th rollout of a length-sorted mini-batch (an even share of its tokens), in
+# micro-batches, weighted as a part of the whole mini-batch, and the gradients are summed over
+# processes before the step: the mini-batch's gradient, up to the order of the float sums. The
+# forward runs on the unwrapped model: DDP's hooks would expect every process to run the same
+# number of backward passes.
+def share(indices: list[int], accelerator, size: int) -> list[list[int]]:
+    """This process's every-N-th of `indices`, cut into micro-batches of `size`."""
+    mine = indices[accelerator.process_index::accelerator.num_processes]
+    return [mine[j:j + size] for j in range(0, len(mine), size)]
+
+
 def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RLConfig, accelerator,
                 seed: int = 0) -> dict:
     """num_iterations shuffled passes over the round's rollouts in mini-batches of mini_batch_size
@@ -481,50 +524,53 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     computed first, by the same model in the same precision, so the first step's ratio is exactly 1."""
     if not batch:
         return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
-    model.train()
+    net = accelerator.unwrap_model(model)
+    net.train()
     tokens = sum(len(s.completion) for s in batch)
     distinct, counts = unique(batch)
-    pad = accelerator.unwrap_model(model).config.pad_token_id or 0
-    old, ref = [], []  # per distinct rollout: log-probs of its completion tokens before any step
-    for i in range(0, len(distinct), cfg.micro_batch_size):
-        part = distinct[i:i + cfg.micro_batch_size]
+    pad = net.config.pad_token_id or 0
+    before = []  # (distinct rollout, log-probs of its completion tokens before any step, reference's)
+    for idx in share(list(range(len(distinct))), accelerator, cfg.micro_batch_size):
+        part = [distinct[i] for i in idx]
         ids, tgt, _, _ = collate(part, [[] for _ in part], [0.0] * len(part), pad)
         with torch.no_grad():
-            logp = token_logprobs(model, ids, tgt)[0]
-        logp_ref = reference_logprobs(model, reference, ids, tgt)
-        for r, s in enumerate(part):
+            logp = token_logprobs(net, ids, tgt)[0]
+        logp_ref = reference_logprobs(net, reference, ids, tgt)
+        for r, (i, s) in enumerate(zip(idx, part)):
             at = slice(len(s.prompt) - 1, len(s.prompt) - 1 + len(s.completion))
-            old.append(logp[r, at])
-            ref.append(logp_ref[r, at])
+            before.append((i, logp[r, at], logp_ref[r, at]))
+    before = sorted(gathered(accelerator, before), key=lambda x: x[0])
+    old, ref = [x[1] for x in before], [x[2] for x in before]
     rng = random.Random(seed)
-    stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
+    # summed over this process's micro-batches: [loss of the last pass, clipped tokens of the last
+    # pass, kl, entropy] (kl and entropy: per-token means of the first pass), ratio min and max
+    sums, ratio_min, ratio_max = [0.0] * 4, 1.0, 1.0
     for it in range(cfg.num_iterations):
-        losses, hits = [], 0.0
-        for mini in mini_batches(counts, cfg.mini_batch_size, rng):
+        sums[0] = sums[1] = 0.0
+        minis = mini_batches(counts, cfg.mini_batch_size, rng)
+        for mini in minis:
             mini.sort(key=lambda i: len(distinct[i].prompt) + len(distinct[i].completion))  # micro-batches pad less
-            weights = token_weights([len(distinct[i].completion) for i in mini], cfg.loss_type,
-                                    cfg.max_completion_length, [counts[i] for i in mini])
-            loss_sum = 0.0
-            for j in range(0, len(mini), cfg.micro_batch_size):
-                idx = mini[j:j + cfg.micro_batch_size]
+            weights = dict(zip(mini, token_weights([len(distinct[i].completion) for i in mini], cfg.loss_type,
+                                                   cfg.max_completion_length, [counts[i] for i in mini])))
+            for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                ids, tgt, adv, weight = collate(part, [s.advantages for s in part], weights[j:j + len(idx)], pad)
+                ids, tgt, adv, weight = collate(part, [s.advantages for s in part], [weights[i] for i in idx], pad)
                 old_m, ref_m = (aligned(part, [x[i] for i in idx], ids.shape[1]) for x in (old, ref))
                 multiplicity = torch.tensor([counts[i] for i in idx], dtype=torch.float32)[:, None]
-                logp, entropy = token_logprobs(model, ids, tgt, with_entropy=it == 0)
+                logp, entropy = token_logprobs(net, ids, tgt, with_entropy=it == 0)
                 loss, clip = policy_loss(logp, old_m, ref_m, adv, weight, cfg)
                 accelerator.backward(loss)
-                loss_sum += loss.item()
-                hits += (clip["clip_hits"] * multiplicity[:, 0]).sum().item()
-                stats["ratio_min"] = min(stats["ratio_min"], clip["ratio_min"])
-                stats["ratio_max"] = max(stats["ratio_max"], clip["ratio_max"])
+                sums[0] += loss.item()
+                sums[1] += (clip["clip_hits"] * multiplicity[:, 0]).sum().item()
+                ratio_min, ratio_max = min(ratio_min, clip["ratio_min"]), max(ratio_max, clip["ratio_max"])
                 if it == 0:  # per-token means over the batch as drawn (duplicates counted)
                     live, q = weight > 0, ref_m - logp.detach()
-                    stats["kl"] += ((torch.exp(q) - q - 1) * multiplicity * live).sum().item() / tokens
-                    stats["entropy"] += (entropy * multiplicity * live).sum().item() / tokens
-            step(model, optimizer, cfg)
-            losses.append(loss_sum)
-        stats["loss"], stats["clip_fraction"] = sum(losses) / len(losses), hits / tokens
+                    sums[2] += ((torch.exp(q) - q - 1) * multiplicity * live).sum().item() / tokens
+                    sums[3] += (entropy * multiplicity * live).sum().item() / tokens
+            step(net, optimizer, cfg, accelerator)
+    loss, hits, kl, entropy = across(accelerator, sums, "sum")
+    stats = {"loss": loss / len(minis), "kl": kl, "entropy": entropy, "clip_fraction": hits / tokens,
+             "ratio_min": across(accelerator, [ratio_min], "min")[0], "ratio_max": across(accelerator, [ratio_max], "max")[0]}
     return {k: round(v, 6) for k, v in stats.items()}
 
 
@@ -532,30 +578,60 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
     """Expert iteration: num_iterations shuffled passes over the kept samples with the SFT loss
     (minus the mean log-likelihood of a mini-batch's kept tokens). A mini-batch holds
     mini_batch_size kept samples; identical ones run as one row weighted by their count."""
-    model.train()
-    pad = accelerator.unwrap_model(model).config.pad_token_id or 0
-    rng, losses = random.Random(seed), []
+    net = accelerator.unwrap_model(model)
+    net.train()
+    pad = net.config.pad_token_id or 0
+    rng, loss_sum, steps = random.Random(seed), 0.0, 0
     distinct, counts = unique(batch)
     for _ in range(cfg.num_iterations if batch else 0):
         for mini in mini_batches(counts, cfg.mini_batch_size, rng):
-            loss_sum, total = 0.0, sum(counts[i] * sum(distinct[i].kept) for i in mini)
-            for j in range(0, len(mini), cfg.micro_batch_size):
-                part = [distinct[i] for i in mini[j:j + cfg.micro_batch_size]]
+            mini.sort(key=lambda i: len(distinct[i].prompt) + len(distinct[i].completion))  # micro-batches pad less
+            total = sum(counts[i] * sum(distinct[i].kept) for i in mini)
+            for idx in share(mini, accelerator, cfg.micro_batch_size):
+                part = [distinct[i] for i in idx]
                 ids, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
-                                                 [counts[i] / total for i in mini[j:j + cfg.micro_batch_size]], pad)
-                loss = -(token_logprobs(model, ids, tgt)[0] * keep * weight).sum()
+                                                 [counts[i] / total for i in idx], pad)
+                loss = -(token_logprobs(net, ids, tgt)[0] * keep * weight).sum()
                 accelerator.backward(loss)
                 loss_sum += loss.item()
-            losses.append(loss_sum)
-            step(model, optimizer, cfg)
-    return {"loss": round(sum(losses) / max(1, len(losses)), 6), "kl": None, "entropy": None, "clip_fraction": None}
+            step(net, optimizer, cfg, accelerator)
+            steps += 1
+    loss = across(accelerator, [loss_sum], "sum")[0] / max(1, steps)
+    return {"loss": round(loss, 6), "kl": None, "entropy": None, "clip_fraction": None}
 
 
-def step(model, optimizer, cfg: RLConfig) -> None:
+def step(net, optimizer, cfg: RLConfig, accelerator) -> None:
+    """Sum the gradients over processes (see above), clip, step."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if accelerator.num_processes > 1:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = g.view_as(p).clone()
     if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def gathered(accelerator, items: list) -> list:
+    """Every process's items (picklable), in process order, on every process."""
+    if accelerator.num_processes == 1:
+        return items
+    parts: list = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def across(accelerator, values: list[float], op: str) -> list[float]:
+    """Per-process statistics combined over processes (sum, min or max)."""
+    if accelerator.num_processes == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN,
+                                        "max": torch.distributed.ReduceOp.MAX}[op])
+    return t.tolist()
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -371,13 +371,13 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             "tokens_per_s_after_first_step": round(steady_tok_s, 1), "best": best, "too_long": too_long}
 
 
-def keep_metrics_until(path: str, step: int) -> None:
-    """Drop metrics.jsonl lines past `step` (all of them when starting over): after a resume
-    the file, and the loss curve drawn from it, hold each step once."""
+def keep_metrics_until(path: str, step: int, key: str = "step") -> None:
+    """Drop the lines of a JSON-lines log whose `key` is past `step` (all of them when starting
+    over): after a resume the file, and the curves drawn from it, hold each step once."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in f if line.strip() and json.loads(line)[key] <= step]
     with open(path + ".tmp", "w") as f:
         f.writelines(kept)
     os.replace(path + ".tmp", path)

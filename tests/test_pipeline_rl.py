@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 
 from reasonlm import cli, rl
@@ -143,3 +144,61 @@ def test_pipeline_with_rl_reports_eval_rl_and_the_ladder(tmp_path, capsys):
     cli.main(["pipeline", str(recipe)])
     out = capsys.readouterr().out
     assert all(f"== {s}: up to date" in out for s in stages), out
+
+
+@pytest.mark.slow
+def test_rl_on_two_processes_samples_and_trains_like_one(tmp_path):
+    """`accelerate launch --cpu --num_processes 2 -m reasonlm rl`: every process samples every other
+    batch of rows, the rollouts are gathered, the update's micro-batches are split between the
+    processes and the gradients summed. A near-random policy whose completions sometimes end in the
+    budget and sometimes not (truncation_penalty) gives GRPO a signal to train on."""
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "run")}))
+    for stage in ("data", "base", "train"):
+        cli.main([stage, str(recipe)])
+    run = tmp_path / "run"
+    common = [str(recipe), f"rl.adapter={run / 'train' / 'adapter'}", f"rl.model={run / 'base'}", "rl.reward=outcome",
+              "rl.truncation_penalty=1.0", "rl.n_steps=[1,2]", "rl.rounds=3", "rl.prompts_per_round=8",
+              "rl.num_generations=4", "rl.sample_batch_size=4", "rl.micro_batch_size=2", "rl.mini_batch_size=8",
+              "rl.num_iterations=2", "rl.temperature=1.0", "rl.lr=1e-2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launch = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "reasonlm"]
+    for name, cmd in (("one", [sys.executable, "-m", "reasonlm"]), ("two", launch)):
+        r = subprocess.run([*cmd, "rl", *common, f"out_dir={tmp_path / name}"], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"{1 if name == 'one' else 2} process(es)" in r.stdout
+    one, two = ([json.loads(line) for line in (tmp_path / d / "rl" / "metrics.jsonl").read_text().splitlines()]
+                for d in ("one", "two"))
+    assert len(one) == len(two) == 3 and sum(r["trained_sequences"] for r in one) > 0
+    timing, update = {"tokens_per_s", "samples_per_s", "sample_s", "update_s"}, {"loss", "kl", "entropy", "ratio_min",
+                                                                                 "ratio_max", "clip_fraction"}
+    for a, b in zip(one, two):
+        assert {k: a[k] for k in a.keys() - timing - update} == {k: b[k] for k in b.keys() - timing - update}
+        assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in update), (a, b)  # float sum order
+    a, b = (load_file(tmp_path / d / "rl" / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
+    start = load_file(run / "train" / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_resumed_rl_run_logs_each_round_once(tmp_path, capsys):
+    """The rounds after the last checkpoint run again on resume: metrics.jsonl and completions.jsonl
+    keep one record per round (the rerun's), not the killed run's copies too."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "run")}))
+    for stage in ("data", "base", "train"):
+        cli.main([stage, str(recipe)])
+    rl_args = ["rl", str(recipe), "rl.rounds=3", "rl.save_every=1", "rl.log_completions=1"]
+    cli.main(rl_args)  # checkpoints after rounds 1 and 2; a second run resumes after round 2
+    cli.main(rl_args)
+    assert "resuming from" in capsys.readouterr().out
+    for log in ("metrics.jsonl", "completions.jsonl"):
+        rounds = [json.loads(line)["round"] for line in (tmp_path / "run" / "rl" / log).read_text().splitlines()]
+        assert rounds == [1, 2, 3], (log, rounds)

@@ -120,6 +120,7 @@ def toy_policy(toy):
 
 
 class _Accelerator:  # what the update needs of Accelerate, in one process
+    num_processes, process_index = 1, 0
     backward = staticmethod(lambda loss: loss.backward())
     unwrap_model = staticmethod(lambda m: m)
 
@@ -214,9 +215,9 @@ def test_the_probe_set_is_fixed_held_out_and_scored_greedily(toy):
     trained = {ex.question for ex, _ in rl.ProblemPool(task, cfg).draw(40)}
     assert len(trained & {ex.question for ex, _ in probe}) < 10  # another stream (short problems can coincide)
     engine = KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
-    accuracy = rl.run_probe(engine, tok, task, probe, cfg)
+    accuracy = rl.run_probe(engine, tok, task, probe, cfg, _Accelerator())
     assert set(accuracy) == {"2", "3"} and all(0 <= a <= 1 for a in accuracy.values())
-    assert accuracy == rl.run_probe(engine, tok, task, probe, cfg)  # greedy: the same policy, the same score
+    assert accuracy == rl.run_probe(engine, tok, task, probe, cfg, _Accelerator())  # greedy: the same policy, the same score
 
 
 def test_bad_settings_are_one_line_errors():
@@ -336,3 +337,54 @@ def test_identical_rollouts_run_once_with_their_count_as_weight(loss_type):
     b = Rollout([1, 2], [3, 4], "x", False, [1], True, True, advantages=[-0.5, -0.5])  # same tokens, other credit
     distinct, n = rl.unique([a, b, a, a])
     assert distinct == [a, b] and n == [3, 1]
+
+
+def _updates_in_a_gloo_group(rank: int, world: int, port: int, out: str) -> None:
+    """One process of `world`: both updates on a fixed batch; rank 0 saves the trained weights."""
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    accelerator = _Accelerator()
+    accelerator.num_processes, accelerator.process_index, accelerator.device = world, rank, "cpu"
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    prompt = encode_prompt(tok, prompt_messages("1+2"))
+    batch = []
+    for k, text in enumerate(["1+2=3\n#### 3", "1+2=4\n#### 4", "#### 3", "1+2=3\n3+0=3\n#### 3", "1+2=5\n#### 5",
+                              "1+2=3\n#### 3", "1+2=3\n3-1=2\n#### 2"]):
+        ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+        batch.append(credit.Rollout(prompt, ids, text, False, [], True, True,
+                                    advantages=[(-1) ** k * (0.25 + 0.1 * k)] * len(ids),
+                                    kept=[i % 3 != 0 for i in range(len(ids))]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    cfg = RLConfig(num_iterations=2, mini_batch_size=5, micro_batch_size=1, lr=1e-2, beta=0.1)
+    stats = [rl.grpo_update(model, opt, batch, reference, cfg, accelerator, seed=3),
+             rl.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"), accelerator, seed=4)]
+    if rank == 0:
+        torch.save({"weights": {n: p.detach() for n, p in model.named_parameters() if p.requires_grad},
+                    "stats": stats}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_updates_on_two_processes_equal_one_process(tmp_path):
+    """Each process runs every other micro-batch (a mini-batch of 5 rollouts in micro-batches of 1:
+    3 on one process, 2 on the other) and the gradients are summed before the step: GRPO and expert
+    iteration end with the weights of one process, up to the order of float sums."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _updates_in_a_gloo_group(0, 1, 0, str(tmp_path / "one.pt"))
+    mp.spawn(_updates_in_a_gloo_group, args=(2, port, str(tmp_path / "two.pt")), nprocs=2)
+    one, two = (torch.load(tmp_path / f, weights_only=True) for f in ("one.pt", "two.pt"))
+    start = dict(toy_policy(tiny_model_and_tokenizer())[0].named_parameters())
+    for n, w in one["weights"].items():
+        assert not torch.equal(w, start[n])  # trained
+        torch.testing.assert_close(two["weights"][n], w, rtol=0, atol=2e-5)  # steps of ~1e-2: Adam on float noise
+    for a, b in zip(one["stats"], two["stats"]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
