@@ -12,7 +12,8 @@ seeds' problems pooled and a 95% Wilson interval; with `--plot`, the probe accur
 (rl.probe_every) of each run's metrics.jsonl against samples drawn, one line per seed.
 
 `trl` runs `--rounds` steps of reasonlm's GRPO (rl.fit) and then as many steps of TRL's
-GRPOTrainer from the same base and adapter, with the same group size, prompts per step,
+GRPOTrainer from the same base and adapter, on the same problems in the same order (reasonlm's
+difficulty pool off: rl.retries=0), with the same group size, prompts per step,
 completion budget, temperature, learning rate, loss type (dapo), outcome reward (rl.score) and
 no vLLM, and prints samples/s and the mean reward of each, and where reasonlm's time goes.
 
@@ -77,8 +78,10 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict
     from reasonlm.example import Example
     from reasonlm.rl import ProblemPool, fit, load_policy
 
+    # retries=0: the pool serves fresh problems only, in the order TRL gets them (its difficulty
+    # pool would serve unsolved ones again, a harder round 2 than TRL's)
     cfg = dataclasses.replace(cfg, algorithm="grpo", reward="outcome", loss_type="dapo", rounds=rounds, save_every=0,
-                              dynamic_sampling=False, beta=0.0, num_iterations=1, resume="never")
+                              dynamic_sampling=False, beta=0.0, num_iterations=1, resume="never", retries=0)
     base, adapter = cfg.model or paths.base, cfg.adapter or paths.adapter("train")
     results = {}
     model, tokenizer = load_policy(base, adapter)
@@ -96,7 +99,7 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict
                            "sample_s": round(sum(r["sample_s"] for r in rows), 1),
                            "update_s": round(sum(r["update_s"] for r in rows), 1)}
 
-    pool = ProblemPool(task, cfg)  # the same problems, in the same order
+    pool = ProblemPool(task, cfg)  # the same problems, in the same order (retries=0)
     problems = [ex for ex, _ in pool.draw(cfg.prompts_per_round * rounds)]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.question}], "row": json.dumps(ex.to_row())}
                                  for ex in problems])

@@ -498,9 +498,15 @@ class RLConfig:
     """'auto' resumes from the newest complete checkpoint; 'never' starts over."""
     seed: int = 0
     """Seed of the problems, the samples and the update."""
+    processes: int = 1
+    """CPU processes the stage starts for itself (reasonlm/processes.py), each with its share of the
+    cores: samples and updates are shared out, the results equal one process's (docs/rl.md). On a
+    2-core machine 2 runs a round ~1.5x faster: sampling is per-token Python as much as arithmetic.
+    Ignored when CUDA is available or the stage was launched in several processes already."""
 
     def __post_init__(self):
         checks = [
+            (self.processes >= 1, f"rl.processes must be >= 1, got {self.processes}"),
             (self.algorithm in ("grpo", "expert_iteration"), f"rl.algorithm must be grpo or expert_iteration, got {self.algorithm!r}"),
             (self.reward in ("outcome", "process"), f"rl.reward must be outcome or process, got {self.reward!r}"),
             (self.loss_type in ("grpo", "dr_grpo", "dapo"), f"rl.loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}"),

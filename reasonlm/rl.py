@@ -88,6 +88,7 @@ from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_probl
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example
 from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
+from reasonlm.processes import run_processes
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.train import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
 
@@ -106,16 +107,23 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     if cfg is None:
         raise RLError("the recipe has no rl: section")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    set_threads(threads, accelerator.num_processes)
-    set_seed(cfg.seed)
     name, knobs = problem_family(cfg, recipe)
     task = get_task(name, **knobs)
     records = imported_problems(task, cfg)
+    if cfg.probe_every and records is not None:
+        raise RLError("rl.probe_every needs a generated task family (an importer's problems have no held-out lengths)")
     preflight(task, cfg, records)
     base_model = cfg.model or (recipe.base.model if recipe.base.model != "tiny" else paths.base)
-    model, tokenizer = load_policy(base_model, cfg.adapter or paths.adapter("train"))
+    adapter = cfg.adapter or paths.adapter("train")
+    check_adapter(base_model, adapter)
     run_dir = paths.train_run("rl")
     os.makedirs(run_dir, exist_ok=True)
+    if cfg.processes > 1 and accelerator.num_processes == 1 and not torch.cuda.is_available():
+        start_processes(recipe, threads, run_dir)
+        return paths.adapter("rl")
+    set_threads(threads, accelerator.num_processes)
+    set_seed(cfg.seed)
+    model, tokenizer = load_policy(base_model, adapter)
     if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
         save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
@@ -123,8 +131,6 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
         for log in ("metrics.jsonl", "completions.jsonl"):
             keep_metrics_until(os.path.join(run_dir, log), start, key="round")
-    if cfg.probe_every and records is not None:
-        raise RLError("rl.probe_every needs a generated task family (an importer's problems have no held-out lengths)")
     pool = ProblemPool(task, cfg, state.get("pool"), records)
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
                 state.get("samples_total", 0))
@@ -135,6 +141,18 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     accelerator.print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s, "
                       f"{accelerator.num_processes} process(es))")
     return final
+
+
+def start_processes(recipe: Recipe, threads: int, run_dir: str) -> None:
+    """This stage as rl.processes CPU processes of one group, each with its share of the cores,
+    on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one."""
+    n = recipe.rl.processes
+    save_resolved(recipe, run_dir, "recipe.yaml")
+    per_process = max(1, (threads or os.cpu_count() or 1) // n)
+    print(f"rl: starting {n} processes ({per_process} thread(s) each)", flush=True)
+    code = run_processes(n, ["rl", os.path.join(run_dir, "recipe.yaml"), f"threads={per_process}"], per_process)
+    if code:
+        raise SystemExit(code)  # the process that failed said why
 
 
 def prepare(accelerator, model, cfg: RLConfig):
@@ -182,10 +200,8 @@ def imported_problems(task, cfg: RLConfig) -> list[Example] | None:
     return records
 
 
-def load_policy(base: str, adapter: str):
-    """(peft model with a trainable adapter, tokenizer); an adapter from another base is one line."""
-    from peft import PeftModel  # heavy optional dependency of the training stages
-
+def check_adapter(base: str, adapter: str) -> None:
+    """A missing adapter, or one trained on another base, is one line (before any model loads)."""
     config_path = os.path.join(adapter, "adapter_config.json")
     if not os.path.isfile(config_path):
         raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
@@ -193,6 +209,13 @@ def load_policy(base: str, adapter: str):
         trained_on = json.load(f).get("base_model_name_or_path") or ""
     if trained_on and os.path.realpath(trained_on) != os.path.realpath(base) and trained_on != base:
         raise RLError(f"adapter {adapter} was trained on {trained_on}, not on {base}")
+
+
+def load_policy(base: str, adapter: str):
+    """(peft model with a trainable adapter, tokenizer); an adapter from another base is one line."""
+    from peft import PeftModel  # heavy optional dependency of the training stages
+
+    check_adapter(base, adapter)
     tokenizer = load_tokenizer(adapter if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else base)
     model = load_model(base)
     fit_vocab(model, tokenizer)

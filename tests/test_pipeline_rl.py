@@ -167,13 +167,18 @@ def test_rl_on_two_processes_samples_and_trains_like_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     launch = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--cpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "reasonlm"]
-    for name, cmd in (("one", [sys.executable, "-m", "reasonlm"]), ("two", launch)):
-        r = subprocess.run([*cmd, "rl", *common, f"out_dir={tmp_path / name}"], env=env, capture_output=True, text=True,
-                           cwd=ROOT, timeout=600)
+    plain = [sys.executable, "-m", "reasonlm", "rl"]
+    for name, cmd, extra in (("one", plain, []), ("two", [*launch, "rl"], []),
+                             ("own", plain, ["rl.processes=2"])):  # the stage starts its 2 processes itself
+        r = subprocess.run([*cmd, *common, *extra, f"out_dir={tmp_path / name}"], env=env, capture_output=True,
+                           text=True, cwd=ROOT, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert f"{1 if name == 'one' else 2} process(es)" in r.stdout
-    one, two = ([json.loads(line) for line in (tmp_path / d / "rl" / "metrics.jsonl").read_text().splitlines()]
-                for d in ("one", "two"))
+        assert f"{1 if name == 'one' else 2} process(es)" in r.stdout and "Traceback" not in r.stderr
+    one, two, own = ([json.loads(line) for line in (tmp_path / d / "rl" / "metrics.jsonl").read_text().splitlines()]
+                     for d in ("one", "two", "own"))
+    assert [{k: v for k, v in r.items() if k not in {"tokens_per_s", "samples_per_s", "sample_s", "update_s"}}
+            for r in two] == [{k: v for k, v in r.items() if k not in {"tokens_per_s", "samples_per_s", "sample_s",
+                                                                       "update_s"}} for r in own]
     assert len(one) == len(two) == 3 and sum(r["trained_sequences"] for r in one) > 0
     timing, update = {"tokens_per_s", "samples_per_s", "sample_s", "update_s"}, {"loss", "kl", "entropy", "ratio_min",
                                                                                  "ratio_max", "clip_fraction"}

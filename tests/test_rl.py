@@ -225,6 +225,8 @@ def test_bad_settings_are_one_line_errors():
         load_recipe(None, ["rl.num_generations=1"])
     with pytest.raises(ConfigError, match="rl.reward"):
         load_recipe(None, ["rl.reward=pairwise"])
+    with pytest.raises(ConfigError, match="rl.processes must be >= 1"):
+        load_recipe(None, ["rl.processes=0"])
     assert load_recipe(None, []).rl is None and load_recipe(None, ["rl.rounds=3"]).rl.rounds == 3
 
 

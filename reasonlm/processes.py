@@ -1,0 +1,43 @@
+"""Run a reasonlm command as N local CPU processes of one gloo group (what `torch.distributed.run
+--standalone` does), for a stage that starts its own processes (rl.processes).
+
+Each process gets the environment torch.distributed's env:// rendezvous and Accelerate read
+(MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) and its share of the
+cores as OMP_NUM_THREADS. The processes print their own lines; when one fails the others are
+stopped (they would wait for it in the next collective) and its exit code is returned, with no
+launcher traceback on top.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(n: int, argv: list[str], threads: int) -> int:
+    """`python -m reasonlm *argv` as n processes of one group; 0, or the first failure's exit code."""
+    shared = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(n),
+              "LOCAL_WORLD_SIZE": str(n), "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, "-m", "reasonlm", *argv],
+                              env={**shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(n)]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = next((c for c in codes if c not in (None, 0)), None)
+            if failed is not None or all(c == 0 for c in codes):
+                return failed or 0
+            time.sleep(0.2)
+    finally:  # a failure, or an interrupt of this process: stop the rest
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
