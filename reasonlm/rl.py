@@ -62,12 +62,13 @@ of corrupted ones (a wrong answer, no answer line; a wrong step: each step corru
 lowest reward counts) below 1, else the run stops.
 Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
 
-Several processes (`accelerate launch --num_processes N -m reasonlm rl ...`, CPU or GPU) share the
-work and end where one process would: each samples every N-th batch of rows (`sample`; rows carry
-their own seeds, so the samples are those of one process) and every process gathers and scores all
-of them, so the pool, the rollouts and the logs are the same everywhere; in the update each runs
-every N-th micro-batch and the gradients are summed before each step (`step`), equal to one
-process's up to the order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
+Several processes (rl.processes: N CPU processes the stage starts itself; or `accelerate launch
+--num_processes N -m reasonlm rl ...`, CPU or GPU) share the work and end where one process would:
+each samples every N-th batch of rows (`sample`; rows carry their own seeds, so the samples are
+those of one process) and every process gathers and scores all of them, so the pool, the rollouts
+and the logs are the same everywhere; in the update each runs every N-th rollout of a mini-batch
+(`share`) and the gradients are summed before each step (`step`), equal to one process's up to the
+order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
 """
 from __future__ import annotations
 
