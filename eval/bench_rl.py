@@ -69,8 +69,10 @@ def ladder(model, tokenizer, task, lengths, n: int, max_new_tokens: int, seed: i
     return out
 
 
-def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict:
-    """samples/s and mean reward of reasonlm's GRPO and TRL's GRPOTrainer over `rounds` steps."""
+def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str, held_out: int = 0) -> dict:
+    """samples/s and mean reward of reasonlm's GRPO and TRL's GRPOTrainer over `rounds` steps; with
+    `held_out`, also each trained policy's greedy accuracy on that many fresh problems of every
+    rl.n_steps length (the same problems for both)."""
     from accelerate import Accelerator  # heavy, as in the stage
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer  # optional: only this benchmark needs TRL
@@ -98,6 +100,10 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict
                            "reward_mean": round(sum(r["reward_mean"] for r in rows) / len(rows), 4),
                            "sample_s": round(sum(r["sample_s"] for r in rows), 1),
                            "update_s": round(sum(r["update_s"] for r in rows), 1)}
+    lengths = range(cfg.n_steps[0], cfg.n_steps[1] + 1)
+    if held_out:
+        results["reasonlm"]["held_out"] = ladder(accelerator.unwrap_model(model).eval(), tokenizer, task, lengths,
+                                                 held_out, cfg.max_completion_length)
 
     pool = ProblemPool(task, cfg)  # the same problems, in the same order (retries=0)
     problems = [ex for ex, _ in pool.draw(cfg.prompts_per_round * rounds)]
@@ -122,6 +128,9 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str) -> dict
     results["trl"] = {"seconds": round(time.time() - t0, 1), "samples": samples,
                       "samples_per_s": round(samples / (time.time() - t0), 2),
                       "reward_mean": round(sum(h["reward"] for h in logged) / max(1, len(logged)), 4)}
+    if held_out:
+        results["trl"]["held_out"] = ladder(trainer.model.eval(), tokenizer, task, lengths, held_out,
+                                            cfg.max_completion_length)
     return results
 
 
@@ -197,6 +206,8 @@ def main(argv=None):
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", default="/tmp/rl-bench-trl", help="scratch directory of both runs")
+    s.add_argument("--held-out", type=int, default=0,
+                   help="then score both policies greedily on this many fresh problems of every rl.n_steps length")
     args = p.parse_args(argv)
     if args.command == "compare":
         return compare(args.run, args.plot)
@@ -207,10 +218,13 @@ def main(argv=None):
     name, knobs = problem_family(cfg, recipe)
     task = get_task(name, **knobs)
     if args.command == "trl":
-        result = bench_trl(recipe, paths, task, cfg, args.rounds, args.out)
-        print("| trainer | samples | seconds | samples/s | mean reward |\n|---|---|---|---|---|")
+        result = bench_trl(recipe, paths, task, cfg, args.rounds, args.out, args.held_out)
+        print("| trainer | samples | seconds | samples/s | mean reward | held-out accuracy (95% interval) |\n"
+              "|---|---|---|---|---|---|")
         for who, r in result.items():
-            print(f"| {who} | {r['samples']} | {r['seconds']} | {r['samples_per_s']} | {r['reward_mean']} |")
+            k, n = (sum(x[i] for x in r.get("held_out", {}).values()) for i in (0, 1))
+            held = f"{k / n:.1%} ({wilson(k, n)[0]:.0%}-{wilson(k, n)[1]:.0%})" if n else "-"
+            print(f"| {who} | {r['samples']} | {r['seconds']} | {r['samples_per_s']} | {r['reward_mean']} | {held} |")
         print(f"reasonlm: sampling {result['reasonlm']['sample_s']}s, updates {result['reasonlm']['update_s']}s; "
               f"speedup {result['reasonlm']['samples_per_s'] / result['trl']['samples_per_s']:.2f}x")
         return
