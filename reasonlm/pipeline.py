@@ -156,7 +156,8 @@ def ladder_config(recipe: Recipe, eval_cfg: EvalConfig, paths: RunPaths) -> Eval
 # Settings that change how a stage runs or reports, never what it writes: changing one reruns nothing.
 OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
                             "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
-                            "ladder_per_steps"})  # eval: the ladder's own config holds it in its source
+                            "ladder_per_steps",  # eval: the ladder's own config holds it in its source
+                            "processes"})  # rl: N processes sample and train what one does
 
 
 def config_hash(cfg) -> str:

@@ -9,7 +9,9 @@ launcher traceback on top.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +28,10 @@ def run_processes(n: int, argv: list[str], threads: int) -> int:
     """`python -m reasonlm *argv` as n processes of one group; 0, or the first failure's exit code."""
     shared = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(n),
               "LOCAL_WORLD_SIZE": str(n), "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen([sys.executable, "-m", "reasonlm", *argv],
+    # SIGTERM to this process (a timeout, a cancelled job) must stop the group too: turn it into an
+    # exception so the `finally` below runs; the children also die with this process on Linux
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    procs = [subprocess.Popen([sys.executable, "-m", "reasonlm", *argv], preexec_fn=die_with_parent,
                               env={**shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(n)]
     try:
         while True:
@@ -36,8 +41,20 @@ def run_processes(n: int, argv: list[str], threads: int) -> int:
                 return failed or 0
             time.sleep(0.2)
     finally:  # a failure, or an interrupt of this process: stop the rest
+        signal.signal(signal.SIGTERM, previous)
         for p in procs:
             if p.poll() is None:
                 p.terminate()
         for p in procs:
-            p.wait()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when this process dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)

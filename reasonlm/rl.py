@@ -63,7 +63,8 @@ lowest reward counts) below 1, else the run stops.
 Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
 
 Several processes (rl.processes: N CPU processes the stage starts itself; or `accelerate launch
---num_processes N -m reasonlm rl ...`, CPU or GPU) share the work and end where one process would:
+--num_processes N -m reasonlm rl ...`) share the work and end where one process would (with
+lora_dropout 0, the default: dropout draws from each process's own generator):
 each samples every N-th batch of rows (`sample`; rows carry their own seeds, so the samples are
 those of one process) and every process gathers and scores all of them, so the pool, the rollouts
 and the logs are the same everywhere; in the update each runs every N-th rollout of a mini-batch
@@ -550,19 +551,21 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
         return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
     net = accelerator.unwrap_model(model)
     net.train()
+    device = next(net.parameters()).device
     tokens = sum(len(s.completion) for s in batch)
     distinct, counts = unique(batch)
     pad = net.config.pad_token_id or 0
     before = []  # (distinct rollout, log-probs of its completion tokens before any step, reference's)
     for idx in share(list(range(len(distinct))), accelerator, cfg.micro_batch_size):
         part = [distinct[i] for i in idx]
-        ids, tgt, _, _ = collate(part, [[] for _ in part], [0.0] * len(part), pad)
+        ids, tgt = (t.to(device) for t in collate(part, [[] for _ in part], [0.0] * len(part), pad)[:2])
         with torch.no_grad():
             logp = token_logprobs(net, ids, tgt)[0]
         logp_ref = reference_logprobs(net, reference, ids, tgt)
         for r, (i, s) in enumerate(zip(idx, part)):
             at = slice(len(s.prompt) - 1, len(s.prompt) - 1 + len(s.completion))
-            before.append((i, logp[r, at], logp_ref[r, at]))
+            before.append((i, logp[r, at].cpu().clone(), logp_ref[r, at].cpu().clone()))  # not views: a view
+            # would pickle (gather) its whole micro-batch buffer
     before = sorted(gathered(accelerator, before), key=lambda x: x[0])
     old, ref = [x[1] for x in before], [x[2] for x in before]
     rng = random.Random(seed)
@@ -578,9 +581,10 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
                                                    cfg.max_completion_length, [counts[i] for i in mini])))
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                ids, tgt, adv, weight = collate(part, [s.advantages for s in part], [weights[i] for i in idx], pad)
-                old_m, ref_m = (aligned(part, [x[i] for i in idx], ids.shape[1]) for x in (old, ref))
-                multiplicity = torch.tensor([counts[i] for i in idx], dtype=torch.float32)[:, None]
+                ids, tgt, adv, weight = (t.to(device) for t in collate(part, [s.advantages for s in part],
+                                                                       [weights[i] for i in idx], pad))
+                old_m, ref_m = (aligned(part, [x[i] for i in idx], ids.shape[1]).to(device) for x in (old, ref))
+                multiplicity = torch.tensor([counts[i] for i in idx], dtype=torch.float32, device=device)[:, None]
                 logp, entropy = token_logprobs(net, ids, tgt, with_entropy=it == 0)
                 loss, clip = policy_loss(logp, old_m, ref_m, adv, weight, cfg)
                 accelerator.backward(loss)
@@ -604,6 +608,7 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
     mini_batch_size kept samples; identical ones run as one row weighted by their count."""
     net = accelerator.unwrap_model(model)
     net.train()
+    device = next(net.parameters()).device
     pad = net.config.pad_token_id or 0
     rng, loss_sum, steps = random.Random(seed), 0.0, 0
     distinct, counts = unique(batch)
@@ -613,8 +618,8 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
             total = sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                ids, tgt, keep, weight = collate(part, [[float(k) for k in s.kept] for s in part],
-                                                 [counts[i] / total for i in idx], pad)
+                ids, tgt, keep, weight = (t.to(device) for t in collate(
+                    part, [[float(k) for k in s.kept] for s in part], [counts[i] / total for i in idx], pad))
                 loss = -(token_logprobs(net, ids, tgt)[0] * keep * weight).sum()
                 accelerator.backward(loss)
                 loss_sum += loss.item()

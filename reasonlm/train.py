@@ -376,8 +376,17 @@ def keep_metrics_until(path: str, step: int, key: str = "step") -> None:
     over): after a resume the file, and the curves drawn from it, hold each step once."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)[key] <= step]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # the last line of a run killed while writing it
+                break
+            if record[key] <= step:
+                kept.append(line)
     with open(path + ".tmp", "w") as f:
         f.writelines(kept)
     os.replace(path + ".tmp", path)

@@ -390,3 +390,11 @@ def test_updates_on_two_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(two["weights"][n], w, rtol=0, atol=2e-5)  # steps of ~1e-2: Adam on float noise
     for a, b in zip(one["stats"], two["stats"]):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
+
+
+def test_resumed_logs_keep_the_rounds_up_to_the_checkpoint_and_drop_a_torn_last_line(tmp_path):
+    from reasonlm.train import keep_metrics_until
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"round": r}) + "\n" for r in (1, 2, 3)) + '{"round": 4, "rew')
+    keep_metrics_until(str(log), 2, key="round")
+    assert [json.loads(line)["round"] for line in log.read_text().splitlines()] == [1, 2]
