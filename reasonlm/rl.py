@@ -129,7 +129,7 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
         save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
-    start, state = try_resume(accelerator, run_dir, None) if cfg.resume == "auto" else (0, {})  # constant rate: no schedule
+    start, state = try_resume(accelerator, model, run_dir, None) if cfg.resume == "auto" else (0, {})  # no schedule
     if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
         for log in ("metrics.jsonl", "completions.jsonl"):
             keep_metrics_until(os.path.join(run_dir, log), start, key="round")

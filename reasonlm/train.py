@@ -34,9 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+from accelerate.utils.constants import SAFE_MODEL_NAME
 from peft.utils import ModulesToSaveWrapper
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from reasonlm import modelcard, outputs
@@ -202,7 +203,7 @@ def load_rng_state(directory: str, rank: int) -> bool:
     return True
 
 
-def try_resume(accelerator, run_dir: str, scheduler) -> tuple[int, dict]:
+def try_resume(accelerator, model, run_dir: str, scheduler) -> tuple[int, dict]:
     """Load the newest checkpoint that loads (`scheduler` None: a loop without a schedule); skip
     (and say so) any that is corrupt."""
     for ckpt in reversed(checkpoints(run_dir)):
@@ -214,6 +215,7 @@ def try_resume(accelerator, run_dir: str, scheduler) -> tuple[int, dict]:
                 with open(os.path.join(ckpt, SCHEDULER_STATE)) as f:
                     schedule = json.load(f)
             accelerator.load_state(ckpt, strict=False)
+            load_weights_unwrapped(accelerator.unwrap_model(model), ckpt)
             if scheduler is not None:
                 scheduler.load_state_dict(schedule)
         except Exception as e:  # a half-written, damaged or foreign checkpoint: fall back to an older one
@@ -225,6 +227,20 @@ def try_resume(accelerator, run_dir: str, scheduler) -> tuple[int, dict]:
         accelerator.print(f"resuming from {ckpt} (step {state['step']})")
         return state["step"], state
     return 0, {}
+
+
+def load_weights_unwrapped(model, ckpt: str) -> None:
+    """The checkpoint's weights loaded into the unwrapped model once more. Accelerate loads them
+    into the model it registered, which on GPUs is the DDP wrapper: with strict=False the saved
+    adapter's keys (no 'module.' prefix) would match nothing and load nothing, silently. A key the
+    model does not have is an error (a foreign checkpoint, skipped by try_resume)."""
+    path = os.path.join(ckpt, f"{SAFE_MODEL_NAME}.safetensors")
+    if not os.path.isfile(path):  # FSDP saves its own way, and loads it in load_state
+        return
+    weights = {k.removeprefix("module."): v for k, v in load_file(path).items()}
+    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} weights the model does not have, e.g. {unexpected[0]}")
 
 
 def trainable_state_dict(model) -> dict:
@@ -268,7 +284,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                 weights[i] = trainable_state_dict(accelerator.unwrap_model(m))
         accelerator.register_save_state_pre_hook(keep_trainable)
 
-    start, state = (try_resume(accelerator, run_dir, scheduler) if cfg.resume == "auto" else (0, {}))
+    start, state = (try_resume(accelerator, model, run_dir, scheduler) if cfg.resume == "auto" else (0, {}))
     best, stale = state.get("best"), state.get("stale", 0)  # stale: evaluations since the best one
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if accelerator.is_main_process:

@@ -310,7 +310,7 @@ def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
         model, tok = tiny_model_and_tokenizer()
         accelerator = Accelerator(cpu=True)
         model, opt, reference = rl.prepare(accelerator, model, cfg)
-        start, state = try_resume(accelerator, str(out), None)
+        start, state = try_resume(accelerator, model, str(out), None)
         pool = rl.ProblemPool(_Stops(), cfg, state.get("pool"))
         rl.fit(model, tok, pool, reference, cfg if stop_after is None else
                dataclasses.replace(cfg, rounds=stop_after, save_every=0), str(out), accelerator, opt, start,
@@ -398,3 +398,20 @@ def test_resumed_logs_keep_the_rounds_up_to_the_checkpoint_and_drop_a_torn_last_
     log.write_text("".join(json.dumps({"round": r}) + "\n" for r in (1, 2, 3)) + '{"round": 4, "rew')
     keep_metrics_until(str(log), 2, key="round")
     assert [json.loads(line)["round"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_resume_loads_the_checkpoints_weights_into_the_unwrapped_model(tmp_path):
+    """What Accelerate cannot do with a DDP wrapper registered on GPUs: the saved adapter's keys (no
+    'module.' prefix, or DDP's) load into the unwrapped model; a foreign key is an error."""
+    from safetensors.torch import save_file
+    from reasonlm.train import load_weights_unwrapped, trainable_state_dict
+    trained, _ = toy_policy(tiny_model_and_tokenizer(seed=1))
+    saved = {k: (v + 1).contiguous() for k, v in trainable_state_dict(trained).items()}  # unlike any init
+    for prefix in ("", "module."):
+        save_file({prefix + k: v for k, v in saved.items()}, str(tmp_path / "model.safetensors"))
+        fresh, _ = toy_policy(tiny_model_and_tokenizer(seed=0))
+        load_weights_unwrapped(fresh, str(tmp_path))
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
+    save_file({"not.a.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="weights the model does not have"):
+        load_weights_unwrapped(fresh, str(tmp_path))

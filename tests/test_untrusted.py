@@ -104,7 +104,7 @@ def test_resume_restores_the_schedule_and_the_random_state(toy_run, tmp_path, ca
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     torch.manual_seed(123)
-    step, state = train_stage.try_resume(accelerator, str(out / "train"), scheduler)
+    step, state = train_stage.try_resume(accelerator, model, str(out / "train"), scheduler)
     assert step == 4 and state["step"] == 4 and scheduler.last_epoch == 4
     restored = torch.rand(3)
     train_stage.load_rng_state(ckpt, 0)
