@@ -15,6 +15,7 @@ import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, rl, train
 from reasonlm.config import load_recipe, render_recipe
 from reasonlm.model import export
+from reasonlm.processes import follow_launcher
 
 
 def _recipe(args):
@@ -218,6 +219,7 @@ def relaunch_on_cpu_processes(n: int, argv) -> None:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    follow_launcher()
     n = cpu_processes_requested()
     if n > 1:
         relaunch_on_cpu_processes(n, argv)

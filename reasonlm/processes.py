@@ -29,9 +29,11 @@ def run_processes(n: int, argv: list[str], threads: int) -> int:
     shared = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(n),
               "LOCAL_WORLD_SIZE": str(n), "OMP_NUM_THREADS": str(threads)}
     # SIGTERM to this process (a timeout, a cancelled job) must stop the group too: turn it into an
-    # exception so the `finally` below runs; the children also die with this process on Linux
+    # exception so the `finally` below runs; a SIGKILL cannot be caught: the children notice it
+    # themselves (follow_launcher)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    procs = [subprocess.Popen([sys.executable, "-m", "reasonlm", *argv], preexec_fn=die_with_parent,
+    shared[LAUNCHER] = str(os.getpid())
+    procs = [subprocess.Popen([sys.executable, "-m", "reasonlm", *argv],
                               env={**shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(n)]
     try:
         while True:
@@ -53,8 +55,18 @@ def run_processes(n: int, argv: list[str], threads: int) -> int:
                 p.wait()
 
 
-def die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when this process dies, even by SIGKILL
-    (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+LAUNCHER = "REASONLM_LAUNCHER_PID"  # set in the processes run_processes starts
+
+
+def follow_launcher() -> None:
+    """In a process run_processes started (the CLI calls it first): end with the launcher, even
+    when it is SIGKILLed. Linux delivers SIGTERM to this process when its parent dies (prctl
+    PR_SET_PDEATHSIG, set here after exec: a preexec_fn could deadlock a threaded parent); a
+    launcher already gone by now is caught by comparing the parent's pid."""
+    launcher = os.environ.get(LAUNCHER)
+    if not launcher:
+        return
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(launcher):
+        sys.exit(128 + signal.SIGTERM)
