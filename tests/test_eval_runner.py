@@ -1,7 +1,6 @@
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import torch
 from reasonlm import cli, evaluate
 from reasonlm.answer import cut_at_stop, stop_token_ids
 from reasonlm.config import EvalConfig
+from reasonlm.processes import free_port
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
 from reasonlm.sources import Source
@@ -207,12 +207,6 @@ def test_partial_samples_of_other_settings_are_set_aside_not_reused(toy_dir, tmp
 
 
 # --- sharding over processes -----------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_eval_equals_one_process(toy_dir, tmp_path):
     path = write_suite(tmp_path / "s.yaml", batch_size=3, samples=2, temperature=0.8)

@@ -376,13 +376,10 @@ def test_updates_on_two_processes_equal_one_process(tmp_path):
     """Each process runs every other micro-batch (a mini-batch of 5 rollouts in micro-batches of 1:
     3 on one process, 2 on the other) and the gradients are summed before the step: GRPO and expert
     iteration end with the weights of one process, up to the order of float sums."""
-    import socket
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from reasonlm.processes import free_port
     _updates_in_a_gloo_group(0, 1, 0, str(tmp_path / "one.pt"))
-    mp.spawn(_updates_in_a_gloo_group, args=(2, port, str(tmp_path / "two.pt")), nprocs=2)
+    mp.spawn(_updates_in_a_gloo_group, args=(2, free_port(), str(tmp_path / "two.pt")), nprocs=2)
     one, two = (torch.load(tmp_path / f, weights_only=True) for f in ("one.pt", "two.pt"))
     start = dict(toy_policy(tiny_model_and_tokenizer())[0].named_parameters())
     for n, w in one["weights"].items():
