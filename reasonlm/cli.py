@@ -15,7 +15,7 @@ import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, rl, train
 from reasonlm.config import load_recipe, render_recipe
 from reasonlm.model import export
-from reasonlm.processes import follow_launcher
+from reasonlm.processes import cores_each, follow_launcher
 
 
 def _recipe(args):
@@ -208,7 +208,7 @@ def cpu_processes_requested() -> int:
 
 def relaunch_on_cpu_processes(n: int, argv) -> None:
     """Re-run this command as n local processes (torch.distributed.run, gloo backend)."""
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = cores_each(n)
     print(f"reasonlm: starting {n} CPU processes ({threads} thread(s) each) with torch.distributed.run",
           file=sys.stderr)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}

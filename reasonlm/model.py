@@ -18,6 +18,7 @@ import torch
 
 from reasonlm import modelcard, outputs
 from reasonlm.ondevice import ONNX_FILE, export_onnx
+from reasonlm.processes import cores_each
 
 # ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.
 CHAT_TEMPLATE = (
@@ -361,8 +362,8 @@ def _adapter_tensor_mismatch(key: str, shape: tuple, base: dict[str, tuple]) -> 
 
 
 def set_threads(threads: int, world: int = 1) -> int:
-    """Split the machine's cores between processes: oversubscribed CPUs slow down many-fold."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, world))
+    """`threads` torch threads for this process, or (0) its share of the cores among `world` processes."""
+    n = threads or cores_each(world)
     torch.set_num_threads(n)
     return n
 

@@ -18,6 +18,12 @@ import sys
 import time
 
 
+def cores_each(processes: int, threads: int = 0) -> int:
+    """Threads for each of `processes` processes sharing `threads` (0 = all the machine's cores),
+    at least 1: the one rule for splitting cores (oversubscribed CPUs slow down many-fold)."""
+    return max(1, (threads or os.cpu_count() or 1) // max(1, processes))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -90,7 +90,7 @@ from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_probl
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example
 from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
-from reasonlm.processes import run_processes
+from reasonlm.processes import cores_each, run_processes
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.train import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
 
@@ -150,7 +150,7 @@ def start_processes(recipe: Recipe, threads: int, run_dir: str) -> None:
     on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one."""
     n = recipe.rl.processes
     save_resolved(recipe, run_dir, "recipe.yaml")
-    per_process = max(1, (threads or os.cpu_count() or 1) // n)
+    per_process = cores_each(n, threads)
     print(f"rl: starting {n} processes ({per_process} thread(s) each)", flush=True)
     code = run_processes(n, ["rl", os.path.join(run_dir, "recipe.yaml"), f"threads={per_process}"], per_process)
     if code:

@@ -389,6 +389,22 @@ def test_updates_on_two_processes_equal_one_process(tmp_path):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
 
 
+def test_cores_are_split_by_one_rule_for_every_launcher(monkeypatch):
+    """rl.processes, the CLI's relaunch and each process's torch threads share cores_each: the
+    machine's cores (or the threads asked for) divided among the processes, never below 1."""
+    from reasonlm.model import set_threads
+    from reasonlm.processes import cores_each
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [cores_each(1), cores_each(2), cores_each(3), cores_each(16)] == [8, 4, 2, 1]
+    assert [cores_each(2, threads=2), cores_each(4, threads=2)] == [1, 1]
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(0, world=4) == 2 and torch.get_num_threads() == 2
+        assert set_threads(3, world=4) == 3  # asked for per process: taken as it is
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resumed_logs_keep_the_rounds_up_to_the_checkpoint_and_drop_a_torn_last_line(tmp_path):
     from reasonlm.train import keep_metrics_until
     log = tmp_path / "metrics.jsonl"
