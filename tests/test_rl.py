@@ -297,6 +297,42 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
     assert stats["loss"] > 0 and nll() < before - 0.5
 
 
+def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_update(monkeypatch):
+    """Tokens after a sample's valid prefix carry no loss and, under causal attention, change no
+    kept token's logit: the update cuts them (kept_part) and ends where the update on the whole
+    rows ends; two samples that differ only after their prefix run as one row."""
+    import copy
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    prompt = encode_prompt(tok, prompt_messages("1+2*3"))
+    prefix = tok("2*3=6 | 1+6\n", add_special_tokens=False)["input_ids"]
+    tails = [tok(t + end_of_turn(tok), add_special_tokens=False)["input_ids"] for t in ("1+6=8\n#### 8", "1+6=9\n#### 9")]
+    batch = [Rollout(prompt, prefix + tail, "", False, [1, 0], False, False,
+                     kept=[True] * len(prefix) + [False] * len(tail)) for tail in tails]
+    cut = [rl.kept_part(s) for s in batch]
+    assert all(c.completion == prefix and all(c.kept) for c in cut) and len(rl.unique(cut)[0]) == 1
+
+    cfg = RLConfig(algorithm="expert_iteration", num_iterations=1, mini_batch_size=8, grad_clip=0.0)
+    whole = copy.deepcopy(model)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for m in (model, whole):
+        m.train()
+    sgd = lambda m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    opt = sgd(model)
+    forwarded, logprobs = [], rl.token_logprobs
+    monkeypatch.setattr(rl, "token_logprobs", lambda m, ids, *a, **k: forwarded.append(ids.shape) or logprobs(m, ids, *a, **k))
+    rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    assert forwarded == [(1, len(prompt) + len(prefix))]  # one row, cut after the prefix
+    ids, tgt, keep, weight = rl.collate(batch, [[float(k) for k in s.kept] for s in batch],
+                                        [1 / (2 * len(prefix))] * 2, 0)  # the whole rows, uncut
+    opt = sgd(whole)
+    (-(rl.token_logprobs(whole, ids, tgt)[0] * keep * weight).sum()).backward()
+    opt.step()
+    for (name, p), q in zip(model.named_parameters(), whole.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+            assert not torch.equal(p, start[name]) or "lora_A" in name  # trained (B starts at 0: A's grad is 0)
+
+
 @pytest.mark.slow
 def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
     """4 rounds straight vs 2 rounds, a checkpoint, a fresh process state, and the last 2 rounds."""
