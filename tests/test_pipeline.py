@@ -70,8 +70,8 @@ def test_rl_carries_the_model_past_its_training_chains(pipeline_run):
     """RL from the checker alone (7-11-step problems, no gold solution) moves the cliff: the SFT
     model solves next to nothing at 9-10 steps, the RL model a good part, and keeps the short
     chains mostly (README: 65% at 9-10 steps and 89% at 2-6 after 12 rounds, seed 1 64% and 94%;
-    6 rounds of seeds 0 and 1 gave 44% and 20% at 9-10; the floors leave room for a run that differs in float rounding, which
-    changes every sample after)."""
+    6 rounds of seeds 0 and 1 gave 44% and 20% at 9-10; the floors leave room for a run that
+    differs in float rounding, which changes every sample after)."""
     run_dir, _ = pipeline_run
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     ladder = report["ladder"]["models"]

@@ -1,4 +1,5 @@
 """The RL stage and its rewards: advantages, process credit, loss types, preflight, the updates, bad input."""
+import copy
 import dataclasses
 import json
 import random
@@ -301,7 +302,6 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
     """Tokens after a sample's valid prefix carry no loss and, under causal attention, change no
     kept token's logit: the update cuts them (kept_part) and ends where the update on the whole
     rows ends; two samples that differ only after their prefix run as one row."""
-    import copy
     model, tok = toy_policy(tiny_model_and_tokenizer())
     prompt = encode_prompt(tok, prompt_messages("1+2*3"))
     prefix = tok("2*3=6 | 1+6\n", add_special_tokens=False)["input_ids"]
