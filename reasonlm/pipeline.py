@@ -56,7 +56,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     def eval_stage(name: str, cfg: EvalConfig, fmt: str, adapter: str, folder: str, trained_by: str) -> str:
         """One eval of one adapter, a stage reading data, base and the stage that trained it."""
         report = os.path.join(paths.eval(folder), "report.json")
-        record.stage(name, config_hash(cfg), ["data", "base", trained_by], report,
+        record.stage(name, config_hash(cfg, out), ["data", "base", trained_by], report,
                      lambda fresh: evaluate.run(dataclasses.replace(cfg, resume=cfg.resume and not fresh), out, fmt,
                                                 adapter, folder, recipe.threads, report_to=recipe.train.report_to,
                                                 device=recipe.device))
@@ -65,11 +65,11 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     record.stage("data", data.config_hash(recipe.data), [], paths.data,
                  lambda fresh: data.run(recipe.data, out))
     base_model = recipe.base.model if recipe.base.model != "tiny" else paths.base
-    record.stage("base", config_hash(recipe.base), ["data"],
+    record.stage("base", config_hash(recipe.base, out), ["data"],
                  paths.base if recipe.base.model == "tiny" else None,
                  lambda fresh: base.run(recipe, resume="never" if fresh else "auto"))
     cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
-    record.stage("train", config_hash(cot_cfg), ["data", "base"], paths.adapter("train"),
+    record.stage("train", config_hash(cot_cfg, out), ["data", "base"], paths.adapter("train"),
                  lambda fresh: train.run(dataclasses.replace(cot_cfg, resume="never" if fresh else cot_cfg.resume),
                                          out, "train", recipe.threads, recipe.device))
     eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
@@ -80,7 +80,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
         ladders["SFT"] = eval_stage("ladder", ladder_cfg, "cot", paths.adapter("train"), "eval-ladder", "train")
     if recipe.direct_baseline:
         direct_cfg = dataclasses.replace(cot_cfg, format="direct")
-        record.stage("train_direct", config_hash(direct_cfg), ["data", "base"], paths.adapter("train-direct"),
+        record.stage("train_direct", config_hash(direct_cfg, out), ["data", "base"], paths.adapter("train-direct"),
                      lambda fresh: train.run(dataclasses.replace(
                          direct_cfg, batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths),
                          resume="never" if fresh else direct_cfg.resume), out, "train-direct", recipe.threads,
@@ -91,7 +91,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
                                            "eval-ladder-direct", "train_direct")
     if recipe.rl:
         rl_cfg = dataclasses.replace(recipe.rl, model=recipe.rl.model or base_model)
-        record.stage("rl", config_hash(rl_cfg), ["data", "base", "train"], paths.adapter("rl"),
+        record.stage("rl", config_hash(rl_cfg, out), ["data", "base", "train"], paths.adapter("rl"),
                      lambda fresh: rl.run(dataclasses.replace(recipe, rl=dataclasses.replace(
                          rl_cfg, resume="never" if fresh else rl_cfg.resume)), recipe.threads))
         eval_stage("eval_rl", eval_cfg, "cot", paths.adapter("rl"), "eval-rl", "rl")
@@ -160,10 +160,17 @@ OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "k
                             "processes"})  # rl: N processes sample and train what one does
 
 
-def config_hash(cfg) -> str:
-    """sha256 of a stage's resolved settings (less OUTPUT_NEUTRAL ones) as canonical JSON."""
+def config_hash(cfg, out_dir: str = "") -> str:
+    """sha256 of a stage's resolved settings (less OUTPUT_NEUTRAL ones) as canonical JSON. Paths
+    inside out_dir (the tiny base, the data a ladder excludes) count relative to it: what is there
+    is another stage's output, hashed as that stage, so a run directory moved or copied elsewhere
+    is still up to date."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    if out_dir:
+        inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string
+        text = text.replace('"' + inside, '"<out_dir>/')
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class StageRecord:

@@ -3,6 +3,8 @@
 The fast tests drive pipeline.StageRecord with stand-in stages; the slow one runs a tiny recipe
 end to end three times (a minute on 2 cores)."""
 import json
+import shutil
+
 import pytest
 import yaml
 
@@ -63,6 +65,12 @@ def test_settings_that_never_change_an_output_rerun_nothing():
     assert config_hash(cfg) != config_hash(TrainConfig(lr=1e-4))
 
 
+def test_paths_inside_the_run_directory_hash_relative_to_it():
+    """A moved or copied run directory is up to date; a model outside it still counts by its path."""
+    assert config_hash(TrainConfig(model="/a/run/base"), "/a/run") == config_hash(TrainConfig(model="/b/copy/base"), "/b/copy")
+    assert config_hash(TrainConfig(model="/a/run/base"), "/a/run") != config_hash(TrainConfig(model="/a/run/base"), "/a/r")
+    assert config_hash(TrainConfig(model="/a/run-2/base"), "/a/run") != config_hash(TrainConfig(model="/b/run-2/base"), "/b/run")
+
 
 
 @pytest.mark.slow
@@ -81,6 +89,8 @@ def test_second_pipeline_run_skips_everything_and_a_new_lr_reruns_train_and_eval
     assert set(report["timing_s"]) == set(stages) and "direct" in report
     assert (tmp_path / "run" / "base-run" / "loss.png").exists() and (tmp_path / "run" / "train" / "loss.png").exists()
     assert pipeline() == ([], stages)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")  # a copied run is up to date where it lies
+    assert pipeline(f"out_dir={tmp_path / 'copy'}") == ([], stages)
     assert pipeline("train.lr=1e-3") == (["train", "eval", "train_direct", "eval_direct"], ["data", "base"])
     assert yaml.safe_load((tmp_path / "run" / "train" / "config.yaml").read_text())["lr"] == 1e-3
     # trained again from scratch: metrics.jsonl holds the new run's last step (log_every 20) once, not twice
