@@ -426,6 +426,10 @@ class RLConfig:
     already solves, whose approved samples expert iteration trains on too, so they are not forgotten."""
     replay_steps: list = field(default_factory=lambda: [2, 6])
     """[lo, hi] steps of the replayed problems."""
+    replay_sft: int = 0
+    """Expert iteration: this many examples of SFT's own training data (the data stage's train
+    split, gold chains SFT already fit) join each round's update, drawn afresh every round, so
+    fine-tuning on long chains does not unlearn the short ones. They cost no sampling."""
     algorithm: str = "grpo"
     """'grpo' (group-relative policy gradient) or 'expert_iteration' (fine-tune on checker-approved samples)."""
     reward: str = "process"
@@ -507,6 +511,8 @@ class RLConfig:
     def __post_init__(self):
         checks = [
             (self.processes >= 1, f"rl.processes must be >= 1, got {self.processes}"),
+            (self.replay_sft >= 0 and (self.replay_sft == 0 or self.algorithm == "expert_iteration"),
+             f"rl.replay_sft must be >= 0 and needs algorithm expert_iteration, got {self.replay_sft}"),
             (self.algorithm in ("grpo", "expert_iteration"), f"rl.algorithm must be grpo or expert_iteration, got {self.algorithm!r}"),
             (self.reward in ("outcome", "process"), f"rl.reward must be outcome or process, got {self.reward!r}"),
             (self.loss_type in ("grpo", "dr_grpo", "dapo"), f"rl.loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}"),

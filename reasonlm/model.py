@@ -130,14 +130,14 @@ def _load_error(name: str, error: Exception, what: str = "model") -> str:
     if os.path.isdir(name):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return f"cannot load {what} from {name}: {first}"
-    if _looks_like_path(name):
+    if looks_like_path(name):
         return f"{what} path not found: {name}"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return (f"{what} {name!r} is neither a local directory nor reachable on the Hub"
             f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' (no network? set HF_HUB_OFFLINE=1 to work offline and pass a local path)'}")
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name)
 
 
@@ -284,7 +284,7 @@ def resolve_adapter(adapter: str) -> str:
     (downloaded, or from the cache when offline); a missing one is the same one line as a model."""
     if os.path.isdir(adapter):
         return adapter
-    if _looks_like_path(adapter):
+    if looks_like_path(adapter):
         raise ModelError(_load_error(adapter, FileNotFoundError(adapter), "adapter"))
     from huggingface_hub import snapshot_download  # only Hub adapter ids need it
     try:

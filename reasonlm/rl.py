@@ -18,6 +18,10 @@ eval and chat use, scores every completion with the task's checker, and updates 
   checker marks fully valid (every step and the answer), with `keep_valid_prefix` also the lines
   before the first wrong step of the others (trained without an answer line), and fine-tune on
   them with the SFT loss (mean log-likelihood of their tokens) in `mini_batch_size` batches.
+  With `replay_sft: N`, N examples of SFT's own training data (the data stage's train split:
+  gold chains SFT already fit, drawn afresh each round) join the kept samples. Trained on long
+  chains alone the LoRA unlearns short ones (it ends a 2-step chain a step early); the replay
+  costs no sampling. The RL problems themselves still have no gold solution in play.
 
 Advantages (one group = the G completions of one problem):
 
@@ -74,6 +78,7 @@ order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import os
 import random
@@ -84,12 +89,13 @@ import torch
 import torch.nn.functional as F
 
 from reasonlm import outputs
-from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
+from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
 from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.example import Example
-from reasonlm.model import fit_vocab, load_model, load_tokenizer, set_threads
+from reasonlm.example import Example, read_dataset, render_target
+from reasonlm.model import (ModelError, check_adapter_fits, fit_vocab, load_model, load_tokenizer, looks_like_path,
+                            set_threads)
 from reasonlm.processes import cores_each, run_processes
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.train import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
@@ -134,8 +140,9 @@ def run(recipe: Recipe, threads: int = 0) -> str:
         for log in ("metrics.jsonl", "completions.jsonl"):
             keep_metrics_until(os.path.join(run_dir, log), start, key="round")
     pool = ProblemPool(task, cfg, state.get("pool"), records)
+    sft_rows = sft_train_rows(recipe) if cfg.replay_sft else None
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
-                state.get("samples_total", 0))
+                state.get("samples_total", 0), sft_rows)
     final = paths.adapter("rl")
     save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
     if accelerator.is_main_process:
@@ -202,15 +209,49 @@ def imported_problems(task, cfg: RLConfig) -> list[Example] | None:
     return records
 
 
+def sft_train_rows(recipe: Recipe):
+    """The train split SFT fit (rl.replay_sft draws from it)."""
+    rows = read_dataset(recipe.train.data or RunPaths(recipe.out_dir).data).get("train")
+    if rows is None or len(rows) == 0:
+        raise RLError("rl.replay_sft needs the SFT data's train split, and it has no examples")
+    return rows
+
+
+def sft_replay(rows, tokenizer, cfg: RLConfig, rnd: int) -> list[Rollout]:
+    """Round rnd's cfg.replay_sft SFT training examples (a draw that depends on the seed and the
+    round only, so a resumed run draws the same), as kept samples of their gold chains."""
+    picks = random.Random(f"replay-sft-{cfg.seed}-{rnd}").sample(range(len(rows)), min(cfg.replay_sft, len(rows)))
+    out = []
+    for i in picks:
+        prompt, completion = encode_example(tokenizer, rows[i]["question"], render_target(Example.from_row(rows[i]), "cot"))
+        out.append(Rollout(prompt, completion, "", False, [], True, True, 1.0, kept=[True] * len(completion)))
+    return out
+
+
 def check_adapter(base: str, adapter: str) -> None:
-    """A missing adapter, or one trained on another base, is one line (before any model loads)."""
+    """A missing adapter, or one trained on another base, is one line (before any model loads).
+    A base at another path with the same files (a copied run directory) is the same base; one
+    whose recorded path is gone (a moved run) is checked by shape and vocabulary when it loads."""
     config_path = os.path.join(adapter, "adapter_config.json")
     if not os.path.isfile(config_path):
         raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
     with open(config_path) as f:
         trained_on = json.load(f).get("base_model_name_or_path") or ""
-    if trained_on and os.path.realpath(trained_on) != os.path.realpath(base) and trained_on != base:
-        raise RLError(f"adapter {adapter} was trained on {trained_on}, not on {base}")
+    if not trained_on or trained_on == base or os.path.realpath(trained_on) == os.path.realpath(base):
+        return
+    if os.path.isdir(trained_on) and os.path.isdir(base) and same_model_files(trained_on, base):
+        return
+    if looks_like_path(trained_on) and not os.path.exists(trained_on) and os.path.isdir(base):
+        return
+    raise RLError(f"adapter {adapter} was trained on {trained_on}, not on {base}")
+
+
+def same_model_files(a: str, b: str) -> bool:
+    """Two model directories holding the same config, tokenizer and weight files, byte for byte."""
+    def files(d):
+        return sorted(f for f in os.listdir(d) if f.endswith((".json", ".safetensors", ".txt", ".model")))
+    return files(a) == files(b) and all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False)
+                                        for f in files(a))
 
 
 def load_policy(base: str, adapter: str):
@@ -222,6 +263,10 @@ def load_policy(base: str, adapter: str):
     model = load_model(base)
     fit_vocab(model, tokenizer)
     try:
+        check_adapter_fits(model, base, adapter, tokenizer)
+    except ModelError as e:
+        raise RLError(str(e)) from None
+    try:
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weight shapes of another base
         raise RLError(f"cannot load adapter {adapter} on {base}: {str(e).splitlines()[0][:200]}") from None
@@ -230,7 +275,7 @@ def load_policy(base: str, adapter: str):
 
 # --- the loop --------------------------------------------------------------------------------
 def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
-        start: int = 0, history: list | None = None, samples_done: int = 0) -> dict:
+        start: int = 0, history: list | None = None, samples_done: int = 0, sft_rows=None) -> dict:
     """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
     engine = KVCacheEngine(accelerator.unwrap_model(model), tokenizer.pad_token_id or 0, stop_token_ids(tokenizer),
                            fold_lora=True)  # the update recomputes every log-prob: sampling needn't be bitwise
@@ -246,6 +291,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
             update = grpo_update(model, optimizer, batch, reference, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
         else:
             batch = [s for g in groups for s in g.rollouts if s.kept]
+            batch += sft_replay(sft_rows, tokenizer, cfg, rnd) if cfg.replay_sft else []
             update = sft_update(model, optimizer, batch, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
         samples = [s for g in seen for s in g.rollouts]
         drawn = len(samples)

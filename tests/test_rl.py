@@ -3,16 +3,17 @@ import copy
 import dataclasses
 import json
 import random
+import shutil
 
 import pytest
 import torch
 
 from reasonlm import credit, rl
 from reasonlm.credit import Rollout
-from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
+from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
 from reasonlm.engine import KVCacheEngine
-from reasonlm.example import Example
+from reasonlm.example import Example, render_target
 from reasonlm.model import attach_lora, build_tiny, train_tokenizer
 from reasonlm.tasks import Check, get_task
 
@@ -272,13 +273,23 @@ def test_a_short_rl_run_on_a_toy_task_raises_the_mean_reward(tmp_path):
     assert (tmp_path / "completions.jsonl").read_text().count("\n") == 12
 
 
-def test_an_adapter_trained_on_another_base_is_one_line(tmp_path):
-    (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "/models/other"}')
-    with pytest.raises(rl.RLError, match="trained on /models/other, not on"):
-        rl.load_policy(str(tmp_path / "base"), str(tmp_path / "adapter"))
+def test_an_adapter_trained_on_another_base_is_one_line_and_a_copied_or_moved_run_is_not(tmp_path):
+    for seed, name in ((0, "base"), (1, "other")):
+        model, tok = tiny_model_and_tokenizer(seed)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    attach_lora(model, TrainConfig(lora_r=4)).save_pretrained(adapter)  # trained on "other"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "other")}))
+    with pytest.raises(rl.RLError, match="trained on .*other, not on .*base"):
+        rl.load_policy(str(base), str(adapter))
+    shutil.copytree(tmp_path / "other", tmp_path / "copy")
+    rl.check_adapter(str(tmp_path / "copy"), str(adapter))  # a copied run: the same files are the same base
+    (tmp_path / "other").rename(tmp_path / "moved")
+    rl.load_policy(str(tmp_path / "moved"), str(adapter))  # a moved run: the shapes and vocabulary decide
     with pytest.raises(rl.RLError, match="no LoRA adapter"):
-        rl.load_policy(str(tmp_path / "base"), str(tmp_path / "nothing"))
+        rl.load_policy(str(base), str(tmp_path / "nothing"))
 
 
 def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
@@ -331,6 +342,21 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
         if p.requires_grad:
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
             assert not torch.equal(p, start[name]) or "lora_A" in name  # trained (B starts at 0: A's grad is 0)
+
+
+def test_sft_replay_draws_gold_training_examples_per_round_the_same_again_on_resume(toy):
+    _, tok = toy
+    task, rng = get_task("arithmetic", **TINY_TASK), random.Random(0)
+    rows = [task.generate(rng, rng.randint(1, 3)).to_row() for _ in range(50)]
+    cfg = RLConfig(algorithm="expert_iteration", replay_sft=8, seed=3)
+    first = rl.sft_replay(rows, tok, cfg, rnd=0)
+    gold = {tuple(sum(encode_example(tok, r["question"], render_target(Example.from_row(r), "cot")), [])) for r in rows}
+    assert len(first) == 8 and all(s.valid and s.kept == [True] * len(s.completion) for s in first)
+    assert {tuple(s.prompt + s.completion) for s in first} <= gold and len({tuple(s.prompt) for s in first}) == 8
+    assert [s.completion for s in rl.sft_replay(rows, tok, cfg, rnd=0)] == [s.completion for s in first]
+    assert [s.completion for s in rl.sft_replay(rows, tok, cfg, rnd=1)] != [s.completion for s in first]
+    with pytest.raises(ConfigError, match="replay_sft .* needs algorithm expert_iteration"):
+        RLConfig(replay_sft=8)
 
 
 @pytest.mark.slow
