@@ -474,7 +474,9 @@ class RLConfig:
     sample_batch_size: int = 128
     """Rows the sampler decodes together."""
     lr: float = 1e-4
-    """Learning rate (AdamW, constant)."""
+    """Learning rate (AdamW)."""
+    lr_scheduler_type: str = "constant"
+    """'constant', or 'linear' (TRL's name): round r of R (from 0) runs at lr x (1 - r / R)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -511,6 +513,8 @@ class RLConfig:
     def __post_init__(self):
         checks = [
             (self.processes >= 1, f"rl.processes must be >= 1, got {self.processes}"),
+            (self.lr_scheduler_type in ("constant", "linear"),
+             f"rl.lr_scheduler_type must be constant or linear, got {self.lr_scheduler_type!r}"),
             (self.replay_sft >= 0 and (self.replay_sft == 0 or self.algorithm == "expert_iteration"),
              f"rl.replay_sft must be >= 0 and needs algorithm expert_iteration, got {self.replay_sft}"),
             (self.algorithm in ("grpo", "expert_iteration"), f"rl.algorithm must be grpo or expert_iteration, got {self.algorithm!r}"),

@@ -284,6 +284,8 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
     samples_total, t_start = samples_done, time.time()  # samples_total: since round 1, across resumes
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
+        for group in optimizer.param_groups:  # a function of the round alone: a resumed run steps alike
+            group["lr"] = round_lr(cfg, rnd)
         groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd, accelerator)
         t_sample = time.time() - t0
         if cfg.algorithm == "grpo":
@@ -308,7 +310,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                   **update, "tokens_per_s": round(new_tokens / max(t_sample, 1e-9), 1),
                   "samples_per_s": round(drawn / max(time.time() - t0, 1e-9), 2),
                   "sample_s": round(t_sample, 1), "update_s": round(time.time() - t0 - t_sample, 1)}
-        record["samples_total"] = samples_total
+        record["samples_total"], record["lr"] = samples_total, round_lr(cfg, rnd)
         if probe and (rnd + 1) % cfg.probe_every == 0:
             record["probe"] = run_probe(engine, tokenizer, pool.task, probe, cfg, accelerator)
         history.append(record["reward_mean"])
@@ -326,6 +328,11 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                                                                        "samples_total": samples_total})
     return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None}
+
+
+def round_lr(cfg: RLConfig, rnd: int) -> float:
+    """The learning rate of round rnd (from 0)."""
+    return cfg.lr * (1 - rnd / cfg.rounds) if cfg.lr_scheduler_type == "linear" else cfg.lr
 
 
 PROBE_SEED = 2_000_003  # rl.seed draws training problems (small integers); eval/bench_rl.py's ladder 1_000_003

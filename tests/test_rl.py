@@ -344,6 +344,14 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
             assert not torch.equal(p, start[name]) or "lora_A" in name  # trained (B starts at 0: A's grad is 0)
 
 
+def test_a_linear_schedule_lowers_the_learning_rate_round_by_round():
+    cfg = RLConfig(lr=1e-3, rounds=4, lr_scheduler_type="linear")
+    assert [rl.round_lr(cfg, r) for r in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert rl.round_lr(RLConfig(lr=1e-3, rounds=4), 3) == 1e-3
+    with pytest.raises(ConfigError, match="lr_scheduler_type must be constant or linear"):
+        RLConfig(lr_scheduler_type="cosine")
+
+
 def test_sft_replay_draws_gold_training_examples_per_round_the_same_again_on_resume(toy):
     _, tok = toy
     task, rng = get_task("arithmetic", **TINY_TASK), random.Random(0)
