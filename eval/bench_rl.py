@@ -5,6 +5,7 @@
     python eval/bench_rl.py trl RECIPE --rounds 3     # needs `pip install trl` (not a dependency)
 
     python eval/bench_rl.py compare --run "SFT=out/sft" --run "GRPO process=out/p0,out/p1" --plot rl.png
+    python eval/bench_rl.py pool out/seed0 out/seed1 out/seed2      # pipeline runs of several seeds, pooled
 
 `compare` reads the `ladder.json` of each run directory (written by `ladder --json DIR/ladder.json`)
 and prints one markdown row per method: accuracy at 2-6, 7-8, 9-10 and 11-12 steps with the
@@ -184,6 +185,26 @@ def compare(runs: list[str], plot: str | None) -> None:
     print(f"wrote {plot}")
 
 
+def pool(run_dirs: list[str], buckets: list[tuple[int, int]]) -> None:
+    """The pipeline's own scores of several run directories (one per seed), pooled per bucket of
+    lengths with a 95% Wilson interval: SFT+RL on the held-out split (eval-rl) and on the ladder
+    (eval-ladder-rl), counted from each eval's samples.jsonl."""
+    print("| eval | runs | " + " | ".join(f"{lo}-{hi} steps" for lo, hi in buckets) + " |")
+    print("|---|---|" + "---|" * len(buckets))
+    for label, folder in (("held-out split", "eval-rl"), ("ladder", "eval-ladder-rl")):
+        rows = []
+        for d in run_dirs:
+            with open(os.path.join(d, folder, "samples.jsonl")) as f:
+                rows += [json.loads(line) for line in f if line.strip()]
+        cells = []
+        for lo, hi in buckets:
+            hits = [r["correct"] for r in rows if lo <= r["n_steps"] <= hi]
+            k, n = sum(hits), len(hits)
+            a, b = wilson(k, n)
+            cells.append(f"{k / n:.1%} ({a:.0%}-{b:.0%})" if n else "-")
+        print(f"| {label} | {len(run_dirs)} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,6 +220,9 @@ def main(argv=None):
     s = sub.add_parser("compare", help="the equal-budget table of ladder.json runs, and the accuracy-vs-samples plot")
     s.add_argument("--run", action="append", required=True, help='"label=dir[,dir...]" (one directory per seed)')
     s.add_argument("--plot", default=None, help="write the probe accuracy against samples here (png)")
+    s = sub.add_parser("pool", help="SFT+RL accuracy of several pipeline runs (seeds), pooled per bucket of lengths")
+    s.add_argument("run_dirs", nargs="+", help="pipeline run directories (out_dir of each seed)")
+    s.add_argument("--buckets", default="2-6,7-8,9-10,11-12", help="lo-hi lengths, comma-separated")
     s = sub.add_parser("trl", help="reasonlm's GRPO step vs TRL's GRPOTrainer: samples/s and reward")
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*", help="rl.* overrides, e.g. rl.prompts_per_round=8")
@@ -211,6 +235,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.command == "compare":
         return compare(args.run, args.plot)
+    if args.command == "pool":
+        return pool(args.run_dirs, [tuple(int(x) for x in b.split("-")) for b in args.buckets.split(",")])
     set_threads(args.threads)
     recipe = load_recipe(args.recipe, getattr(args, "overrides", []))
     paths = RunPaths(args.out_dir or recipe.out_dir)
