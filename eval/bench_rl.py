@@ -138,6 +138,12 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str, held_ou
 BUCKETS = [(2, 6), (7, 8), (9, 10), (11, 12)]
 
 
+def cell(k: int, n: int) -> str:
+    """k of n as a table cell: the rate and its 95% Wilson interval ("-" for none)."""
+    a, b = wilson(k, n)
+    return f"{k / n:.1%} ({a:.0%}-{b:.0%})" if n else "-"
+
+
 def compare(runs: list[str], plot: str | None) -> None:
     """The equal-budget table of methods (each "label=dir[,dir...]", one dir per seed) and the plot."""
     methods = []
@@ -156,8 +162,7 @@ def compare(runs: list[str], plot: str | None) -> None:
                     if str(steps) in lad["by_steps"]:
                         k += round(lad["by_steps"][str(steps)] * lad["n"])
                         n += lad["n"]
-            a, b = wilson(k, n)
-            cells.append(f"{k / n:.1%} ({a:.0%}-{b:.0%})" if n else "-")
+            cells.append(cell(k, n))
         print(f"| {label} | {len(dirs)} | " + " | ".join(cells) + " |")
     if not plot:
         return
@@ -199,9 +204,7 @@ def pool(run_dirs: list[str], buckets: list[tuple[int, int]]) -> None:
         cells = []
         for lo, hi in buckets:
             hits = [r["correct"] for r in rows if lo <= r["n_steps"] <= hi]
-            k, n = sum(hits), len(hits)
-            a, b = wilson(k, n)
-            cells.append(f"{k / n:.1%} ({a:.0%}-{b:.0%})" if n else "-")
+            cells.append(cell(sum(hits), len(hits)))
         print(f"| {label} | {len(run_dirs)} | " + " | ".join(cells) + " |")
 
 
@@ -249,7 +252,7 @@ def main(argv=None):
               "|---|---|---|---|---|---|")
         for who, r in result.items():
             k, n = (sum(x[i] for x in r.get("held_out", {}).values()) for i in (0, 1))
-            held = f"{k / n:.1%} ({wilson(k, n)[0]:.0%}-{wilson(k, n)[1]:.0%})" if n else "-"
+            held = cell(k, n)
             print(f"| {who} | {r['samples']} | {r['seconds']} | {r['samples_per_s']} | {r['reward_mean']} | {held} |")
         print(f"reasonlm: sampling {result['reasonlm']['sample_s']}s, updates {result['reasonlm']['update_s']}s; "
               f"speedup {result['reasonlm']['samples_per_s'] / result['trl']['samples_per_s']:.2f}x")

@@ -140,7 +140,7 @@ def run(recipe: Recipe, threads: int = 0) -> str:
         for log in ("metrics.jsonl", "completions.jsonl"):
             keep_metrics_until(os.path.join(run_dir, log), start, key="round")
     pool = ProblemPool(task, cfg, state.get("pool"), records)
-    sft_rows = sft_train_rows(recipe) if cfg.replay_sft else None
+    sft_rows = sft_train_rows(recipe.train.data or paths.data) if cfg.replay_sft else None
     stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
                 state.get("samples_total", 0), sft_rows)
     final = paths.adapter("rl")
@@ -209,9 +209,9 @@ def imported_problems(task, cfg: RLConfig) -> list[Example] | None:
     return records
 
 
-def sft_train_rows(recipe: Recipe):
+def sft_train_rows(data_dir: str):
     """The train split SFT fit (rl.replay_sft draws from it)."""
-    rows = read_dataset(recipe.train.data or RunPaths(recipe.out_dir).data).get("train")
+    rows = read_dataset(data_dir).get("train")
     if rows is None or len(rows) == 0:
         raise RLError("rl.replay_sft needs the SFT data's train split, and it has no examples")
     return rows
@@ -224,7 +224,8 @@ def sft_replay(rows, tokenizer, cfg: RLConfig, rnd: int) -> list[Rollout]:
     out = []
     for i in picks:
         prompt, completion = encode_example(tokenizer, rows[i]["question"], render_target(Example.from_row(rows[i]), "cot"))
-        out.append(Rollout(prompt, completion, "", False, [], True, True, 1.0, kept=[True] * len(completion)))
+        out.append(Rollout(prompt, completion, text="", truncated=False, ok=[], correct=True, valid=True, reward=1.0,
+                           kept=[True] * len(completion)))
     return out
 
 
@@ -250,8 +251,8 @@ def same_model_files(a: str, b: str) -> bool:
     """Two model directories holding the same config, tokenizer and weight files, byte for byte."""
     def files(d):
         return sorted(f for f in os.listdir(d) if f.endswith((".json", ".safetensors", ".txt", ".model")))
-    return files(a) == files(b) and all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False)
-                                        for f in files(a))
+    names = files(a)
+    return names == files(b) and all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in names)
 
 
 def load_policy(base: str, adapter: str):
