@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 python eval/bench_generate.py --model out/tiny-cpu/base \
         --adapter out/tiny-cpu/train/adapter --data out/tiny-cpu/data --n 200 --repeat 3
+    OMP_NUM_THREADS=1 python eval/bench_generate.py --model out/tiny-cpu/base \
+        --adapter out/tiny-cpu/train/adapter --rl recipes/tiny-cpu.yaml --batch-size 128
     python eval/bench_generate.py --toy --n 16          # smoke test on a random toy model
 
 Every method decodes greedily from the same prompts (the chat template, as in eval) with the same
@@ -11,10 +13,14 @@ stop tokens (end-of-turn and EOS) and the same per-problem token budgets:
   - HF generate, one at a time (how lm-evaluation-harness's generate_until runs);
   - engine, general path: the engine with the model's own forward per token (fast=False);
   - engine: the default (reasonlm.llama_decoder's decode step for Llama-family models);
-  - engine, folded: LoRA folded into the weights, q/k/v and gate/up fused (RL's sampler; equal to
-    the default up to float rounding, so its outputs may differ on near-ties).
-Then both batched methods sample at temperature 0.6 (HF: do_sample; the engine: per-row seeds):
-speed only, since samples differ by nature.
+  - engine, folded: reasonlm.llama_decoder.FoldedLlamaDecoder, LoRA and norm weights folded into
+    fused matmuls (RL's sampler; equal to the default up to float rounding, so its outputs may
+    differ on near-ties).
+With --rl RECIPE the workload is one RL round's instead of eval's: rl.prompts_per_round fresh
+problems of rl.n_steps steps from the recipe's RL task, each repeated rl.num_generations times,
+every row with the budget rl.max_completion_length, sampled at rl.temperature.
+Then both batched methods sample at temperature 0.6 (--rl: rl.temperature; HF: do_sample; the
+engine: per-row seeds): speed only, since samples differ by nature.
 The script prints a markdown table: problems/s by wall clock and per CPU-second of this process
 (steadier on a shared machine), the speedup over batched generate, and whether every output is
 identical to batched generate's. Exit status 1 when any output differs (--allow-mismatch to only
@@ -50,6 +56,27 @@ def toy_model_and_rows(n: int, seed: int = 0):
     return model, tok, rows[:n]
 
 
+def rl_rows(recipe_path: str):
+    """One RL round's prompts (rl.prompts_per_round problems of rl.n_steps steps, each
+    rl.num_generations times), as rows, and the recipe's rl section."""
+    from reasonlm.config import ConfigError, load_recipe
+    from reasonlm.credit import new_problem
+    from reasonlm.rl import problem_family
+    from reasonlm.tasks import get_task
+
+    try:
+        recipe = load_recipe(recipe_path)
+    except (ConfigError, OSError) as e:
+        sys.exit(f"error: {e}")
+    cfg = recipe.rl
+    if cfg is None:
+        sys.exit(f"error: {recipe_path} has no rl: section")
+    name, knobs = problem_family(cfg, recipe)
+    task, rng = get_task(name, **knobs), random.Random(cfg.seed)
+    problems = [new_problem(task, rng, rng.randint(*cfg.n_steps), f"rl-{i}") for i in range(cfg.prompts_per_round)]
+    return [{"question": ex.question, "id": f"{ex.id}-{g}"} for ex in problems for g in range(cfg.num_generations)], cfg
+
+
 def load(args):
     from reasonlm.example import read_dataset
     from reasonlm.model import load_for_inference
@@ -57,8 +84,10 @@ def load(args):
     if args.toy:
         return toy_model_and_rows(args.n)
     if not args.model:
-        sys.exit("error: pass --model (and --data), or --toy")
+        sys.exit("error: pass --model (and --data or --rl), or --toy")
     model, tok = load_for_inference(args.model, args.adapter)
+    if args.rl:
+        return model, tok, rl_rows(args.rl)[0]
     if not args.data:
         sys.exit("error: pass --data DATASET_DIR (written by `reasonlm data`)")
     split = read_dataset(args.data)[args.split]
@@ -124,6 +153,7 @@ def main(argv=None):
     p.add_argument("--skip-one-at-a-time", action="store_true", help="leave out one-at-a-time generate (slow)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = OMP_NUM_THREADS or all cores)")
     p.add_argument("--toy", action="store_true", help="random toy model and generated problems (smoke test)")
+    p.add_argument("--rl", default=None, metavar="RECIPE", help="one RL round's workload of this recipe (instead of --data)")
     p.add_argument("--allow-mismatch", action="store_true", help="report differing outputs but exit 0")
     args = p.parse_args(argv)
     from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
@@ -135,8 +165,11 @@ def main(argv=None):
     prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in rows]
     stop_ids = stop_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    budgets = [answer_budget(tok, r["question"], len(p), KVCacheEngine(model, pad).context_size)
-               for r, p in zip(rows, prompts)]  # as eval
+    temperature, budgets = 0.6, [answer_budget(tok, r["question"], len(p), KVCacheEngine(model, pad).context_size)
+                                 for r, p in zip(rows, prompts)]  # as eval
+    if args.rl:  # as RL samples
+        rl = rl_rows(args.rl)[1]
+        temperature, budgets = rl.temperature, [rl.max_completion_length] * len(prompts)
     methods = {  # name -> run all prompts; the first is the reference every other one must equal
         "HF generate, batched": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size),
         "HF generate, one at a time": lambda ps, bs: hf_one_at_a_time(model, ps, bs, stop_ids, pad),
@@ -147,11 +180,12 @@ def main(argv=None):
         "engine, folded (RL's sampler)": lambda ps, bs: KVCacheEngine(model, pad, stop_ids, fold_lora=True).generate(
             ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
     }
-    sampling = {  # temperature 0.6: outputs differ by nature, so only the speed is compared
-        "HF generate, batched, sampling": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size, 0.6),
+    sampling = {  # outputs differ by nature, so only the speed is compared
+        "HF generate, batched, sampling": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size,
+                                                                    temperature),
         "engine, folded, sampling (per-row seeds)": lambda ps, bs: KVCacheEngine(
             model, pad, stop_ids, fold_lora=True).generate(ps, SamplingParams(
-                max_new_tokens=bs, batch_size=args.batch_size, temperature=0.6, seeds=list(range(len(ps))))),
+                max_new_tokens=bs, batch_size=args.batch_size, temperature=temperature, seeds=list(range(len(ps))))),
     }
     if args.skip_one_at_a_time:
         del methods["HF generate, one at a time"]
@@ -167,7 +201,8 @@ def main(argv=None):
 
     name = "toy (random)" if args.toy else args.model + (f" + {args.adapter}" if args.adapter else "")
     n, (reference, ref_wall, ref_cpu) = len(rows), results["HF generate, batched"]
-    print(f"{name}: {n} problems, batch {args.batch_size}, greedy, {torch.get_num_threads()} thread(s), "
+    workload = f"one RL round of {args.rl}" if args.rl else "eval"
+    print(f"{name}: {workload}, {n} problems, batch {args.batch_size}, greedy, {torch.get_num_threads()} thread(s), "
           f"median of {args.repeat}")
     print("| method | problems/s (wall) | problems per CPU-second | vs batched generate (CPU) "
           "| identical greedy outputs |")

@@ -244,6 +244,24 @@ def test_bench_generate_smoke():
                                                         "engine, folded, sampling (per-row seeds)"]
 
 
+def test_bench_generate_rl_workload_is_one_round_of_the_recipe():
+    """--rl RECIPE: rl.prompts_per_round problems of rl.n_steps steps, each num_generations times."""
+    import importlib.util
+    from reasonlm.config import load_recipe
+
+    spec = importlib.util.spec_from_file_location("bench_generate", os.path.join(ROOT, "eval", "bench_generate.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    recipe = os.path.join(ROOT, "recipes", "tiny-cpu.yaml")
+    rows, cfg = bench.rl_rows(recipe)
+    assert cfg == load_recipe(recipe).rl
+    assert len(rows) == cfg.prompts_per_round * cfg.num_generations
+    questions = [r["question"] for r in rows]
+    assert len(set(questions)) == cfg.prompts_per_round
+    assert questions[:cfg.num_generations] == [questions[0]] * cfg.num_generations
+    assert rows == bench.rl_rows(recipe)[0]  # seeded by rl.seed
+
+
 def test_prompts_longer_than_the_context_are_skipped_and_counted(toy_dir, tmp_path, capsys):
     """The toy's context is 256 tokens: a 3,000-token question is skipped (too_long in the report,
     per source, and a warning) instead of being evaluated past the context; too_long=error stops
