@@ -69,19 +69,19 @@ def test_cot_learns_well_above_chance_and_beats_direct(pipeline_run):
 def test_rl_carries_the_model_past_its_training_chains(pipeline_run):
     """RL from the checker alone (7-11-step problems, no gold solution) moves the cliff: the SFT
     model solves next to nothing at 9-10 steps, the RL model most of them, and with SFT's data
-    replayed it keeps the short chains (README, 3 seeds: 73-83% at 9-10 steps, 98.4-99.0% on the
-    held-out split, 97.6-98.8% at 2-6 on the ladder, 91-94% at 7-8; the floors sit 4-13 points
-    below the worst seed, room for a run that differs in float rounding, which changes every
-    sample after)."""
+    replayed and the rate falling it keeps the short chains (README, 3 seeds: 79-82% at 9-10
+    steps, 98.8-99.4% on the held-out split, 98.8-99.2% at 2-6 on the ladder, 95.5-96.0% on the
+    held-out 7-8; the floors sit 3-14 points below the worst seed, room for a run that differs
+    in float rounding, which changes every sample after)."""
     run_dir, _ = pipeline_run
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     ladder = report["ladder"]["models"]
 
     def mean(model, lo, hi):
         return sum(ladder[model][str(k)]["accuracy"] for k in range(lo, hi + 1)) / (hi - lo + 1)
-    assert mean("SFT+RL", 9, 10) >= mean("SFT", 9, 10) + 0.6, (mean("SFT+RL", 9, 10), mean("SFT", 9, 10))
-    assert mean("SFT+RL", 2, 6) >= 0.92, {k: v["accuracy"] for k, v in ladder["SFT+RL"].items()}
-    assert report["rl"]["accuracy"] >= 0.94 and report["rl"]["ood_accuracy"] >= 0.85, report["rl"]
+    assert mean("SFT+RL", 9, 10) >= mean("SFT", 9, 10) + 0.65, (mean("SFT+RL", 9, 10), mean("SFT", 9, 10))
+    assert mean("SFT+RL", 2, 6) >= 0.95, {k: v["accuracy"] for k, v in ladder["SFT+RL"].items()}
+    assert report["rl"]["accuracy"] >= 0.96 and report["rl"]["ood_accuracy"] >= 0.9, report["rl"]
 
 
 def test_ci_gate_passes_against_the_baseline_and_fails_when_raised(pipeline_run, tmp_path):
