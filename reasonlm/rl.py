@@ -467,16 +467,17 @@ def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int, acceler
 
 def sample(engine, prompts: list[list[int]], params: SamplingParams, accelerator) -> list[list[int]]:
     """engine.generate over the processes: rows sorted by prompt length (as the engine sorts them)
-    and cut into batches of params.batch_size, every num_processes-th batch to one process, the
-    completions gathered back in prompt order on every process. The batches are the ones a single
-    process decodes and each row samples from its own seed, so N processes sample what 1 does."""
+    and cut into batches of params.batch_size, dealt to the processes back and forth (0, 1, 1, 0
+    for two), the completions gathered back in prompt order on every process. The batches are the
+    ones a single process decodes and each row samples from its own seed, so N processes sample
+    what 1 does."""
     world, rank = accelerator.num_processes, accelerator.process_index
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[s:s + params.batch_size] for s in range(0, len(order), params.batch_size)]
     was_training = engine.model.training
     engine.model.eval()
     mine = []
-    for idx in batches[rank::world]:
+    for idx in (b for k, b in enumerate(batches) if dealt_to(k, world) == rank):
         budgets = params.max_new_tokens
         part = dataclasses.replace(params, seeds=[params.seeds[i] for i in idx] if params.seeds else None,
                                    max_new_tokens=[budgets[i] for i in idx] if isinstance(budgets, list) else budgets)
@@ -484,6 +485,14 @@ def sample(engine, prompts: list[list[int]], params: SamplingParams, accelerator
     engine.model.train(was_training)
     done = dict(gathered(accelerator, mine))
     return [done[i] for i in range(len(prompts))]
+
+
+def dealt_to(batch: int, world: int) -> int:
+    """The process that decodes batch `batch` (of prompts sorted by length): 0..world-1, then back
+    world-1..0. A longer prompt is a longer chain to sample, so dealing round-robin would give the
+    last process the longest batch of every pass; back and forth evens out the processes' work."""
+    lap, k = divmod(batch, world)
+    return k if lap % 2 == 0 else world - 1 - k
 
 
 # --- the update ------------------------------------------------------------------------------

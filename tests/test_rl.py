@@ -459,6 +459,14 @@ def test_updates_on_two_processes_equal_one_process(tmp_path):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
 
 
+def test_sampling_batches_are_dealt_back_and_forth_over_the_processes():
+    """Batches come sorted by prompt length (longer chains last): 0,1,1,0,0,1 for two processes,
+    so neither always gets the longer of each pair; every batch goes to exactly one process."""
+    assert [rl.dealt_to(k, 2) for k in range(6)] == [0, 1, 1, 0, 0, 1]
+    assert [rl.dealt_to(k, 3) for k in range(7)] == [0, 1, 2, 2, 1, 0, 0]
+    assert [rl.dealt_to(k, 1) for k in range(3)] == [0, 0, 0]
+
+
 def test_cores_are_split_by_one_rule_for_every_launcher(monkeypatch):
     """rl.processes, the CLI's relaunch and each process's torch threads share cores_each: the
     machine's cores (or the threads asked for) divided among the processes, never below 1."""
