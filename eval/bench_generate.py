@@ -13,9 +13,8 @@ stop tokens (end-of-turn and EOS) and the same per-problem token budgets:
   - HF generate, one at a time (how lm-evaluation-harness's generate_until runs);
   - engine, general path: the engine with the model's own forward per token (fast=False);
   - engine: the default (reasonlm.llama_decoder's decode step for Llama-family models);
-  - engine, folded: reasonlm.llama_decoder.FoldedLlamaDecoder, LoRA and norm weights folded into
-    fused matmuls (RL's sampler; equal to the default up to float rounding, so its outputs may
-    differ on near-ties).
+  - engine, folded: LoRA folded into the weights, q/k/v and gate/up fused (RL's sampler; equal to
+    the default up to float rounding, so its outputs may differ on near-ties).
 With --rl RECIPE the workload is one RL round's instead of eval's: rl.prompts_per_round fresh
 problems of rl.n_steps steps from the recipe's RL task, each repeated rl.num_generations times,
 every row with the budget rl.max_completion_length, sampled at rl.temperature.
@@ -82,16 +81,16 @@ def load(args):
     from reasonlm.model import load_for_inference
 
     if args.toy:
-        return toy_model_and_rows(args.n)
+        return (*toy_model_and_rows(args.n), None)
     if not args.model:
         sys.exit("error: pass --model (and --data or --rl), or --toy")
     model, tok = load_for_inference(args.model, args.adapter)
     if args.rl:
-        return model, tok, rl_rows(args.rl)[0]
+        return (model, tok, *rl_rows(args.rl))
     if not args.data:
         sys.exit("error: pass --data DATASET_DIR (written by `reasonlm data`)")
     split = read_dataset(args.data)[args.split]
-    return model, tok, [dict(r) for r in split.select(range(min(args.n, len(split))))]
+    return model, tok, [dict(r) for r in split.select(range(min(args.n, len(split))))], None
 
 
 def hf_one_at_a_time(model, prompts, budgets, stop_ids, pad):
@@ -161,14 +160,13 @@ def main(argv=None):
     from reasonlm.example import answer_budget
 
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
-    model, tok, rows = load(args)
+    model, tok, rows, rl = load(args)  # rl: the recipe's rl section with --rl, else None
     prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in rows]
     stop_ids = stop_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     temperature, budgets = 0.6, [answer_budget(tok, r["question"], len(p), KVCacheEngine(model, pad).context_size)
                                  for r, p in zip(rows, prompts)]  # as eval
-    if args.rl:  # as RL samples
-        rl = rl_rows(args.rl)[1]
+    if rl is not None:  # as RL samples
         temperature, budgets = rl.temperature, [rl.max_completion_length] * len(prompts)
     methods = {  # name -> run all prompts; the first is the reference every other one must equal
         "HF generate, batched": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size),
