@@ -15,8 +15,8 @@ stop tokens (end-of-turn and EOS) and the same per-problem token budgets:
   - engine: the default (reasonlm.llama_decoder's decode step for Llama-family models);
   - engine, folded: LoRA folded into the weights, q/k/v and gate/up fused (RL's sampler; equal to
     the default up to float rounding, so its outputs may differ on near-ties).
-With --rl RECIPE the workload is one RL round's instead of eval's: rl.prompts_per_round fresh
-problems of rl.n_steps steps from the recipe's RL task, each repeated rl.num_generations times,
+With --rl RECIPE the workload is RL's first round instead of eval's: rl.prompts_per_round problems
+drawn by RL's own problem pool (rl.n_steps steps, rl.seed), each repeated rl.num_generations times,
 every row with the budget rl.max_completion_length, sampled at rl.temperature.
 Then both batched methods sample at temperature 0.6 (--rl: rl.temperature; HF: do_sample; the
 engine: per-row seeds): speed only, since samples differ by nature.
@@ -56,24 +56,24 @@ def toy_model_and_rows(n: int, seed: int = 0):
 
 
 def rl_rows(recipe_path: str):
-    """One RL round's prompts (rl.prompts_per_round problems of rl.n_steps steps, each
-    rl.num_generations times), as rows, and the recipe's rl section."""
+    """RL's first round of the recipe: rl.prompts_per_round problems drawn by RL's own ProblemPool,
+    each rl.num_generations times, as rows; and the recipe's rl section."""
     from reasonlm.config import ConfigError, load_recipe
-    from reasonlm.credit import new_problem
-    from reasonlm.rl import problem_family
+    from reasonlm.rl import ProblemPool, RLError, imported_problems, problem_family
     from reasonlm.tasks import get_task
 
     try:
         recipe = load_recipe(recipe_path)
-    except (ConfigError, OSError) as e:
+        cfg = recipe.rl
+        if cfg is None:
+            sys.exit(f"error: {recipe_path} has no rl: section")
+        name, knobs = problem_family(cfg, recipe)
+        task = get_task(name, **knobs)
+        pool = ProblemPool(task, cfg, records=imported_problems(task, cfg))
+    except (ConfigError, RLError, OSError) as e:
         sys.exit(f"error: {e}")
-    cfg = recipe.rl
-    if cfg is None:
-        sys.exit(f"error: {recipe_path} has no rl: section")
-    name, knobs = problem_family(cfg, recipe)
-    task, rng = get_task(name, **knobs), random.Random(cfg.seed)
-    problems = [new_problem(task, rng, rng.randint(*cfg.n_steps), f"rl-{i}") for i in range(cfg.prompts_per_round)]
-    return [{"question": ex.question, "id": f"{ex.id}-{g}"} for ex in problems for g in range(cfg.num_generations)], cfg
+    return [{"question": ex.question, "id": f"{ex.id}-{g}"}
+            for ex, _ in pool.draw(cfg.prompts_per_round) for g in range(cfg.num_generations)], cfg
 
 
 def load(args):

@@ -284,9 +284,9 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
     probe = probe_set(pool.task, tokenizer, cfg) if cfg.probe_every else None
     samples_total, t_start = samples_done, time.time()  # samples_total: since round 1, across resumes
     for rnd in range(start, cfg.rounds):
-        t0 = time.time()
+        t0, lr = time.time(), round_lr(cfg, rnd)
         for group in optimizer.param_groups:  # a function of the round alone: a resumed run steps alike
-            group["lr"] = round_lr(cfg, rnd)
+            group["lr"] = lr
         groups, seen, zero_first = collect(engine, tokenizer, pool, cfg, rnd, accelerator)
         t_sample = time.time() - t0
         if cfg.algorithm == "grpo":
@@ -311,7 +311,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                   **update, "tokens_per_s": round(new_tokens / max(t_sample, 1e-9), 1),
                   "samples_per_s": round(drawn / max(time.time() - t0, 1e-9), 2),
                   "sample_s": round(t_sample, 1), "update_s": round(time.time() - t0 - t_sample, 1)}
-        record["samples_total"], record["lr"] = samples_total, round_lr(cfg, rnd)
+        record["samples_total"], record["lr"] = samples_total, lr
         if probe and (rnd + 1) % cfg.probe_every == 0:
             record["probe"] = run_probe(engine, tokenizer, pool.task, probe, cfg, accelerator)
         history.append(record["reward_mean"])
