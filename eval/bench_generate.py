@@ -198,7 +198,7 @@ def main(argv=None):
             sampled[name] = timed(lambda: run(prompts, budgets), args.repeat)
 
     name = "toy (random)" if args.toy else args.model + (f" + {args.adapter}" if args.adapter else "")
-    n, (reference, ref_wall, ref_cpu) = len(rows), results["HF generate, batched"]
+    n, (reference, _, ref_cpu) = len(rows), results["HF generate, batched"]
     workload = f"one RL round of {args.rl}" if args.rl else "eval"
     print(f"{name}: {workload}, {n} problems, batch {args.batch_size}, greedy, {torch.get_num_threads()} thread(s), "
           f"median of {args.repeat}")

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import os
 
-import torch
 from accelerate.utils import set_seed
 
 from reasonlm import outputs, train
+from reasonlm.checkpoint import save_weights
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import build_tiny, count_parameters, load_tokenizer, resolve_device, set_threads, train_tokenizer
@@ -79,7 +79,7 @@ def run(recipe: Recipe, resume: str = "auto") -> str:
             stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
         finally:
             finish_tracking(accelerator)
-        train.save_weights(accelerator, model, tokenizer, final, tcfg, stage="base")
+        save_weights(accelerator, model, tokenizer, final, tcfg, stage="base")
         if main:
             save_resolved(cfg, final, "base_config.yaml")
             outputs.atomic_write(os.path.join(run_dir, "train_stats.json"), json.dumps(stats, indent=1))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from transformers.utils import logging as hf_logging
 
-from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, normalize_number, parse_completion, prompt_messages,
+from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, parse_completion, prompt_messages,
                              stop_token_ids)
 from reasonlm.config import ChatConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult

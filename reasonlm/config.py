@@ -526,7 +526,8 @@ class RLConfig:
              f"rl.replay_steps must be [lo, hi] with 1 <= lo <= hi and replay_fraction in [0, 1), got "
              f"{self.replay_steps!r} and {self.replay_fraction}"),
             (_is_steps_range(self.probe_steps) and self.probe_every >= 0 and self.probe_problems >= 1,
-             f"rl.probe_steps must be [lo, hi] with 1 <= lo <= hi, probe_every >= 0 and probe_problems >= 1"),
+             f"rl.probe_steps must be [lo, hi] with 1 <= lo <= hi, probe_every >= 0 and probe_problems >= 1, got "
+             f"{self.probe_steps!r}, {self.probe_every} and {self.probe_problems}"),
             (min(self.rounds, self.prompts_per_round, self.max_completion_length, self.num_iterations,
                  self.mini_batch_size, self.micro_batch_size, self.sample_batch_size) >= 1,
              "rl.rounds, prompts_per_round, max_completion_length, num_iterations and the batch sizes must be >= 1"),

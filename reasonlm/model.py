@@ -17,7 +17,7 @@ import shutil
 import torch
 
 from reasonlm import modelcard, outputs
-from reasonlm.ondevice import ONNX_FILE, export_onnx
+from reasonlm.ondevice import export_onnx
 from reasonlm.processes import cores_each
 
 # ChatML, the format SmolLM2 and Qwen2.5 use, so a tiny model and a real one see the same shape.

@@ -98,7 +98,7 @@ from reasonlm.model import (ModelError, check_adapter_fits, fit_vocab, load_mode
                             set_threads)
 from reasonlm.processes import cores_each, run_processes
 from reasonlm.tasks import get_task, is_importer
-from reasonlm.train import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
+from reasonlm.checkpoint import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
 
 
 class RLError(ValueError):

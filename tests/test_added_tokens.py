@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reasonlm import data, model as model_mod, train
+from reasonlm import checkpoint, data, model as model_mod, train
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import DataConfig, TrainConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
@@ -174,7 +174,7 @@ def test_resume_restores_the_trained_embeddings(trained, data_dir, tmp_path):
     src = trained["root"]
     shutil.copytree(src / "base", tmp_path / "base")
     os.makedirs(tmp_path / "train")
-    ckpts = train.checkpoints(str(src / "train"))
+    ckpts = checkpoint.checkpoints(str(src / "train"))
     assert [os.path.basename(c) for c in ckpts] == ["checkpoint-0000002"]
     shutil.copytree(ckpts[0], tmp_path / "train" / os.path.basename(ckpts[0]))
     train.run(train_cfg(tmp_path / "base", data_dir), str(tmp_path), "train", threads=1)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from reasonlm import cli, evaluate
+from reasonlm import cli
 from reasonlm.config import EvalConfig, is_suite, load_suite
 from reasonlm.sources import SOURCE_KINDS, SOURCE_OPTIONS
 from tests.eval_helpers import ROOT, write_suite

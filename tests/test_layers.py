@@ -20,7 +20,7 @@ LAYERS = [
     ["reasonlm.config"],
     ["reasonlm.stats", "reasonlm.tracking"],
     ["reasonlm.engine", "reasonlm.llama_decoder", "reasonlm.ondevice"],
-    ["reasonlm.model", "reasonlm.packing", "reasonlm.modelcard"],
+    ["reasonlm.model", "reasonlm.packing", "reasonlm.modelcard", "reasonlm.checkpoint"],
     ["reasonlm.tasks"],
     ["reasonlm.sources", "reasonlm.credit"],
     ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl"],

@@ -13,7 +13,6 @@ from reasonlm.config import EvalConfig
 from reasonlm.data.writer import SplitWriter
 from reasonlm.evaluate import write_outputs
 from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
-from tests.helpers import TINY_TASK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-cpu.yaml")

@@ -371,7 +371,7 @@ def test_sft_replay_draws_gold_training_examples_per_round_the_same_again_on_res
 def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
     """4 rounds straight vs 2 rounds, a checkpoint, a fresh process state, and the last 2 rounds."""
     from accelerate import Accelerator
-    from reasonlm.train import try_resume
+    from reasonlm.checkpoint import try_resume
     cfg = RLConfig(reward="outcome", rounds=4, prompts_per_round=4, num_generations=4, max_completion_length=24,
                    lr=1e-2, save_every=2, flat_rounds=0, num_iterations=2, retries=1)
 
@@ -386,7 +386,7 @@ def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
                dataclasses.replace(cfg, rounds=stop_after, save_every=0), str(out), accelerator, opt, start,
                state.get("history"))
         if stop_after:  # what a SIGKILL right after the checkpoint leaves behind
-            from reasonlm.train import save_checkpoint
+            from reasonlm.checkpoint import save_checkpoint
             save_checkpoint(accelerator, str(out), stop_after, 2, None, {"pool": pool.state(), "history": []})
         return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -484,7 +484,7 @@ def test_cores_are_split_by_one_rule_for_every_launcher(monkeypatch):
 
 
 def test_resumed_logs_keep_the_rounds_up_to_the_checkpoint_and_drop_a_torn_last_line(tmp_path):
-    from reasonlm.train import keep_metrics_until
+    from reasonlm.checkpoint import keep_metrics_until
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"round": r}) + "\n" for r in (1, 2, 3)) + '{"round": 4, "rew')
     keep_metrics_until(str(log), 2, key="round")
@@ -495,7 +495,7 @@ def test_resume_loads_the_checkpoints_weights_into_the_unwrapped_model(tmp_path)
     """What Accelerate cannot do with a DDP wrapper registered on GPUs: the saved adapter's keys (no
     'module.' prefix, or DDP's) load into the unwrapped model; a foreign key is an error."""
     from safetensors.torch import save_file
-    from reasonlm.train import load_weights_unwrapped, trainable_state_dict
+    from reasonlm.checkpoint import load_weights_unwrapped, trainable_state_dict
     trained, _ = toy_policy(tiny_model_and_tokenizer(seed=1))
     saved = {k: (v + 1).contiguous() for k, v in trainable_state_dict(trained).items()}  # unlike any init
     for prefix in ("", "module."):

@@ -1,13 +1,10 @@
 """The training loop: packing is exact, loss masks are right, the loop learns and resumes."""
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from reasonlm import packing, train
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, render_completion
-from reasonlm.config import TrainConfig
 from tests.helpers import rows, tiny_model_and_tokenizer
 
 torch.set_num_threads(2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from reasonlm import data, outputs
+from reasonlm import checkpoint, data
 from reasonlm.config import DataConfig, TrainConfig
 from reasonlm.model import ModelError, attach_lora, load_for_inference, load_model
 from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
@@ -93,7 +93,6 @@ def test_a_planted_pickle_in_a_checkpoint_never_runs(toy_run, tmp_path, capsys):
 
 
 def test_resume_restores_the_schedule_and_the_random_state(toy_run, tmp_path, capsys):
-    from reasonlm import train as train_stage
     out = fresh_run(toy_run, tmp_path)
     assert train(capsys, out)[0] == 0
     ckpt = str(out / "train" / "checkpoint-0000004")
@@ -104,10 +103,10 @@ def test_resume_restores_the_schedule_and_the_random_state(toy_run, tmp_path, ca
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     torch.manual_seed(123)
-    step, state = train_stage.try_resume(accelerator, model, str(out / "train"), scheduler)
+    step, state = checkpoint.try_resume(accelerator, model, str(out / "train"), scheduler)
     assert step == 4 and state["step"] == 4 and scheduler.last_epoch == 4
     restored = torch.rand(3)
-    train_stage.load_rng_state(ckpt, 0)
+    checkpoint.load_rng_state(ckpt, 0)
     assert torch.equal(torch.rand(3), restored)  # the generator is the checkpoint's, not seed 123's
 
 

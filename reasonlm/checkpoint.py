@@ -1,0 +1,201 @@
+"""What a training run writes and reads back: resumable checkpoints, the final weights, and the
+metrics log trimmed to a resumed step.
+
+The training loops (train.py: base pretraining and SFT; rl.py) save and resume through here, so
+a checkpoint has one layout and one loader: a run killed at any point continues from its last
+checkpoint to the same final weights. Nothing here knows what is being trained or how.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+from accelerate.utils.constants import SAFE_MODEL_NAME
+from peft.utils import ModulesToSaveWrapper
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from reasonlm import modelcard, outputs
+from reasonlm.config import save_resolved
+
+
+def checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoints (they hold train_state.json, written last), oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    names = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint-") and not d.endswith(".tmp"))
+    return [os.path.join(run_dir, d) for d in names if os.path.isfile(os.path.join(run_dir, d, "train_state.json"))]
+
+
+# A checkpoint is checkpoint-<step>/ holding: Accelerate's save_state (the trainable weights as
+# safetensors; the optimizer state, which Accelerate loads back with torch.load(weights_only=True));
+# the state the loop owns, never pickled: the learning-rate schedule (scheduler.json), every
+# process's random generators (rng_state_<rank>.safetensors, Python's and numpy's in its metadata)
+# and the data position with the best score so far (train_state.json, written last: a checkpoint
+# without it is incomplete). The data order is a function of the step (Batches), so the step is
+# the whole sampler position. Nothing is registered with Accelerate's register_for_checkpointing,
+# whose custom_checkpoint_<i>.pkl it would load with full unpickling; a folder that holds one
+# anyway (an older checkpoint, or a planted file) makes Accelerate refuse it, and it is skipped.
+SCHEDULER_STATE = "scheduler.json"
+
+
+def save_checkpoint(accelerator, run_dir: str, step: int, keep_last: int, scheduler, extra: dict):
+    """checkpoint-<step>: Accelerate's state (weights, optimizer), this process's random state, the
+    schedule (`scheduler` may be None: a loop with a constant rate, like RL's) and `extra` as JSON."""
+    final = os.path.join(run_dir, f"checkpoint-{step:07d}")
+    tmp = final + ".tmp"
+    main = accelerator.is_main_process
+    with outputs.writing(final, *([tmp] if main else [])):  # a full disk: no half checkpoint left
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)
+        save_rng_state(tmp, accelerator.process_index)
+        accelerator.wait_for_everyone()
+        if main:
+            if scheduler is not None:
+                outputs.atomic_write(os.path.join(tmp, SCHEDULER_STATE), json.dumps(scheduler.state_dict()))
+            outputs.atomic_write(os.path.join(tmp, "train_state.json"), json.dumps({"step": step, **extra}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_rng_state(directory: str, rank: int) -> None:
+    """This process's random generators: torch's (CPU and every GPU) as tensors, Python's and
+    numpy's as JSON in the file's metadata."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    meta = {"python": json.dumps(random.getstate()),
+            "numpy": json.dumps([kind, keys.tolist(), pos, has_gauss, gauss])}
+    save_file(tensors, os.path.join(directory, f"rng_state_{rank}.safetensors"), metadata=meta)
+
+
+def load_rng_state(directory: str, rank: int) -> bool:
+    """Restore what save_rng_state wrote; False when the file is missing (another process count)."""
+    path = os.path.join(directory, f"rng_state_{rank}.safetensors")
+    if not os.path.isfile(path):
+        return False
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        torch.set_rng_state(f.get_tensor("torch"))
+        cuda = sorted((k for k in f.keys() if k.startswith("cuda_")), key=lambda k: int(k.split("_")[1]))
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([f.get_tensor(k) for k in cuda])
+    version, internal, gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = json.loads(meta["numpy"])
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return True
+
+
+def try_resume(accelerator, model, run_dir: str, scheduler) -> tuple[int, dict]:
+    """Load the newest checkpoint that loads (`scheduler` None: a loop without a schedule); skip
+    (and say so) any that is corrupt."""
+    for ckpt in reversed(checkpoints(run_dir)):
+        try:
+            with open(os.path.join(ckpt, "train_state.json")) as f:
+                state = json.load(f)
+            schedule = None
+            if scheduler is not None:
+                with open(os.path.join(ckpt, SCHEDULER_STATE)) as f:
+                    schedule = json.load(f)
+            accelerator.load_state(ckpt, strict=False)
+            load_weights_unwrapped(accelerator.unwrap_model(model), ckpt)
+            if scheduler is not None:
+                scheduler.load_state_dict(schedule)
+        except Exception as e:  # a half-written, damaged or foreign checkpoint: fall back to an older one
+            accelerator.print(f"warning: skipping unreadable checkpoint {ckpt}: {type(e).__name__}: {str(e)[:100]}")
+            continue
+        if not load_rng_state(ckpt, accelerator.process_index):
+            print(f"warning: {ckpt} has no random state for process {accelerator.process_index}; "
+                  f"continuing with a fresh one (dropout draws differ from an uninterrupted run)")
+        accelerator.print(f"resuming from {ckpt} (step {state['step']})")
+        return state["step"], state
+    return 0, {}
+
+
+def load_weights_unwrapped(model, ckpt: str) -> None:
+    """The checkpoint's weights loaded into the unwrapped model once more. Accelerate loads them
+    into the model it registered, which on GPUs is the DDP wrapper: with strict=False the saved
+    adapter's keys (no 'module.' prefix) would match nothing and load nothing, silently. A key the
+    model does not have is an error (a foreign checkpoint, skipped by try_resume)."""
+    path = os.path.join(ckpt, f"{SAFE_MODEL_NAME}.safetensors")
+    if not os.path.isfile(path):  # FSDP saves its own way, and loads it in load_state
+        return
+    weights = {k.removeprefix("module."): v for k, v in load_file(path).items()}
+    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} weights the model does not have, e.g. {unexpected[0]}")
+
+
+def trainable_state_dict(model) -> dict:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def keep_metrics_until(path: str, step: int, key: str = "step") -> None:
+    """Drop the lines of a JSON-lines log whose `key` is past `step` (all of them when starting
+    over): after a resume the file, and the curves drawn from it, hold each step once."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # the last line of a run killed while writing it
+                break
+            if record[key] <= step:
+                kept.append(line)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+def save_weights(accelerator, model, tokenizer, path: str, cfg, stage: str = "train",
+                 data_dir: str | None = None):
+    """save_pretrained (adapter or full model) + tokenizer + `cfg` (the stage's settings, as
+    config.yaml) + the model card (README.md, linking the dataset card of `data_dir`), written to a temp dir then renamed. `path` is replaced only
+    if `stage` wrote it (outputs.py: the base stage saves the base, the training loop everything
+    else). The base stage's model gets no card: it is an input to the run, not its result.
+
+    Call it on every process: under FSDP the state dict is gathered from all of them.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    outputs.check_replaceable(path, stage)
+    tmp = outputs.fresh_temporary(path, stage)
+    unwrapped = accelerator.unwrap_model(model)
+    extra = {}
+    if embeddings_in_modules_to_save(unwrapped):
+        # their trained copies are saved already; peft's "auto" would add the frozen originals too
+        extra["save_embedding_layers"] = False
+    with outputs.writing(path, tmp):
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, **extra)
+        tokenizer.save_pretrained(tmp)
+        save_resolved(cfg, tmp)
+        if stage != "base":  # no eval results yet: the pipeline rewrites the card after eval
+            if os.path.isfile(os.path.join(tmp, "adapter_config.json")):
+                modelcard.adapter_card(tmp, data_dir)
+            else:  # a full fine-tune
+                modelcard.write_card(tmp, "full", unwrapped.name_or_path,
+                                     modelcard.read_text(os.path.join(tmp, "config.yaml")), data_dir)
+    outputs.replace(tmp, path, stage)
+
+
+def embeddings_in_modules_to_save(model) -> bool:
+    """A peft model whose input embedding and LM head are both trained in full (modules_to_save)."""
+    layers = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    return bool(layers) and all(isinstance(m, ModulesToSaveWrapper) for m in layers)
