@@ -31,6 +31,8 @@ from transformers import DynamicCache, LlamaForCausalLM, Qwen2ForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
+from reasonlm.packing import PACKED_ATTENTION
+
 RMS_NORMS = (LlamaRMSNorm, Qwen2RMSNorm)
 CACHE_CHUNK = 128  # cache positions added at a time: growing by a cat is rare, not per token
 
@@ -54,7 +56,9 @@ class LlamaDecoder:
         if model.training or type(lm) not in (LlamaForCausalLM, Qwen2ForCausalLM):
             return None
         config = lm.config
-        if config._attn_implementation != "sdpa":  # eager/flash attention round differently
+        # eager/flash attention round differently; packed attention is SDPA for every call without
+        # packed rows, such as these (a model training with it checks its accuracy through here)
+        if config._attn_implementation not in ("sdpa", PACKED_ATTENTION):
             return None
         if type(lm) is Qwen2ForCausalLM and any(t != "full_attention" for t in config.layer_types):
             return None  # sliding-window layers need a rolling cache

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import itertools
 import json
 import os
 import random
@@ -90,15 +91,16 @@ import torch.nn.functional as F
 
 from reasonlm import outputs
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
+from reasonlm.checkpoint import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
 from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, read_dataset, render_target
 from reasonlm.model import (ModelError, check_adapter_fits, fit_vocab, load_model, load_tokenizer, looks_like_path,
                             set_threads)
+from reasonlm.packing import NO_MASK, PackedRows, check_packable, use_packed_attention
 from reasonlm.processes import cores_each, run_processes
 from reasonlm.tasks import get_task, is_importer
-from reasonlm.checkpoint import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
 
 
 class RLError(ValueError):
@@ -132,6 +134,12 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
     model, tokenizer = load_policy(base_model, adapter)
+    if cfg.packed_attention:
+        try:
+            check_packable(model.config)
+        except ValueError as e:
+            raise RLError(f"rl.packed_attention: {e}") from None
+        use_packed_attention(model)  # the update's forward only: sampling never passes packed rows
     if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
         save_resolved(cfg, run_dir)
     model, optimizer, reference = prepare(accelerator, model, cfg)
@@ -521,35 +529,63 @@ def token_weights(lengths: list[int], loss_type: str, max_completion_length: int
     return [c / max(total, 1) for c in counts]  # dapo
 
 
-def collate(rollouts: list[Rollout], values: list[list[float]], weights: list[float], pad_id: int):
-    """Right-padded (input_ids, targets, per-token value, per-token weight); the last three are
-    aligned with logits[:, :-1] and are 0 outside completions."""
-    width = max(len(s.prompt) + len(s.completion) for s in rollouts)
-    ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    weight = torch.zeros((len(rollouts), width - 1))
-    for r, (s, v, w) in enumerate(zip(rollouts, values, weights)):
-        seq = s.prompt + s.completion
-        ids[r, :len(seq)] = torch.tensor(seq)
-        weight[r, len(s.prompt) - 1:len(s.prompt) - 1 + len(v)] = w
-    return ids, ids[:, 1:], aligned(rollouts, values, width), weight
+@dataclasses.dataclass
+class Forward:
+    """Rollouts laid out for one forward pass, and where each one's completion is predicted.
+
+    Right-padded (the default): a row per rollout; under causal attention no real token sees a
+    pad, so no mask is passed (SDPA's causal kernel instead of a masked one). Packed
+    (rl.packed_attention): every rollout back to back in one row without padding, position ids
+    restarting at each, kept apart by packed attention (reasonlm/packing.py), as in training.
+    Per-token tensors line up with logits[:, :-1]: position p predicts token p + 1, and rollout
+    i's completion tokens are predicted at spans[i] = (row, p0), p0 + 1, ... (p0: its prompt's
+    last token). A packed row's last token of one rollout "predicts" the next one's first token:
+    that position lies in no span, so it carries no loss."""
+    ids: torch.Tensor
+    spans: list[tuple[int, int]]
+    position_ids: torch.Tensor | None = None
+    packed_rows: PackedRows | None = None
+
+    def place(self, values: list[list[float]]) -> torch.Tensor:
+        """(rows, width - 1): values[i][j] where rollout i's completion token j is predicted, else 0."""
+        out = torch.zeros((self.ids.shape[0], self.ids.shape[1] - 1))
+        for (row, p), v in zip(self.spans, values):
+            out[row, p:p + len(v)] = torch.as_tensor(v, dtype=torch.float32)
+        return out
+
+    def take(self, per_token: torch.Tensor, i: int, n: int) -> torch.Tensor:
+        """Rollout i's first n completion positions of a (rows, width - 1) tensor."""
+        row, p = self.spans[i]
+        return per_token[row, p:p + n]
+
+    def to(self, device) -> Forward:
+        return dataclasses.replace(self, ids=self.ids.to(device), position_ids=None if self.position_ids is None
+                                   else self.position_ids.to(device))
 
 
-def aligned(rollouts: list[Rollout], values: list, width: int) -> torch.Tensor:
-    """[rows, width - 1] per-completion-token values placed where logits[:, :-1] predict those
-    tokens (the logits at the prompt's last position predict the first completion token); 0 elsewhere."""
-    out = torch.zeros((len(rollouts), width - 1))
-    for r, (s, v) in enumerate(zip(rollouts, values)):
-        out[r, len(s.prompt) - 1:len(s.prompt) - 1 + len(v)] = torch.as_tensor(v, dtype=torch.float32)
-    return out
+def collate(rollouts: list[Rollout], pad_id: int, packed: bool = False) -> Forward:
+    seqs = [s.prompt + s.completion for s in rollouts]
+    if packed:
+        starts = [0, *itertools.accumulate(len(q) for q in seqs)][:-1]
+        return Forward(torch.tensor([t for q in seqs for t in q])[None],
+                       [(0, at + len(s.prompt) - 1) for at, s in zip(starts, rollouts)],
+                       torch.cat([torch.arange(len(q)) for q in seqs])[None],
+                       PackedRows.from_lengths([len(q) for q in seqs]))
+    ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+    for r, q in enumerate(seqs):
+        ids[r, :len(q)] = torch.tensor(q)
+    return Forward(ids, [(r, len(s.prompt) - 1) for r, s in enumerate(rollouts)])
 
 
-def token_logprobs(model, ids, targets, with_entropy: bool = False):
-    """log p(target) of every position (and the entropy of its distribution)."""
-    # rows are right-padded: under causal attention no real token sees a pad, so no mask is passed
-    # (SDPA's causal kernel instead of a masked one)
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-    logp_all = F.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
+def token_logprobs(model, batch: Forward, with_entropy: bool = False):
+    """log p(next token) at every position of `batch` (and the entropy of its distribution)."""
+    if batch.packed_rows is None:
+        out = model(input_ids=batch.ids, use_cache=False)
+    else:  # NO_MASK: the one-element stand-in that skips building a mask nobody reads (train.token_losses)
+        out = model(input_ids=batch.ids, position_ids=batch.position_ids, attention_mask=NO_MASK,
+                    packed_rows=batch.packed_rows, use_cache=False)
+    logp_all = F.log_softmax(out.logits[:, :-1].float(), -1)
+    logp = logp_all.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logp, entropy
 
@@ -563,19 +599,19 @@ def policy_loss(logp, old_logp, ref_logp, advantages, weight, cfg: RLConfig):
         q = ref_logp - logp
         per_token = per_token + cfg.beta * (torch.exp(q) - q - 1)
     live = weight > 0
-    clip_hits = ((clipped * advantages < ratio * advantages) & live).sum(-1)  # per completion
-    return (per_token * weight).sum(), {"clip_hits": clip_hits, "ratio_min": ratio[live].min().item(),
+    clipped_tokens = (clipped * advantages < ratio * advantages) & live
+    return (per_token * weight).sum(), {"clipped_tokens": clipped_tokens, "ratio_min": ratio[live].min().item(),
                                         "ratio_max": ratio[live].max().item()}
 
 
 @torch.no_grad()
-def reference_logprobs(model, reference: dict, ids, targets):
+def reference_logprobs(model, reference: dict, batch: Forward):
     """Log-probs under the starting adapter: its weights are swapped in for one forward."""
     params = dict(model.named_parameters())
     current = {n: params[n].detach().clone() for n in reference}
     for n, w in reference.items():
         params[n].copy_(w)
-    logp, _ = token_logprobs(model, ids, targets)
+    logp, _ = token_logprobs(model, batch)
     for n, w in current.items():
         params[n].copy_(w)
     return logp
@@ -621,14 +657,13 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     before = []  # (distinct rollout, log-probs of its completion tokens before any step, reference's)
     for idx in share(list(range(len(distinct))), accelerator, cfg.micro_batch_size):
         part = [distinct[i] for i in idx]
-        ids, tgt = (t.to(device) for t in collate(part, [[] for _ in part], [0.0] * len(part), pad)[:2])
+        fwd = collate(part, pad, cfg.packed_attention).to(device)
         with torch.no_grad():
-            logp = token_logprobs(net, ids, tgt)[0]
-        logp_ref = reference_logprobs(net, reference, ids, tgt)
+            logp = token_logprobs(net, fwd)[0]
+        logp_ref = reference_logprobs(net, reference, fwd)
         for r, (i, s) in enumerate(zip(idx, part)):
-            at = slice(len(s.prompt) - 1, len(s.prompt) - 1 + len(s.completion))
-            before.append((i, logp[r, at].cpu().clone(), logp_ref[r, at].cpu().clone()))  # not views: a view
-            # would pickle (gather) its whole micro-batch buffer
+            n = len(s.completion)  # not views: a view would pickle (gather) its whole micro-batch buffer
+            before.append((i, fwd.take(logp, r, n).cpu().clone(), fwd.take(logp_ref, r, n).cpu().clone()))
     before = sorted(gathered(accelerator, before), key=lambda x: x[0])
     old, ref = [x[1] for x in before], [x[2] for x in before]
     rng = random.Random(seed)
@@ -644,15 +679,16 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
                                                    cfg.max_completion_length, [counts[i] for i in mini])))
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                ids, tgt, adv, weight = (t.to(device) for t in collate(part, [s.advantages for s in part],
-                                                                       [weights[i] for i in idx], pad))
-                old_m, ref_m = (aligned(part, [x[i] for i in idx], ids.shape[1]).to(device) for x in (old, ref))
-                multiplicity = torch.tensor([counts[i] for i in idx], dtype=torch.float32, device=device)[:, None]
-                logp, entropy = token_logprobs(net, ids, tgt, with_entropy=it == 0)
+                fwd = collate(part, pad, cfg.packed_attention)
+                adv, weight, old_m, ref_m, multiplicity = (fwd.place(v).to(device) for v in (
+                    [s.advantages for s in part], [[weights[i]] * len(s.completion) for i, s in zip(idx, part)],
+                    [old[i] for i in idx], [ref[i] for i in idx],
+                    [[counts[i]] * len(s.completion) for i, s in zip(idx, part)]))
+                logp, entropy = token_logprobs(net, fwd.to(device), with_entropy=it == 0)
                 loss, clip = policy_loss(logp, old_m, ref_m, adv, weight, cfg)
                 accelerator.backward(loss)
                 sums[0] += loss.item()
-                sums[1] += (clip["clip_hits"] * multiplicity[:, 0]).sum().item()
+                sums[1] += (clip["clipped_tokens"] * multiplicity).sum().item()
                 ratio_min, ratio_max = min(ratio_min, clip["ratio_min"]), max(ratio_max, clip["ratio_max"])
                 if it == 0:  # per-token means over the batch as drawn (duplicates counted)
                     live, q = weight > 0, ref_m - logp.detach()
@@ -681,9 +717,11 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
             total = sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                ids, tgt, keep, weight = (t.to(device) for t in collate(
-                    part, [[float(k) for k in s.kept] for s in part], [counts[i] / total for i in idx], pad))
-                loss = -(token_logprobs(net, ids, tgt)[0] * keep * weight).sum()
+                fwd = collate(part, pad, cfg.packed_attention)
+                keep, weight = (fwd.place(v).to(device) for v in (
+                    [[float(k) for k in s.kept] for s in part],
+                    [[counts[i] / total] * len(s.kept) for i, s in zip(idx, part)]))
+                loss = -(token_logprobs(net, fwd.to(device))[0] * keep * weight).sum()
                 accelerator.backward(loss)
                 loss_sum += loss.item()
             step(net, optimizer, cfg, accelerator)

@@ -7,6 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from reasonlm.engine import KVCacheEngine, SamplingParams, pick, row_keys
 from reasonlm.llama_decoder import CACHE_CHUNK, LlamaDecoder
+from reasonlm.packing import use_packed_attention
 
 torch.set_num_threads(1)
 SIZES = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -104,6 +105,18 @@ def test_models_the_fast_path_does_not_know_take_the_general_path():
     assert generate(gpt2, ps, 6) == generate(gpt2, ps, 6, fast=False)
     dora = get_peft_model(random_model("llama"), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
     assert LlamaDecoder.for_model(dora.eval()) is None
+
+
+def test_a_model_switched_to_packed_attention_keeps_the_fast_path_and_its_outputs():
+    """Training and RL switch their model to packed attention, which is SDPA for every call without
+    packed rows: checking accuracy or sampling mid-run decodes on the fast path, token for token
+    as before the switch."""
+    model = random_model("lora")
+    ps, budgets = prompts(6), [9] * 6
+    before = generate(model, ps, budgets, batch_size=3)
+    use_packed_attention(model)
+    assert LlamaDecoder.for_model(model) is not None
+    assert generate(model, ps, budgets, batch_size=3) == before == generate(model, ps, budgets, fast=False, batch_size=3)
 
 
 def test_per_row_noise_draws_from_the_softmax_and_respects_top_p():

@@ -15,6 +15,7 @@ from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
 from reasonlm.engine import KVCacheEngine
 from reasonlm.example import Example, render_target
 from reasonlm.model import attach_lora, build_tiny, train_tokenizer
+from reasonlm.packing import use_packed_attention
 from reasonlm.tasks import Check, get_task
 
 TINY_TASK = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
@@ -101,14 +102,14 @@ def test_each_loss_type_against_a_hand_computed_value():
                                 ("dapo", -(2.0 + 3.0) / 4)]:  # mean over the 4 tokens
         w = torch.tensor(rl.token_weights([1, 3], loss_type, 10))[:, None] * live
         loss, clip = rl.policy_loss(logp, logp, logp, adv, w, RLConfig(loss_type=loss_type))
-        assert loss.item() == pytest.approx(expected) and clip["clip_hits"].sum() == 0
+        assert loss.item() == pytest.approx(expected) and clip["clipped_tokens"].sum() == 0
 
 
 def test_the_clip_binds_beyond_epsilon_and_the_kl_adds_beta_k3():
     cfg = RLConfig(epsilon=0.2, beta=0.0)
     w, adv = torch.ones(1, 1), torch.ones(1, 1)
     loss, clip = rl.policy_loss(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1), torch.zeros(1, 1), adv, w, cfg)
-    assert loss.item() == pytest.approx(-1.2) and clip["clip_hits"].sum() == 1
+    assert loss.item() == pytest.approx(-1.2) and clip["clipped_tokens"].sum() == 1
     cfg = RLConfig(beta=0.5)
     logp = torch.log(torch.tensor([[0.5]]))
     loss, _ = rl.policy_loss(logp, logp, torch.zeros(1, 1), torch.zeros(1, 1), w, cfg)  # A = 0: only the KL
@@ -300,9 +301,9 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
     batch = [credit.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
 
     def nll():
-        x, tgt, keep, w = rl.collate(batch[:1], [[1.0] * len(ids)], [1.0], 0)
+        fwd = rl.collate(batch[:1], 0)
         with torch.no_grad():
-            return -(rl.token_logprobs(model, x, tgt)[0] * keep).sum().item()
+            return -(rl.token_logprobs(model, fwd)[0] * fwd.place([[1.0] * len(ids)])).sum().item()
     before = nll()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     stats = rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
@@ -330,13 +331,13 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
     sgd = lambda m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
     opt = sgd(model)
     forwarded, logprobs = [], rl.token_logprobs
-    monkeypatch.setattr(rl, "token_logprobs", lambda m, ids, *a, **k: forwarded.append(ids.shape) or logprobs(m, ids, *a, **k))
+    monkeypatch.setattr(rl, "token_logprobs", lambda m, fwd, *a, **k: forwarded.append(fwd.ids.shape) or logprobs(m, fwd, *a, **k))
     rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
     assert forwarded == [(1, len(prompt) + len(prefix))]  # one row, cut after the prefix
-    ids, tgt, keep, weight = rl.collate(batch, [[float(k) for k in s.kept] for s in batch],
-                                        [1 / (2 * len(prefix))] * 2, 0)  # the whole rows, uncut
+    fwd = rl.collate(batch, 0)  # the whole rows, uncut
+    keep, weight = fwd.place([[float(k) for k in s.kept] for s in batch]), fwd.place([[1 / (2 * len(prefix))] * len(s.kept) for s in batch])
     opt = sgd(whole)
-    (-(rl.token_logprobs(whole, ids, tgt)[0] * keep * weight).sum()).backward()
+    (-(rl.token_logprobs(whole, fwd)[0] * keep * weight).sum()).backward()
     opt.step()
     for (name, p), q in zip(model.named_parameters(), whole.parameters()):
         if p.requires_grad:
@@ -411,6 +412,53 @@ def test_identical_rollouts_run_once_with_their_count_as_weight(loss_type):
     assert distinct == [a, b] and n == [3, 1]
 
 
+def _varied_rollouts(tok) -> list[Rollout]:
+    """Rollouts of one prompt with completions of different lengths, advantages and kept tokens."""
+    prompt = encode_prompt(tok, prompt_messages("1+2"))
+    batch = []
+    for k, text in enumerate(["1+2=3\n#### 3", "1+2=4\n#### 4", "#### 3", "1+2=3\n3+0=3\n#### 3", "1+2=5\n#### 5",
+                              "1+2=3\n#### 3", "1+2=3\n3-1=2\n#### 2"]):
+        ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
+        batch.append(credit.Rollout(prompt, ids, text, False, [], True, True,
+                                    advantages=[(-1) ** k * (0.25 + 0.1 * k)] * len(ids),
+                                    kept=[i % 3 != 0 for i in range(len(ids))]))
+    return batch
+
+
+def test_a_packed_update_equals_the_padded_one():
+    """rl.packed_attention lays a micro-batch's rollouts back to back in one row: every completion
+    token gets the log-prob it gets in a padded row, so GRPO (ratio, clip, KL, entropy) and expert
+    iteration end with the same weights and statistics, up to float rounding."""
+    ends = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model, tok = toy_policy(tiny_model_and_tokenizer())
+        if packed:
+            use_packed_attention(model)
+        batch = _varied_rollouts(tok)
+        reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        cfg = RLConfig(num_iterations=2, mini_batch_size=5, micro_batch_size=3, lr=1e-2, beta=0.1, packed_attention=packed)
+        fwd = rl.collate(batch[:3], 0, packed)
+        assert fwd.ids.shape[0] == (1 if packed else 3)
+        assert fwd.ids.numel() == (sum(len(s.prompt) + len(s.completion) for s in batch[:3]) if packed
+                                   else 3 * max(len(s.prompt) + len(s.completion) for s in batch[:3]))
+        with torch.no_grad():
+            logp = rl.token_logprobs(model, fwd)[0]
+        first = [fwd.take(logp, i, len(s.completion)) for i, s in enumerate(batch[:3])]
+        stats = [rl.grpo_update(model, opt, batch, reference, cfg, _Accelerator(), seed=3),
+                 rl.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"),
+                               _Accelerator(), seed=4)]
+        ends.append((first, stats, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (padded_logp, padded_stats, padded), (packed_logp, packed_stats, packed) = ends
+    for a, b in zip(padded_logp, packed_logp):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    for n, w in padded.items():
+        torch.testing.assert_close(packed[n], w, rtol=0, atol=2e-5)
+    for a, b in zip(padded_stats, packed_stats):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
+
+
 def _updates_in_a_gloo_group(rank: int, world: int, port: int, out: str) -> None:
     """One process of `world`: both updates on a fixed batch; rank 0 saves the trained weights."""
     import torch.distributed as dist
@@ -420,14 +468,7 @@ def _updates_in_a_gloo_group(rank: int, world: int, port: int, out: str) -> None
     accelerator = _Accelerator()
     accelerator.num_processes, accelerator.process_index, accelerator.device = world, rank, "cpu"
     model, tok = toy_policy(tiny_model_and_tokenizer())
-    prompt = encode_prompt(tok, prompt_messages("1+2"))
-    batch = []
-    for k, text in enumerate(["1+2=3\n#### 3", "1+2=4\n#### 4", "#### 3", "1+2=3\n3+0=3\n#### 3", "1+2=5\n#### 5",
-                              "1+2=3\n#### 3", "1+2=3\n3-1=2\n#### 2"]):
-        ids = tok(text + end_of_turn(tok), add_special_tokens=False)["input_ids"]
-        batch.append(credit.Rollout(prompt, ids, text, False, [], True, True,
-                                    advantages=[(-1) ** k * (0.25 + 0.1 * k)] * len(ids),
-                                    kept=[i % 3 != 0 for i in range(len(ids))]))
+    batch = _varied_rollouts(tok)
     params = [p for p in model.parameters() if p.requires_grad]
     reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params, lr=1e-2)
