@@ -148,6 +148,11 @@ class PackedRows:
     def __init__(self, source, groups, slot):
         self.source, self.groups, self.slot = source, groups, slot
 
+    def to(self, device) -> PackedRows:
+        """The same layout with its index tensors on `device` (the model's: a GPU's index_select
+        takes no CPU index)."""
+        return PackedRows(self.source.to(device), self.groups, self.slot.to(device))
+
     @classmethod
     def from_lengths(cls, lengths):
         """lengths: of the examples lying back to back in the flat sequence."""

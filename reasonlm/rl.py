@@ -559,8 +559,10 @@ class Forward:
         return per_token[row, p:p + n]
 
     def to(self, device) -> Forward:
-        return dataclasses.replace(self, ids=self.ids.to(device), position_ids=None if self.position_ids is None
-                                   else self.position_ids.to(device))
+        if self.packed_rows is None:
+            return dataclasses.replace(self, ids=self.ids.to(device))
+        return dataclasses.replace(self, ids=self.ids.to(device), position_ids=self.position_ids.to(device),
+                                   packed_rows=self.packed_rows.to(device))
 
 
 def collate(rollouts: list[Rollout], pad_id: int, packed: bool = False) -> Forward:

@@ -96,7 +96,12 @@ class Batches:
 # --- loss ------------------------------------------------------------------------------------
 def token_losses(model, input_ids, labels, position_ids, attention=None):
     """Summed next-token loss over supervised tokens, and their count. `attention`: what collate
-    returned to keep examples apart (None, a mask, or PackedRows)."""
+    returned to keep examples apart (None, a mask, or PackedRows). collate builds them on the CPU;
+    they go to the model's device here (on the CPU a no-op)."""
+    count = int((labels[:, 1:] != IGNORE).sum())  # on the CPU: no wait for the device
+    device = next(model.parameters()).device
+    input_ids, labels, position_ids = (t.to(device) for t in (input_ids, labels, position_ids))
+    attention = attention.to(device) if attention is not None else None
     if isinstance(attention, PackedRows):
         # transformers passes a 4D mask through untouched; this one-element stand-in skips its mask
         # building (for one flat row of ~6,000 tokens it would materialise a 6,000^2 block mask,
@@ -108,7 +113,7 @@ def token_losses(model, input_ids, labels, position_ids, attention=None):
     logits = out.logits[:, :-1].float()
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss, int((target != IGNORE).sum())
+    return loss, count
 
 
 def lr_lambda(cfg: TrainConfig):

@@ -459,6 +459,23 @@ def test_a_packed_update_equals_the_padded_one():
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
 
 
+def test_a_packed_update_batch_built_on_the_cpu_runs_on_the_models_device():
+    """Forward.to moves the ids, the positions and the packed layout to the model's device. The meta
+    device stands in for a GPU: an op that mixes it with a CPU tensor fails. (Right-padded rows
+    cannot run on meta: transformers reads values to build their causal mask.)"""
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    use_packed_attention(model)
+    model.to("meta")
+    fwd = rl.collate(_varied_rollouts(tok)[:3], 0, packed=True)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        rl.token_logprobs(model, fwd)  # what a GPU run without the move would do
+    moved = fwd.to("meta")  # index_select on meta accepts a CPU index, so check the layout's place too
+    assert {t.device.type for t in (moved.ids, moved.position_ids, moved.packed_rows.source, moved.packed_rows.slot)} == {"meta"}
+    logp, entropy = rl.token_logprobs(model, moved, with_entropy=True)
+    assert logp.device.type == entropy.device.type == "meta"
+    assert logp.shape == entropy.shape == (fwd.ids.shape[0], fwd.ids.shape[1] - 1)
+
+
 def _updates_in_a_gloo_group(rank: int, world: int, port: int, out: str) -> None:
     """One process of `world`: both updates on a fixed batch; rank 0 saves the trained weights."""
     import torch.distributed as dist

@@ -203,3 +203,23 @@ def test_packed_attention_without_a_layout_is_plain_sdpa(toy):
         a = model(input_ids=ids, attention_mask=mask).logits
         b = packed_model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("layout", ["mask", "packed"])
+def test_a_batch_built_on_the_cpu_runs_on_the_models_device(toy, layout):
+    """collate builds every batch on the CPU; token_losses moves it, with its mask or its packed
+    layout, to the model's device. The meta device stands in for a GPU: an op that mixes it with a
+    CPU tensor fails as it does on CUDA (checked first). (Rows kept apart by position-id resets
+    alone cannot run on meta: transformers reads the resets' values to build its mask.)"""
+    import copy
+    model, tok = toy
+    model = copy.deepcopy(model).eval()
+    packing.use_packed_attention(model)
+    model.to("meta")
+    examples = train.encode_rows(rows(3), tok, "cot", 160)
+    batch = packing.collate(examples, [[0, 1, 2]], 160, 0, jitter=4 if layout == "mask" else 0,
+                            generator=torch.Generator().manual_seed(0), packed_attention=layout == "packed")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        model(input_ids=batch[0], use_cache=False)  # what a GPU run without the move would do
+    loss, count = train.token_losses(model, *batch)
+    assert loss.device.type == "meta" and count == int((batch[1][:, 1:] != -100).sum()) > 0
