@@ -475,7 +475,7 @@ class RLConfig:
     """The update forwards a micro-batch's sequences back to back in one row, without padding,
     with attention confined to each (train.packed_attention's path) instead of right-padded rows:
     the same loss without the pad tokens' compute, which is most of it when lengths vary (the
-    default recipe's kept prefixes: 38-41% less update time, docs/benchmarks.md). On a GPU,
+    default recipe's kept prefixes: 24% less update time, docs/benchmarks.md). On a GPU,
     compare with padded rows, whose SDPA does not materialise the scores."""
     sample_batch_size: int = 128
     """Rows the sampler decodes together."""

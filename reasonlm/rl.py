@@ -98,7 +98,7 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, read_dataset, render_target
 from reasonlm.model import (ModelError, check_adapter_fits, fit_vocab, load_model, load_tokenizer, looks_like_path,
                             set_threads)
-from reasonlm.packing import NO_MASK, PackedRows, check_packable, use_packed_attention
+from reasonlm.packing import PackedRows, check_packable, packed_forward, use_packed_attention
 from reasonlm.processes import cores_each, run_processes
 from reasonlm.tasks import get_task, is_importer
 
@@ -566,6 +566,7 @@ class Forward:
 
 
 def collate(rollouts: list[Rollout], pad_id: int, packed: bool = False) -> Forward:
+    """The rollouts' prompt + completion tokens as one Forward: right-padded rows, or packed."""
     seqs = [s.prompt + s.completion for s in rollouts]
     if packed:
         starts = [0, *itertools.accumulate(len(q) for q in seqs)][:-1]
@@ -583,9 +584,8 @@ def token_logprobs(model, batch: Forward, with_entropy: bool = False):
     """log p(next token) at every position of `batch` (and the entropy of its distribution)."""
     if batch.packed_rows is None:
         out = model(input_ids=batch.ids, use_cache=False)
-    else:  # NO_MASK: the one-element stand-in that skips building a mask nobody reads (train.token_losses)
-        out = model(input_ids=batch.ids, position_ids=batch.position_ids, attention_mask=NO_MASK,
-                    packed_rows=batch.packed_rows, use_cache=False)
+    else:
+        out = packed_forward(model, batch.ids, batch.position_ids, batch.packed_rows)
     logp_all = F.log_softmax(out.logits[:, :-1].float(), -1)
     logp = logp_all.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None

@@ -43,7 +43,8 @@ from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, answer_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
                             resolve_device, set_threads)
-from reasonlm.packing import IGNORE, NO_MASK, PackedRows, check_packable, collate, pack, use_packed_attention
+from reasonlm.packing import (IGNORE, PackedRows, check_packable, collate, pack, packed_forward,
+                              use_packed_attention)
 from reasonlm.stats import plot_training_curves
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
@@ -103,11 +104,7 @@ def token_losses(model, input_ids, labels, position_ids, attention=None):
     input_ids, labels, position_ids = (t.to(device) for t in (input_ids, labels, position_ids))
     attention = attention.to(device) if attention is not None else None
     if isinstance(attention, PackedRows):
-        # transformers passes a 4D mask through untouched; this one-element stand-in skips its mask
-        # building (for one flat row of ~6,000 tokens it would materialise a 6,000^2 block mask,
-        # 50 ms a step here). packed_attention_forward never reads it.
-        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=NO_MASK,
-                    packed_rows=attention, use_cache=False)
+        out = packed_forward(model, input_ids, position_ids, attention)
     else:
         out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention, use_cache=False)
     logits = out.logits[:, :-1].float()
