@@ -8,6 +8,7 @@ import pickle
 import sys
 
 import datasets
+import torch.distributed as dist
 import yaml
 from safetensors import SafetensorError
 
@@ -233,6 +234,7 @@ def main(argv=None):
         datasets.disable_progress_bars()
     try:
         COMMANDS[args.command](args)
+        close_process_group()
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
@@ -241,6 +243,15 @@ def main(argv=None):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def close_process_group() -> None:
+    """Tear down the process group a multi-process command joined, every process together, once
+    its work is done. Left to interpreter exit, gloo's threads can abort a finished process ("terminate
+    called without an active exception", exit status 250) after it has written everything."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # What a user's input can cause, reported as one line (REASONLM_DEBUG=1 re-raises for the traceback):
