@@ -51,37 +51,51 @@ def test_report_has_the_promised_keys(pipeline_run):
     assert (run_dir / "train" / "config.yaml").exists() and (run_dir / "data" / "README.md").exists()
 
 
+# Floors sit under the worst figure measured on any library version CI has installed (the
+# README's run on transformers 5.24, and fresh installs on 5.25: docs/experiments.md), minus the
+# margin stated next to each. Chains at the edge of the trained length are where a new version's
+# float rounding shows (a different first token changes every sample after), so their margins are
+# the widest. Accuracies are compared as counts of problems, never as float sums.
+def solved(by_steps: dict, lo: int, hi: int, n: int) -> int:
+    """Problems solved at lengths lo..hi of a by_steps table of n problems per length."""
+    return sum(round(by_steps[str(k)]["accuracy"] * n) if isinstance(by_steps[str(k)], dict)
+               else round(by_steps[str(k)] * n) for k in range(lo, hi + 1))
+
+
 def test_cot_learns_well_above_chance_and_beats_direct(pipeline_run):
     run_dir, _ = pipeline_run
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    assert report["accuracy"] >= 0.9, report["accuracy"]  # answers are 0..99; README: 1.000
+    # held-out 2-6 steps, 500 problems: measured 99.2-99.4%; margin 2 points
+    assert report["accuracy"] >= 0.97, report["accuracy"]
     longest = str(max(int(k) for k in report["by_steps"] if int(k) <= 6))
     gap = report["by_steps"][longest] - report["direct"]["by_steps"][longest]
-    assert gap >= 0.4, (longest, gap)  # issue #2's target for the longest in-distribution chains (README: 0.89)
-    # chains longer than any trained (7-8 steps): issue #2 asks for 50%; README: 0.785 (direct: 0.09)
-    assert report["ood_accuracy"] >= 0.5, report["ood_accuracy"]
-    assert report["ood_accuracy"] > report["direct"]["ood_accuracy"] + 0.3
-    # the length ladder (fresh problems, 2..12 steps): SFT solves the trained lengths
+    assert gap >= 0.7, (longest, gap)  # 6 steps, CoT against direct: measured 0.88-0.89; margin 18 points
+    # chains longer than any trained (7-8 steps, 200 problems): measured 71-78% (direct 6-7%);
+    # margin 11 points: the edge of the length range is the version-sensitive figure
+    assert report["ood_accuracy"] >= 0.6, report["ood_accuracy"]
+    assert report["ood_accuracy"] >= report["direct"]["ood_accuracy"] + 0.5
+    # the length ladder (fresh problems, 2..12 steps): SFT solves the trained lengths (measured 98-100%)
     sft = report["ladder"]["models"]["SFT"]
-    assert all(sft[str(k)]["accuracy"] >= 0.9 for k in range(2, 7)), {k: v["accuracy"] for k, v in sft.items()}
+    n = report["ladder"]["n_per_steps"]
+    assert all(round(sft[str(k)]["accuracy"] * n) >= n - 3 for k in range(2, 7)), \
+        {k: v["accuracy"] for k, v in sft.items()}
 
 
 def test_rl_carries_the_model_past_its_training_chains(pipeline_run):
     """RL from the checker alone (7-11-step problems, no gold solution) moves the cliff: the SFT
     model solves next to nothing at 9-10 steps, the RL model most of them, and with SFT's data
-    replayed and the rate falling it keeps the short chains (README, 3 seeds: 79-82% at 9-10
-    steps, 98.8-99.4% on the held-out split, 98.8-99.2% at 2-6 on the ladder, 95.5-96.0% on the
-    held-out 7-8; the floors sit 3-14 points below the worst seed, room for a run that differs
-    in float rounding, which changes every sample after)."""
+    replayed and the rate falling it keeps the short chains."""
     run_dir, _ = pipeline_run
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    ladder = report["ladder"]["models"]
-
-    def mean(model, lo, hi):
-        return sum(ladder[model][str(k)]["accuracy"] for k in range(lo, hi + 1)) / (hi - lo + 1)
-    assert mean("SFT+RL", 9, 10) >= mean("SFT", 9, 10) + 0.65, (mean("SFT+RL", 9, 10), mean("SFT", 9, 10))
-    assert mean("SFT+RL", 2, 6) >= 0.95, {k: v["accuracy"] for k, v in ladder["SFT+RL"].items()}
-    assert report["rl"]["accuracy"] >= 0.96 and report["rl"]["ood_accuracy"] >= 0.9, report["rl"]
+    ladder, n = report["ladder"]["models"], report["ladder"]["n_per_steps"]
+    rl_9_10, sft_9_10 = solved(ladder["SFT+RL"], 9, 10, n), solved(ladder["SFT"], 9, 10, n)
+    # 9-10 steps, 2 x 50 problems: SFT+RL measured 71-79 (3 seeds on 5.24: 78-90%), SFT 0-6;
+    # floors: SFT+RL at least 60 and at least 50 more than SFT (margins 11 and 15 problems)
+    assert rl_9_10 >= 60 * 2 * n // 100 and rl_9_10 >= sft_9_10 + 50 * 2 * n // 100, (rl_9_10, sft_9_10)
+    # 2-6 steps on the ladder, 5 x 50 problems: measured 97-99%; margin 3 points
+    assert solved(ladder["SFT+RL"], 2, 6, n) >= 94 * 5 * n // 100, {k: v["accuracy"] for k, v in ladder["SFT+RL"].items()}
+    # held-out 2-6 / 7-8 steps after RL: measured 97.4-99.2% / 95.8-97.5%; margins 2.4 and 5.8 points
+    assert report["rl"]["accuracy"] >= 0.95 and report["rl"]["ood_accuracy"] >= 0.9, report["rl"]
 
 
 def test_ci_gate_passes_against_the_baseline_and_fails_when_raised(pipeline_run, tmp_path):
