@@ -247,3 +247,16 @@ def test_the_engine_stops_a_row_whose_budget_drops_mid_batch(toy):
             budgets[0] = 0
     out = engine.generate([prompt, prompt], SamplingParams(max_new_tokens=budgets), on_token)
     assert len(out[0]) == 1 and len(out[1]) == 30
+
+
+def test_more_requests_than_max_concurrent_get_429(server):
+    for _ in range(server.cfg.max_concurrent):  # every slot taken, as by requests in flight
+        server.slots.acquire()
+    try:
+        status, text = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}]})
+    finally:
+        for _ in range(server.cfg.max_concurrent):
+            server.slots.release()
+    assert status == 429 and json.loads(text)["error"]["type"] == "rate_limit_error"
+    assert post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}],
+                                                 "max_tokens": 2})[0] == 200
