@@ -13,14 +13,16 @@ import yaml
 from safetensors import SafetensorError
 
 import reasonlm
-from reasonlm import base, chat, data, evaluate, pipeline, rl, train
-from reasonlm.config import load_recipe, render_recipe
+from reasonlm import base, chat, data, evaluate, pipeline, rl, serve, tasks, train
+from reasonlm.config import ServeConfig, load_recipe, render_recipe
 from reasonlm.model import export
 from reasonlm.processes import cores_each, follow_launcher
 
 
 def _recipe(args):
-    return load_recipe(args.recipe, list(args.overrides))
+    recipe = load_recipe(args.recipe, list(args.overrides))
+    tasks.load_plugins(recipe.task_files + recipe.eval.task_files)
+    return recipe
 
 
 def cmd_data(args):
@@ -64,6 +66,7 @@ def cmd_eval(args):
     if evaluate.is_suite(args.recipe):
         cfg = evaluate.load_suite(args.recipe, args.overrides)
         recipe = load_recipe(args.with_recipe) if args.with_recipe else None
+        tasks.load_plugins(cfg.task_files + (recipe.task_files if recipe else []))
         report, out = evaluate.run_suite(cfg, args.model, args.adapter, recipe, args.out)
     else:
         recipe = _recipe(args)
@@ -93,7 +96,27 @@ def cmd_config(args):
 
 
 def cmd_chat(args):
+    tasks.load_plugins(args.task_files + (load_recipe(args.recipe).task_files if args.recipe else []))
     chat.main(args)
+
+
+def cmd_serve(args):
+    """serve a model over the OpenAI-compatible HTTP API, with a web chat page at /"""
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    tasks.load_plugins(args.task_files + (recipe.task_files if recipe else []))
+    cfg = ServeConfig(**{k: v for k, v in vars(args).items() if k in SERVE_OPTIONS and v is not None})
+    serve.main(cfg, recipe)
+
+
+def cmd_tasks(args):
+    """list every task family: where it came from and what it supports"""
+    tasks.load_plugins(args.task_files)
+    rows = [("family", "from", "makes", "checks steps without gold", "reads a typed question")]
+    rows += [(d["name"], d["origin"], d["makes"], "yes" if d["steps_without_gold"] else "no",
+              "yes" if d["parses_questions"] else "no") for d in tasks.describe()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def cmd_export(args):
@@ -113,7 +136,10 @@ def gate(report, min_accuracy, cfg=None, baseline=None):
 
 
 COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "rl": cmd_rl, "eval": cmd_eval,
-            "pipeline": cmd_pipeline, "config": cmd_config, "chat": cmd_chat, "export": cmd_export}
+            "pipeline": cmd_pipeline, "config": cmd_config, "chat": cmd_chat, "export": cmd_export,
+            "serve": cmd_serve, "tasks": cmd_tasks}
+SERVE_OPTIONS = ("model", "adapter", "merged", "host", "port", "max_body_bytes", "max_tokens", "max_concurrent",
+                 "max_batch", "name")
 
 # What each subcommand's --help says after its options: the recipe sections it reads, one example.
 EPILOGS = {
@@ -132,6 +158,9 @@ EPILOGS = {
     "chat": "recipe sections: chat (with --recipe)\n"
             "example: reasonlm chat --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter",
     "export": "recipe sections: none (reads the run's saved config)\nexample: reasonlm export out/tiny-cpu/train --merge",
+    "serve": "recipe sections: chat.system, device, task_files (with --recipe)\n"
+             "example: reasonlm serve --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter --port 8000",
+    "tasks": "recipe sections: none\nexample: reasonlm tasks --task-files docs/examples/clock.py",
 }
 
 
@@ -168,6 +197,27 @@ def parser():
     s.add_argument("--recipe", default=None, help="recipe whose chat section sets the defaults")
     s.add_argument("--plain", action="store_true", help="no colours (for pipes)")
     s.add_argument("-p", "--prompt", default=None, help="answer one question and exit")
+    s.add_argument("--task-files", nargs="+", default=[], metavar="FILE",
+                   help="your own task families (Python files) for /verify; this runs their code")
+    s = sub.add_parser("serve", help=cmd_serve.__doc__, epilog=EPILOGS["serve"],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--model", required=True, help="base model: local path or Hub id")
+    s.add_argument("--adapter", default=None, help="LoRA adapter directory or Hub id")
+    s.add_argument("--merged", action="store_true", default=None, help="merge the adapter into the base")
+    s.add_argument("--recipe", default=None, help="recipe whose chat section, device and task_files apply")
+    s.add_argument("--task-files", nargs="+", default=[], metavar="FILE",
+                   help="your own task families (Python files) for the verdicts; this runs their code")
+    s.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=None, help="port (default 8000; 0 = any free port)")
+    s.add_argument("--name", default=None, help="model name in /v1/models (default: the adapter's or model's folder)")
+    s.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted")
+    s.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask for")
+    s.add_argument("--max-concurrent", type=int, default=None, help="requests in flight at once; more get 429")
+    s.add_argument("--max-batch", type=int, default=None, help="requests decoded together in one batch")
+    s = sub.add_parser("tasks", help=cmd_tasks.__doc__, epilog=EPILOGS["tasks"],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--task-files", nargs="+", default=[], metavar="FILE",
+                   help="also list the families of these Python files (this runs their code)")
     s = sub.add_parser("export", help="export a training run's adapter, or merge it into the base",
                        epilog=EPILOGS["export"], formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("run", help="run directory (e.g. out/tiny-cpu/train) or adapter directory")

@@ -375,6 +375,9 @@ class EvalConfig:
     ladder_per_steps: int = 50
     """Pipeline's length ladder: fresh problems per n_steps from 2 to twice data.train_steps' longest, of the
     recipe's generated family, for every model it trains (greedy, budget from the question); 0 = no ladder."""
+    task_files: list = field(default_factory=list)
+    """Python files of your own task families (docs/data.md, "A task family in a file of your own")
+    that a suite's `task` sources name; relative to the suite or recipe file. Loading one runs its code."""
 
     def __post_init__(self):
         _one_of(self, "eval", "prompt", ("chat", "plain"))
@@ -389,7 +392,7 @@ class EvalConfig:
                "a non-empty list of integers", "seeds")
         _check(self, "eval", lambda v: isinstance(v, list) and all(isinstance(k, int) and 1 <= k <= self.samples for k in v),
                f"a list of k in 1..samples ({self.samples})", "ks")
-        _strings(self, "eval", "splits", "stop_strings", "metrics")
+        _strings(self, "eval", "splits", "stop_strings", "metrics", "task_files")
 
 
 @dataclass
@@ -407,6 +410,41 @@ class ChatConfig:
         _at_least(self, "chat", 0, "temperature")
         _check(self, "chat", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
         _at_least(self, "chat", 1, "max_new_tokens")
+
+
+@dataclass
+class ServeConfig:
+    """`reasonlm serve`: the OpenAI-compatible HTTP server and its web chat page (reasonlm/serve.py)."""
+    model: str = ""
+    """Base model: local path or Hub id."""
+    adapter: str = ""
+    """LoRA adapter directory or Hub id; empty = the bare model."""
+    merged: bool = False
+    """Merge the adapter into the base weights before serving."""
+    name: str = ""
+    """Model name /v1/models lists and answers carry; empty = the adapter's (else the model's) folder name."""
+    host: str = "127.0.0.1"
+    """Address to bind: 127.0.0.1 serves this machine only; 0.0.0.0 serves every network it is on."""
+    port: int = 8000
+    """TCP port; 0 = any free port (printed at start)."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body accepted; a bigger one gets 413 before it is read."""
+    max_tokens: int = 512
+    """Most new tokens one answer may take: a request's max_tokens above it gets 400; absent = this."""
+    max_concurrent: int = 16
+    """Requests in flight at once (queued or decoding); one more gets 429 at once rather than waiting."""
+    max_batch: int = 16
+    """Requests decoded together in one batch (rows of the engine's KV cache)."""
+    system: str = ""
+    """System prompt put before every chat request that brings none."""
+
+    def __post_init__(self):
+        _check(self, "serve", lambda v: isinstance(v, str) and v.strip(), "a model path or Hub id", "model")
+        _check(self, "serve", lambda v: isinstance(v, str) and v.strip(), "an address such as 127.0.0.1", "host")
+        _check(self, "serve", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535,
+               "in 0..65535", "port")
+        _at_least(self, "serve", 1, "max_tokens", "max_concurrent", "max_batch")
+        _at_least(self, "serve", 1024, "max_body_bytes")
 
 
 @dataclass
@@ -570,12 +608,17 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    task_files: list = field(default_factory=list)
+    """Python files of your own task families (docs/data.md, "A task family in a file of your own"),
+    loaded before any stage runs, so data.tasks, rl.task and eval can name their families; relative
+    to the recipe file. Loading one runs its code, as pytest runs a conftest.py: name only files you trust."""
     rl: RLConfig | None = None
     """Reinforcement learning after SFT (`reasonlm rl`); absent = no RL stage."""
 
     def __post_init__(self):
         _check(self, "", lambda v: isinstance(v, str) and v, "a directory", "out_dir")
         _at_least(self, "", 0, "threads")
+        _strings(self, "", "task_files")
         _check(self, "", lambda v: isinstance(v, str) and DEVICE.fullmatch(v), "auto, cpu, cuda, cuda:N or mps",
                "device")
 
@@ -622,6 +665,9 @@ def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
     """The recipe at `path` (None: the defaults) with dotted `key=value` overrides."""
     raw = read_settings(path, "recipe") if path else {}
     empty = path is not None and not sets_anything(raw)  # only empty sections: `train:`, `eval: {}`
+    if path:
+        resolve_task_files(raw, path)
+        resolve_task_files(raw.get("eval"), path)
     for item in overrides:
         key, value = split_override(item, "train.lr=1e-3")
         *parents, leaf = key.split(".")
@@ -632,6 +678,8 @@ def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
                 raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node[leaf] = value
     recipe = from_dict(Recipe, raw, "")  # unknown keys first: `trian: {}` is a typo, not an empty recipe
+    recipe.task_files = [os.path.abspath(p) for p in recipe.task_files]  # an override's: from the working directory
+    recipe.eval.task_files = [os.path.abspath(p) for p in recipe.eval.task_files]
     if empty:
         raise ConfigError(empty_file(path, "recipe"))
     return recipe
@@ -653,6 +701,7 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
     stage (decontamination) and the eval stage both read suites through here."""
     raw = read_settings(path, "suite")
     empty = not sets_anything(raw)
+    resolve_task_files(raw, path)
     for item in overrides:
         key, value = split_override(item, "samples=8")
         raw[key.removeprefix("eval.")] = value
@@ -664,7 +713,16 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
         raise ConfigError(empty_file(path, "suite"))
     if not cfg.name:
         cfg.name = os.path.splitext(os.path.basename(path))[0]
+    cfg.task_files = [os.path.abspath(p) for p in cfg.task_files]
     return cfg
+
+
+def resolve_task_files(raw, path: str) -> None:
+    """A settings file's `task_files` are relative to the file (as a conftest.py is to its folder);
+    made absolute in place. Anything but a list of strings is left for validation to name."""
+    files = raw.get("task_files") if isinstance(raw, dict) else None
+    if isinstance(files, list) and all(isinstance(f, str) and f for f in files):
+        raw["task_files"] = [os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(f)) for f in files]
 
 
 def read_settings(path: str, kind: str) -> dict:

@@ -27,7 +27,7 @@ from reasonlm import base, data, evaluate, modelcard, rl, train
 from reasonlm.config import EvalConfig, Recipe, RunPaths, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
-from reasonlm.tasks import get_task, is_importer
+from reasonlm.tasks import get_task, is_importer, load_plugins
 
 REPORTED = ("accuracy", "ood_accuracy", "by_steps", "splits")  # what the report keeps of the direct and RL evals
 LADDER = "ladder"  # the ladder's source: one section of each ladder eval
@@ -48,6 +48,7 @@ def direct_batch_tokens(cot_cfg, base_model: str, paths: RunPaths) -> int:
 
 
 def run(recipe: Recipe, force: bool = False) -> dict:
+    load_plugins(recipe.task_files + recipe.eval.task_files)  # the CLI has; a Python caller may not have
     out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
     os.makedirs(out, exist_ok=True)
     save_resolved(recipe, out, "recipe.yaml")

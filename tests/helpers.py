@@ -1,4 +1,5 @@
 """Toy models and data the tests build themselves (nothing is downloaded)."""
+import contextlib
 import random
 
 from reasonlm.model import build_tiny, train_tokenizer
@@ -59,3 +60,16 @@ def chatless_model_and_tokenizer(tied=True, hidden=32, layers=2, heads=4, extra_
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config), tokenizer
+
+
+@contextlib.contextmanager
+def plugin_registry():
+    """Plugins registered inside the block are gone after it (the registry is per process)."""
+    from reasonlm import tasks
+    saved = dict(tasks.TASKS), dict(tasks.ORIGINS), list(tasks._FILES), list(tasks._INSTALLED)
+    try:
+        yield
+    finally:
+        for live, old in zip((tasks.TASKS, tasks.ORIGINS, tasks._FILES, tasks._INSTALLED), saved):
+            live.clear()
+            live.update(old) if isinstance(live, dict) else live.extend(old)

@@ -179,6 +179,68 @@ def test_worked_family_runs_through_the_data_stage(digit_sum, tmp_path):
     assert get_task("digit_sum").check(ex, ex.steps, ex.answer).chain_valid
 
 
+# --- docs/examples/clock.py: a family in a file outside the package, through data and eval ------
+CLOCK = os.path.join(ROOT, "docs", "examples", "clock.py")
+
+
+@pytest.fixture
+def clock():
+    """The worked plugin family, loaded the way a recipe's task_files loads it (and unloaded after)."""
+    from reasonlm.tasks import load_plugins
+    from tests.helpers import plugin_registry
+
+    with plugin_registry():
+        assert load_plugins([CLOCK]) == ["clock"]
+        yield get_task("clock")
+
+
+def test_plugin_example_is_about_a_page_and_follows_the_protocol(clock):
+    assert len(read(CLOCK).splitlines()) <= 70
+    for n in range(1, 11):
+        gold = clock.generate(random.Random(n), n)
+        assert gold.n_steps == len(gold.steps) == n and clock.check(gold, gold.steps, gold.answer).chain_valid
+        wrong = list(gold.steps)
+        wrong[n // 2] = wrong[n // 2].replace("=", "=1", 1)
+        assert clock.check(gold, wrong, gold.answer).first_bad_step == n // 2 + 1
+    task, ex = parse_any_question("A clock shows 11. What does it show after +3h -5h?")
+    assert task.name == "clock" and ex.steps == ("11+3=2", "2-5=9") and ex.answer == "9"
+
+
+def test_plugin_recipe_names_the_example_and_it_runs_through_data_and_eval(clock, tmp_path, capsys):
+    """recipes/tiny-cpu-plugin.yaml's family through the data stage, then a suite that names the same
+    file through `reasonlm eval` on a toy model: the report has step metrics for it."""
+    from reasonlm import cli, data
+    from reasonlm.config import load_recipe
+    from tests.helpers import tiny_model_and_tokenizer
+
+    recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu-plugin.yaml"),
+                         ["data.n_train=40", "data.n_validation=8", "data.n_test_per_steps=2", "data.n_base=10",
+                          "data.workers=1"])
+    assert recipe.task_files == [CLOCK] and recipe.data.tasks[0]["name"] == "clock"
+    out = data.run(recipe.data, str(tmp_path))
+    dataset = read_dataset(out)
+    assert set(dataset["train"]["family"]) == {"clock"}
+    assert "docs/examples/clock.py" in read(os.path.join(out, "README.md"))  # the card names the file
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(tmp_path / "toy")
+    tok.save_pretrained(tmp_path / "toy")
+    suite = tmp_path / "clock-suite.yaml"
+    suite.write_text(f"task_files: [{os.path.relpath(CLOCK, tmp_path)}]\n"
+                     "sources: [{task: clock, steps: [2, 3], n_per_steps: 3}]\nmax_new_tokens: 16\n")
+    cli.main(["eval", str(suite), "--model", str(tmp_path / "toy"), "--adapter", "none", "--out", str(tmp_path / "ev")])
+    with open(tmp_path / "ev" / "report.json") as f:
+        report = json.load(f)
+    assert list(report["sources"]) == ["clock"] and report["overall"]["n"] == 6 and report["overall"]["steps_checkable"]
+    # the untrained toy writes no steps; eval's scorer gives step metrics to the family's own answers
+    from reasonlm.evaluate.scoring import score
+
+    ex = Example.from_row(dataset["test"][0])
+    wrong = [ex.steps[0].replace("=", "=1", 1), *ex.steps[1:]]
+    assert score(ex, render_completion(ex.steps, ex.answer))["chain_valid"]
+    got = score(ex, render_completion(wrong, ex.answer))
+    assert (got["steps_total"], got["steps_ok"], got["first_bad_step"]) == (len(ex.steps), len(ex.steps) - 1, 1)
+
+
 # --- docs/use-elsewhere.md: the JSONL views in TRL -------------------------------------------
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):

@@ -23,7 +23,8 @@ LAYERS = [
     ["reasonlm.model", "reasonlm.modelcard", "reasonlm.checkpoint"],
     ["reasonlm.tasks"],
     ["reasonlm.sources", "reasonlm.credit"],
-    ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl"],
+    ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl",
+     "reasonlm.serve"],
     ["reasonlm.pipeline"],
     ["reasonlm.cli", "reasonlm.__main__"],
 ]

@@ -18,6 +18,10 @@ The mix (`data.tasks`, one MixEntry each, read in data/mix.py):
               against. Each record is checked by its task's checker like a generated one; a
               malformed one raises (file:line) or is skipped and counted (`on_error`).
 
+Before anything is made, every generated family passes RL's reward preflight (MixEntry.preflight):
+its gold solutions score 1 and corrupted copies less, so a family (a plugin's, say) whose checker
+rejects its own gold stops the build with one line.
+
 Splits (every example is checked by its task's checker before it is written):
   base        the base model's pretraining corpus: short problems (`base_steps`), the primitives
   train       fine-tuning problems with `train_steps` steps, plus imported records
@@ -71,6 +75,7 @@ from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generat
 from reasonlm.data.imports import load_imports, take_imported
 from reasonlm.data.mix import EVAL_SPLITS, SPLITS, DataError, MixEntry, mix_entries
 from reasonlm.data.writer import SplitStats, SplitWriter, disk_templates
+from reasonlm.tasks import BUILT_IN, ORIGINS
 
 TOKEN_SAMPLE = 20_000  # rows per split that are tokenized for the token-length statistics
 
@@ -98,6 +103,8 @@ def write_dataset(cfg: DataConfig, tmp: str) -> dict:
     t0 = time.time()
     entries = mix_entries(cfg)
     gens = [e for e in entries if not e.imported]
+    for entry in gens:
+        entry.preflight(cfg)
     chash = config_hash(cfg)
     tokenizer = stats_tokenizer(cfg.tokenizer)
     os.makedirs(tmp, exist_ok=True)
@@ -228,6 +235,12 @@ def entry_info(entry: MixEntry, import_reports: list[dict]) -> dict:
             "args": entry.spec.get("args") or {}, "license": entry.task.license,
             # an importer reads what others wrote: the version of the stage that read it
             "version": str(GENERATOR_VERSION if entry.imported else entry.task.version)}
+    origin = ORIGINS.get(entry.name, BUILT_IN)
+    if os.path.isfile(origin):  # a family from a task file: which file, and exactly which code
+        with open(origin, "rb") as f:
+            info.update(task_file=origin, task_file_sha256=hashlib.sha256(f.read()).hexdigest())
+    elif origin != BUILT_IN:
+        info.update(task_origin=origin)
     if entry.imported:
         info.update(into=entry.into, count=entry.count,
                     report=next(r["report"] for r in import_reports if r["source"] == entry.index))

@@ -74,7 +74,8 @@ def stats_markdown(stats: dict) -> str:
             amount, where = f"weight {s['weight']:g}", f"steps {s['steps']}" if s["steps"] else "any steps"
         else:
             amount, where = f"count {s['count'] or 'all'}", f"into {s['into']}"
-        out.append(f"| {i} | {s['name']} | {s['kind']} | {amount} | {where} | {s['license']} | "
+        name = f"{s['name']} (from {s['task_file']}, sha256 `{s['task_file_sha256'][:16]}`)" if "task_file" in s else s["name"]
+        out.append(f"| {i} | {name} | {s['kind']} | {amount} | {where} | {s['license']} | "
                    f"`{json.dumps(s['args'], sort_keys=True)}` |")
     imported = [(i, s) for i, s in enumerate(stats["sources"]) if s["kind"] == "imported"]
     if imported:

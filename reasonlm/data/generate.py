@@ -19,6 +19,7 @@ from reasonlm.config import DataConfig
 from reasonlm.data.decontaminate import Blocklist, Removed, digest
 from reasonlm.data.mix import DataError, MixEntry, mix_entries
 from reasonlm.example import Example, question_key
+from reasonlm.tasks import load_plugins, loaded_task_files
 
 GENERATOR_VERSION = "3"  # bump whenever the same recipe and seed would produce different problems
 JOB_ROWS = 2000  # problems per generation job (a job has its own seed); part of the generator version
@@ -146,7 +147,8 @@ def resolve_workers(cfg: DataConfig, n_rows: int) -> int:
 _WORKER: dict = {}
 
 
-def _init_worker(cfg: DataConfig, blocked: Blocklist) -> None:
+def _init_worker(cfg: DataConfig, blocked: Blocklist, task_files: list[str]) -> None:
+    load_plugins(task_files, quiet=True)  # a spawned process starts with the built-in families only
     _WORKER.update(gens=[e for e in mix_entries(cfg) if not e.imported], blocked=blocked, seed=cfg.seed)
 
 
@@ -162,7 +164,8 @@ class Runner:
         self.gens, self.blocked, self.seed, self.pool = gens, blocked, cfg.seed, None
         if workers > 1:
             # spawn, not fork: the parent may hold pyarrow/torch threads that a forked child inherits broken
-            self.pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (cfg, blocked))
+            self.pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker,
+                                                                  (cfg, blocked, loaded_task_files()))
             self.inflight = 2 * workers
 
     def map(self, jobs):

@@ -13,7 +13,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from reasonlm.config import DataConfig
+from reasonlm.config import DataConfig, RLConfig
+from reasonlm.credit import RewardError, preflight
 from reasonlm.example import Example
 from reasonlm.tasks import get_task
 from reasonlm.tasks.base import Task, is_importer
@@ -57,6 +58,17 @@ class MixEntry:
         """Whether the task's checker accepts the example's own gold solution (an answer-only
         example: its answer)."""
         return self.task.check(example, example.steps, example.answer).accepted
+
+    def preflight(self, cfg: DataConfig) -> None:
+        """RL's reward preflight (credit.preflight), at data time: gold solutions of the lengths this
+        family makes must score exactly 1, and copies with a wrong answer, no answer line or one
+        wrong step below 1, so a checker that rejects its own gold (or accepts anything) stops the
+        build before anything is trained on it. Its own random stream: the dataset is unchanged."""
+        lo, hi = self.steps or (min(cfg.base_steps[0], cfg.train_steps[0]), cfg.ood_steps[1])
+        try:
+            preflight(self.task, RLConfig(n_steps=[lo, hi], reward="process", seed=cfg.seed))
+        except RewardError as e:
+            raise DataError(f"data.tasks[{self.index}] ({self.name}): {e}") from None
 
     def load(self) -> tuple[list[Example], dict]:
         """An importer's examples (not yet checked) and its report; ValueError names file and line."""

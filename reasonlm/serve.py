@@ -1,0 +1,437 @@
+"""`reasonlm serve`: the model over the OpenAI-compatible HTTP API, with a web chat page at `/`.
+
+    reasonlm serve --model out/tiny-cpu/base --adapter out/tiny-cpu/train/adapter [--host 127.0.0.1] [--port 8000]
+
+Routes (what vLLM, llama.cpp's llama-server and Ollama expose; docs/serving.md has the details):
+  POST /v1/chat/completions   {messages, max_tokens, temperature, top_p, seed, stop, stream}
+  POST /v1/completions        {prompt, ...the same}: the prompt text as it is, no chat template
+  GET  /v1/models, GET /health, GET / (serve_page.html: streamed chat with every step marked)
+
+Every answer carries the task checker's verdict on its steps in an extra field, `reasonlm`, next to
+the standard ones: {family, steps: [{text, ok}], answer, answer_correct, chain_valid,
+first_bad_step}, or {family: null} when no task family reads the question. The verdict needs no
+gold answer: the question is parsed the way chat's /verify parses it. A streamed answer sends the
+verdict so far with every chunk that completes a step line, and the whole verdict with the last.
+
+Decoding is shared: one scheduler thread takes every request waiting when it looks (up to
+max_batch) and decodes them together in one engine batch (rows leave the batch as they finish).
+Requests arriving while a batch decodes wait for the next one: batching by waves, not continuous
+batching (a new row cannot join the engine's KV cache mid-batch). A request's row is freed at the
+engine's next step when its client disconnects or one of its stop strings appears: its entry in
+the batch's list of token budgets drops to 0, which the engine reads at every step.
+
+Limits (ServeConfig): 127.0.0.1 unless --host says otherwise; bodies over max_body_bytes get 413
+unread; max_tokens above the limit 400; more than max_concurrent requests in flight 429. Every bad
+request gets a 4xx with {"error": {"message", "type", "param", "code"}}; a failure inside the
+server a 500 with the same shape, never a traceback, and the server keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from reasonlm.answer import encode_prompt, stop_token_ids
+from reasonlm.chat import Detokenizer, verify
+from reasonlm.config import Recipe, ServeConfig
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.model import load_for_inference
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
+ROLES = ("system", "user", "assistant")
+DONE = object()  # the end of a request's token queue
+
+
+class RequestError(Exception):
+    """A bad request: HTTP status and the OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# --- the verdict: the one call site of the checker ------------------------------------------------
+def step_verdict(question: str | None, text: str) -> dict:
+    """The checker's verdict on an answer's steps, from the question alone (chat's /verify path)."""
+    found = verify(question, text) if question else None
+    if found is None:
+        return {"family": None}
+    family, example, parsed, check = found
+    out = {"family": family, "steps": [{"text": s, "ok": bool(ok)} for s, ok in zip(parsed.steps, check.step_ok)],
+           "answer": parsed.answer, "chain_valid": bool(check.chain_valid), "first_bad_step": check.first_bad_step}
+    if example.answer and parsed.answer is not None:
+        out["answer_correct"] = bool(check.answer_correct)
+    return out
+
+
+# --- decoding: requests -> one engine batch per wave ----------------------------------------------
+@dataclass
+class Job:
+    """One request's generation: its prompt, its sampling settings and the queue its tokens go to."""
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE (or an Exception)
+    cancelled: bool = False
+    _budgets: list | None = None
+    _row: int = 0
+
+    def cancel(self) -> None:
+        """Free this request's row at the engine's next step (a disconnected client, a stop string)."""
+        self.cancelled = True
+        if self._budgets is not None:
+            self._budgets[self._row] = 0
+
+
+class Scheduler(threading.Thread):
+    """Takes every job waiting (up to max_batch) and decodes them together, one engine call per
+    (temperature, top_p) group, each row with its own budget and seed."""
+
+    def __init__(self, engine, max_batch: int):
+        super().__init__(daemon=True, name="reasonlm-scheduler")
+        self.engine, self.max_batch, self.inbox = engine, max_batch, queue.Queue()
+
+    def submit(self, job: Job) -> Job:
+        self.inbox.put(job)
+        return job
+
+    def run(self):
+        while True:
+            wave = [self.inbox.get()]
+            while len(wave) < self.max_batch:
+                try:
+                    wave.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[tuple, list[Job]] = {}
+            for job in wave:
+                groups.setdefault((job.temperature, job.top_p), []).append(job)
+            for (temperature, top_p), jobs in groups.items():
+                self.decode(jobs, temperature, top_p)
+
+    def decode(self, jobs: list[Job], temperature: float, top_p: float) -> None:
+        budgets = [job.max_tokens for job in jobs]  # the engine reads this list at every step (Job.cancel)
+        for row, job in enumerate(jobs):
+            job._budgets, job._row = budgets, row
+            if job.cancelled:  # its client left while it waited
+                budgets[row] = 0
+        params = SamplingParams(max_new_tokens=budgets, temperature=temperature, top_p=top_p,
+                                seeds=[job.seed for job in jobs], batch_size=len(jobs))
+        try:
+            self.engine.generate([job.prompt for job in jobs], params, lambda i, t: jobs[i].tokens.put(t))
+            end = DONE
+        except Exception as e:  # a failure in the model must not kill the scheduler: every request hears of it
+            end = e
+        for job in jobs:
+            job.tokens.put(end)
+
+
+def make_engine(model, tokenizer):
+    """The one place the server builds its engine."""
+    return KVCacheEngine(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                         stop_token_ids(tokenizer))
+
+
+# --- reading a request --------------------------------------------------------------------------
+def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool = False):
+    value = body.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise RequestError(400, f"{key} must be {kind} in [{lo:g}, {hi:g}], got {value!r}", key, "invalid_value")
+    return value
+
+
+def _text(content, where: str) -> str:
+    """A message's content: a string, or OpenAI's list of {type: text, text} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise RequestError(400, f"{where}.content must be a string or a list of text parts", where, "invalid_value")
+
+
+def _stop(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(400, "stop must be a string or a list of at most 4 non-empty strings", "stop", "invalid_value")
+    return stop
+
+
+@dataclass
+class Ask:
+    """A validated request: what to decode, and what to answer with."""
+    prompt: list[int]
+    question: str | None  # what the verdict parses (the last user message, or the prompt)
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: list[str]
+    stream: bool
+    chat: bool
+
+
+def read_request(body, cfg: ServeConfig, tokenizer, context: int | None, chat: bool) -> Ask:
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object", None, "invalid_body")
+    if body.get("n", 1) != 1:
+        raise RequestError(400, "only n=1 is supported", "n", "unsupported_value")
+    for key in ("logprobs", "echo", "tools", "functions"):
+        if body.get(key) not in (None, False, 0, []):
+            raise RequestError(400, f"{key} is not supported by this server", key, "unsupported_parameter")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(400, "messages must be a non-empty list of {role, content}", "messages", "invalid_value")
+        clean = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise RequestError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", f"messages[{i}]",
+                                   "invalid_value")
+            clean.append({"role": m["role"], "content": _text(m.get("content"), f"messages[{i}]")})
+        if clean[-1]["role"] != "user":
+            raise RequestError(400, "the last message must be the user's", "messages", "invalid_value")
+        if cfg.system and clean[0]["role"] != "system":
+            clean.insert(0, {"role": "system", "content": cfg.system})
+        prompt, question = encode_prompt(tokenizer, clean), clean[-1]["content"]
+    else:
+        text = body.get("prompt")
+        if isinstance(text, list) and len(text) == 1:
+            text = text[0]
+        if not isinstance(text, str) or not text:
+            raise RequestError(400, "prompt must be a non-empty string", "prompt", "invalid_value")
+        prompt, question = tokenizer(text, add_special_tokens=False)["input_ids"], text
+    if not prompt:
+        raise RequestError(400, "the prompt is empty after tokenization", "prompt", "invalid_value")
+    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(body, key, cfg.max_tokens, 1, cfg.max_tokens, integer=True)
+    if context:
+        if len(prompt) >= context:
+            raise RequestError(400, f"the prompt is {len(prompt)} tokens; the model's context is {context}",
+                               "messages" if chat else "prompt", "context_length_exceeded")
+        max_tokens = min(max_tokens, context - len(prompt))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, f"stream must be true or false, got {stream!r}", "stream", "invalid_value")
+    return Ask(prompt, question, max_tokens, _number(body, "temperature", 0.0, 0, 2), _number(body, "top_p", 1.0, 0, 1),
+               _number(body, "seed", 0, -2**63, 2**63 - 1, integer=True), _stop(body), stream, chat)
+
+
+# --- the server ----------------------------------------------------------------------------------
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung client never keeps the process alive
+    allow_reuse_address = True
+
+    def __init__(self, cfg: ServeConfig, model, tokenizer, name: str):
+        super().__init__((cfg.host, cfg.port), Handler)
+        self.cfg, self.tokenizer, self.name, self.created = cfg, tokenizer, name, int(time.time())
+        engine = make_engine(model, tokenizer)
+        self.context = engine.context_size
+        self.scheduler = Scheduler(engine, cfg.max_batch)
+        self.scheduler.start()
+        self.slots = threading.BoundedSemaphore(cfg.max_concurrent)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # one line per request, no client-controlled escapes
+        sys.stderr.write(f"serve: {self.address_string()} {(fmt % args).encode('unicode_escape').decode()}\n")
+
+    # --- responses ---
+    def send_json(self, status: int, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def fail(self, error: RequestError) -> None:
+        self.close_connection = True  # the rest of a refused body may still be on the wire
+        self.send_json(error.status, error.body())
+
+    def do_GET(self):
+        self.route(self.get)
+
+    def do_POST(self):
+        self.route(self.post)
+
+    def route(self, method) -> None:
+        try:
+            method()
+        except RequestError as e:
+            self.fail(e)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as e:  # a bug must cost one request, never the server
+            print(f"serve: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+            try:
+                self.fail(RequestError(500, "internal server error", None, "internal_error", "server_error"))
+            except OSError:
+                self.close_connection = True
+
+    def get(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            self.send_json(200, {"status": "ok"})
+        elif path == "/v1/models":
+            self.send_json(200, {"object": "list", "data": [{"id": self.server.name, "object": "model",
+                                                              "created": self.server.created, "owned_by": "reasonlm"}]})
+        elif path in ("/", "/index.html"):
+            with open(PAGE, "rb") as f:
+                data = f.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            raise RequestError(404, f"no route GET {path}", None, "not_found")
+
+    def post(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            raise RequestError(404, f"no route POST {path}", None, "not_found")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestError(411, "a Content-Length header is required", None, "length_required")
+        if int(length) > self.server.cfg.max_body_bytes:
+            raise RequestError(413, f"the body is {length} bytes; this server takes at most "
+                                    f"{self.server.cfg.max_body_bytes}", None, "body_too_large")
+        raw = self.rfile.read(int(length))
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"the body is not valid JSON: {e}", None, "invalid_json") from None
+        ask = read_request(body, self.server.cfg, self.server.tokenizer, self.server.context,
+                           chat=path == "/v1/chat/completions")
+        if not self.server.slots.acquire(blocking=False):
+            raise RequestError(429, f"the server is busy ({self.server.cfg.max_concurrent} requests in flight); "
+                                    "retry later", None, "too_many_requests", "rate_limit_error")
+        try:
+            job = self.server.scheduler.submit(Job(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, ask.seed))
+            try:
+                self.answer(ask, job)
+            finally:
+                job.cancel()  # no-op when it finished; frees the row when the client went away
+        finally:
+            self.server.slots.release()
+
+    # --- an answer, streamed or whole ---
+    def answer(self, ask: Ask, job: Job) -> None:
+        ident = f"{'chatcmpl' if ask.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        head = {"id": ident, "object": "chat.completion" if ask.chat else "text_completion",
+                "created": int(time.time()), "model": self.server.name}
+        pieces: list[str] = []
+        detok = Detokenizer(self.server.tokenizer, pieces.append)
+        text, n_tokens, stopped, steps_seen = "", 0, False, 0
+        if ask.stream:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if ask.chat:
+                self.event({**head, "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        while True:
+            token = job.tokens.get()
+            if token is DONE:
+                detok.finish()
+            elif isinstance(token, Exception):
+                raise token
+            elif not stopped:
+                n_tokens += 1
+                detok.push(token)
+            new = "".join(pieces)
+            pieces.clear()
+            if new and not stopped:
+                cut = cut_at(text + new, ask.stop)
+                if cut is not None:
+                    new, stopped = cut[len(text):], True
+                    job.cancel()
+                text += new
+                if ask.stream and new:
+                    chunk = self.delta(head, ask, new)
+                    if text.count("\n") > steps_seen:  # a step line ended: its verdict goes with it
+                        steps_seen = text.count("\n")
+                        chunk["reasonlm"] = step_verdict(ask.question, text[:text.rfind("\n")])
+                    self.event(chunk)
+            if token is DONE:
+                break
+        finish = "length" if n_tokens >= ask.max_tokens and not stopped else "stop"
+        verdict = step_verdict(ask.question, text)
+        usage = {"prompt_tokens": len(ask.prompt), "completion_tokens": n_tokens,
+                 "total_tokens": len(ask.prompt) + n_tokens}
+        if ask.stream:
+            end = self.delta(head, ask, "")
+            end["choices"][0]["finish_reason"] = finish
+            self.event({**end, "usage": usage, "reasonlm": verdict})
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            return
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                  if ask.chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+        self.send_json(200, {**head, "choices": [choice], "usage": usage, "reasonlm": verdict})
+
+    def delta(self, head: dict, ask: Ask, text: str) -> dict:
+        if ask.chat:
+            return {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": None}]}
+        return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]}
+
+    def event(self, obj: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        self.wfile.flush()
+
+
+def cut_at(text: str, stop: list[str]) -> str | None:
+    """The text before its first stop string, or None when it holds none."""
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[:min(cuts)] if cuts else None
+
+
+# --- entry point --------------------------------------------------------------------------------
+def start(cfg: ServeConfig, model, tokenizer) -> Server:
+    """A server bound to cfg.host:cfg.port (port 0: a free one) that has not started serving yet."""
+    name = cfg.name or os.path.basename(os.path.normpath(cfg.adapter or cfg.model))
+    return Server(cfg, model, tokenizer, name)
+
+
+def main(cfg: ServeConfig, recipe: Recipe | None = None) -> None:
+    if recipe is not None and not cfg.system:
+        cfg.system = recipe.chat.system
+    print(f"loading {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else "") + " ...", file=sys.stderr)
+    model, tokenizer = load_for_inference(cfg.model, cfg.adapter or None, cfg.merged,
+                                          recipe.device if recipe else "auto")
+    server = start(cfg, model, tokenizer)
+    host, port = server.server_address[:2]
+    print(f"serving {server.name} on http://{host}:{port}/ (OpenAI API under /v1; Ctrl-C stops)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,262 @@
+"""`reasonlm serve`: the OpenAI-compatible API on a toy model, started on port 0 in a thread and
+asked with urllib and with the `openai` package; answers equal the engine's greedy output, bad
+requests get 4xx with an OpenAI error body and the server keeps serving."""
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
+from reasonlm.config import ConfigError, ServeConfig
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.serve import start, step_verdict
+from tests.helpers import tiny_model_and_tokenizer
+
+QUESTION = "3+4-2"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model, tok = tiny_model_and_tokenizer()
+    model.eval()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def server(toy):
+    model, tok = toy
+    srv = start(ServeConfig(model="toy", port=0, max_tokens=24, max_body_bytes=4096, max_concurrent=8, max_batch=8),
+                model, tok)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def url(server, path):
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def post(server, path, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url(server, path), data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def get(server, path):
+    with urllib.request.urlopen(url(server, path), timeout=60) as r:
+        return r.status, r.headers.get("Content-Type"), r.read().decode()
+
+
+def events(text):
+    """The data lines of an SSE body, parsed (the last must be [DONE])."""
+    lines = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def greedy(toy, prompt_ids, budget):
+    model, tok = toy
+    engine = KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
+    return tok.decode(engine.generate([prompt_ids], SamplingParams(max_new_tokens=budget))[0], skip_special_tokens=True)
+
+
+def test_models_health_and_the_page(server):
+    status, kind, body = get(server, "/v1/models")
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "toy"
+    assert json.loads(get(server, "/health")[2]) == {"status": "ok"}
+    status, kind, page = get(server, "/")
+    assert status == 200 and kind.startswith("text/html")
+    assert "/v1/chat/completions" in page and "http://" not in page and "https://" not in page  # no CDN
+
+
+def test_chat_stream_and_not_equal_the_engines_greedy_output(server, toy):
+    want = greedy(toy, encode_prompt(toy[1], prompt_messages(QUESTION)), 20)
+    body = {"model": "toy", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 20}
+    status, text = post(server, "/v1/chat/completions", body)
+    reply = json.loads(text)
+    assert status == 200 and reply["object"] == "chat.completion"
+    assert reply["choices"][0]["message"] == {"role": "assistant", "content": want}
+    assert reply["usage"]["completion_tokens"] <= 20 and reply["reasonlm"]["family"] == "arithmetic"
+    status, text = post(server, "/v1/chat/completions", {**body, "stream": True})
+    chunks = events(text)
+    assert status == 200 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == want
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["reasonlm"] == reply["reasonlm"]
+
+
+def test_completions_take_the_prompt_as_it_is(server, toy):
+    prompt = "Question: 3+4\nAnswer:"
+    want = greedy(toy, toy[1](prompt, add_special_tokens=False)["input_ids"], 12)
+    status, text = post(server, "/v1/completions", {"model": "toy", "prompt": prompt, "max_tokens": 12})
+    reply = json.loads(text)
+    assert status == 200 and reply["object"] == "text_completion" and reply["choices"][0]["text"] == want
+    status, text = post(server, "/v1/completions", {"model": "toy", "prompt": prompt, "max_tokens": 12, "stream": True})
+    assert "".join(c["choices"][0]["text"] for c in events(text)) == want
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b"{not json", 400, "invalid_json"),
+    (json.dumps({"messages": "hi"}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "max_tokens": 10_000}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "temperature": "hot"}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "robot", "content": "1+1"}]}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "stream": "yes"}).encode(), 400, "invalid_value"),
+    (json.dumps([1, 2]).encode(), 400, "invalid_body"),
+    (json.dumps({"messages": [{"role": "user", "content": "1" * 5000}]}).encode(), 413, "body_too_large"),
+])
+def test_bad_requests_get_a_4xx_error_body_and_the_server_stays_up(server, raw, status, code):
+    got, text = post(server, "/v1/chat/completions", None, raw=raw)
+    error = json.loads(text)["error"]
+    assert got == status and error["code"] == code and error["message"] and error["type"]
+    assert "Traceback" not in text
+    assert get(server, "/health")[0] == 200
+
+
+def test_unknown_route_and_a_prompt_longer_than_the_context_are_refused(server):
+    assert post(server, "/v1/embeddings", {"input": "x"})[0] == 404
+    status, text = post(server, "/v1/completions", {"prompt": "1+" * 300, "max_tokens": 4})
+    assert status == 400 and json.loads(text)["error"]["code"] == "context_length_exceeded"
+
+
+def test_concurrent_requests_are_all_answered_alike(server):
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
+    alone = json.loads(post(server, "/v1/chat/completions", body)[1])["choices"][0]["message"]["content"]
+    results = [None] * 8
+
+    def ask(i):
+        results[i] = post(server, "/v1/chat/completions", {**body, "stream": i % 2 == 1})
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (status, text) in enumerate(results):
+        assert status == 200
+        got = ("".join(c["choices"][0]["delta"].get("content", "") for c in events(text)) if i % 2
+               else json.loads(text)["choices"][0]["message"]["content"])
+        assert got == alone  # greedy: the same answer whatever shares its batch
+
+
+class Scripted:
+    """An engine that answers every prompt with the same tokens, one by one (and counts them)."""
+
+    def __init__(self, ids, endless=False):
+        self.ids, self.endless, self.emitted = ids, endless, []
+
+    def generate(self, prompts, params, on_token=None):
+        budgets = params.max_new_tokens
+        out = [[] for _ in prompts]
+        for step in range(max(budgets) if self.endless else len(self.ids)):
+            for i in range(len(prompts)):
+                if step < budgets[i]:  # read every step, as the engine does: a cancelled row stops
+                    t = self.ids[step % len(self.ids)]
+                    out[i].append(t)
+                    on_token(i, t)
+            if self.endless:
+                time.sleep(0.02)  # a model's pace: the server sees the closed socket while the row still runs
+        self.emitted.append([len(o) for o in out])
+        return out
+
+
+def test_streamed_steps_carry_the_checkers_verdict_as_they_arrive(server, toy):
+    tok = toy[1]
+    real, server.scheduler.engine = server.scheduler.engine, Scripted(
+        tok("3+4=7\n7-2=6\n#### 6", add_special_tokens=False)["input_ids"])
+    try:
+        status, text = post(server, "/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": QUESTION}], "stream": True})
+    finally:
+        server.scheduler.engine = real
+    marked = [c["reasonlm"] for c in events(text) if "reasonlm" in c]
+    assert marked[0]["steps"] == [{"text": "3+4=7", "ok": True}]
+    assert marked[1]["steps"] == [{"text": "3+4=7", "ok": True}, {"text": "7-2=6", "ok": False}]
+    final = marked[-1]
+    assert final["family"] == "arithmetic" and final["first_bad_step"] == 2 and final["answer_correct"] is False
+    assert step_verdict("hello there", "3+4=7") == {"family": None}
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(server, toy):
+    tok = toy[1]
+    endless = Scripted(tok("1+1=2\n", add_special_tokens=False)["input_ids"], endless=True)
+    real, server.scheduler.engine = server.scheduler.engine, endless
+    try:
+        body = json.dumps({"messages": [{"role": "user", "content": QUESTION}], "stream": True, "max_tokens": 24})
+        sock = socket.create_connection(("127.0.0.1", server.server_address[1]))
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        seen = b""
+        while b"data: " not in seen:
+            seen += sock.recv(4096)
+        sock.close()
+        status, _ = post(server, "/v1/chat/completions",  # served after the wave with the dropped row
+                         {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4})
+    finally:
+        server.scheduler.engine = real
+    assert status == 200
+    assert endless.emitted[0][0] < 24  # the row stopped before its budget
+
+
+def test_the_openai_client_streams_and_not(server, toy):
+    openai = pytest.importorskip("openai", reason="the openai package is in the dev extra")
+    client = openai.OpenAI(base_url=url(server, "/v1"), api_key="none")
+    assert [m.id for m in client.models.list()] == ["toy"]
+    want = greedy(toy, encode_prompt(toy[1], prompt_messages(QUESTION)), 20)
+    reply = client.chat.completions.create(model="toy", messages=[{"role": "user", "content": QUESTION}], max_tokens=20)
+    assert reply.choices[0].message.content == want
+    assert reply.model_extra["reasonlm"]["family"] == "arithmetic"  # the verdict rides along as an extra field
+    stream = client.chat.completions.create(model="toy", messages=[{"role": "user", "content": QUESTION}],
+                                            max_tokens=20, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == want
+    text = client.completions.create(model="toy", prompt="Question: 3+4\nAnswer:", max_tokens=8).choices[0].text
+    assert isinstance(text, str)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="toy", messages=[{"role": "user", "content": "x"}], max_tokens=10_000)
+
+
+def test_serve_config_names_the_field_and_the_range():
+    with pytest.raises(ConfigError, match=r"serve.port must be in 0..65535, got 70000"):
+        ServeConfig(model="m", port=70000)
+    with pytest.raises(ConfigError, match=r"serve.max_concurrent must be >= 1"):
+        ServeConfig(model="m", max_concurrent=0)
+    assert ServeConfig(model="m").host == "127.0.0.1"  # this machine only, unless told otherwise
+
+
+def test_the_engine_stops_a_row_whose_budget_drops_mid_batch(toy):
+    """What Job.cancel relies on: KVCacheEngine reads the budgets list at every step."""
+    model, tok = toy
+    engine = KVCacheEngine(model, tok.pad_token_id or 0, set())  # no stop token: rows run to their budgets
+    budgets = [30, 30]
+    prompt = encode_prompt(tok, prompt_messages(QUESTION))
+
+    def on_token(i, _):
+        if i == 0 and budgets[0] == 30:
+            budgets[0] = 0
+    out = engine.generate([prompt, prompt], SamplingParams(max_new_tokens=budgets), on_token)
+    assert len(out[0]) == 1 and len(out[1]) == 30
+
+
+def test_more_requests_than_max_concurrent_get_429(server):
+    for _ in range(server.cfg.max_concurrent):  # every slot taken, as by requests in flight
+        server.slots.acquire()
+    try:
+        status, text = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}]})
+    finally:
+        for _ in range(server.cfg.max_concurrent):
+            server.slots.release()
+    assert status == 429 and json.loads(text)["error"]["type"] == "rate_limit_error"
+    assert post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}],
+                                                 "max_tokens": 2})[0] == 200
