@@ -91,7 +91,8 @@ import torch.nn.functional as F
 
 from reasonlm import outputs
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
-from reasonlm.checkpoint import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
+from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
+                                 trainable_state_dict, try_resume)
 from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
 from reasonlm.engine import KVCacheEngine, SamplingParams
@@ -189,7 +190,7 @@ def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
     """(family name, knobs): rl.task (a generated family or an importer), else the recipe's first
     generated family."""
     spec = cfg.task or next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))), None)
-    if not spec or "name" not in spec:
+    if not spec:  # rl.task's shape is RLConfig's to check
         raise RLError("rl.task must name a task family, e.g. {name: arithmetic, args: {...}}, or an importer, "
                       "e.g. {name: gsm8k, args: {path: openai/gsm8k, split: train}}")
     return spec["name"], dict(spec.get("args") or {})
@@ -331,6 +332,9 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                 for g in seen[:cfg.log_completions]:
                     f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
             print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
+        # every process holds the same loss (summed over them): all stop together, nothing saved
+        stop_if_diverged(record["loss"], f"round {rnd + 1}", run_dir, "Lower rl.lr or check the adapter.",
+                         [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad])
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,
