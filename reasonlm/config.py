@@ -709,7 +709,20 @@ def split_override(item: str, example: str) -> tuple[str, object]:
 
 class StrictLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
-    without a word, so the first setting would be silently ignored)."""
+    without a word, so the first setting would be silently ignored), and a document that expands,
+    through its aliases, to more than MAX_VALUES values anywhere in it: aliases of aliases (a
+    "billion laughs" bomb) parse into a small graph, which copying the settings (dataclasses.asdict,
+    the stage hashes, config.yaml) would expand without end."""
+
+    MAX_VALUES = 100_000
+
+    def construct_document(self, node):
+        size = expanded_size(node, {})
+        if size > self.MAX_VALUES:
+            what = "a structure that contains itself" if size == math.inf else f"{size:,} values"
+            raise ConfigError(f"the YAML expands through its aliases (*name) to {what}, more than the "
+                              f"{self.MAX_VALUES:,} a settings file may hold (a YAML alias bomb?)")
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         first_line: dict = {}
@@ -725,6 +738,23 @@ class StrictLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {key!r} is written twice (lines {seen} and {line})")
             first_line[key] = line
         return super().construct_mapping(node, deep)
+
+
+def expanded_size(node, memo: dict) -> float:
+    """How many values `node` stands for once every alias is copied out (an alias counts as often
+    as it is used; a node that contains itself is infinite). Linear in the parsed graph."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = math.inf  # reached again while counting its children: it contains itself
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
 
 
 # Keys that were replaced: the unknown-key error says what to write instead.

@@ -248,3 +248,39 @@ def test_training_rows_longer_than_seq_len_are_counted_in_train_stats(tmp_path, 
     stats = json.loads((tmp_path / "train" / "train_stats.json").read_text())
     assert stats["too_long"]["train"] == longer
     assert f"dropped {longer} of {len(rows)} examples longer than seq_len={seq_len}" in capsys.readouterr().out
+
+
+# --- issue 30 -----------------------------------------------------------------------------------
+def alias_bomb(indent: str, levels: int = 6) -> str:
+    """YAML lines (at `indent`) of aliases of aliases: 10**levels values once copied out."""
+    lines = [f"{indent}l0: &l0 [lol]"]
+    lines += [f"{indent}l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text", [
+    "eval:\n  thresholds:\n" + alias_bomb("    "),  # nested inside a section's mapping (ran past 120 s at 2.3 GB)
+    "data:\n  tasks:\n  - name: arithmetic\n    args:\n" + alias_bomb("      "),
+    alias_bomb(""),  # at the top level
+    "eval:\n  thresholds: &a {x: [*a]}\n",  # a mapping that contains itself
+])
+@pytest.mark.parametrize("command", ["config", "pipeline"])
+def test_a_yaml_alias_bomb_anywhere_in_a_recipe_is_one_line_at_load_time(tmp_path, capsys, text, command):
+    """Fault 7: aliases of aliases parse into a small graph that copying the settings would expand
+    without end; the loader counts the expanded values first and refuses past 100,000."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    fails_with_one_line(capsys, [command, str(recipe), f"out_dir={tmp_path / 'out'}"],
+                        f"{recipe}: the YAML expands through its aliases (*name) to ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_yaml_alias_bomb_in_a_suite_or_an_override_is_one_line(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("sources: [{task: arithmetic, steps: [2, 3], n_per_steps: 2}]\nthresholds:\n" + alias_bomb("  "))
+    fails_with_one_line(capsys, ["eval", str(suite), "--model", str(tmp_path / "m")],
+                        f"{suite}: the YAML expands through its aliases (*name) to 2,345,699 values")
+    bomb = "{" + alias_bomb("").strip().replace("\n", ", ") + "}"
+    fails_with_one_line(capsys, ["config", "recipes/tiny-cpu.yaml", f"eval.thresholds={bomb}"],
+                        "override 'eval.thresholds=", "expands through its aliases")
+    assert load_recipe(None, ["eval.thresholds={a: &x 0.5, b: *x}"]).eval.thresholds == {"a": 0.5, "b": 0.5}
