@@ -284,3 +284,67 @@ def test_a_yaml_alias_bomb_in_a_suite_or_an_override_is_one_line(tmp_path, capsy
     fails_with_one_line(capsys, ["config", "recipes/tiny-cpu.yaml", f"eval.thresholds={bomb}"],
                         "override 'eval.thresholds=", "expands through its aliases")
     assert load_recipe(None, ["eval.thresholds={a: &x 0.5, b: *x}"]).eval.thresholds == {"a": 0.5, "b": 0.5}
+
+
+# --- issue 30, fault 10: one-liners ----------------------------------------------------------------
+@pytest.mark.parametrize("content", [b"[]", b'"x"', b"{}", b'{"provenance": 3}', b"{not json", b"\xff"])
+def test_data_stats_on_a_stats_json_that_is_not_the_cards_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "stats.json").write_bytes(content)
+    fails_with_one_line(capsys, ["data", "--stats", str(tmp_path)],
+                        f"{tmp_path / 'stats.json'}: not the statistics `reasonlm data` writes")
+
+
+@pytest.mark.parametrize("suffix,content,line,message", [
+    (".jsonl", b'{"question": "1+1", "answer": "2"}\n{"question": "caf\xe9", "answer": "1"}\n', 2, "not UTF-8 text"),
+    (".csv", b'question,answer\n1+1,2\ncaf\xe9,1\n', 3, "not UTF-8 text"),
+    (".jsonl", b'{"question": "1+1", "answer": "2"}\n{"question": "x\\ud800", "answer": "1"}\n', 2,
+     "not Unicode text (a lone surrogate '\\ud800' at character 2)"),
+])
+def test_text_that_is_not_unicode_through_file_and_records_names_file_and_line(tmp_path, suffix, content, line,
+                                                                                message):
+    from reasonlm.tasks.records import Records
+    path = tmp_path / f"mine{suffix}"
+    path.write_bytes(content)
+    for load in (lambda: Records(path=str(path)).load(), lambda: load_sources(EvalConfig(sources=[{"file": str(path)}]))):
+        with pytest.raises(ValueError) as e:
+            load()
+        assert str(e.value).endswith(f"{path}:{line}: {message}"), str(e.value)
+    if suffix == ".jsonl":  # the jsonl: kind reads the same way
+        with pytest.raises(ValueError, match=f"^{path}:{line}: "):
+            load_sources(EvalConfig(sources=[{"jsonl": str(path)}]))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", "", "no records in it"),
+    ("header-only.csv", "question,answer\n", "no records in it"),
+    ("twice.csv", "question,answer,answer\n1+1,2,3\n", ":1: column 'answer' appears twice in the header"),
+])
+def test_an_empty_import_file_or_a_header_naming_a_column_twice_is_one_line(tmp_path, name, content, message):
+    from reasonlm import data
+    from tests.data_helpers import TINY, build
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"{path}{message}" if message.startswith(":") else f"{path}: {message}"):
+        load_sources(EvalConfig(sources=[{"file": str(path)}]))
+    with pytest.raises(data.DataError, match=message):  # not an empty (or last-column) split
+        build(tmp_path, tasks=[{"name": "arithmetic", "args": TINY}, {"name": "records", "args": {"path": str(path)}}])
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_a_10000_digit_gold_answer_gives_a_short_error_line(tmp_path):
+    cfg, path = jsonl_suite(tmp_path, [GOOD, {"question": "1+1", "answer": "9" * 10_000}])
+    with pytest.raises(ValueError) as e:
+        load_sources(cfg)
+    assert str(e.value).startswith(f"{path}:2: the gold answer '9999") and "(10,000 characters)" in str(e.value)
+    assert len(str(e.value)) < 200 + len(str(path))
+
+
+def test_jsonl_refuses_a_negative_n_steps_like_file_does(tmp_path):
+    from reasonlm.tasks.records import Records
+    cfg, path = jsonl_suite(tmp_path, [GOOD, {"question": "1+1", "answer": "2", "n_steps": -5}])
+    with pytest.raises(ValueError, match=f"^{path}:2: n_steps must be >= 0, got -5$"):
+        load_sources(cfg)
+    with pytest.raises(ValueError, match=f"{path}:2: malformed record: n_steps must be >= 0, got -5$"):
+        Records(path=str(path), on_error="raise").load()
+    cfg, _ = jsonl_suite(tmp_path, [{"question": "1+2", "answer": "3", "steps": ["1+2=3"], "n_steps": "1"}])
+    assert load_sources(cfg)[0][0].examples[0].n_steps == 1

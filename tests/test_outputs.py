@@ -123,6 +123,7 @@ def test_export_never_deletes_a_folder_it_did_not_write(run_with_adapter, tmp_pa
     code, err = run_cli(capsys, "export", str(run_with_adapter / "train"), "--out", str(mydir))
     assert code == 2 and f"{mydir} exists and it was not written by reasonlm" in one_line_error(err)
     assert os.listdir(mydir) == ["thesis.txt"] and (mydir / "thesis.txt").read_text() == "four years"
+    assert not (tmp_path / ".mydir.lock").exists()  # issue 30: refused before the lock, no stray lock file
     # its own earlier export is replaced
     out = tmp_path / "exported"
     for _ in range(2):
