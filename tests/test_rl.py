@@ -349,7 +349,7 @@ def test_a_linear_schedule_lowers_the_learning_rate_round_by_round():
     cfg = RLConfig(lr=1e-3, rounds=4, lr_scheduler_type="linear")
     assert [rl.round_lr(cfg, r) for r in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     assert rl.round_lr(RLConfig(lr=1e-3, rounds=4), 3) == 1e-3
-    with pytest.raises(ConfigError, match="lr_scheduler_type must be constant or linear"):
+    with pytest.raises(ConfigError, match="rl.lr_scheduler_type must be 'constant' or 'linear', got 'cosine'"):
         RLConfig(lr_scheduler_type="cosine")
 
 
