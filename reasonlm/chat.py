@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -103,6 +104,22 @@ DIM, FINAL, GOOD, BAD, BOLD, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[32m", "\x1b[
 # write the clipboard (OSC 52) or move the cursor over earlier lines. Every control character but
 # newline and tab (C0, DEL and C1: 0x9b is a one-byte CSI on some terminals) is shown escaped.
 CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
+
+
+def readable_input(text: str) -> tuple[str, bool]:
+    """(text, whether it changed): a line typed, piped or passed with -p, whose bytes that are not
+    UTF-8 (which Python hands over as lone surrogates) become U+FFFD; the tokenizer cannot encode
+    a lone surrogate, and the session would end with a traceback."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape" if all(
+            not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text) else "replace")
+        return raw.decode("utf-8", "replace"), True
+
+
+NOT_UTF8 = "[your input had bytes that are not UTF-8: each is shown as \ufffd]"
 
 
 def printable(text: str) -> str:
@@ -216,6 +233,8 @@ def save_session(path: str, system: str, history: list[dict]):
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        if os.path.isfile(path):  # a file replaced keeps its mode (a private 0600 one stays private)
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -257,7 +276,7 @@ HELP = {
     "/greedy": "temperature=0: always the most likely token",
     "/samples": "K [QUESTION]  K sampled answers to the last (or a new) question, then the majority",
     "/verify": "check every step of the last answer with the task checker",
-    "/save": "FILE  write the conversation as chat-messages JSONL",
+    "/save": "[--force] FILE  write the conversation as chat-messages JSONL (--force: replace FILE)",
     "/load": "FILE  continue a saved conversation",
     "/stats": "time to first token and tokens/s of the last answer",
     "/help": "this list",
@@ -385,8 +404,12 @@ class Chat:
                  f"{r.reused_tokens} reused from the cache)")
 
     def cmd_save(self, arg):
+        force = arg.startswith("--force ")
+        arg = arg.removeprefix("--force ").strip() if force else arg
         if not arg:
-            raise ValueError("usage: /save FILE")
+            raise ValueError("usage: /save [--force] FILE")
+        if os.path.lexists(os.path.expanduser(arg)) and not force:
+            raise ValueError(f"{arg} exists; /save --force {arg} replaces it (nothing was written)")
         try:
             n = save_session(os.path.expanduser(arg), self.system, self.history)
         except OSError as e:
@@ -507,7 +530,10 @@ def main(args):
                            stop_token_ids(tokenizer))
     chat = Chat(engine, tokenizer, settings, system=cfg.system, plain=plain)
     if one_shot:
-        chat.ask(args.prompt, notes=lambda text, style="": print(text, file=sys.stderr))
+        question, replaced = readable_input(args.prompt)
+        if replaced:
+            print(NOT_UTF8, file=sys.stderr)
+        chat.ask(question, notes=lambda text, style="": print(text, file=sys.stderr))
         return
     repl(chat, args)
 
@@ -522,6 +548,8 @@ def repl(chat: Chat, args):
         # inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt: Ctrl-C
         # would not stop an answer. At a terminal, Ctrl-C must work.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach readable_input, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
     ctx = chat.context
     chat.say(f"reasonlm chat: {args.model}" + (f" + adapter {args.adapter}" + (" (merged)" if args.merged else "")
              if args.adapter else "") + (f", context {ctx} tokens" if ctx else "")
@@ -539,9 +567,11 @@ def repl(chat: Chat, args):
                 continue
             print()
             return
-        line = line.strip()
+        line, replaced = readable_input(line.strip())
         if not line:
             continue
+        if replaced:
+            chat.say(NOT_UTF8, DIM)
         try:
             if line.startswith("/"):
                 if not chat.command(line):

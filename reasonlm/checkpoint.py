@@ -8,6 +8,7 @@ checkpoint to the same final weights. Nothing here knows what is being trained o
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -29,6 +30,25 @@ def checkpoints(run_dir: str) -> list[str]:
         return []
     names = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint-") and not d.endswith(".tmp"))
     return [os.path.join(run_dir, d) for d in names if os.path.isfile(os.path.join(run_dir, d, "train_state.json"))]
+
+
+class DivergedError(ValueError):
+    """A loss that is not finite: the run stopped before saving anything made from it."""
+
+
+def stop_if_diverged(loss: float, where: str, run_dir: str, hint: str, params=()) -> None:
+    """A NaN or infinite loss (or, given `params`, a weight that is no longer finite: a blown-up
+    step whose next round has nothing to train on logs a loss of 0) stops the run (training's
+    steps, RL's rounds) before its weights reach a checkpoint or the final output, naming the last
+    good checkpoint."""
+    if not math.isfinite(loss):
+        what = f"loss is {loss}"
+    elif any(not torch.isfinite(p).all() for p in params):
+        what = "the weights are no longer finite"
+    else:
+        return
+    last = checkpoints(run_dir)
+    raise DivergedError(f"{what} at {where}; stopped. Last good checkpoint: {last[-1] if last else 'none'}. {hint}")
 
 
 # A checkpoint is checkpoint-<step>/ holding: Accelerate's save_state (the trainable weights as

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pickle
@@ -70,8 +71,8 @@ def cmd_eval(args):
         report, out = evaluate.run_suite(cfg, args.model, args.adapter, recipe, args.out)
     else:
         recipe = _recipe(args)
-        cfg = recipe.eval
-        cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
+        cfg = dataclasses.replace(recipe.eval, model=args.model or recipe.eval.model,
+                                  adapter=args.adapter or recipe.eval.adapter)  # re-runs __post_init__
         out = args.out or os.path.join(recipe.out_dir, "eval")
         report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out,
                               report_to=recipe.train.report_to, device=recipe.device)

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import os
 import re
 import types
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
-from reasonlm.example import ExampleError, text_lines
+from reasonlm.example import FORMATS, ExampleError, text_lines
 from reasonlm.outputs import atomic_write
 
 
@@ -31,7 +32,6 @@ class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
 
 
-FORMATS = ("cot", "direct")
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")  # what `device` accepts
 DEDUP_MODES = ("none", "exact", "normalized")
@@ -48,11 +48,14 @@ def _check(cfg, section: str, ok, valid: str, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not ok(value):
+            if isinstance(value, float) and not math.isfinite(value):  # `.inf` passes `>= 0` on its face
+                valid = f"finite and {valid}"
             raise ConfigError(f"{section + '.' if section else ''}{name} must be {valid}, got {value!r}")
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or a finite float (never a bool, a NaN or an infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _at_least(cfg, section: str, lo, *names: str) -> None:
@@ -555,40 +558,28 @@ class RLConfig:
     Ignored when CUDA is available or the stage was launched in several processes already."""
 
     def __post_init__(self):
-        checks = [
-            (self.processes >= 1, f"rl.processes must be >= 1, got {self.processes}"),
-            (self.lr_scheduler_type in ("constant", "linear"),
-             f"rl.lr_scheduler_type must be constant or linear, got {self.lr_scheduler_type!r}"),
-            (self.replay_sft >= 0 and (self.replay_sft == 0 or self.algorithm == "expert_iteration"),
-             f"rl.replay_sft must be >= 0 and needs algorithm expert_iteration, got {self.replay_sft}"),
-            (self.algorithm in ("grpo", "expert_iteration"), f"rl.algorithm must be grpo or expert_iteration, got {self.algorithm!r}"),
-            (self.reward in ("outcome", "process"), f"rl.reward must be outcome or process, got {self.reward!r}"),
-            (self.loss_type in ("grpo", "dr_grpo", "dapo"), f"rl.loss_type must be grpo, dr_grpo or dapo, got {self.loss_type!r}"),
-            (self.num_generations >= 2, f"rl.num_generations must be >= 2 (a group needs others to compare with), got {self.num_generations}"),
-            (_is_steps_range(self.n_steps), f"rl.n_steps must be [lo, hi] with 1 <= lo <= hi, got {self.n_steps!r}"),
-            (_is_steps_range(self.replay_steps) and 0 <= self.replay_fraction < 1,
-             f"rl.replay_steps must be [lo, hi] with 1 <= lo <= hi and replay_fraction in [0, 1), got "
-             f"{self.replay_steps!r} and {self.replay_fraction}"),
-            (_is_steps_range(self.probe_steps) and self.probe_every >= 0 and self.probe_problems >= 1,
-             f"rl.probe_steps must be [lo, hi] with 1 <= lo <= hi, probe_every >= 0 and probe_problems >= 1, got "
-             f"{self.probe_steps!r}, {self.probe_every} and {self.probe_problems}"),
-            (min(self.rounds, self.prompts_per_round, self.max_completion_length, self.num_iterations,
-                 self.mini_batch_size, self.micro_batch_size, self.sample_batch_size) >= 1,
-             "rl.rounds, prompts_per_round, max_completion_length, num_iterations and the batch sizes must be >= 1"),
-            (self.temperature > 0 and 0 < self.top_p <= 1, f"rl.temperature must be > 0 and top_p in (0, 1], got "
-                                                          f"{self.temperature} and {self.top_p}"),
-            (self.epsilon >= 0 and self.epsilon_high >= 0 and self.beta >= 0, "rl.epsilon, epsilon_high and beta must be >= 0"),
-            (self.resume in ("auto", "never"), f"rl.resume must be auto or never, got {self.resume!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-
-def _is_steps_range(value) -> bool:
-    """[lo, hi] integers with 1 <= lo <= hi."""
-    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(n, int) for n in value)
-            and 1 <= value[0] <= value[1])
+        _one_of(self, "rl", "algorithm", ("grpo", "expert_iteration"))
+        _one_of(self, "rl", "reward", ("outcome", "process"))
+        _one_of(self, "rl", "loss_type", ("grpo", "dr_grpo", "dapo"))
+        _one_of(self, "rl", "lr_scheduler_type", ("constant", "linear"))
+        _one_of(self, "rl", "resume", ("auto", "never"))
+        _check(self, "rl", lambda v: v == {} or (isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"]
+                                                  and isinstance(v.get("args") or {}, dict)),
+               "{} (the first generated family of data.tasks) or {name: FAMILY, args: {KNOB: VALUE}}", "task")
+        _steps_range(self, "rl", "n_steps", "replay_steps", "probe_steps")
+        _at_least(self, "rl", 2, "num_generations")  # a group needs others to compare with
+        _at_least(self, "rl", 1, "rounds", "prompts_per_round", "max_completion_length", "num_iterations",
+                  "mini_batch_size", "micro_batch_size", "sample_batch_size", "preflight_problems", "probe_problems",
+                  "keep_last", "processes")
+        _at_least(self, "rl", 0, "replay_sft", "truncation_penalty", "beta", "epsilon", "epsilon_high", "max_resamples",
+                  "weight_decay", "grad_clip", "retries", "probe_every", "flat_rounds", "log_completions", "save_every",
+                  "seed")
+        _above(self, "rl", 0, "lr", "temperature")
+        _check(self, "rl", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
+        _check(self, "rl", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "replay_fraction")
+        if self.replay_sft and self.algorithm != "expert_iteration":
+            raise ConfigError(f"rl.replay_sft is {self.replay_sft}, which needs algorithm expert_iteration, got "
+                              f"rl.algorithm {self.algorithm!r}")
 
 
 @dataclass
@@ -712,8 +703,8 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
     if empty:
         raise ConfigError(empty_file(path, "suite"))
     if not cfg.name:
-        cfg.name = os.path.splitext(os.path.basename(path))[0]
-    cfg.task_files = [os.path.abspath(p) for p in cfg.task_files]
+        cfg = dataclasses.replace(cfg, name=os.path.splitext(os.path.basename(path))[0])
+    cfg = dataclasses.replace(cfg, task_files=[os.path.abspath(p) for p in cfg.task_files])
     return cfg
 
 
@@ -776,7 +767,20 @@ def split_override(item: str, example: str) -> tuple[str, object]:
 
 class StrictLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
-    without a word, so the first setting would be silently ignored)."""
+    without a word, so the first setting would be silently ignored), and a document that expands,
+    through its aliases, to more than MAX_VALUES values anywhere in it: aliases of aliases (a
+    "billion laughs" bomb) parse into a small graph, which copying the settings (dataclasses.asdict,
+    the stage hashes, config.yaml) would expand without end."""
+
+    MAX_VALUES = 100_000
+
+    def construct_document(self, node):
+        size = expanded_size(node, {})
+        if size > self.MAX_VALUES:
+            what = "a structure that contains itself" if size == math.inf else f"{size:,} values"
+            raise ConfigError(f"the YAML expands through its aliases (*name) to {what}, more than the "
+                              f"{self.MAX_VALUES:,} a settings file may hold (a YAML alias bomb?)")
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         first_line: dict = {}
@@ -792,6 +796,23 @@ class StrictLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {key!r} is written twice (lines {seen} and {line})")
             first_line[key] = line
         return super().construct_mapping(node, deep)
+
+
+def expanded_size(node, memo: dict) -> float:
+    """How many values `node` stands for once every alias is copied out (an alias counts as often
+    as it is used; a node that contains itself is infinite). Linear in the parsed graph."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = math.inf  # reached again while counting its children: it contains itself
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
 
 
 # Keys that were replaced: the unknown-key error says what to write instead.

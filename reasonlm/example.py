@@ -149,3 +149,21 @@ def text_lines(path: str):
                 yield n, raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise ExampleError(f"{path}:{n}: not UTF-8 text") from None
+
+
+def check_unicode(value, where: str) -> None:
+    """A parsed record (JSON) whose text holds a lone surrogate (a `\\ud800` escape: not Unicode
+    text, and nothing can encode it, so it would fail far from here) is one ExampleError naming
+    `where` (file:line)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ExampleError(f"{where}: not Unicode text (a lone surrogate {value[e.start]!r} at character "
+                               f"{e.start + 1})") from None
+    elif isinstance(value, dict):
+        for v in (*value.keys(), *value.values()):
+            check_unicode(v, where)
+    elif isinstance(value, list):
+        for v in value:
+            check_unicode(v, where)

@@ -393,8 +393,9 @@ def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool
     for what, path in (("the adapter", adapter), ("the base model the adapter was trained on", base_name)):
         if path and os.path.exists(path) and _overlap(out, path):
             raise ModelError(f"export --out {out} would write over {what} ({path}); choose another directory")
+    outputs.check_replaceable(out, "export")  # refused before the lock: no .<out>.lock left beside a foreign folder
     with outputs.lock(out):
-        outputs.check_replaceable(out, "export")  # before the merge, which can take minutes
+        outputs.check_replaceable(out, "export")  # again, holding it; before the merge, which can take minutes
         tmp = outputs.fresh_temporary(out, "export")
         with outputs.writing(out, tmp):
             if onnx:

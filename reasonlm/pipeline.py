@@ -50,9 +50,9 @@ def direct_batch_tokens(cot_cfg, base_model: str, paths: RunPaths) -> int:
 def run(recipe: Recipe, force: bool = False) -> dict:
     load_plugins(recipe.task_files + recipe.eval.task_files)  # the CLI has; a Python caller may not have
     out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
+    record = StageRecord(out, force)  # an unreadable stages.json stops here, before anything is written
     os.makedirs(out, exist_ok=True)
     save_resolved(recipe, out, "recipe.yaml")
-    record = StageRecord(out, force)
 
     def eval_stage(name: str, cfg: EvalConfig, fmt: str, adapter: str, folder: str, trained_by: str) -> str:
         """One eval of one adapter, a stage reading data, base and the stage that trained it."""
@@ -174,6 +174,47 @@ def config_hash(cfg, out_dir: str = "") -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class PipelineError(ValueError):
+    """A pipeline problem reported as one line."""
+
+
+# What a stage's output holds when it is whole (an output that is a file is whole when it is there).
+WHOLE = {"dataset_dict.json": ("dataset_dict.json", "stats.json"),  # the data stage's dataset
+         "adapter_config.json": ("adapter_config.json", "adapter_model.safetensors"),  # an adapter
+         "": ("config.json", "tokenizer_config.json", "tokenizer.json")}  # a model (its weights: below)
+
+
+def whole(output: str) -> bool:
+    """Whether a stage's output is all there: a file exists; a dataset, an adapter or a model
+    folder holds every file it is read with (a base without model.safetensors or its tokenizer is
+    not done, whatever stages.json says)."""
+    if not os.path.isdir(output):
+        return os.path.isfile(output)
+    kind = next(k for k in WHOLE if not k or os.path.isfile(os.path.join(output, k)))
+    if not all(os.path.isfile(os.path.join(output, f)) for f in WHOLE[kind]):
+        return False
+    return kind != "" or any(os.path.isfile(os.path.join(output, f))
+                             for f in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def read_stages(path: str) -> dict:
+    """stages.json's entries ({} when there is none); anything else there is one line: the pipeline
+    cannot tell which stages are done, and will not overwrite a file it cannot read as its own."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except (ValueError, OSError) as e:  # ValueError: not JSON, or not UTF-8
+        why = f"not JSON ({str(e).splitlines()[0][:80]})"
+    else:
+        if isinstance(entries, dict) and all(isinstance(e, dict) and isinstance(e.get("hash"), str)
+                                             and isinstance(e.get("finished"), bool) for e in entries.values()):
+            return entries
+        why = "not a record of stages ({name: {hash, finished, seconds}})"
+    raise PipelineError(f"{path}: {why}; move it away (every stage then reruns) or choose another out_dir")
+
+
 class StageRecord:
     """<out_dir>/stages.json: per stage, the hash of its settings and of its inputs' hashes, whether
     it finished, and how long it took. A stage whose hash matches a finished entry (and whose output
@@ -183,19 +224,23 @@ class StageRecord:
 
     def __init__(self, out_dir: str, force: bool):
         self.path, self.force = os.path.join(out_dir, "stages.json"), force
-        self.entries = {}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.entries = json.load(f)
+        self.entries = read_stages(self.path)
         self.ran: list[str] = []
 
     def stage(self, name: str, settings_hash: str, inputs: list[str], output: str | None, fn) -> None:
+        """Run `fn(fresh)` unless the stage is done: same settings and inputs, finished, its output
+        whole (`whole`), and none of its inputs rerun now. fresh: start over rather than resume (new
+        settings, or an input that was just made again)."""
         key = hashlib.sha256(json.dumps([settings_hash, [self.entries[i]["hash"] for i in inputs]]).encode()).hexdigest()
         old = self.entries.get(name, {})
-        if not self.force and old.get("hash") == key and old.get("finished") and (output is None or os.path.exists(output)):
+        remade = [i for i in inputs if i in self.ran]
+        if (not self.force and old.get("hash") == key and old.get("finished") and not remade
+                and (output is None or whole(output))):
             print(f"== {name}: up to date, skipped")
             return
-        fresh = self.force or (bool(old) and old.get("hash") != key)
+        if old.get("hash") == key and old.get("finished") and not remade and not self.force:
+            print(f"== {name}: {output} is missing or incomplete; running it again")
+        fresh = self.force or (bool(old) and (old.get("hash") != key or bool(remade)))
         self._write(name, {"hash": key, "finished": False})
         t0 = time.time()
         fn(fresh)

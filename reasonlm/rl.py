@@ -91,7 +91,8 @@ import torch.nn.functional as F
 
 from reasonlm import outputs
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
-from reasonlm.checkpoint import keep_metrics_until, save_checkpoint, save_weights, trainable_state_dict, try_resume
+from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
+                                 trainable_state_dict, try_resume)
 from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
 from reasonlm.engine import KVCacheEngine, SamplingParams
@@ -131,30 +132,33 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     if cfg.processes > 1 and accelerator.num_processes == 1 and not torch.cuda.is_available():
         start_processes(recipe, threads, run_dir)
         return paths.adapter("rl")
-    set_threads(threads, accelerator.num_processes)
-    set_seed(cfg.seed)
-    model, tokenizer = load_policy(base_model, adapter)
-    if cfg.packed_attention:
-        try:
-            check_packable(model.config)
-        except ValueError as e:
-            raise RLError(f"rl.packed_attention: {e}") from None
-        use_packed_attention(model)  # the update's forward only: sampling never passes packed rows
-    if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
-        save_resolved(cfg, run_dir)
-    model, optimizer, reference = prepare(accelerator, model, cfg)
-    start, state = try_resume(accelerator, model, run_dir, None) if cfg.resume == "auto" else (0, {})  # no schedule
-    if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
-        for log in ("metrics.jsonl", "completions.jsonl"):
-            keep_metrics_until(os.path.join(run_dir, log), start, key="round")
-    pool = ProblemPool(task, cfg, state.get("pool"), records)
-    sft_rows = sft_train_rows(recipe.train.data or paths.data) if cfg.replay_sft else None
-    stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
-                state.get("samples_total", 0), sft_rows)
-    final = paths.adapter("rl")
-    save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
-    if accelerator.is_main_process:
-        outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
+    # one run per run directory (a second `reasonlm rl` on it stops in one line, as train's does);
+    # a full disk anywhere in it is one line
+    with outputs.lock(run_dir, enabled=accelerator.is_main_process), outputs.writing(run_dir):
+        set_threads(threads, accelerator.num_processes)
+        set_seed(cfg.seed)
+        model, tokenizer = load_policy(base_model, adapter)
+        if cfg.packed_attention:
+            try:
+                check_packable(model.config)
+            except ValueError as e:
+                raise RLError(f"rl.packed_attention: {e}") from None
+            use_packed_attention(model)  # the update's forward only: sampling never passes packed rows
+        if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
+            save_resolved(cfg, run_dir)
+        model, optimizer, reference = prepare(accelerator, model, cfg)
+        start, state = try_resume(accelerator, model, run_dir, None) if cfg.resume == "auto" else (0, {})  # no schedule
+        if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
+            for log in ("metrics.jsonl", "completions.jsonl"):
+                keep_metrics_until(os.path.join(run_dir, log), start, key="round")
+        pool = ProblemPool(task, cfg, state.get("pool"), records)
+        sft_rows = sft_train_rows(recipe.train.data or paths.data) if cfg.replay_sft else None
+        stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
+                    state.get("samples_total", 0), sft_rows)
+        final = paths.adapter("rl")
+        save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
+        if accelerator.is_main_process:
+            outputs.atomic_write(os.path.join(run_dir, "rl_stats.json"), json.dumps(stats, indent=1))
     accelerator.print(f"rl: wrote {final} ({stats['samples']} samples in {stats['seconds']}s, "
                       f"{accelerator.num_processes} process(es))")
     return final
@@ -164,7 +168,8 @@ def start_processes(recipe: Recipe, threads: int, run_dir: str) -> None:
     """This stage as rl.processes CPU processes of one group, each with its share of the cores,
     on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one."""
     n = recipe.rl.processes
-    save_resolved(recipe, run_dir, "recipe.yaml")
+    with outputs.lock(run_dir):  # a busy run directory stops here, before anything is written (the
+        save_resolved(recipe, run_dir, "recipe.yaml")  # processes' main one then holds the lock)
     per_process = cores_each(n, threads)
     print(f"rl: starting {n} processes ({per_process} thread(s) each)", flush=True)
     code = run_processes(n, ["rl", os.path.join(run_dir, "recipe.yaml"), f"threads={per_process}"], per_process)
@@ -189,7 +194,7 @@ def problem_family(cfg: RLConfig, recipe: Recipe) -> tuple[str, dict]:
     """(family name, knobs): rl.task (a generated family or an importer), else the recipe's first
     generated family."""
     spec = cfg.task or next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))), None)
-    if not spec or "name" not in spec:
+    if not spec:  # rl.task's shape is RLConfig's to check
         raise RLError("rl.task must name a task family, e.g. {name: arithmetic, args: {...}}, or an importer, "
                       "e.g. {name: gsm8k, args: {path: openai/gsm8k, split: train}}")
     return spec["name"], dict(spec.get("args") or {})
@@ -331,6 +336,9 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                 for g in seen[:cfg.log_completions]:
                     f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
             print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
+        # every process holds the same loss (summed over them): all stop together, nothing saved
+        stop_if_diverged(record["loss"], f"round {rnd + 1}", run_dir, "Lower rl.lr or check the adapter.",
+                         [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad])
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 
 from reasonlm.answer import normalize_number
 from reasonlm.config import EvalConfig
-from reasonlm.example import Example, ExampleError, question_key, read_dataset, text_lines
+from reasonlm.example import Example, ExampleError, check_unicode, question_key, read_dataset, text_lines
 from reasonlm.tasks import get_task
-from reasonlm.tasks.base import Check, Task, is_importer
+from reasonlm.tasks.base import Check, Rejected, Task, is_importer
+from reasonlm.tasks.records import read_n_steps
 
 SOURCE_KINDS = ("dataset", "jsonl", "task", "gsm8k", "reasoning_gym", "file")
 SOURCE_OPTIONS = {"name", "split", "args", "steps", "n_per_steps", "size", "config", "max_problems",
@@ -259,6 +260,7 @@ def _read_jsonl(path: str) -> list[tuple[int, dict]]:
                     raise SourceError(f"{path}:{i}: not valid JSON ({e.msg})") from None
                 if not isinstance(r, dict) or "question" not in r or "answer" not in r:
                     raise SourceError(f"{path}:{i}: a problem needs 'question' and 'answer'")
+                check_unicode(r, f"{path}:{i}")
                 records.append((i, r))
     except ExampleError as e:  # not UTF-8: the message names the file and line
         raise SourceError(str(e)) from None
@@ -276,12 +278,17 @@ def jsonl_example(path: str, line: int, record: dict, default_id: str) -> Exampl
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
         raise SourceError(f"{where}: the gold answer must be a number or text, got {json.dumps(answer)[:60]}")
     try:
+        if record.get("n_steps") is not None:  # the records importer's rule (file: sources)
+            record = {**record, "n_steps": read_n_steps(record["n_steps"], 0)}
         example = Example.from_row({**record, "answer": str(answer).strip()}, default_id, "arithmetic")
         task = task_for(example.family)
+    except Rejected as e:
+        raise SourceError(f"{where}: {e.why}") from None
     except ValueError as e:
         raise SourceError(f"{where}: {e}") from None
     if answers_with_numbers(task) and normalize_number(example.answer) is None:
-        raise SourceError(f"{where}: the gold answer {example.answer!r} is not a number, and "
+        shown = example.answer if len(example.answer) <= 60 else f"{example.answer[:40]}...({len(example.answer):,} characters)"
+        raise SourceError(f"{where}: the gold answer {shown!r} is not a number, and "
                           f"{example.family} answers are numbers")
     return example
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from reasonlm import outputs
 from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse_completion, prompt_messages,
                              stop_token_ids)
-from reasonlm.checkpoint import (checkpoints, keep_metrics_until, save_checkpoint, save_weights,
+from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
                                  trainable_state_dict, try_resume)
 from reasonlm.config import RunPaths, TrainConfig, save_resolved
 from reasonlm.engine import KVCacheEngine, SamplingParams
@@ -205,10 +205,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
         if world > 1:
             step_loss = accelerator.reduce(torch.tensor(step_loss), reduction="sum").item()
         loss_value = step_loss / global_tokens
-        if not math.isfinite(loss_value):
-            last = checkpoints(run_dir)
-            raise TrainError(f"loss is {loss_value} at step {step + 1}; stopped. Last good checkpoint: "
-                             f"{last[-1] if last else 'none'}. Lower train.lr or check the data.")
+        stop_if_diverged(loss_value, f"step {step + 1}", run_dir, "Lower train.lr or check the data.")
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()

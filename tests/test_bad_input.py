@@ -248,3 +248,103 @@ def test_training_rows_longer_than_seq_len_are_counted_in_train_stats(tmp_path, 
     stats = json.loads((tmp_path / "train" / "train_stats.json").read_text())
     assert stats["too_long"]["train"] == longer
     assert f"dropped {longer} of {len(rows)} examples longer than seq_len={seq_len}" in capsys.readouterr().out
+
+
+# --- issue 30 -----------------------------------------------------------------------------------
+def alias_bomb(indent: str, levels: int = 6) -> str:
+    """YAML lines (at `indent`) of aliases of aliases: 10**levels values once copied out."""
+    lines = [f"{indent}l0: &l0 [lol]"]
+    lines += [f"{indent}l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text", [
+    "eval:\n  thresholds:\n" + alias_bomb("    "),  # nested inside a section's mapping (ran past 120 s at 2.3 GB)
+    "data:\n  tasks:\n  - name: arithmetic\n    args:\n" + alias_bomb("      "),
+    alias_bomb(""),  # at the top level
+    "eval:\n  thresholds: &a {x: [*a]}\n",  # a mapping that contains itself
+])
+@pytest.mark.parametrize("command", ["config", "pipeline"])
+def test_a_yaml_alias_bomb_anywhere_in_a_recipe_is_one_line_at_load_time(tmp_path, capsys, text, command):
+    """Fault 7: aliases of aliases parse into a small graph that copying the settings would expand
+    without end; the loader counts the expanded values first and refuses past 100,000."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    fails_with_one_line(capsys, [command, str(recipe), f"out_dir={tmp_path / 'out'}"],
+                        f"{recipe}: the YAML expands through its aliases (*name) to ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_yaml_alias_bomb_in_a_suite_or_an_override_is_one_line(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("sources: [{task: arithmetic, steps: [2, 3], n_per_steps: 2}]\nthresholds:\n" + alias_bomb("  "))
+    fails_with_one_line(capsys, ["eval", str(suite), "--model", str(tmp_path / "m")],
+                        f"{suite}: the YAML expands through its aliases (*name) to 2,345,699 values")
+    bomb = "{" + alias_bomb("").strip().replace("\n", ", ") + "}"
+    fails_with_one_line(capsys, ["config", "recipes/tiny-cpu.yaml", f"eval.thresholds={bomb}"],
+                        "override 'eval.thresholds=", "expands through its aliases")
+    assert load_recipe(None, ["eval.thresholds={a: &x 0.5, b: *x}"]).eval.thresholds == {"a": 0.5, "b": 0.5}
+
+
+# --- issue 30, fault 10: one-liners ----------------------------------------------------------------
+@pytest.mark.parametrize("content", [b"[]", b'"x"', b"{}", b'{"provenance": 3}', b"{not json", b"\xff"])
+def test_data_stats_on_a_stats_json_that_is_not_the_cards_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "stats.json").write_bytes(content)
+    fails_with_one_line(capsys, ["data", "--stats", str(tmp_path)],
+                        f"{tmp_path / 'stats.json'}: not the statistics `reasonlm data` writes")
+
+
+@pytest.mark.parametrize("suffix,content,line,message", [
+    (".jsonl", b'{"question": "1+1", "answer": "2"}\n{"question": "caf\xe9", "answer": "1"}\n', 2, "not UTF-8 text"),
+    (".csv", b'question,answer\n1+1,2\ncaf\xe9,1\n', 3, "not UTF-8 text"),
+    (".jsonl", b'{"question": "1+1", "answer": "2"}\n{"question": "x\\ud800", "answer": "1"}\n', 2,
+     "not Unicode text (a lone surrogate '\\ud800' at character 2)"),
+])
+def test_text_that_is_not_unicode_through_file_and_records_names_file_and_line(tmp_path, suffix, content, line,
+                                                                                message):
+    from reasonlm.tasks.records import Records
+    path = tmp_path / f"mine{suffix}"
+    path.write_bytes(content)
+    for load in (lambda: Records(path=str(path)).load(), lambda: load_sources(EvalConfig(sources=[{"file": str(path)}]))):
+        with pytest.raises(ValueError) as e:
+            load()
+        assert str(e.value).endswith(f"{path}:{line}: {message}"), str(e.value)
+    if suffix == ".jsonl":  # the jsonl: kind reads the same way
+        with pytest.raises(ValueError, match=f"^{path}:{line}: "):
+            load_sources(EvalConfig(sources=[{"jsonl": str(path)}]))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", "", "no records in it"),
+    ("header-only.csv", "question,answer\n", "no records in it"),
+    ("twice.csv", "question,answer,answer\n1+1,2,3\n", ":1: column 'answer' appears twice in the header"),
+])
+def test_an_empty_import_file_or_a_header_naming_a_column_twice_is_one_line(tmp_path, name, content, message):
+    from reasonlm import data
+    from tests.data_helpers import TINY, build
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"{path}{message}" if message.startswith(":") else f"{path}: {message}"):
+        load_sources(EvalConfig(sources=[{"file": str(path)}]))
+    with pytest.raises(data.DataError, match=message):  # not an empty (or last-column) split
+        build(tmp_path, tasks=[{"name": "arithmetic", "args": TINY}, {"name": "records", "args": {"path": str(path)}}])
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_a_10000_digit_gold_answer_gives_a_short_error_line(tmp_path):
+    cfg, path = jsonl_suite(tmp_path, [GOOD, {"question": "1+1", "answer": "9" * 10_000}])
+    with pytest.raises(ValueError) as e:
+        load_sources(cfg)
+    assert str(e.value).startswith(f"{path}:2: the gold answer '9999") and "(10,000 characters)" in str(e.value)
+    assert len(str(e.value)) < 200 + len(str(path))
+
+
+def test_jsonl_refuses_a_negative_n_steps_like_file_does(tmp_path):
+    from reasonlm.tasks.records import Records
+    cfg, path = jsonl_suite(tmp_path, [GOOD, {"question": "1+1", "answer": "2", "n_steps": -5}])
+    with pytest.raises(ValueError, match=f"^{path}:2: n_steps must be >= 0, got -5$"):
+        load_sources(cfg)
+    with pytest.raises(ValueError, match=f"{path}:2: malformed record: n_steps must be >= 0, got -5$"):
+        Records(path=str(path), on_error="raise").load()
+    cfg, _ = jsonl_suite(tmp_path, [{"question": "1+2", "answer": "3", "steps": ["1+2=3"], "n_steps": "1"}])
+    assert load_sources(cfg)[0][0].examples[0].n_steps == 1

@@ -367,3 +367,48 @@ def test_verify_reads_every_generated_family():
                 verdict = chat.verify(ex.question, render_completion([first, *ex.steps[1:]], ex.answer))[3]
                 assert verdict.first_bad_step == 1, (ex, first)
     assert chat.verify("hello there", "#### 1") is None
+
+
+# --- issue 30, fault 9 ----------------------------------------------------------------------------
+def test_input_that_is_not_utf8_is_replaced_and_the_session_goes_on(models, tmp_path):
+    """A non-UTF-8 byte piped in or passed with -p (Python hands it over as a lone surrogate, which
+    the tokenizer cannot encode) ended the session with a traceback: it becomes U+FFFD, a note says
+    so, and the session goes on to save the conversation."""
+    saved = tmp_path / "s.jsonl"
+    piped = subprocess.run([sys.executable, "-m", "reasonlm", "chat", "--model", models["trained"]],
+                           input=b"3+\xff4\n" + f"/save {saved}\n".encode(), env=ENV, cwd=ROOT,
+                           capture_output=True, timeout=60)
+    out, err = piped.stdout.decode(errors="replace"), piped.stderr.decode(errors="replace")
+    assert piped.returncode == 0 and "Traceback" not in err, err
+    assert chat.NOT_UTF8 in out and "saved 2 messages" in out
+    assert chat.load_session(str(saved))[1][0]["content"] == "3+\ufffd4"
+    one_shot = subprocess.run([sys.executable, "-m", "reasonlm", "chat", "--model", models["trained"].encode(),
+                               "-p", b"3+\xff4"], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
+    err = one_shot.stderr.decode(errors="replace")
+    assert one_shot.returncode == 0 and "Traceback" not in err and chat.NOT_UTF8 in err, err
+    assert chat.readable_input("caf\udce9 \udcc3\udca9") == ("caf\ufffd \u00e9", True)  # a valid pair decodes
+    assert chat.readable_input("1+1") == ("1+1", False)
+
+
+def test_save_onto_an_existing_file_refuses_unless_forced_and_keeps_its_mode(tmp_path):
+    out = []
+
+    class Out:
+        def write(self, text):
+            out.append(text)
+
+        def flush(self):
+            pass
+
+    c = chat.Chat(ScriptedEngine.__new__(ScriptedEngine), None, chat.Settings(), out=Out())
+    c.history = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "#### 2"}]
+    mine = tmp_path / "notes.jsonl"
+    mine.write_text("the user's own file\n")
+    os.chmod(mine, 0o600)
+    c.command(f"/save {mine}")
+    assert mine.read_text() == "the user's own file\n"
+    assert f"error: {mine} exists; /save --force {mine} replaces it (nothing was written)" in "".join(out)
+    c.command(f"/save --force {mine}")
+    assert chat.load_session(str(mine))[1] == c.history and "saved 2 messages" in "".join(out)
+    assert os.stat(mine).st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.jsonl"]

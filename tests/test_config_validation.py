@@ -8,11 +8,12 @@ import os
 
 import pytest
 
-from reasonlm.config import (BaseConfig, ChatConfig, ConfigError, DataConfig, EvalConfig, Recipe, TrainConfig,
+from reasonlm.config import (BaseConfig, ChatConfig, ConfigError, DataConfig, EvalConfig, Recipe, RLConfig, TrainConfig,
                              RECIPE_KEYS, is_suite, load_recipe, load_suite)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = {"data": DataConfig, "base": BaseConfig, "train": TrainConfig, "eval": EvalConfig, "chat": ChatConfig}
+SECTIONS = {"data": DataConfig, "base": BaseConfig, "train": TrainConfig, "eval": EvalConfig, "chat": ChatConfig,
+            "rl": RLConfig}
 
 # (section, field, bad value, fragment of the message after "section.field must be ")
 BAD = [
@@ -63,6 +64,7 @@ BAD = [
     ("train", "eval_samples", -1, ">= 0"),
     ("train", "early_stop_patience", -1, ">= 0"),
     ("train", "lr", -0.1, ">= 0"),
+    ("train", "lr", float("inf"), "finite and >= 0"),
     ("train", "grad_clip", -1.0, ">= 0"),
     ("train", "lora_dropout", 1.0, "in [0, 1)"),
     # train: choices
@@ -93,6 +95,29 @@ BAD = [
     ("chat", "temperature", -1.0, ">= 0"),
     ("chat", "top_p", 0.0, "in (0, 1]"),
     ("chat", "max_new_tokens", 0, ">= 1"),
+    # rl (issue 30 fault 3: rl.lr=.inf trained NaN weights and exited 0)
+    ("rl", "lr", float("inf"), "finite and > 0"),
+    ("rl", "lr", float("nan"), "finite and > 0"),
+    ("rl", "lr", -1.0, "> 0"),
+    ("rl", "lr", 0.0, "> 0"),
+    ("rl", "weight_decay", -0.1, ">= 0"),
+    ("rl", "grad_clip", -1.0, ">= 0"),
+    ("rl", "keep_last", 0, ">= 1"),
+    ("rl", "save_every", -1, ">= 0"),
+    ("rl", "retries", -1, ">= 0"),
+    ("rl", "preflight_problems", 0, ">= 1"),
+    ("rl", "max_resamples", -1, ">= 0"),
+    ("rl", "truncation_penalty", -0.5, ">= 0"),
+    ("rl", "seed", -1, ">= 0"),
+    ("rl", "num_generations", 1, ">= 2"),
+    ("rl", "temperature", 0.0, "> 0"),
+    ("rl", "top_p", 0.0, "in (0, 1]"),
+    ("rl", "replay_fraction", 1.0, "in [0, 1)"),
+    ("rl", "n_steps", [True, 2], "[lo, hi] with 1 <= lo <= hi"),
+    ("rl", "probe_steps", [3, 2], "[lo, hi] with 1 <= lo <= hi"),
+    ("rl", "algorithm", "ppo", "'grpo' or 'expert_iteration'"),
+    ("rl", "task", {"name": "arithmetic", "args": [1]},
+     "{} (the first generated family of data.tasks) or {name: FAMILY, args: {KNOB: VALUE}}"),
 ]
 
 

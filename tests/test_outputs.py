@@ -123,6 +123,7 @@ def test_export_never_deletes_a_folder_it_did_not_write(run_with_adapter, tmp_pa
     code, err = run_cli(capsys, "export", str(run_with_adapter / "train"), "--out", str(mydir))
     assert code == 2 and f"{mydir} exists and it was not written by reasonlm" in one_line_error(err)
     assert os.listdir(mydir) == ["thesis.txt"] and (mydir / "thesis.txt").read_text() == "four years"
+    assert not (tmp_path / ".mydir.lock").exists()  # issue 30: refused before the lock, no stray lock file
     # its own earlier export is replaced
     out = tmp_path / "exported"
     for _ in range(2):
@@ -216,3 +217,39 @@ def test_a_full_disk_while_writing_eval_outputs_leaves_the_old_set_whole(tmp_pat
     with pytest.raises(outputs.OutputError, match=r"^no space left on .* while writing "):
         write_outputs(str(out), {**report, "accuracy": 0.1}, [{"id": "b"}], EvalConfig(samples=2))
     assert tree(out) == before  # no .tmp, and no config.yaml or samples of the new run beside the old report
+
+
+# --- issue 30, fault 4: two RL runs on one folder ------------------------------------------------
+def test_a_second_rl_run_on_a_busy_folder_stops_naming_the_holder(tmp_path, capsys):
+    """`reasonlm rl` takes the per-output lock train and eval take: a second run on the same
+    out_dir stops in one line before it loads a model or writes into rl/."""
+    import yaml
+    from reasonlm.config import TrainConfig
+    from reasonlm.model import attach_lora
+    from tests.helpers import TINY_RECIPE, tiny_model_and_tokenizer
+    out = tmp_path / "run"
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(out / "base")
+    tok.save_pretrained(out / "base")
+    attach_lora(model, TrainConfig(lora_r=4)).save_pretrained(out / "train" / "adapter")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "out_dir": str(out),
+                                      "rl": {"rounds": 1, "n_steps": [1, 3], "preflight_problems": 2}}))
+    rl_dir = out / "rl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from reasonlm import outputs\n"
+         f"with outputs.lock({str(rl_dir)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = run_cli(capsys, "rl", str(recipe))
+        assert code == 2
+        assert one_line_error(err) == (f"error: {rl_dir} is in use by another reasonlm run (PID {holder.pid}); "
+                                       f"wait for it to finish or choose another output directory")
+        assert not rl_dir.exists() or os.listdir(rl_dir) == []
+        # rl.processes=2: the starting process stops the same way, before writing rl/recipe.yaml
+        code, err = run_cli(capsys, "rl", str(recipe), "rl.processes=2")
+        assert code == 2 and f"{rl_dir} is in use by another reasonlm run" in one_line_error(err)
+        assert not rl_dir.exists() or os.listdir(rl_dir) == []
+    finally:
+        holder.communicate("")

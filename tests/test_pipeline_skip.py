@@ -96,3 +96,65 @@ def test_second_pipeline_run_skips_everything_and_a_new_lr_reruns_train_and_eval
     # trained again from scratch: metrics.jsonl holds the new run's last step (log_every 20) once, not twice
     metrics = (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [2]
+
+
+# --- issue 30, fault 6: stage skipping checks what it trusts -------------------------------------
+@pytest.mark.parametrize("content,why", [
+    (b"[]", "not a record of stages"), (b"null", "not a record of stages"),
+    (b'{"data": "x"}', "not a record of stages"), (b'{"data": {"hash": 3, "finished": true}}', "not a record of stages"),
+    (b"{not json", "not JSON"), (b'{"data": "caf\xe9"}', "not JSON"),
+])
+def test_a_stages_json_that_is_not_a_stage_record_is_one_line_naming_it(tmp_path, capsys, content, why):
+    """A stages.json the pipeline cannot read as its own stops the run in one line naming the file,
+    before anything is written (it may be someone's file; guessing which stages are done could skip
+    one that is not): move it away and every stage reruns."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stages.json").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{out / 'stages.json'}: {why}"):
+        StageRecord(str(out), False)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(out)}))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["pipeline", str(recipe)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {out / 'stages.json'}: {why}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == ["stages.json"]
+    assert (out / "stages.json").read_bytes() == content
+
+
+def test_a_stage_whose_output_is_not_whole_reruns_with_every_stage_after_it(tmp_path, capsys):
+    """A base folder without model.safetensors (or without its tokenizer), an adapter without its
+    weights, a dataset without dataset_dict.json: the stage is not done, whatever stages.json says;
+    it runs again, and so does every stage that reads it (from scratch: its input was made again)."""
+    files = {"data": ["dataset_dict.json", "stats.json"], "base": ["config.json", "model.safetensors",
+                                                                   "tokenizer_config.json", "tokenizer.json"],
+             "train": ["adapter_config.json", "adapter_model.safetensors"]}
+
+    def run_all():
+        record, ran = StageRecord(str(tmp_path), False), {}
+
+        def stage(name, inputs):
+            def fn(fresh):
+                ran[name] = fresh
+                (tmp_path / name).mkdir(exist_ok=True)
+                for f in files[name]:
+                    (tmp_path / name / f).write_text("{}")
+            record.stage(name, "1", inputs, str(tmp_path / name), fn)
+
+        stage("data", [])
+        stage("base", ["data"])
+        stage("train", ["data", "base"])
+        return ran
+
+    assert run_all() == {"data": False, "base": False, "train": False}
+    assert run_all() == {}
+    for name, missing, rerun in [("base", "model.safetensors", {"base": False, "train": True}),
+                                 ("base", "tokenizer.json", {"base": False, "train": True}),
+                                 ("train", "adapter_model.safetensors", {"train": False}),
+                                 ("data", "dataset_dict.json", {"data": False, "base": True, "train": True})]:
+        (tmp_path / name / missing).unlink()
+        capsys.readouterr()
+        assert run_all() == rerun, missing
+        assert f"== {name}: {tmp_path / name} is missing or incomplete; running it again" in capsys.readouterr().out
+        assert run_all() == {}

@@ -176,3 +176,29 @@ def test_eval_file_source_errors_name_the_source(tmp_path):
                         ({"file": path, "config": {"a": 1}}, "config must be a Hub dataset config name")]:
         with pytest.raises(SourceError, match=match):
             load_sources(EvalConfig(sources=[spec]))
+
+
+# --- issue 30 -------------------------------------------------------------------------------------
+def test_a_5mb_csv_cell_is_read_everywhere_and_one_past_the_limit_is_one_line(tmp_path, monkeypatch):
+    """Fault 8: csv's default limit (131,072 characters) made a 5 MB quoted question a `_csv.Error`
+    traceback in eval's `file:`, the data stage's `records` and `rl.task`, which all read through
+    Records.load."""
+    from reasonlm import rl
+    from reasonlm.config import RLConfig
+    from reasonlm.tasks import records
+    path = tmp_path / "big.csv"
+    long_question = "What is 2+3? " + "Think, " * 700_000  # ~5 MB, one quoted cell
+    path.write_text(f'question,answer\n"What is 1+1?",2\n"{long_question}",5\n')
+    examples, _ = Records(path=str(path)).load()
+    assert [len(ex.question) for ex in examples] == [12, len(long_question.strip())]
+    (source,), _ = load_sources(EvalConfig(sources=[{"file": str(path)}]))
+    assert len(source.examples) == 2
+    task = get_task("records", path=str(path))
+    assert len(rl.imported_problems(task, RLConfig(task={"name": "records", "args": {"path": str(path)}},
+                                                   n_steps=[1, 3], reward="outcome"))) == 2
+    out = build(tmp_path, tasks=[{"name": "arithmetic", "args": TINY}, {"name": "records", "args": {"path": str(path)}}])
+    assert max(len(q) for q in read_dataset(str(out))["train"]["question"]) == len(long_question.strip())
+    monkeypatch.setattr(records, "CSV_FIELD_LIMIT", 1000)
+    with pytest.raises(ValueError) as e:
+        Records(path=str(path)).load()
+    assert str(e.value) == f"{path}:3: a cell longer than 1,000 characters"

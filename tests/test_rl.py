@@ -349,7 +349,7 @@ def test_a_linear_schedule_lowers_the_learning_rate_round_by_round():
     cfg = RLConfig(lr=1e-3, rounds=4, lr_scheduler_type="linear")
     assert [rl.round_lr(cfg, r) for r in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     assert rl.round_lr(RLConfig(lr=1e-3, rounds=4), 3) == 1e-3
-    with pytest.raises(ConfigError, match="lr_scheduler_type must be constant or linear"):
+    with pytest.raises(ConfigError, match="rl.lr_scheduler_type must be 'constant' or 'linear', got 'cosine'"):
         RLConfig(lr_scheduler_type="cosine")
 
 
@@ -564,3 +564,42 @@ def test_resume_loads_the_checkpoints_weights_into_the_unwrapped_model(tmp_path)
     save_file({"not.a.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="weights the model does not have"):
         load_weights_unwrapped(fresh, str(tmp_path))
+
+
+@pytest.mark.parametrize("mini_batch_size,what", [(2, "loss is nan"), (64, "the weights are no longer finite")])
+def test_a_diverged_round_stops_rl_before_anything_is_saved(tmp_path, monkeypatch, mini_batch_size, what):
+    """A step at an infinite rate (what rl.lr=.inf did before RLConfig refused it; a diverging run
+    ends the same way): the next mini-batch's loss is NaN, or, with one step a round, the weights
+    are NaN while the round's loss was not. Either stops the run at round 1 in one line (training's
+    check, checkpoint.stop_if_diverged), before a checkpoint or an adapter is written."""
+    from accelerate import Accelerator
+    from reasonlm.checkpoint import DivergedError
+    monkeypatch.setattr(rl, "round_lr", lambda cfg, rnd: float("inf"))
+    model, tok = tiny_model_and_tokenizer()
+    cfg = RLConfig(reward="outcome", rounds=3, prompts_per_round=4, num_generations=4, max_completion_length=8,
+                   mini_batch_size=mini_batch_size, micro_batch_size=2, save_every=1, flat_rounds=0)
+    accelerator = Accelerator(cpu=True)
+    model, opt, reference = rl.prepare(accelerator, model, cfg)
+    with pytest.raises(DivergedError, match=rf"^{what} at round 1; stopped\. Last good checkpoint: none\. Lower rl\.lr"):
+        rl.fit(model, tok, rl.ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rl.lr=.inf", "rl.lr must be finite and > 0, got inf"),
+    ("rl.lr=-1", "rl.lr must be > 0, got -1.0"),
+    ("rl.seed=-1", "rl.seed must be >= 0, got -1"),
+    ("rl.keep_last=0", "rl.keep_last must be >= 1, got 0"),
+    ("rl.save_every=-1", "rl.save_every must be >= 0, got -1"),
+    ("rl.n_steps=[true, 2]", "rl.n_steps must be [lo, hi] with 1 <= lo <= hi, got [True, 2]"),
+    ("rl.task={name: arithmetic, args: [1]}", "rl.task must be {} (the first generated family of data.tasks) or "
+                                              "{name: FAMILY, args: {KNOB: VALUE}}, got {'name': 'arithmetic', 'args': [1]}"),
+])
+def test_bad_rl_settings_are_one_line_through_the_cli_and_nothing_is_written(tmp_path, capsys, override, message):
+    from reasonlm import cli
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["rl", "recipes/tiny-cpu.yaml", f"out_dir={out}", override])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert not out.exists()

@@ -53,10 +53,14 @@ def print_stats(path: str) -> None:
     p = os.path.join(path, "stats.json")
     if not os.path.isfile(p):
         raise DataError(f"{path} has no stats.json: not a dataset written by `reasonlm data` (or an older one)")
-    with open(p) as f:
-        stats = json.load(f)
+    try:
+        with open(p, encoding="utf-8") as f:
+            text = stats_markdown(json.load(f))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # not JSON, not the card's shape
+        raise DataError(f"{p}: not the statistics `reasonlm data` writes (a JSON object with provenance, sources "
+                        f"and splits): {type(e).__name__} {str(e)[:80]}") from None
     print(f"# {path}\n")
-    print(stats_markdown(stats))
+    print(text)
 
 
 def stats_markdown(stats: dict) -> str:

@@ -45,7 +45,7 @@ import os
 from collections.abc import Sequence
 
 from reasonlm.answer import answers_match, format_number, last_number, normalize_number
-from reasonlm.example import Example
+from reasonlm.example import Example, check_unicode, text_lines
 from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, new_load_report
 from reasonlm.tasks.gsm8k import check_equation_steps, convert_lines
 
@@ -88,6 +88,8 @@ class Records(Importer):
                 if r.kind == "malformed" and self.on_error == "raise":
                     raise ValueError(f"{self.path}:{line}: malformed record: {r.why}") from None
                 report["rejected"][r.kind] += 1
+        if not report["read"]:  # an empty file would silently make an empty split
+            raise ValueError(f"{self.path}: no records in it (an empty file, or a header without rows)")
         report["kept"] = len(examples)
         report["answer_only"] = sum(1 for ex in examples if not ex.steps)
         return examples, report
@@ -101,21 +103,18 @@ class Records(Importer):
                 for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
                     yield i, row, None
             elif path.endswith(".csv"):
-                with open(path, encoding="utf-8", newline="") as f:
-                    # a row's line number is the header's 1 plus its index: quoted newlines aside
-                    for i, row in enumerate(csv.DictReader(f), 2):
-                        yield i, row, None
+                yield from csv_records(path)
             elif path.endswith(".jsonl"):
-                with open(path, encoding="utf-8") as f:
-                    for i, text in enumerate(f, 1):
-                        if not text.strip():
-                            continue
-                        try:
-                            record = json.loads(text)
-                        except json.JSONDecodeError as e:
-                            yield i, None, f"not valid JSON ({e.msg} at column {e.colno})"
-                            continue
-                        yield (i, record, None) if isinstance(record, dict) else (i, None, "not a JSON object")
+                for i, text in text_lines(path):  # not UTF-8: one line naming the file and line
+                    if not text.strip():
+                        continue
+                    try:
+                        record = json.loads(text)
+                    except json.JSONDecodeError as e:
+                        yield i, None, f"not valid JSON ({e.msg} at column {e.colno})"
+                        continue
+                    check_unicode(record, f"{path}:{i}")
+                    yield (i, record, None) if isinstance(record, dict) else (i, None, "not a JSON object")
             else:
                 raise ValueError(f"{path}: expected a .jsonl, .csv or .parquet file (or a Hub dataset id)")
             return
@@ -129,6 +128,39 @@ class Records(Importer):
         if not example.steps:  # answer-only: no gold steps the checker was shown to read
             return Check(answers_match(answer, example.answer), steps_checkable=False)
         return check_equation_steps(example, steps, answer)
+
+
+# Longest CSV cell read, in characters. csv's own limit (131,072) stopped a long question with a
+# traceback; a cell past this one is a line naming the file and line.
+CSV_FIELD_LIMIT = 1 << 24
+
+
+def csv_records(path: str):
+    """(line, row, None) of a CSV file with a header row. A row's line number is the header's 1
+    plus its index (quoted newlines aside); an unreadable row is one ValueError naming the file
+    and the line where reading stopped."""
+    at = [0]  # the line read last: where an error is
+
+    def lines():
+        for at[0], line in text_lines(path):  # not UTF-8: text_lines names the line
+            yield line
+
+    reader = csv.DictReader(lines())
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        header = reader.fieldnames or []
+        twice = next((name for k, name in enumerate(header) if name in header[:k]), None)
+        if twice is not None:
+            raise ValueError(f"{path}:1: column {twice!r} appears twice in the header (a row would keep only "
+                             f"the last one's value)")
+        for i, row in enumerate(reader, 2):
+            yield i, row, None
+    except csv.Error as e:
+        why = (f"a cell longer than {CSV_FIELD_LIMIT:,} characters" if "field larger than field limit" in str(e)
+               else f"not valid CSV ({e})")
+        raise ValueError(f"{path}:{at[0]}: {why}") from None
+    finally:
+        csv.field_size_limit(previous)
 
 
 def check_columns(columns) -> dict | None:
