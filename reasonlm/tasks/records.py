@@ -130,6 +130,10 @@ class Records(Importer):
             return Check(answers_match(answer, example.answer), steps_checkable=False)
         return check_equation_steps(example, steps, answer)
 
+    def gold_free(self, example: Example) -> str:
+        """Rows with worked steps are calculator-checked; answer-only rows have nothing to check."""
+        return "calculator" if example.steps else "answer"
+
 
 def check_columns(columns) -> dict | None:
     """The column mapping, checked: None (read each field from its own column) or {field: column}."""
