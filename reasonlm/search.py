@@ -146,8 +146,10 @@ def draw_seed(*parts) -> int:
 
 # --- the entry point ---------------------------------------------------------------------------
 def run(engine, decode: Callable[[list[int]], str], problems: list[Problem], cfg: SearchConfig,
-        batch_size: int = 64, top_p: float = 1.0, stop_strings: tuple[str, ...] = ()) -> list[Outcome]:
-    """One Outcome per problem, in order. `decode`: token ids -> text (the tokenizer's)."""
+        batch_size: int = 64, top_p: float = 1.0, stop_strings: tuple[str, ...] = (),
+        stats: dict | None = None) -> list[Outcome]:
+    """One Outcome per problem, in order. `decode`: token ids -> text (the tokenizer's). `stats`, when
+    given, sums the step methods' RowSession.stats (prefills, prefilled tokens, decode steps)."""
     if cfg.method in CHECKED_METHODS and any(p.checker is None for p in problems):
         raise ValueError(f"search method {cfg.method!r} needs a checker for every problem (answer-only problems "
                          "allow greedy and majority)")
@@ -155,18 +157,28 @@ def run(engine, decode: Callable[[list[int]], str], problems: list[Problem], cfg
               "step_beam": _step_beam}[cfg.method]
     out: list[Outcome] = []
     for start in range(0, len(problems), batch_size):
-        out += method(engine, decode, problems[start:start + batch_size], cfg, top_p, tuple(stop_strings))
+        out += method(engine, decode, problems[start:start + batch_size], cfg, top_p, tuple(stop_strings), stats)
     return out
 
 
-def _greedy(engine, decode, problems, cfg, top_p, stops):
+def _open(engine, problems, top_p, stops):
+    return engine.rows([p.prompt for p in problems], [p.budget for p in problems], top_p, stops)
+
+
+def _tally(stats: dict | None, session) -> None:
+    if stats is not None:
+        for key, value in session.stats.items():
+            stats[key] = stats.get(key, 0) + value
+
+
+def _greedy(engine, decode, problems, cfg, top_p, stops, stats):
     outs = engine.generate([p.prompt for p in problems],
                            SamplingParams(max_new_tokens=[p.budget for p in problems], stop_strings=stops,
                                           batch_size=len(problems)))
     return [Outcome(o, generated=len(o)) for o in outs]
 
 
-def _sampled(engine, decode, problems, cfg, top_p, stops):
+def _sampled(engine, decode, problems, cfg, top_p, stops, stats):
     """majority and best_of_n: m complete samples per problem, then one is chosen."""
     m = cfg.k if cfg.method == "majority" else cfg.n
     outs = engine.generate([p.prompt for p in problems for _ in range(m)],
@@ -207,8 +219,8 @@ class _Retry:
     outcome: Outcome = field(default_factory=lambda: Outcome([]))
 
 
-def _step_retry(engine, decode, problems, cfg, top_p, stops):
-    session = engine.rows([p.prompt for p in problems], [p.budget for p in problems], top_p, stops)
+def _step_retry(engine, decode, problems, cfg, top_p, stops, stats):
+    session = _open(engine, problems, top_p, stops)
     states = [_Retry(row=i, rows=[i], backups=cfg.backup) for i in range(len(problems))]
     while True:
         live = [(j, s) for j, s in enumerate(states) if not s.done]
@@ -224,6 +236,7 @@ def _step_retry(engine, decode, problems, cfg, top_p, stops):
         units = session.decode(rows, temps, seeds)
         for j, s in live:
             _retry_after_line(session, decode, problems[j], s, units, cfg)
+    _tally(stats, session)
     return [replace(s.outcome, tokens=list(session.tokens(s.row))) for s in states]
 
 
@@ -308,8 +321,8 @@ class _Beam:
     lines: int = 0
 
 
-def _step_beam(engine, decode, problems, cfg, top_p, stops):
-    session = engine.rows([p.prompt for p in problems], [p.budget for p in problems], top_p, stops)
+def _step_beam(engine, decode, problems, cfg, top_p, stops, stats):
+    session = _open(engine, problems, top_p, stops)
     beams = [[_Beam(i)] for i in range(len(problems))]
     finished: list[list] = [[] for _ in problems]  # (valid, chain_valid, valid steps, logprob, row)
     outcomes = [Outcome([], samples=cfg.width) for _ in problems]
@@ -365,4 +378,5 @@ def _step_beam(engine, decode, problems, cfg, top_p, stops):
     for j, outcome in enumerate(outcomes):
         best = max(finished[j]) if finished[j] else None
         outcome.tokens = list(session.tokens(best[-1])) if best else []
+    _tally(stats, session)
     return outcomes
