@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from reasonlm import cli, search
+from reasonlm import chat, cli, search
 from reasonlm.answer import stop_token_ids
 from reasonlm.config import ConfigError, EvalConfig, SearchConfig
 from reasonlm.engine import KVCacheEngine, Unit
@@ -31,6 +31,10 @@ class ScriptedEngine:
     successive sampled draws of that line (cycling). The last line ends the answer (a stop)."""
     script: dict = {}
     tokenizer = None
+    context_size = 512
+
+    def stream(self, seed=0):  # chat opens one; the search path does not use it
+        return None
 
     def __init__(self, model=None, pad_id=0, stop_ids=(), decode=None):
         self.tok = ScriptedEngine.tokenizer
@@ -313,3 +317,26 @@ def test_eval_with_search_writes_compute_and_rejected_steps(toy, toy_dir, tmp_pa
     assert worked["tokens_per_problem"] == sample["generated_tokens"] > sample["tokens"]
     md = open(tmp_path / "out" / "report.md").read()
     assert "search: step_retry (retries 4" in md and "tokens/problem" in md and "steps retried/problem" in md
+
+
+def test_chat_search_shows_the_rejected_line_struck_through_then_the_retry(scripted, toy):
+    ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples.", "He has 3*4=12 apples."], ["#### 12"]]}
+    out = []
+
+    class Out:
+        def write(self, text):
+            out.append(text)
+
+        def flush(self):
+            pass
+
+    c = chat.Chat(scripted, toy[1], chat.Settings(), out=Out())
+    c.command("/search nope")
+    assert "usage: /search METHOD" in "".join(out)
+    c.command("/search step_retry")
+    turn = c.ask(QUESTION)
+    shown = "".join(out)
+    assert turn.text == "He has 3*4=12 apples.\n#### 12" and c.history[-1]["content"] == turn.text
+    struck = f"{chat.STRUCK}He has 3*4=13 apples.   (step 1 is wrong){chat.RESET}"
+    assert struck in shown and shown.index(struck) < shown.index("He has 3*4=12 apples.")
+    assert "1 lines resampled" in shown
