@@ -340,3 +340,27 @@ def test_chat_search_shows_the_rejected_line_struck_through_then_the_retry(scrip
     struck = f"{chat.STRUCK}He has 3*4=13 apples.   (step 1 is wrong){chat.RESET}"
     assert struck in shown and shown.index(struck) < shown.index("He has 3*4=12 apples.")
     assert "1 lines resampled" in shown
+
+
+def test_bench_search_runs_on_a_toy_model(tmp_path, capsys):
+    """eval/bench_search.py end to end at a tiny size: the JSON has every method's accuracy, interval,
+    tokens per problem and cost relative to greedy, and the picture is drawn."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        "bench_search", os.path.join(os.path.dirname(os.path.dirname(__file__)), "eval", "bench_search.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--toy", "--per-steps", "1", "--methods", "greedy,majority@4,retry r2,beam w2e2", "--threads", "1",
+                "--out", str(tmp_path)])
+    report = json.load(open(tmp_path / "bench_search.json"))
+    for adapter in ("toy-a", "toy-b"):
+        results = report["results"][adapter]
+        assert list(results) == ["greedy", "majority@4", "retry r2", "beam w2e2"]
+        assert results["greedy"]["overall"]["tokens_vs_greedy"] == 1.0
+        assert results["majority@4"]["overall"]["tokens_vs_greedy"] == 4.0  # 4 samples, each to the budget
+        assert results["retry r2"]["session"]["prefills"] == 1
+        for r in results.values():
+            assert r["overall"]["n"] == 2 and set(r["by_steps"]) == {"2", "3"} and len(r["overall"]["ci"]) == 2
+    assert (tmp_path / "bench_search.png").stat().st_size > 1000
+    assert "| toy-b | beam w2e2 |" in capsys.readouterr().out
