@@ -364,3 +364,14 @@ def test_bench_search_runs_on_a_toy_model(tmp_path, capsys):
             assert r["overall"]["n"] == 2 and set(r["by_steps"]) == {"2", "3"} and len(r["overall"]["ci"]) == 2
     assert (tmp_path / "bench_search.png").stat().st_size > 1000
     assert "| toy-b | beam w2e2 |" in capsys.readouterr().out
+
+
+def test_a_checker_that_raises_lets_the_line_pass_and_the_search_go_on(scripted):
+    ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples."], ["#### 13"]]}
+
+    def broken(steps, answer):
+        raise KeyError("meta")
+    [out] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, broken)],
+                       SearchConfig(method="step_retry"))
+    assert scripted.decode(out.tokens) == "He has 3*4=13 apples.\n#### 13" and out.retried == 0
+    assert search.judge(broken, "1+1=3\n", final=False).why == "checker error KeyError"
