@@ -16,6 +16,9 @@ How it fits together:
     dimmed and the '#### N' line highlighted; plain when --plain, -p, or stdout is not a TTY.
   - Checking: `/verify` finds a task family whose question format this is, rebuilds the
     example from the question text and runs that task's checker on every step.
+  - Search: `/search METHOD` answers with a checker-guided search (reasonlm/search.py) judged
+    from the question alone; a line the checker rejected is shown dimmed and struck through,
+    then the line that replaced it.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from transformers.utils import logging as hf_logging
 
 from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, parse_completion, prompt_messages,
                              stop_token_ids)
-from reasonlm.config import ChatConfig, load_recipe
+from reasonlm import search
+from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, ChatConfig, SearchConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
 from reasonlm.example import text_lines
 from reasonlm.model import load_for_inference
@@ -99,6 +103,7 @@ def parse_settings(text: str, current: Settings) -> Settings:
 
 # --- display -----------------------------------------------------------------------------------
 DIM, FINAL, GOOD, BAD, BOLD, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[32m", "\x1b[1;31m", "\x1b[1m", "\x1b[0m"
+STRUCK = "\x1b[2;9m"  # dimmed and struck through: a line the search threw away
 
 # A model (an adapter from the internet, say) can emit escape sequences that set the window title,
 # write the clipboard (OSC 52) or move the cursor over earlier lines. Every control character but
@@ -276,6 +281,7 @@ HELP = {
     "/greedy": "temperature=0: always the most likely token",
     "/samples": "K [QUESTION]  K sampled answers to the last (or a new) question, then the majority",
     "/verify": "check every step of the last answer with the task checker",
+    "/search": "METHOD  answer with " + ", ".join(SEARCH_METHODS) + " (checked from the question; greedy = off)",
     "/save": "[--force] FILE  write the conversation as chat-messages JSONL (--force: replace FILE)",
     "/load": "FILE  continue a saved conversation",
     "/stats": "time to first token and tokens/s of the last answer",
@@ -303,6 +309,7 @@ class Chat:
     history: list[dict] = field(default_factory=list)
     last: Turn | None = None
     sample_calls: int = 0
+    search: str = "greedy"  # /search METHOD
 
     def __post_init__(self):
         self.stream = self.engine.stream(self.settings.seed)
@@ -332,6 +339,8 @@ class Chat:
         notes = notes or self.say
         prompt = self.prompt_ids(question, self.history)
         self.check_fits(prompt)
+        if self.search != "greedy":
+            return self.ask_with_search(question, prompt, notes)
         painter = Painter(self.out, self.plain)
         stream = Detokenizer(self.tokenizer, painter.feed)
         params = SamplingParams(max_new_tokens=self.budget(prompt), temperature=self.settings.temperature,
@@ -349,6 +358,43 @@ class Chat:
         if not reply.stopped:
             notes(f"[stopped at {len(reply.tokens)} tokens: max_new_tokens or the context limit]", DIM)
         text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
+        self.last = Turn(question, list(self.history), reply, text)
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
+        return self.last
+
+    def ask_with_search(self, question: str, prompt: list[int], notes) -> Turn | None:
+        """Answer with the /search method, then show it line by line, each rejected line (struck
+        through) before the line that replaced it."""
+        checker = search.checker_for_question(question)
+        if self.search in CHECKED_METHODS and checker is None:
+            notes(f"cannot {self.search}: nothing in this question can be checked; use /search majority", BAD)
+            return None
+        cfg = SearchConfig(method=self.search, temperature=self.settings.temperature or 0.7)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
+        self.sample_calls += 1
+        problem = search.Problem(prompt, self.budget(prompt), self.settings.seed * 1000 + self.sample_calls, checker)
+        try:
+            [outcome] = search.run(self.engine, decode, [problem], cfg, top_p=self.settings.top_p)
+        except KeyboardInterrupt:
+            notes("[interrupted; this turn is not kept]", BAD)
+            return None
+        text = decode(outcome.tokens)
+        rejected: dict[int, list] = {}
+        for r in outcome.rejected:
+            rejected.setdefault(r["step"], []).append(r)
+        painter = Painter(self.out, self.plain)
+        for i, line in enumerate(text.split("\n"), 1):
+            for r in rejected.pop(i, []):
+                self.say(f"{r['text'].rstrip()}   ({r['why']})", STRUCK)
+            painter.feed(line + "\n")
+        for step in sorted(rejected):  # lines thrown away where the answer stopped
+            for r in rejected[step]:
+                self.say(f"{r['text'].rstrip()}   ({r['why']})", STRUCK)
+        painter.close()
+        notes(f"[{self.search}: {outcome.generated} tokens generated, {len(outcome.tokens)} kept, "
+              f"{outcome.retried} lines resampled" + (f", {outcome.gave_up} could not be fixed" if outcome.gave_up else "")
+              + "]", DIM)
+        reply = StreamResult(tokens=list(outcome.tokens), prompt_tokens=len(prompt), stopped=True)
         self.last = Turn(question, list(self.history), reply, text)
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
         return self.last
@@ -394,6 +440,12 @@ class Chat:
 
     def cmd_greedy(self, arg):
         self.cmd_set("temperature=0")
+
+    def cmd_search(self, arg):
+        if arg not in SEARCH_METHODS:
+            raise ValueError(f"usage: /search METHOD with METHOD one of {', '.join(SEARCH_METHODS)} (now: {self.search})")
+        self.search = arg
+        self.say(f"answers now use {arg}" + (" (checked from the question alone)" if arg in CHECKED_METHODS else ""), DIM)
 
     def cmd_stats(self, arg):
         r = self.last.reply if self.last else None
@@ -527,7 +579,7 @@ def main(args):
     model, tokenizer = load(args)
     plain = args.plain or one_shot or not sys.stdout.isatty()
     engine = KVCacheEngine(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                           stop_token_ids(tokenizer))
+                           stop_token_ids(tokenizer), decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     chat = Chat(engine, tokenizer, settings, system=cfg.system, plain=plain)
     if one_shot:
         question, replaced = readable_input(args.prompt)

@@ -64,6 +64,8 @@ def cmd_eval(args):
                 evaluate.make_baseline(evaluate.load_report(args.overrides[0])), indent=1) + "\n")
             print(f"baseline written to {args.overrides[1]}")
         return
+    if args.search:  # the same validation as the setting written in the file
+        args.overrides = [*args.overrides, f"{'' if evaluate.is_suite(args.recipe) else 'eval.'}search.method={args.search}"]
     if evaluate.is_suite(args.recipe):
         cfg = evaluate.load_suite(args.recipe, args.overrides)
         recipe = load_recipe(args.with_recipe) if args.with_recipe else None
@@ -179,7 +181,7 @@ def parser():
     s.usage = "reasonlm data RECIPE [key=value ...]\n       reasonlm data --stats DATASET_DIR"
     s = sub.choices["eval"]
     s.usage = ("reasonlm eval RECIPE|SUITE.yaml [key=value ...] [--model M] [--adapter A] [--recipe R] [--out DIR] "
-               "[--baseline B.json]\n       reasonlm eval compare A/report.json B/report.json [--metric M]\n"
+               "[--baseline B.json] [--search METHOD]\n       reasonlm eval compare A/report.json B/report.json [--metric M]\n"
                "       reasonlm eval baseline REPORT.json eval/baselines/NAME.json")
     s.add_argument("--model", default=None, help="base model (local path or Hub id); overrides the suite/recipe")
     s.add_argument("--adapter", default=None, help="LoRA adapter directory or Hub id, or 'none'")
@@ -188,6 +190,9 @@ def parser():
     s.add_argument("--out", default=None, help="output directory (default <out_dir>/eval[-SUITE] or out/eval/SUITE/MODEL)")
     s.add_argument("--baseline", default=None, help="CI gate: baseline report/file; exit 1 on a regression beyond its interval")
     s.add_argument("--metric", default="accuracy", help="compare: which per-problem metric (default accuracy)")
+    s.add_argument("--search", default=None, metavar="METHOD",
+                   help="decode with greedy, majority, best_of_n, step_retry or step_beam (eval.search.method; "
+                        "docs/search.md)")
     sub.choices["pipeline"].add_argument("--force", action="store_true",
                                          help="rerun every stage, even those whose settings did not change")
     s = sub.add_parser("chat", help="talk to a model in the terminal", epilog=EPILOGS["chat"],

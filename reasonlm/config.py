@@ -35,6 +35,9 @@ class ConfigError(ValueError):
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")  # what `device` accepts
 DEDUP_MODES = ("none", "exact", "normalized")
+SEARCH_METHODS = ("greedy", "majority", "best_of_n", "step_retry", "step_beam")
+CHECKED_METHODS = ("best_of_n", "step_retry", "step_beam")  # need a checker that works without the gold
+ON_FAIL = ("continue", "stop")
 
 
 # --- value checks (used by the dataclasses' __post_init__) ------------------------------------
@@ -312,6 +315,47 @@ class TrainConfig:
 
 
 @dataclass
+class SearchConfig:
+    """How an answer is decoded (reasonlm/search.py, docs/search.md); the gold answer is never seen."""
+    method: str = "greedy"
+    """'greedy' (one answer, argmax), 'majority' (k samples, the most common answer), 'best_of_n' (n
+    samples, the one whose checked valid prefix is longest, a valid chain first, majority among ties),
+    'step_retry' (a line at a time, a line the checker rejects is resampled) or 'step_beam' (a beam over
+    lines ranked by valid prefix, then log-probability). The last three need a task that checks steps
+    without the gold; answer-only sources allow greedy and majority."""
+    k: int = 8
+    """majority: samples per problem."""
+    n: int = 8
+    """best_of_n: samples per problem."""
+    temperature: float = 0.7
+    """Sampling temperature of majority's and best_of_n's samples, and of every resampled line or beam
+    candidate (a line's first try is greedy)."""
+    retries: int = 4
+    """step_retry: resamples of a rejected line before the search gives up on it."""
+    candidates: int = 1
+    """step_retry: lines drawn together for each resample; the valid one the model finds most likely is
+    kept (1 = one at a time, stopping at the first valid line)."""
+    backup: int = 1
+    """step_retry: times per problem the search may back up one line (resample the accepted line before
+    a line it could not fix, never the same text again)."""
+    on_fail: str = "continue"
+    """step_retry, a line that cannot be fixed: 'continue' keeps its greedy version and decodes the rest
+    greedily without checking (nothing after a broken line can pass); 'stop' ends the answer there."""
+    retry_budget: int = 0
+    """step_retry: resampled lines per problem at most, over all its lines (0 = no cap beyond retries)."""
+    width: int = 2
+    """step_beam: beams kept per problem."""
+    expand: int = 2
+    """step_beam: candidate lines per beam and step (the first greedy, the rest sampled)."""
+
+    def __post_init__(self):
+        _one_of(self, "eval.search", "method", SEARCH_METHODS)
+        _one_of(self, "eval.search", "on_fail", ON_FAIL)
+        _at_least(self, "eval.search", 0, "retries", "retry_budget", "backup", "temperature")
+        _at_least(self, "eval.search", 1, "k", "n", "candidates", "width", "expand")
+
+
+@dataclass
 class EvalConfig:
     model: str = ""
     """Base model (Hub id or path); empty = <out_dir>/base."""
@@ -375,6 +419,9 @@ class EvalConfig:
     too_long: str = "skip"
     """A problem whose prompt leaves no room in the model's context (max_position_embeddings):
     'skip' (left out, counted as too_long per source in the report) or 'error' (stop, naming it)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """How answers are decoded: greedy (or `samples` at `temperature`) by default; a checker-guided
+    search with `method` (docs/search.md); `--search METHOD` on the command line."""
     ladder_per_steps: int = 50
     """Pipeline's length ladder: fresh problems per n_steps from 2 to twice data.train_steps' longest, of the
     recipe's generated family, for every model it trains (greedy, budget from the question); 0 = no ladder."""
@@ -396,6 +443,13 @@ class EvalConfig:
         _check(self, "eval", lambda v: isinstance(v, list) and all(isinstance(k, int) and 1 <= k <= self.samples for k in v),
                f"a list of k in 1..samples ({self.samples})", "ks")
         _strings(self, "eval", "splits", "stop_strings", "metrics", "task_files")
+        if self.search.method in CHECKED_METHODS:  # sources whose answer-only shape the spec shows (the rest: on load)
+            for n, spec in enumerate(self.sources):
+                columns = spec.get("columns") if isinstance(spec, dict) and "file" in spec else None
+                if isinstance(columns, dict) and not {"steps", "solution"} & set(columns):
+                    raise ConfigError(f"eval.search.method={self.search.method!r} needs a source whose steps can be "
+                                      f"checked without the gold; sources[{n}] ({spec.get('name') or spec['file']}) is "
+                                      "answer-only (its columns map no steps or solution): use greedy or majority")
 
 
 @dataclass
@@ -695,7 +749,13 @@ def load_suite(path: str, overrides=()) -> EvalConfig:
     resolve_task_files(raw, path)
     for item in overrides:
         key, value = split_override(item, "samples=8")
-        raw[key.removeprefix("eval.")] = value
+        *parents, leaf = key.removeprefix("eval.").split(".")
+        node = raw
+        for p in parents:  # search.method=step_retry
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        node[leaf] = value
     try:
         cfg = from_dict(EvalConfig, raw, "")
     except ConfigError as e:

@@ -27,6 +27,13 @@ that keeps its KV cache between calls. Turn n+1's prompt starts with turn n's pr
 so only the tokens after the longest common prefix are fed ("prefix reuse"); the rest of the
 cache is cropped away.
 
+Checker-guided search (reasonlm/search.py) decodes a line at a time: `engine.rows(prompts, budgets)`
+gives a `RowSession` whose rows continue until the end of a line (or a stop), can be moved back to
+an earlier length (a rejected line), extended with given tokens and forked (beams). On Llama-family
+models every row keeps its own length in one preallocated cache: the prompts are prefilled once,
+moving a row back is a pointer move, and a moved-back row re-feeds only its last kept token. Other
+models re-prefill the rows at every call (correct, slower); `RowSession.stats` counts prefills.
+
 Another backend (vLLM on a GPU, say) slots in by implementing `Engine.generate` (and `stream`, for
 chat) with the same arguments and the same per-row result; callers hold an `Engine` and never
 touch the model.
@@ -137,6 +144,11 @@ class KVCacheEngine:
     def stream(self, seed: int = 0) -> KVCacheStream:
         return KVCacheStream(self.model, self.stop_ids, seed)
 
+    def rows(self, prompts: list[list[int]], budgets: list[int], top_p: float = 1.0,
+             stop_strings: tuple[str, ...] = ()) -> "RowSession":
+        """A RowSession on these prompts (one row each), for decoding a line at a time."""
+        return RowSession(self, prompts, budgets, top_p, stop_strings)
+
     @torch.no_grad()
     def generate(self, prompts, params: SamplingParams, on_token=None) -> list[list[int]]:
         n = len(prompts)
@@ -207,6 +219,199 @@ class KVCacheEngine:
                 if per_row:
                     gens = gens[torch.tensor(keep)]
             logits = decoder.step(token)
+
+
+@dataclass
+class Unit:
+    """What one row wrote in one RowSession.decode call."""
+    tokens: list[int]
+    logprob: float = 0.0
+    """Sum of the model's log-probabilities (temperature 1) of the tokens it picked, a stop token's included."""
+    end: str = "line"
+    """'line' (its text now ends with a finished line), 'stop' (a stop token or stop string) or 'budget'."""
+
+
+class RowSession:
+    """Rows (one per prompt, ids from 0; forks get new ids) that continue a line at a time.
+
+    decode(rows, temperatures, seeds)  continue each row until its new text holds a newline, a stop
+                                       token or stop string, or the row's budget is used; other rows wait
+    rewind(row, length)                drop the row's generated tokens after the first `length`
+    extend(row, tokens)                append tokens as if the row had written them (fed on the next decode)
+    fork(row) -> new row               a copy of the row, cache included
+    close(row)                         the row is finished; its cache slot is freed
+    tokens(row)                        its generated tokens
+
+    A row's k-th token of a decode call is drawn with the noise of (its seed for that call, k), so
+    outputs do not depend on which rows share the batch. `stats` counts prefills, prefilled tokens
+    and decode steps (what cache reuse saves is visible there, not only in time).
+    """
+
+    def __init__(self, engine: KVCacheEngine, prompts: list[list[int]], budgets: list[int], top_p: float = 1.0,
+                 stop_strings: tuple[str, ...] = ()):
+        if engine.decode is None:
+            raise ValueError("a RowSession needs the engine's decode (token ids -> text) to find line ends")
+        if len(budgets) != len(prompts) or any(not p for p in prompts):
+            raise ValueError("one budget per prompt, and no empty prompt")
+        self.engine, self.top_p, self.stop_strings = engine, top_p, [s for s in stop_strings if s]
+        self.prompts, self.budgets = [list(p) for p in prompts], list(budgets)
+        self.out: list[list[int]] = [[] for _ in prompts]
+        self.closed: set[int] = set()
+        self.stats = {"prefills": 0, "prefill_tokens": 0, "steps": 0, "row_steps": 0}
+        self.device = next(engine.model.parameters()).device
+        model = engine.model
+        self.decoder = LlamaDecoder.for_model(model, engine.fold_lora) if engine.fast else None
+        # tokens of a row's prompt + output in the cache: the rest (a re-fed token after a rewind,
+        # tokens given by extend) is fed before the row picks again
+        self.cached: dict[int, int] = {}
+        if self.decoder is not None:
+            self.order = list(range(len(prompts)))  # row id of every cache slot
+            self.logits = self._prefill(self.decoder, self.prompts)
+            self.decoder.ragged()
+            self.cached = {r: len(p) for r, p in enumerate(self.prompts)}
+            self.forks: dict[int, int] = {}  # a forked row -> the row it copies (materialised on _sync)
+
+    # --- the caller's operations ---
+    def tokens(self, row: int) -> list[int]:
+        return self.out[row]
+
+    def fork(self, row: int) -> int:
+        new = len(self.out)
+        self.prompts.append(self.prompts[row])
+        self.budgets.append(self.budgets[row])
+        self.out.append(list(self.out[row]))
+        if self.decoder is not None:
+            self.forks[new] = self.forks.get(row, row)
+            self.cached[new] = self.cached[row]
+        return new
+
+    def close(self, row: int) -> None:
+        self.closed.add(row)
+
+    def rewind(self, row: int, length: int) -> None:
+        """Keep the first `length` generated tokens of `row`; the next decode goes on from there."""
+        if not 0 <= length <= len(self.out[row]):
+            raise ValueError(f"row {row} has {len(self.out[row])} tokens, cannot rewind to {length}")
+        del self.out[row][length:]
+        if self.decoder is None:
+            return
+        self._sync()
+        keep = min(self.cached[row], len(self.prompts[row]) + length - 1)  # the last kept token is fed
+        self.decoder.rewind(self.order.index(row), self.cached[row] - keep)  # again: its logits start the line
+        self.cached[row] = keep
+
+    def extend(self, row: int, tokens: list[int]) -> None:
+        self.out[row] += tokens
+
+    def decode(self, rows: list[int], temperatures: list[float], seeds: list[int]) -> dict[int, Unit]:
+        """Continue every row in `rows` by one line (see the class docstring)."""
+        if self.decoder is None:
+            return self._decode_replay(rows, temperatures, seeds)
+        self._sync()
+        slot = {r: i for i, r in enumerate(self.order)}
+        return self._decode(self.decoder, [slot[r] for r in rows], rows, temperatures, seeds, self.logits)
+
+    # --- internals ---
+    def _prefill(self, decoder, prompts: list[list[int]]) -> torch.Tensor:
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self.engine.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for r, p in enumerate(prompts):  # left padding, as generate does
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        self.stats["prefills"] += 1
+        self.stats["prefill_tokens"] += sum(map(len, prompts))
+        return decoder.prefill(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)).float()
+
+    def _sync(self) -> None:
+        """Materialise forks and drop closed rows from the cache when that pays (one index_select)."""
+        live = [r for r in self.order if r not in self.closed] + [r for r in self.forks if r not in self.closed]
+        if not self.forks and len(live) > self.decoder.keep_below * len(self.order):
+            return
+        slot = {r: i for i, r in enumerate(self.order)}
+        sources = [slot[self.forks.get(r, r)] for r in live]
+        self.decoder.keep(sources)
+        self.logits = self.logits[torch.tensor(sources, device=self.logits.device)]
+        self.order, self.forks = live, {}
+
+    def _decode_replay(self, rows, temperatures, seeds) -> dict[int, Unit]:
+        """The general path: prefill each row's prompt and output afresh, then decode."""
+        decoder = HFDecoder(self.engine.model)
+        logits = self._prefill(decoder, [self.prompts[r] + self.out[r] for r in rows])
+        self.cached = {r: len(self.prompts[r]) + len(self.out[r]) for r in rows}
+        return self._decode(decoder, list(range(len(rows))), rows, temperatures, seeds, logits)
+
+    def _decode(self, decoder, slots, rows, temperatures, seeds, logits) -> dict[int, Unit]:
+        engine, n_slots = self.engine, logits.shape[0]
+        units = {r: Unit([]) for r in rows}
+        open_rows = []
+        cached = self.cached
+        for r, s in zip(rows, slots):
+            if len(self.out[r]) >= self.budgets[r] and cached[r] == len(self.prompts[r]) + len(self.out[r]):
+                units[r].end = "budget"
+            else:
+                open_rows.append((r, s))
+        keys = {r: row_keys([seed])[0] for r, seed in zip(rows, seeds)}
+        temp = dict(zip(rows, temperatures))
+        window = 4 * max(map(len, self.stop_strings)) + 4 if self.stop_strings else 0
+        fed = dict.fromkeys(rows, 0)  # tokens picked this call, per row (the noise's step)
+        while open_rows:
+            feed = torch.full((n_slots,), engine.pad_id, dtype=torch.long, device=self.device)
+            advance = [False] * n_slots
+            picking = []
+            for r, s in open_rows:
+                plen = len(self.prompts[r])
+                if cached[r] < plen + len(self.out[r]):
+                    feed[s] = self.prompts[r][cached[r]] if cached[r] < plen else self.out[r][cached[r] - plen]
+                    advance[s] = True
+                else:
+                    picking.append((r, s))
+            still = [(r, s) for r, s in open_rows if (r, s) not in picking]
+            for r, s, token, logp in self._pick(picking, logits, temp, keys, fed):
+                unit = units[r]
+                unit.logprob += logp
+                fed[r] += 1
+                if token in engine.stop_ids:
+                    unit.end = "stop"
+                    continue
+                unit.tokens.append(token)
+                self.out[r].append(token)
+                feed[s], advance[s] = token, True
+                text = engine.decode(unit.tokens)
+                if self.stop_strings and any(x in engine.decode(self.out[r][-window:]) for x in self.stop_strings):
+                    unit.end = "stop"
+                elif "\n" in text:
+                    unit.end = "line"
+                elif len(self.out[r]) >= self.budgets[r]:
+                    unit.end = "budget"
+                else:
+                    still.append((r, s))
+            if any(advance):
+                new = decoder.step_rows(feed, advance) if decoder is self.decoder else decoder.step(feed)
+                self.stats["steps"] += 1
+                self.stats["row_steps"] += sum(advance)
+                moved = torch.tensor([i for i, a in enumerate(advance) if a], device=logits.device)
+                logits[moved] = new[moved].float()
+                for r, s in zip(rows, slots):
+                    if advance[s]:
+                        cached[r] += 1
+            open_rows = sorted(still, key=lambda rs: rs[1])
+        return units
+
+    def _pick(self, picking, logits, temp, keys, fed):
+        """(row, slot, token, its log-probability) for every picking row: greedy rows by argmax,
+        the others from their own noise, grouped by (temperature, step) into one draw each."""
+        groups: dict = {}
+        for r, s in picking:
+            groups.setdefault((temp[r], fed[r] if temp[r] > 0 else 0), []).append((r, s))
+        for (t, step), members in groups.items():
+            sel = torch.tensor([s for _, s in members], device=logits.device)
+            rows_logits = logits[sel]
+            gens = torch.stack([keys[r] for r, _ in members])
+            tokens = pick(rows_logits, t, self.top_p, gens, step=step)
+            logp = torch.log_softmax(rows_logits, -1).gather(-1, tokens[:, None])[:, 0]
+            for (r, s), tok, lp in zip(members, tokens.tolist(), logp.tolist()):
+                yield r, s, tok, lp
 
 
 class HFDecoder:

@@ -4,7 +4,11 @@ row on a preallocated KV cache, with the decoder layers' arithmetic called direc
     decoder = LlamaDecoder.for_model(model)   # None: not a model this file knows; use the general path
     logits = decoder.prefill(ids, mask, positions)
     logits = decoder.step(tokens)              # [rows] -> [rows, vocab]
-    decoder.keep(rows)                         # drop the other rows from the cache
+    decoder.keep(rows)                         # drop the other rows from the cache (or repeat some)
+
+Per-row lengths (checker-guided search, reasonlm/engine.py RowSession): after `ragged()`, every row
+writes at its own cache column, `step_rows(tokens, advance)` moves only the rows that advance,
+and `rewind(row, n)` moves a row back by n positions: a pointer move, its later columns masked.
 
 Why: at small sizes a decode step costs Python and framework overhead, not FLOPs. HF's forward per
 token builds a mask, walks ~20 nn.Module calls per layer (PEFT's LoRA wrappers add their own
@@ -96,6 +100,8 @@ class LlamaDecoder:
         self.mask = self.pos = None
         self.length = 0  # cache positions filled (the same for every row: prompts are left-padded)
         self.pads: list[int] = []  # padding per row: a batch with none attends without a mask, as HF does
+        self.at: torch.Tensor | None = None  # after ragged(): the column each row writes next
+        self.even = True  # after ragged(): every row still at the same column with nothing masked
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the prompts through the model's own forward and move its cache into the buffers."""
@@ -120,6 +126,49 @@ class LlamaDecoder:
         self.values = [v.index_select(0, sel) for v in self.values]
         self.mask, self.pos = self.mask.index_select(0, sel), self.pos.index_select(0, sel)
         self.pads = [self.pads[r] for r in rows]
+        if self.at is not None:
+            self.at = self.at.index_select(0, sel)
+
+    # --- per-row lengths ---------------------------------------------------------------------
+    def ragged(self) -> None:
+        """From now on each row keeps its own length (step_rows, rewind); call right after prefill."""
+        self.at = torch.full((len(self.pads),), self.length, dtype=torch.long, device=self.mask.device)
+        self.mask[:, self.length:] = False
+
+    def rewind(self, row: int, n: int) -> None:
+        """Forget the last `n` positions of `row` (a pointer move; the columns are masked)."""
+        if n <= 0:
+            return
+        self.at[row] -= n
+        self.pos[row] -= n
+        self.mask[row, int(self.at[row]):] = False
+        self.even = False
+
+    def step_rows(self, tokens: torch.Tensor, advance: list[bool]) -> torch.Tensor:
+        """Feed one token per row at the row's own column; rows with advance False are fed a dummy
+        that is overwritten by their next real token (their length does not change)."""
+        at = self.at
+        width = int(at.max()) + 1
+        while width > self.keys[0].shape[2]:
+            self.keys = [grow(k, CACHE_CHUNK) for k in self.keys]
+            self.values = [grow(v, CACHE_CHUNK) for v in self.values]
+            self.mask = grow(self.mask, CACHE_CHUNK, fill=False)
+        rows = torch.arange(len(at), device=at.device)
+        self.mask[rows, at] = True
+        if not all(advance):
+            self.even = False
+        pos = self.pos + 1
+        mask = self.mask[:, None, None, :width] if any(self.pads) or not self.even else None
+
+        def write(keys, values, k, v):
+            keys[rows, :, at] = k[:, :, 0]
+            values[rows, :, at] = v[:, :, 0]
+
+        logits = self._forward(tokens, pos, write, width, mask)
+        step = torch.tensor(advance, dtype=torch.long, device=at.device)
+        self.at = at + step
+        self.pos = torch.where(step[:, None].bool(), pos, self.pos)
+        return logits
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; the next-token logits [rows, vocab]."""
@@ -129,13 +178,23 @@ class LlamaDecoder:
             self.mask = grow(self.mask, CACHE_CHUNK, fill=True)
         t, self.length = self.length, self.length + 1
         self.pos += 1
+        # HF passes no mask when no row is padded (sdpa's own path), a boolean one otherwise
+        mask = self.mask[:, None, None, :t + 1] if any(self.pads) else None
+
+        def write(keys, values, k, v):
+            keys[:, :, t:t + 1] = k
+            values[:, :, t:t + 1] = v
+
+        return self._forward(tokens, self.pos, write, t + 1, mask)
+
+    def _forward(self, tokens, pos, write, width: int, mask) -> torch.Tensor:
+        """The decoder layers on one new token per row at positions `pos`; `write` puts the new
+        keys/values into the cache, attention reads its first `width` columns."""
         lm, rows, hd = self.lm.model, tokens.shape[0], self.head_dim
         hidden = lm.embed_tokens(tokens[:, None])
-        cos, sin = lm.rotary_emb(hidden, position_ids=self.pos)
+        cos, sin = lm.rotary_emb(hidden, position_ids=pos)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        # HF passes no mask when no row is padded (sdpa's own path), a boolean one otherwise; with
-        # grouped kv heads and a mask it packs the query heads of a kv head as its query length
-        mask = self.mask[:, None, None, :t + 1] if any(self.pads) else None
+        # with grouped kv heads and a mask, HF packs the query heads of a kv head as its query length
         gqa = self.groups > 1 and mask is None
         packed = self.groups if self.groups > 1 and mask is not None else 1
         for (norm1, eps1, norm2, eps2, qkv_proj, o_proj, gate_up_proj, down_proj, act), keys, values \
@@ -143,11 +202,10 @@ class LlamaDecoder:
             x = rms_norm(hidden, norm1, eps1)
             q, k, v = (y.view(rows, 1, -1, hd).transpose(1, 2) for y in qkv_proj(x))
             q = (q * cos) + (rotate_half(q) * sin)
-            keys[:, :, t:t + 1] = (k * cos) + (rotate_half(k) * sin)
-            values[:, :, t:t + 1] = v
+            write(keys, values, (k * cos) + (rotate_half(k) * sin), v)
             if packed > 1:
                 q = q.reshape(rows, -1, packed, hd)
-            a = F.scaled_dot_product_attention(q, keys[:, :, :t + 1], values[:, :, :t + 1], attn_mask=mask,
+            a = F.scaled_dot_product_attention(q, keys[:, :, :width], values[:, :, :width], attn_mask=mask,
                                                scale=self.scaling, enable_gqa=gqa)
             a = a.reshape(rows, -1, 1, hd).transpose(1, 2).contiguous().reshape(rows, 1, -1).contiguous()
             hidden = hidden + o_proj(a)[0]

@@ -24,7 +24,7 @@ import os
 import time
 
 from reasonlm import base, data, evaluate, modelcard, rl, train
-from reasonlm.config import EvalConfig, Recipe, RunPaths, save_resolved
+from reasonlm.config import EvalConfig, Recipe, RunPaths, SearchConfig, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
 from reasonlm.tasks import get_task, is_importer, load_plugins
@@ -167,6 +167,8 @@ def config_hash(cfg, out_dir: str = "") -> str:
     is another stage's output, hashed as that stage, so a run directory moved or copied elsewhere
     is still up to date."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
+    if settings.get("search") == dataclasses.asdict(SearchConfig()):  # greedy, as before eval.search existed:
+        del settings["search"]  # a finished eval stage stays finished
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     if out_dir:
         inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string

@@ -57,8 +57,9 @@ from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
 from reasonlm.evaluate.metrics import summarize
 from reasonlm.evaluate.progress import Progress
 from reasonlm.evaluate.report import build_report, markdown, write_outputs, write_report
-from reasonlm.evaluate.runner import (build_prompt, is_main_process, make_batches, partial_path, plan_jobs,
-                                      prepare_partial, process_state, read_partial, remove_partial, run_batch, run_id)
+from reasonlm.evaluate.runner import (build_prompt, check_search_sources, is_main_process, make_batches, partial_path,
+                                      plan_jobs, prepare_partial, process_state, read_partial, remove_partial,
+                                      run_batch, run_id)
 from reasonlm.model import load_for_inference, set_threads
 from reasonlm.outputs import atomic_write
 from reasonlm.sources import load_sources
@@ -91,6 +92,7 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     directory = directory or (paths.eval(name) if paths else os.path.join("out", name))
     fmt = cfg.format or fmt
     sources, skipped = load_sources(cfg, out_dir)
+    check_search_sources(sources, cfg)  # before the model loads
     model, tokenizer = load_for_inference(model_name, adapter, device=device)
     model = model.to(state.device)
     context = context_size(model)

@@ -10,6 +10,10 @@ step) cover only the problems whose steps are checkable; answer-only problems (s
 `steps_checkable: False`) are scored on the answer alone. A block says `steps_checkable` (every
 problem's were) and, when some were not, `steps_checkable_problems`; with none, the step metrics
 are absent rather than 0. `truncated` is the share of samples cut off by their token budget.
+
+Compute: `tokens_per_problem` is the tokens generated for a problem, summed over its samples (a
+search's rejected lines and discarded samples included: `generated_tokens`), with its interval;
+a search run also reports `steps_retried_per_problem` and `gave_up_per_problem`.
 """
 from __future__ import annotations
 
@@ -65,7 +69,11 @@ def problem_table(samples: list[dict], ks=()) -> list[dict]:
              "first_bad": [(s["first_bad_step"], int(first.get("n_steps") or 0) or s["steps_total"])
                            for s in group if s.get("first_bad_step")],
              "checker_errors": sum(1 for s in group if s.get("checker_error")),
-             "steps_checkable": all(s.get("steps_checkable", True) for s in group), "values": {}}
+             "steps_checkable": all(s.get("steps_checkable", True) for s in group), "values": {},
+             "generated": (sum(s.get("generated_tokens", s.get("tokens", 0)) for s in group)
+                           if all("tokens" in s or "generated_tokens" in s for s in group) else None),
+             "retried": (sum(s["steps_retried"] for s in group) if all("steps_retried" in s for s in group) else None),
+             "gave_up": sum(s.get("gave_up", 0) for s in group)}
         for metric, key in RATES.items():
             if all(key in s for s in group):
                 p["values"][metric] = sum(bool(s[key]) for s in group) / len(group)
@@ -91,6 +99,12 @@ def block(problems: list[dict]) -> dict:
         for name in names:
             point, lo, hi = bootstrap_ci([p["values"][name] for p in group])
             m[name], m[f"{name}_ci"] = _r4(point), [_r4(lo), _r4(hi)]
+    if problems and all(p.get("generated") is not None for p in problems):
+        point, lo, hi = bootstrap_ci([p["generated"] for p in problems])
+        m["tokens_per_problem"], m["tokens_per_problem_ci"] = round(point, 1), [round(lo, 1), round(hi, 1)]
+    if problems and all(p.get("retried") is not None for p in problems):
+        m["steps_retried_per_problem"] = round(sum(p["retried"] for p in problems) / len(problems), 3)
+        m["gave_up_per_problem"] = round(sum(p["gave_up"] for p in problems) / len(problems), 3)
     m["extraction_failures"] = round(sum(p["values"].get("extraction_failed", 0) * p["samples"] for p in problems))
     if "truncated" in m:
         m["truncated_samples"] = round(sum(p["values"]["truncated"] * p["samples"] for p in problems))

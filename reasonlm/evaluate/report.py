@@ -31,7 +31,7 @@ def build_report(cfg: EvalConfig, sources: list[Source], skipped: dict, samples:
     report = {
         "suite": cfg.name or "eval", "description": cfg.description, "model": model_name, "adapter": adapter,
         "format": fmt, "prompt": cfg.prompt, "shots": cfg.shots, "samples_per_problem": cfg.samples,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "ks": ks,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "ks": ks, "search": cfg.search.method,
         "dataset_fingerprint": fingerprint(sources), "sources": {s.name: s.info for s in sources},
         "skipped": skipped, "splits": splits,
         "overall": summarize(samples, ks) if len(sources) > 1 else splits[sources[0].name],
@@ -136,23 +136,29 @@ def markdown(report: dict) -> str:
         lines += [f"dataset {report['dataset_fingerprint']}, {report.get('prompt', 'chat')} prompt, "
                   f"{report.get('shots', 0)}-shot, {report.get('samples_per_problem', 1)} sample(s)/problem at "
                   f"temperature {report.get('temperature', 0.0)}; 95% bootstrap intervals over problems", ""]
-    lines += ["| source | problems | " + " | ".join(c for _, c in cols) + " | first bad step (mean) |",
-              "|---" * (len(cols) + 3) + "|"]
+    if report.get("search", "greedy") != "greedy":
+        lines += [f"search: {report['search']} ({_search_settings(report)}); tokens/problem counts every generated "
+                  "token, rejected lines and discarded samples included", ""]
+    lines += ["| source | problems | " + " | ".join(c for _, c in cols) + " | first bad step (mean) | tokens/problem |"
+              + (" steps retried/problem |" if _searched(splits) else ""),
+              "|---" * (len(cols) + 4 + _searched(splits)) + "|"]
     rows = list(splits.items()) + ([("overall", report["overall"])] if len(splits) > 1 and report.get("overall") else [])
     for name, m in rows:
         fb = (m.get("first_bad_step") or {}).get("mean")
-        lines.append(f"| {name} | {m.get('n')} | " + " | ".join(_ci(m, k) for k, _ in cols) + f" | {'' if fb is None else fb} |")
+        lines.append(f"| {name} | {m.get('n')} | " + " | ".join(_ci(m, k) for k, _ in cols) + f" | {'' if fb is None else fb} |"
+                     + f" {_tokens(m)} |" + (f" {m.get('steps_retried_per_problem', '')} |" if _searched(splits) else ""))
     others = [(label, rep) for label, rep in (("SFT+RL accuracy", report.get("rl") or {}),
                                                ("direct accuracy", direct)) if rep]
     lines += ["", "| source | n_steps | problems | accuracy | " + "".join(f"{label} | " for label, _ in others)
-              + "step accuracy | valid chains | no final answer |", "|---" * (7 + len(others)) + "|"]
+              + "step accuracy | valid chains | no final answer | tokens/problem |", "|---" * (8 + len(others)) + "|"]
     for name, m in splits.items():
         for k, b in m.get("by_steps", {}).items():
             cells = [((rep.get("splits") or {}).get(name) or {}).get("by_steps", {}).get(k, {}).get("accuracy")
                      for _, rep in others]
             lines.append(f"| {name} | {k} | {b['n']} | {_ci(b, 'accuracy')} | "
                          + "".join(f"{'' if a is None else f'{a:.3f}'} | " for a in cells)
-                         + f"{_ci(b, 'step_accuracy')} | {_ci(b, 'chain_valid')} | {_ci(b, 'extraction_failed')} |")
+                         + f"{_ci(b, 'step_accuracy')} | {_ci(b, 'chain_valid')} | {_ci(b, 'extraction_failed')} | "
+                         f"{_tokens(b)} |")
     lines += ladder_table(report.get("ladder") or {})
     families = (report.get("overall") or {}).get("by_family") or {}
     if families:
@@ -202,6 +208,26 @@ def ladder_table(ladder: dict) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(_ci(by_steps.get(str(k), {}), "accuracy") for by_steps in models.values())
                      + " |")
     return lines
+
+
+def _searched(splits: dict) -> bool:
+    return any("steps_retried_per_problem" in m for m in splits.values())
+
+
+def _search_settings(report: dict) -> str:
+    s = (report.get("config") or {}).get("search") or {}
+    keys = {"majority": ("k", "temperature"), "best_of_n": ("n", "temperature"),
+            "step_retry": ("retries", "candidates", "backup", "on_fail", "retry_budget", "temperature"),
+            "step_beam": ("width", "expand", "temperature")}.get(report.get("search"), ())
+    return ", ".join(f"{k} {s[k]}" for k in keys if k in s)
+
+
+def _tokens(m: dict) -> str:
+    """Tokens generated per problem, with its interval."""
+    v, ci = m.get("tokens_per_problem"), m.get("tokens_per_problem_ci")
+    if v is None:
+        return ""
+    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and None not in ci else f"{v:.1f}"
 
 
 def _ci(m: dict, key: str) -> str:

@@ -10,6 +10,7 @@ from them when its settings (`run_id`) are unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -20,15 +21,16 @@ from dataclasses import dataclass
 
 from accelerate import PartialState
 
+from reasonlm import search
 from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_token_ids
-from reasonlm.config import EvalConfig
+from reasonlm.config import CHECKED_METHODS, EvalConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.scoring import score
 from reasonlm.example import Example, answer_budget, render_target
 from reasonlm.model import resolve_device
 from reasonlm.outputs import atomic_write
-from reasonlm.sources import Source
+from reasonlm.sources import Source, task_for
 
 
 @dataclass
@@ -101,17 +103,50 @@ def stop_strings_for(cfg: EvalConfig) -> list[str]:
     return list(dict.fromkeys([*cfg.stop_strings, *(["Question:"] if cfg.prompt == "plain" else [])]))
 
 
+def make_engine(model, tokenizer) -> KVCacheEngine:
+    """The engine eval decodes with (the one place it is built here)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return KVCacheEngine(model, pad, stop_token_ids(tokenizer),
+                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def search_checker(source: Source, example: Example):
+    """The checker a search gets for a problem: built from the question (and meta) only."""
+    task = source.task or task_for(example.family)
+    return search.checker_for(task, search.strip_gold(example), task.gold_free(example))
+
+
+def check_search_sources(sources: list[Source], cfg: EvalConfig) -> None:
+    """A search method that checks steps needs every problem to be checkable without the gold."""
+    method = cfg.search.method
+    if method not in CHECKED_METHODS:
+        return
+    for source in sources:
+        for example in source.examples:
+            task = source.task or task_for(example.family)
+            if task.gold_free(example) == "answer":
+                raise EvalError(f"source {source.name!r} (task {task.name}, problem {example.id!r}) is answer-only: it "
+                                f"supports search methods greedy and majority, not eval.search.method={method!r}")
+
+
 def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]:
     """Generate and score one batch of jobs; one sample record per job."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stops = stop_strings_for(cfg)
-    engine = KVCacheEngine(model, pad, stop_token_ids(tokenizer),
-                           decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    params = SamplingParams(max_new_tokens=[j.budget for j in batch], temperature=cfg.temperature, top_p=cfg.top_p,
-                            seeds=[j.seed for j in batch], stop_strings=tuple(stops), batch_size=len(batch))
-    outputs = engine.generate([j.ids for j in batch], params)
+    engine = make_engine(model, tokenizer)
+    found = None
+    if cfg.search.method == "greedy":  # today's decoding: greedy, or `samples` at `temperature`
+        params = SamplingParams(max_new_tokens=[j.budget for j in batch], temperature=cfg.temperature, top_p=cfg.top_p,
+                                seeds=[j.seed for j in batch], stop_strings=tuple(stops), batch_size=len(batch))
+        outputs = engine.generate([j.ids for j in batch], params)
+    else:
+        t0 = time.perf_counter()
+        problems = [search.Problem(j.ids, j.budget, j.seed, search_checker(j.source, j.example)) for j in batch]
+        found = search.run(engine, engine.decode, problems, cfg.search, batch_size=len(batch), top_p=cfg.top_p,
+                           stop_strings=tuple(stops))
+        seconds = (time.perf_counter() - t0) / len(batch)
+        outputs = [o.tokens for o in found]
     samples = []
-    for job, out in zip(batch, outputs):
+    for n, (job, out) in enumerate(zip(batch, outputs)):
         decoded = tokenizer.decode(out, skip_special_tokens=True)
         text = cut_at_stop(decoded, stops)
         # the engine leaves the stop token out: a row that ended on one is shorter than its budget
@@ -121,6 +156,11 @@ def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]
                         "family": ex.family, "question": ex.question, "gold": ex.answer, "prompt": job.prompt,
                         "output": text, "tokens": len(out), "budget": job.budget, "truncated": truncated,
                         **score(ex, text, job.source.task, job.source.lmeval)})
+        if found is not None:
+            o = found[n]
+            samples[-1].update(search=cfg.search.method, generated_tokens=o.generated, steps_retried=o.retried,
+                               gave_up=o.gave_up, search_samples=o.samples, rejected_steps=o.rejected,
+                               search_seconds=round(seconds, 4))
     return samples
 
 
@@ -139,7 +179,10 @@ def is_main_process() -> bool:
 def run_id(cfg: EvalConfig, model_name: str, adapter: str | None, fmt: str) -> dict:
     """What must match for finished samples to be reused (the sample count may grow)."""
     keys = ("prompt", "shots", "system", "temperature", "top_p", "seed", "max_new_tokens", "stop_strings")
-    return {"model": model_name, "adapter": adapter, "format": fmt, **{k: getattr(cfg, k) for k in keys}}
+    identity = {"model": model_name, "adapter": adapter, "format": fmt, **{k: getattr(cfg, k) for k in keys}}
+    if cfg.search.method != "greedy":  # (greedy runs keep the identity they always had)
+        identity["search"] = dataclasses.asdict(cfg.search)
+    return identity
 
 
 def partial_path(directory: str, rank: int) -> str:

@@ -21,6 +21,12 @@ attribute `imported` that tells them apart (`is_importer`):
                                             drops and counts a malformed record, 'raise'
                                             stops with a ValueError naming where it is
 
+What a checker can judge without the gold answer (`gold_free(example)`, checker-guided search,
+reasonlm/search.py): 'steps' (the steps from the question and `meta` alone: the generated
+families), 'calculator' (every `a op b = c` in a line must be true: worked GSM8K-style
+solutions), 'answer' (nothing: answer-only records). A generated family says 'steps', an
+importer 'answer', unless it says otherwise.
+
 Every task has a `name` (its family name in recipes and in Example.family) and a `license`;
 a generated family also has a `version`, raised when the same seed and knobs start to draw
 different problems. The two base classes are Protocols: they say what a task must provide, and
@@ -41,6 +47,7 @@ from typing import ClassVar, Protocol
 from reasonlm.answer import parse_completion
 from reasonlm.example import Example
 
+GOLD_FREE = ("steps", "calculator", "answer")  # what a checker judges without the gold (module docstring)
 REJECTIONS = ("bad_annotation", "final_mismatch", "malformed")  # why an importer drops a record
 ON_ERROR = ("skip", "raise")
 
@@ -83,6 +90,10 @@ class Family(Protocol):
     def problem_text(self, question: str) -> str:
         return question
 
+    def gold_free(self, example: Example) -> str:
+        """'steps': check() judges steps from the question and meta alone (see GOLD_FREE)."""
+        return "steps"
+
 
 class Importer(Protocol):
     """A task that reads problems written elsewhere (see the module docstring)."""
@@ -96,6 +107,10 @@ class Importer(Protocol):
 
     def reward(self, example: Example, completion: str) -> float:
         return reward_from_check(check_completion(self, example, completion))
+
+    def gold_free(self, example: Example) -> str:
+        """'answer': nothing to judge without the gold, unless the importer says otherwise (GOLD_FREE)."""
+        return "answer"
 
 
 Task = Family | Importer

@@ -102,6 +102,9 @@ class GSM8K(Importer):
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check:
         return check_equation_steps(example, steps, answer)
 
+    def gold_free(self, example: Example) -> str:
+        return "calculator"  # worked solutions: the equations a model writes can be checked
+
 
 
 def _load_hub(path: str, config: str, split: str):

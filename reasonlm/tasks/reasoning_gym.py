@@ -137,3 +137,7 @@ class ReasoningGym(Importer):
             return _ARITHMETIC.check(Example(example.meta["expression"], example.answer), steps, answer)
         return check_equation_steps(example, steps, answer)
 
+    def gold_free(self, example: Example) -> str:
+        """Expression records replay steps on meta['expression']; worked solutions are calculator-checked."""
+        return "steps" if example.meta.get("kind") == "expression" else "calculator"
+

@@ -129,6 +129,10 @@ class Records(Importer):
             return Check(answers_match(answer, example.answer), steps_checkable=False)
         return check_equation_steps(example, steps, answer)
 
+    def gold_free(self, example: Example) -> str:
+        """Rows with worked steps are calculator-checked; answer-only rows have nothing to check."""
+        return "calculator" if example.steps else "answer"
+
 
 # Longest CSV cell read, in characters. csv's own limit (131,072) stopped a long question with a
 # traceback; a cell past this one is a line naming the file and line.

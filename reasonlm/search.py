@@ -1,0 +1,382 @@
+"""Checker-guided decoding: spend compute at answer time where a checker can tell a wrong step.
+
+    outcomes = search.run(engine, decode, problems, SearchConfig(method="step_retry"), batch_size=64)
+
+A Problem is a prompt (token ids), a token budget, a seed and a `Checker`: a function of (steps,
+final answer) built from the question alone (`checker_for`, `checker_for_question`), so no method
+here ever sees the gold answer. The methods (docs/search.md):
+
+  greedy      one answer, argmax.
+  majority    k samples; the most common final answer (self-consistency); no checker.
+  best_of_n   n samples; the one with the longest checked valid prefix (a fully valid chain first),
+              the most common answer among ties.
+  step_retry  a line at a time (engine.RowSession: the prompt is prefilled once, a rejected line is a
+              pointer move back in the KV cache); a line's first try is greedy, a rejected line is
+              resampled up to `retries` times (with `candidates` > 1, several at once and the valid
+              one the model finds most likely kept). A line that cannot be fixed: back up one line
+              (`backup`), then give up on it: keep its greedy version and go on greedily unchecked
+              (`on_fail: continue`, since every line after a broken one fails) or end the answer
+              (`on_fail: stop`). A resampled line that repeats a rejected text is rejected unchecked.
+  step_beam   `width` beams per problem, each expanded by `expand` candidate lines per step (the first
+              greedy), ranked by valid prefix, then the model's log-probability; the first finished
+              fully valid chain wins.
+
+Every Outcome counts the tokens generated for its problem, rejected ones included (the compute a
+user pays), the lines resampled, and keeps each rejected line with the checker's reason.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from reasonlm.answer import answer_key, parse_completion
+from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, SearchConfig
+from reasonlm.engine import SamplingParams, Unit
+from reasonlm.example import Example
+from reasonlm.stats import majority_vote
+from reasonlm.tasks import parse_any_question
+from reasonlm.tasks.base import Check, Task
+from reasonlm.tasks.gsm8k import check_equation_steps
+
+Checker = Callable[[list, "str | None"], Check]
+"""(steps, final answer or None) -> the verdict, judged without the gold answer."""
+
+
+# --- the gold-free checker: the one place that calls the tasks' checkers -----------------------
+def strip_gold(example: Example) -> Example:
+    """The example without its gold answer and gold steps (what a search may see)."""
+    return replace(example, answer="", steps=())
+
+
+def checker_for(task: Task, example: Example, kind: str | None = None) -> Checker | None:
+    """The checker of `example` that needs no gold, or None for an answer-only task. `kind` is
+    task.gold_free(example) (GOLD_FREE), which the caller may take before stripping the gold.
+    As chat's /verify does, the chain is checked against the model's own final answer, so
+    chain_valid means "every step is right and the steps lead to the final answer"."""
+    kind = kind or task.gold_free(example)
+    if kind == "answer":
+        return None
+    question_only = strip_gold(example)
+    if kind == "calculator":
+        return lambda steps, answer: check_equation_steps(replace(question_only, answer=answer or ""), steps, answer)
+    return lambda steps, answer: task.check(replace(question_only, answer=answer or ""), steps, answer)
+
+
+def checker_for_question(question: str) -> Checker:
+    """A checker from question text alone (chat): the generated family that reads the question
+    (chat's /verify path), else the calculator check of every equation in a line."""
+    found = parse_any_question(question)
+    if found is not None:
+        return checker_for(*found)
+    return checker_for(_CALCULATOR, Example(question, ""))
+
+
+class _Calculator:
+    """Any text: every `a op b = c` in a line must be true."""
+
+    def gold_free(self, example):
+        return "calculator"
+
+
+_CALCULATOR = _Calculator()
+
+
+def methods_for(checker: Checker | None) -> tuple[str, ...]:
+    """The methods a problem with this checker allows (answer-only: greedy and majority)."""
+    return SEARCH_METHODS if checker is not None else tuple(m for m in SEARCH_METHODS if m not in CHECKED_METHODS)
+
+
+# --- problems and outcomes ---------------------------------------------------------------------
+@dataclass
+class Problem:
+    prompt: list[int]
+    budget: int
+    seed: int = 0
+    checker: Checker | None = None
+
+
+@dataclass
+class Outcome:
+    tokens: list[int]
+    """The answer's token ids."""
+    generated: int = 0
+    """Tokens generated for the problem, every rejected line and discarded sample included."""
+    retried: int = 0
+    """Lines resampled (step_retry) or candidate lines beyond the first per beam (step_beam)."""
+    rejected: list[dict] = field(default_factory=list)
+    """Lines the search threw away: {step, text, why}."""
+    gave_up: int = 0
+    """Lines the search could not fix."""
+    samples: int = 1
+    """Complete answers drawn (majority, best_of_n) or beams started (step_beam)."""
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    valid: int  # leading valid steps
+    chain_valid: bool
+    why: str = ""
+
+
+def judge(checker: Checker, text: str, final: bool) -> Verdict:
+    """The checker's verdict on the finished lines of `text` (all of it when `final`)."""
+    body = text if final else text[:text.rfind("\n") + 1]
+    parsed = parse_completion(body)
+    try:
+        check = checker(parsed.steps, parsed.answer)
+    except Exception as e:  # a checker bug must not end a search: the line passes unjudged
+        return Verdict(True, 0, False, f"checker error {type(e).__name__}")
+    valid = next((i for i, ok in enumerate(check.step_ok) if not ok), len(check.step_ok))
+    if valid < len(parsed.steps):
+        return Verdict(False, valid, False, f"step {valid + 1} is wrong")
+    if parsed.answer is not None:
+        return Verdict(check.chain_valid, valid, check.chain_valid,
+                       "" if check.chain_valid else "the steps do not lead to the final answer")
+    if final:
+        return Verdict(False, valid, False, "no final answer")
+    return Verdict(True, valid, False)
+
+
+def draw_seed(*parts) -> int:
+    """A sampling seed from a problem's seed and where a draw happens (line, attempt, candidate)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "big")
+
+
+# --- the entry point ---------------------------------------------------------------------------
+def run(engine, decode: Callable[[list[int]], str], problems: list[Problem], cfg: SearchConfig,
+        batch_size: int = 64, top_p: float = 1.0, stop_strings: tuple[str, ...] = (),
+        stats: dict | None = None) -> list[Outcome]:
+    """One Outcome per problem, in order. `decode`: token ids -> text (the tokenizer's). `stats`, when
+    given, sums the step methods' RowSession.stats (prefills, prefilled tokens, decode steps)."""
+    if cfg.method in CHECKED_METHODS and any(p.checker is None for p in problems):
+        raise ValueError(f"search method {cfg.method!r} needs a checker for every problem (answer-only problems "
+                         "allow greedy and majority)")
+    method = {"greedy": _greedy, "majority": _sampled, "best_of_n": _sampled, "step_retry": _step_retry,
+              "step_beam": _step_beam}[cfg.method]
+    out: list[Outcome] = []
+    for start in range(0, len(problems), batch_size):
+        out += method(engine, decode, problems[start:start + batch_size], cfg, top_p, tuple(stop_strings), stats)
+    return out
+
+
+def _open(engine, problems, top_p, stops):
+    return engine.rows([p.prompt for p in problems], [p.budget for p in problems], top_p, stops)
+
+
+def _tally(stats: dict | None, session) -> None:
+    if stats is not None:
+        for key, value in session.stats.items():
+            stats[key] = stats.get(key, 0) + value
+
+
+def _greedy(engine, decode, problems, cfg, top_p, stops, stats):
+    outs = engine.generate([p.prompt for p in problems],
+                           SamplingParams(max_new_tokens=[p.budget for p in problems], stop_strings=stops,
+                                          batch_size=len(problems)))
+    return [Outcome(o, generated=len(o)) for o in outs]
+
+
+def _sampled(engine, decode, problems, cfg, top_p, stops, stats):
+    """majority and best_of_n: m complete samples per problem, then one is chosen."""
+    m = cfg.k if cfg.method == "majority" else cfg.n
+    outs = engine.generate([p.prompt for p in problems for _ in range(m)],
+                           SamplingParams(max_new_tokens=[p.budget for p in problems for _ in range(m)],
+                                          temperature=cfg.temperature, top_p=top_p, stop_strings=stops,
+                                          seeds=[draw_seed(p.seed, "sample", i) for p in problems for i in range(m)],
+                                          batch_size=len(problems) * m))
+    results = []
+    for j, problem in enumerate(problems):
+        samples = outs[j * m:(j + 1) * m]
+        texts = [decode(o) for o in samples]
+        pool = list(range(m))
+        if cfg.method == "best_of_n":  # a valid chain first, then the longest valid prefix
+            scores = [judge(problem.checker, t, final=True) for t in texts]
+            best = max((s.chain_valid, s.valid) for s in scores)
+            pool = [i for i in pool if (scores[i].chain_valid, scores[i].valid) == best]
+        answers = [parse_completion(texts[i]).answer for i in pool]
+        winner, _ = majority_vote(answers, key=lambda a: answer_key(a) or None)
+        chosen = next((i for i, a in zip(pool, answers)
+                       if winner is not None and a is not None and answer_key(a) == answer_key(winner)), pool[0])
+        results.append(Outcome(samples[chosen], generated=sum(map(len, samples)), samples=m))
+    return results
+
+
+# --- step_retry ------------------------------------------------------------------------------
+@dataclass
+class _Retry:
+    """One problem's state in step_retry."""
+    row: int
+    starts: list = field(default_factory=lambda: [0])  # token length at the start of every accepted line
+    attempts: int = 0  # resamples of the current line so far
+    rows: list = field(default_factory=list)  # the rows drawing the current line
+    first: dict = field(default_factory=dict)  # line index -> (tokens, end) of its greedy try
+    dead: dict = field(default_factory=dict)  # line index -> texts known to fail there
+    checking: bool = True
+    backups: int = 0
+    done: bool = False
+    outcome: Outcome = field(default_factory=lambda: Outcome([]))
+
+
+def _step_retry(engine, decode, problems, cfg, top_p, stops, stats):
+    session = _open(engine, problems, top_p, stops)
+    states = [_Retry(row=i, rows=[i], backups=cfg.backup) for i in range(len(problems))]
+    while True:
+        live = [(j, s) for j, s in enumerate(states) if not s.done]
+        if not live:
+            break
+        rows, temps, seeds = [], [], []
+        for j, s in live:
+            line = len(s.starts) - 1
+            for c, row in enumerate(s.rows):
+                rows.append(row)
+                temps.append(0.0 if s.attempts == 0 else cfg.temperature)
+                seeds.append(draw_seed(problems[j].seed, "line", line, s.attempts, c))
+        units = session.decode(rows, temps, seeds)
+        for j, s in live:
+            _retry_after_line(session, decode, problems[j], s, units, cfg)
+    _tally(stats, session)
+    return [replace(s.outcome, tokens=list(session.tokens(s.row))) for s in states]
+
+
+def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit], cfg: SearchConfig) -> None:
+    line, start = len(s.starts) - 1, s.starts[-1]
+    drawn = [(row, units[row]) for row in s.rows]
+    s.outcome.generated += sum(len(u.tokens) for _, u in drawn)
+    if s.attempts == 0:
+        s.first.setdefault(line, (list(session.tokens(s.rows[0])[start:]), drawn[0][1].end))
+    passed = []
+    for row, unit in drawn:
+        text = decode(session.tokens(row)[start:])
+        if not s.checking or unit.end == "budget":
+            passed.append((unit.logprob, row))
+            continue
+        if text in s.dead.get(line, ()):
+            verdict = Verdict(False, 0, False, "repeats a line that was rejected here")
+        else:
+            verdict = judge(problem.checker, decode(session.tokens(row)), final=unit.end == "stop")
+        if verdict.ok:
+            passed.append((unit.logprob, row))
+        else:
+            s.dead.setdefault(line, set()).add(text)
+            s.outcome.rejected.append({"step": line + 1, "text": text, "why": verdict.why})
+    if passed:  # keep the valid line the model finds most likely
+        _, best = max(passed)
+        for row in s.rows:
+            if row != best:
+                session.close(row)
+        s.row, s.rows, s.attempts = best, [best], 0
+        if units[best].end in ("stop", "budget"):
+            s.done = True
+            session.close(best)
+        else:
+            s.starts.append(len(session.tokens(best)))
+        return
+    for row in s.rows[1:]:
+        session.close(row)
+    s.row = s.rows[0]
+    budget_left = not cfg.retry_budget or s.outcome.retried < cfg.retry_budget
+    if s.attempts < cfg.retries and budget_left:
+        _resample(session, s, start, cfg)
+        return
+    if s.backups and line > 0 and budget_left:  # back up: resample the line before, never its old text again
+        s.backups -= 1
+        s.starts.pop()
+        previous = s.starts[-1]
+        s.dead.setdefault(line - 1, set()).add(decode(session.tokens(s.row)[previous:start]))
+        s.first.pop(line, None)
+        s.attempts = 0
+        _resample(session, s, previous, cfg)
+        return
+    s.outcome.gave_up += 1
+    session.rewind(s.row, start)
+    tokens, end = s.first[line]
+    if cfg.on_fail == "stop":
+        s.done = True
+        session.close(s.row)
+        return
+    session.extend(s.row, tokens)  # its greedy version; the rest greedily, unchecked
+    s.checking = False
+    if end in ("stop", "budget"):
+        s.done = True
+        session.close(s.row)
+    else:
+        s.starts.append(len(session.tokens(s.row)))
+
+
+def _resample(session, s: _Retry, start: int, cfg: SearchConfig) -> None:
+    s.attempts += 1
+    s.outcome.retried += 1
+    session.rewind(s.row, start)
+    s.rows = [s.row] + [session.fork(s.row) for _ in range(cfg.candidates - 1)]
+
+
+# --- step_beam -------------------------------------------------------------------------------
+@dataclass
+class _Beam:
+    row: int
+    logprob: float = 0.0
+    valid: bool = True  # every finished line passed
+    lines: int = 0
+
+
+def _step_beam(engine, decode, problems, cfg, top_p, stops, stats):
+    session = _open(engine, problems, top_p, stops)
+    beams = [[_Beam(i)] for i in range(len(problems))]
+    finished: list[list] = [[] for _ in problems]  # (valid, chain_valid, valid steps, logprob, row)
+    outcomes = [Outcome([], samples=cfg.width) for _ in problems]
+    step = 0
+    while any(beams):
+        expansion = []  # (problem, parent beam, row, candidate)
+        for j, group in enumerate(beams):
+            hopeless = not any(b.valid for b in group)  # nothing valid left: one greedy beam, unchecked
+            for b in group[:1] if hopeless else group:
+                for c in range(1 if hopeless else cfg.expand):
+                    expansion.append((j, b, b.row if c == 0 else session.fork(b.row), c))
+        units = session.decode([row for _, _, row, _ in expansion],
+                               [0.0 if c == 0 else cfg.temperature for *_, c in expansion],
+                               [draw_seed(problems[j].seed, "beam", step, b.row, c) for j, b, _, c in expansion])
+        step += 1
+        candidates: dict[int, dict] = {}
+        for j, parent, row, c in expansion:
+            unit, outcome = units[row], outcomes[j]
+            outcome.generated += len(unit.tokens)
+            outcome.retried += c > 0
+            text = decode(session.tokens(row))
+            final = unit.end in ("stop", "budget")
+            verdict = judge(problems[j].checker, text, final) if parent.valid else Verdict(False, 0, False)
+            if parent.valid and not verdict.ok:
+                start = len(text) - len(decode(unit.tokens))
+                outcome.rejected.append({"step": parent.lines + 1, "text": text[max(start, 0):], "why": verdict.why})
+            beam = _Beam(row, parent.logprob + unit.logprob, parent.valid and verdict.ok, parent.lines + 1)
+            seen = candidates.setdefault(j, {})
+            if text in seen and seen[text][0].logprob >= beam.logprob:  # the same text twice: one beam
+                session.close(row)
+                continue
+            if text in seen:
+                session.close(seen[text][0].row)
+            seen[text] = (beam, final, verdict)
+        for j in range(len(problems)):
+            if j not in candidates:
+                continue
+            alive = []
+            for beam, final, verdict in candidates[j].values():
+                if final:
+                    finished[j].append((beam.valid, verdict.chain_valid, verdict.valid, beam.logprob, beam.row))
+                    session.close(beam.row)
+                else:
+                    alive.append(beam)
+            alive.sort(key=lambda b: (b.valid, b.logprob), reverse=True)
+            for b in alive[cfg.width:]:
+                session.close(b.row)
+            beams[j] = alive[:cfg.width]
+            if any(f[0] and f[1] for f in finished[j]):  # a fully valid chain: done
+                for b in beams[j]:
+                    session.close(b.row)
+                beams[j] = []
+    for j, outcome in enumerate(outcomes):
+        best = max(finished[j]) if finished[j] else None
+        outcome.tokens = list(session.tokens(best[-1])) if best else []
+    _tally(stats, session)
+    return outcomes
