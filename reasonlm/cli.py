@@ -14,9 +14,9 @@ from safetensors import SafetensorError
 
 import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, rl, train
-from reasonlm.config import load_recipe, render_recipe
+from reasonlm.config import RunPaths, load_recipe, render_recipe
 from reasonlm.model import export
-from reasonlm.processes import cores_each, follow_launcher
+from reasonlm.processes import cores_each, follow_launcher, run_processes
 
 
 def _recipe(args):
@@ -29,8 +29,7 @@ def cmd_data(args):
         return
     if not args.recipe:
         raise ValueError("usage: reasonlm data RECIPE [key=value ...] | reasonlm data --stats DATASET_DIR")
-    recipe = _recipe(args)
-    data.run(recipe.data, recipe.out_dir)
+    data.run(_recipe(args))
 
 
 def cmd_base(args):
@@ -38,14 +37,11 @@ def cmd_base(args):
 
 
 def cmd_train(args):
-    recipe = _recipe(args)
-    train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads,
-              recipe.device)
+    train.run(_recipe(args))
 
 
 def cmd_rl(args):
-    recipe = _recipe(args)
-    rl.run(recipe, recipe.threads)
+    rl.run(_recipe(args))
 
 
 def cmd_eval(args):
@@ -69,9 +65,8 @@ def cmd_eval(args):
         recipe = _recipe(args)
         cfg = recipe.eval
         cfg.model, cfg.adapter = args.model or cfg.model, args.adapter or cfg.adapter
-        out = args.out or os.path.join(recipe.out_dir, "eval")
-        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out,
-                              report_to=recipe.train.report_to, device=recipe.device)
+        out = args.out or RunPaths(recipe.out_dir).eval()
+        report = evaluate.run(recipe, cfg, directory=out)
     if evaluate.is_main_process():
         print(evaluate.markdown(report))
         print(f"report: {os.path.join(out, 'report.json')}")
@@ -208,14 +203,11 @@ def cpu_processes_requested() -> int:
 
 
 def relaunch_on_cpu_processes(n: int, argv) -> None:
-    """Re-run this command as n local processes (torch.distributed.run, gloo backend)."""
-    threads = cores_each(n)
-    print(f"reasonlm: starting {n} CPU processes ({threads} thread(s) each) with torch.distributed.run",
-          file=sys.stderr)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "reasonlm", *argv]
-    os.execvpe(sys.executable, cmd, env)
+    """Re-run this command as n local processes of one gloo group (processes.run_processes, the one
+    launcher) and exit with their status."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or cores_each(n)
+    print(f"reasonlm: starting {n} CPU processes ({threads} thread(s) each)", file=sys.stderr)
+    sys.exit(run_processes(n, list(argv), threads))
 
 
 def main(argv=None):

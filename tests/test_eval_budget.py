@@ -11,7 +11,7 @@ from reasonlm import cli
 from reasonlm.config import EvalConfig
 from reasonlm.evaluate import runner
 from reasonlm.example import Example, answer_budget, question_budget, render_target
-from reasonlm.model import ModelError, load_for_inference
+from reasonlm.model import ModelError, load_adapter
 from reasonlm.sources import Source
 from reasonlm.tasks import get_task, question_families
 from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
@@ -97,12 +97,12 @@ def test_hub_adapter_id_offline_is_one_line(toy_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # and nothing cached
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as e:
-        load_for_inference(toy_dir, "someone/reasonlm-adapter")
+        load_adapter(toy_dir, "someone/reasonlm-adapter")
     message = str(e.value)
     assert message == ("adapter 'someone/reasonlm-adapter' is neither a local directory nor reachable on the Hub "
                        "(HF_HUB_OFFLINE=1 is set)")
     with pytest.raises(ModelError, match=r"^adapter path not found: \./no/such/adapter$"):
-        load_for_inference(toy_dir, "./no/such/adapter")
+        load_adapter(toy_dir, "./no/such/adapter")
 
 
 def test_eval_and_chat_print_the_hub_adapter_error_as_one_line(toy_dir, tmp_path, monkeypatch, capsys):

@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 
 from reasonlm import checkpoint, data
-from reasonlm.config import DataConfig, TrainConfig
-from reasonlm.model import ModelError, attach_lora, load_for_inference, load_model
+from reasonlm.config import DataConfig, Recipe, TrainConfig
+from reasonlm.model import ModelError, attach_lora, load_adapter, load_model
 from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
 from tests.test_outputs import RECIPE, one_line_error, run_cli
 
@@ -38,8 +38,9 @@ def plant(path, marker):
 def toy_run(tmp_path_factory):
     """<out>/data and <out>/base (a toy model): what `reasonlm train` needs."""
     out = tmp_path_factory.mktemp("toyrun")
-    data.run(DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
-                        n_train=200, n_validation=10, n_test_per_steps=2, n_base=10, workers=1), str(out))
+    data.run(Recipe(out_dir=str(out), data=DataConfig(
+        tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
+        n_train=200, n_validation=10, n_test_per_steps=2, n_base=10, workers=1)))
     model, tok = tiny_model_and_tokenizer()
     model.save_pretrained(out / "base")
     tok.save_pretrained(out / "base")
@@ -151,5 +152,5 @@ def test_a_pickled_adapter_is_refused_in_one_line(pickled_adapter, tmp_path, cap
     code, err = run_cli(capsys, "export", str(adapter), "--merge", "--out", str(tmp_path / "merged"))
     assert code == 2 and "holds its weights as a pickle (adapter_model.bin)" in one_line_error(err)
     with pytest.raises(ModelError, match="safe_serialization=True"):
-        load_for_inference(str(pickled_adapter / "base"), str(adapter))
+        load_adapter(str(pickled_adapter / "base"), str(adapter))
     assert not marker.exists() and not (tmp_path / "merged").exists()
