@@ -146,7 +146,7 @@ def test_num_iterations_1_has_a_ratio_of_exactly_1_and_moves_the_weights(toy):
 
 class _AlwaysRight:
     """A broken reward: the checker says every answer is right."""
-    name = "broken"
+    name, imported = "broken", False  # a generated family (tasks.base.Family)
 
     def __init__(self):
         self.inner = get_task("arithmetic", **TINY_TASK)
@@ -251,7 +251,7 @@ def test_expert_iteration_keeps_valid_chains_and_the_valid_prefix_of_failed_ones
 class _Stops:
     """A toy task a random model scores on now and then: every answer is right, so the reward is
     1 for a completion that ends (emits its end-of-turn token) within the budget, 0 when truncated."""
-    name = "stops"
+    name, imported = "stops", False
 
     def generate(self, rng, n_steps):
         return Example(f"{rng.randint(0, 9)}+1", "1", ("x",) * n_steps, n_steps, self.name)
