@@ -33,6 +33,7 @@ from reasonlm.config import ChatConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult, engine_for
 from reasonlm.example import text_lines
 from reasonlm.model import load_adapter
+from reasonlm.outputs import atomic_write
 from reasonlm.stats import majority_vote
 from reasonlm.tasks import parse_any_question, question_families
 from reasonlm.verdict import judge
@@ -214,17 +215,10 @@ def verify(question: str, text: str):
 
 # --- saving and loading sessions ----------------------------------------------------------------
 def save_session(path: str, system: str, history: list[dict]):
-    """One line of chat-messages JSONL ({"messages": [...]}), the SFT data format; atomic."""
+    """One line of chat-messages JSONL ({"messages": [...]}), the SFT data format; atomic (a path
+    that cannot be written is one OutputError naming it)."""
     messages = ([{"role": "system", "content": system}] if system else []) + history
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     return len(messages)
 
 
@@ -392,10 +386,7 @@ class Chat:
     def cmd_save(self, arg):
         if not arg:
             raise ValueError("usage: /save FILE")
-        try:
-            n = save_session(os.path.expanduser(arg), self.system, self.history)
-        except OSError as e:
-            raise ValueError(f"cannot write {arg}: {e.strerror}") from None
+        n = save_session(os.path.expanduser(arg), self.system, self.history)
         self.say(f"saved {n} messages to {arg}", DIM)
 
     def cmd_load(self, arg):

@@ -27,6 +27,7 @@ from reasonlm import base, data, evaluate, modelcard, rl, train
 from reasonlm.config import DIRECT_RUN, EvalConfig, Recipe, RunPaths, base_model, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
+from reasonlm.outputs import atomic_write
 from reasonlm.tasks import get_task, is_importer
 
 REPORTED = ("accuracy", "ood_accuracy", "by_steps", "splits")  # what the report keeps of the direct and RL evals
@@ -205,6 +206,4 @@ class StageRecord:
 
     def _write(self, name: str, entry: dict) -> None:
         self.entries[name] = entry
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(self.entries, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
+        atomic_write(self.path, json.dumps(self.entries, indent=1))
