@@ -115,9 +115,9 @@ EPILOGS = {
     "data": "recipe sections: data, out_dir\nexample: reasonlm data recipes/tiny-cpu.yaml data.n_train=5000",
     "base": "recipe sections: base, data (base_steps), train (report_to), out_dir, threads\n"
             "example: reasonlm base recipes/tiny-cpu.yaml base.steps=100",
-    "train": "recipe sections: train, out_dir, threads\nexample: reasonlm train recipes/tiny-cpu.yaml train.lr=1e-3 "
+    "train": "recipe sections: train, base (model), out_dir, threads, device\nexample: reasonlm train recipes/tiny-cpu.yaml train.lr=1e-3 "
              "train.report_to=[tensorboard]",
-    "rl": "recipe sections: rl, train (report_to), out_dir, threads\n"
+    "rl": "recipe sections: rl, base (model), train (report_to, data), out_dir, threads, device\n"
           "example: reasonlm rl recipes/tiny-cpu.yaml rl.reward=outcome rl.rounds=5",
     "eval": "recipe sections: eval, train (format, report_to), out_dir, threads; or a suite YAML (eval/*.yaml)\n"
             "example: reasonlm eval eval/ood.yaml --recipe recipes/tiny-cpu.yaml",
