@@ -53,7 +53,7 @@ def main():
 
     import datasets
     from reasonlm import data
-    from reasonlm.config import DataConfig
+    from reasonlm.config import DataConfig, Recipe
     from reasonlm.data.generate import resolve_workers
 
     datasets.disable_progress_bars()
@@ -68,7 +68,7 @@ def main():
     threading.Thread(target=watch_workers, args=(peak, stop), daemon=True).start()
     try:
         t0 = time.perf_counter()
-        path = data.run(cfg, out)
+        path = data.run(Recipe(out_dir=out, data=cfg))
         seconds = time.perf_counter() - t0
         stop.set()
         size = int(subprocess.run(["du", "-sb", path], capture_output=True, text=True).stdout.split()[0])

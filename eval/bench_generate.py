@@ -78,13 +78,13 @@ def rl_rows(recipe_path: str):
 
 def load(args):
     from reasonlm.example import read_dataset
-    from reasonlm.model import load_for_inference
+    from reasonlm.model import load_adapter
 
     if args.toy:
         return (*toy_model_and_rows(args.n), None)
     if not args.model:
         sys.exit("error: pass --model (and --data or --rl), or --toy")
-    model, tok = load_for_inference(args.model, args.adapter)
+    model, tok = load_adapter(args.model, args.adapter)
     if args.rl:
         return (model, tok, *rl_rows(args.rl))
     if not args.data:

@@ -24,7 +24,7 @@ import torch
 from reasonlm.answer import answers_match, encode_prompt, parse_completion, prompt_messages, stop_token_ids
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.example import Example, answer_budget, read_dataset
-from reasonlm.model import load_for_inference
+from reasonlm.model import load_adapter
 from reasonlm.ondevice import ONNX_FILE, OnnxEngine, export_onnx
 
 
@@ -50,12 +50,12 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, tok = load_for_inference(args.base, args.adapter, merged=True, device="cpu")
+    model, tok = load_adapter(args.base, args.adapter, merged=True, device="cpu")
     merged_dir, onnx_dir = os.path.join(args.out, "merged"), os.path.join(args.out, "onnx")
     model.save_pretrained(merged_dir, safe_serialization=True)
     tok.save_pretrained(merged_dir)
     _, export_s = timed(lambda: export_onnx(model, tok, onnx_dir))
-    model = load_for_inference(merged_dir, device="cpu")[0]  # the plain model the app would ship, eager as saved
+    model = load_adapter(merged_dir, device="cpu")[0]  # the plain model the app would ship, eager as saved
 
     split = read_dataset(args.data)[args.split]
     examples = [Example.from_row(r) for r in split.select(range(min(args.n, len(split))))]

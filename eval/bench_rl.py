@@ -29,40 +29,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import random
 import sys
 import time
 
 import torch
 
-from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
-from reasonlm.config import RLConfig, RunPaths, load_recipe
-from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.model import load_for_inference, set_threads
-from reasonlm.credit import new_problem, score
+from reasonlm.answer import encode_prompt, prompt_messages
+from reasonlm.config import RLConfig, RunPaths, base_model, load_recipe
+from reasonlm.engine import SamplingParams, engine_for
+from reasonlm.model import load_adapter, set_threads
+from reasonlm.credit import score
 from reasonlm.rl import problem_family
+from reasonlm.sources import ladder_problems
+from reasonlm.stats import wilson_interval
 from reasonlm.tasks import get_task
 
 EVAL_SEED = 1_000_003  # problems RL draws come from rl.seed (small integers): never this stream
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of k/n (stats.wilson_interval); (0, 0) for no problems."""
+    return wilson_interval(k, n)[1:] if n else (0.0, 0.0)
 
 
 def ladder(model, tokenizer, task, lengths, n: int, max_new_tokens: int, seed: int = EVAL_SEED) -> dict:
     """{n_steps: (correct, total)} under greedy decoding."""
-    engine = KVCacheEngine(model, tokenizer.pad_token_id or 0, stop_token_ids(tokenizer))
+    engine = engine_for(model, tokenizer)
     out = {}
     for steps in lengths:
-        rng = random.Random(seed + steps)
-        problems = [new_problem(task, rng, steps, f"ladder-{steps}-{i}") for i in range(n)]
+        problems = ladder_problems(task, [steps], n, seed, "ladder")
         prompts = [encode_prompt(tokenizer, prompt_messages(ex.question)) for ex in problems]
         outs = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, batch_size=128))
         verdicts = [score(task, ex, tokenizer.decode(ids), len(ids) >= max_new_tokens) for ex, ids in zip(problems, outs)]
@@ -79,15 +75,15 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str, held_ou
     from trl import GRPOConfig, GRPOTrainer  # optional: only this benchmark needs TRL
 
     from reasonlm.example import Example
-    from reasonlm.rl import ProblemPool, fit, load_policy
+    from reasonlm.rl import ProblemPool, fit
 
     # retries=0: the pool serves fresh problems only, in the order TRL gets them (its difficulty
     # pool would serve unsolved ones again, a harder round 2 than TRL's)
     cfg = dataclasses.replace(cfg, algorithm="grpo", reward="outcome", loss_type="dapo", rounds=rounds, save_every=0,
                               dynamic_sampling=False, beta=0.0, num_iterations=1, resume="never", retries=0)
-    base, adapter = cfg.model or paths.base, cfg.adapter or paths.adapter("train")
+    base, adapter = base_model(dataclasses.replace(recipe, out_dir=paths.out_dir), cfg.model), cfg.adapter or paths.adapter("train")
     results = {}
-    model, tokenizer = load_policy(base, adapter)
+    model, tokenizer = load_adapter(base, adapter, trainable=True, device=None)
     accelerator = Accelerator(cpu=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99))
     model, opt = accelerator.prepare(model, opt)
@@ -115,7 +111,7 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str, held_ou
         return [score(task, Example.from_row(json.loads(r)), c[0]["content"] if isinstance(c, list) else c, False).reward
                 for c, r in zip(completions, row)]
 
-    model, tokenizer = load_policy(base, adapter)
+    model, tokenizer = load_adapter(base, adapter, trainable=True, device=None)
     args = GRPOConfig(output_dir=os.path.join(out, "trl"), per_device_train_batch_size=cfg.prompts_per_round * cfg.num_generations,
                       steps_per_generation=1, num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, top_p=cfg.top_p, learning_rate=cfg.lr, lr_scheduler_type="constant",
@@ -258,7 +254,7 @@ def main(argv=None):
               f"speedup {result['reasonlm']['samples_per_s'] / result['trl']['samples_per_s']:.2f}x")
         return
     adapter = args.adapter or paths.adapter("rl")
-    model, tokenizer = load_for_inference(cfg.model or paths.base, adapter)
+    model, tokenizer = load_adapter(base_model(dataclasses.replace(recipe, out_dir=paths.out_dir), cfg.model), adapter)
     lo, hi = (int(x) for x in args.steps.split("-"))
     t0 = time.time()
     with torch.no_grad():

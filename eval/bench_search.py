@@ -30,9 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reasonlm import search  # noqa: E402
 from reasonlm.config import RunPaths, SearchConfig, load_recipe  # noqa: E402
+from reasonlm.engine import engine_for  # noqa: E402
 from reasonlm.evaluate import runner  # noqa: E402
 from reasonlm.evaluate.scoring import score  # noqa: E402
-from reasonlm.model import build_tiny, load_for_inference, set_threads, train_tokenizer  # noqa: E402
+from reasonlm.model import build_tiny, load_adapter, set_threads, train_tokenizer  # noqa: E402
 from reasonlm.pipeline import ladder_config  # noqa: E402
 from reasonlm.sources import Source, load_sources  # noqa: E402
 from reasonlm.stats import wilson_interval  # noqa: E402
@@ -105,7 +106,7 @@ def recipe_setup(args):
     adapters = dict(a.split("=", 1) for a in args.adapter) or {"SFT": paths.adapter("train"), "RL": paths.adapter("rl")}
     models = {}
     for label, adapter in adapters.items():
-        models[label] = load_for_inference(args.model or paths.base, adapter, device="cpu")
+        models[label] = load_adapter(args.model or paths.base, adapter, device="cpu")
     return models, sources[0], 0
 
 
@@ -175,7 +176,7 @@ def main(argv=None):
     print("command: python eval/bench_search.py " + " ".join(sys.argv[1:] if argv is None else argv))
     results: dict = {}
     for adapter, (model, tok) in models.items():
-        engine = runner.make_engine(model, tok)
+        engine = engine_for(model, tok)
         cfg = dataclasses.replace(load_recipe(None).eval, max_new_tokens=max_new)
         jobs = runner.plan_jobs([source], tok, cfg, "cot", engine.context_size)
         results[adapter] = {}

@@ -15,7 +15,7 @@ What it does, in one run on this machine:
      base: --base PATH, or a tiny Llama (tokenizer trained here + `model.build_tiny`, random weights).
   2. peak: the CPU's fp32 matmul FLOP/s (torch.mm of 2048x2048, same thread count), for MFU.
   3. one fresh subprocess per side (clean peak RSS; OMP/MKL threads and torch.set_num_threads equal):
-       reasonlm-lora / reasonlm-full  `reasonlm.train.run(TrainConfig(...))`, packed rows of --seq tokens,
+       reasonlm-lora / reasonlm-full  `reasonlm.train.run(Recipe(train=TrainConfig(...)))`, packed rows of --seq tokens,
                                       --rows rows per step (with --packed-attention the rows' examples
                                       run as one sequence without padding); tokens/s from its
                                       metrics.jsonl (computed before the final validation pass, so that
@@ -105,9 +105,9 @@ def val_loss(model_dir: str, adapter: str | None, data_dir: str, n: int, seq_len
 
     from reasonlm.example import read_dataset
     from reasonlm.answer import encode_example, render_completion
-    from reasonlm.model import load_for_inference
+    from reasonlm.model import load_adapter
 
-    model, tok = load_for_inference(model_dir, adapter)
+    model, tok = load_adapter(model_dir, adapter)
     rows = read_dataset(data_dir)["validation"]
     total, count = 0.0, 0
     with torch.no_grad():
@@ -178,12 +178,13 @@ def reasonlm_tokens(spec, cfg) -> int:
 
 def worker_reasonlm(spec):
     from reasonlm import train
+    from reasonlm.config import Recipe
     set_threads(spec["threads"])
     name = spec["side"]
     run_dir = os.path.join(spec["out"], name)
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = reasonlm_cfg(spec, spec["steps"])
-    final = train.run(cfg, spec["out"], name=name, threads=spec["threads"])
+    final = train.run(Recipe(out_dir=spec["out"], threads=spec["threads"], train=cfg), name=name)
     if int(os.environ.get("RANK", "0")):  # --processes: rank 0 reports (its own peak RSS)
         return
     rss = peak_rss_mb()
@@ -492,7 +493,7 @@ def make_data(args, out):
     import datasets
 
     from reasonlm import data
-    from reasonlm.config import DataConfig
+    from reasonlm.config import DataConfig, Recipe
     datasets.disable_progress_bars()
     # enough problems for one epoch of the run (~40 tokens each), at least 500
     n_train = max(500, math.ceil(args.steps * args.rows * args.seq / 40))
@@ -503,7 +504,7 @@ def make_data(args, out):
         tasks, steps = [TASK, step], [1, 2]
     cfg = DataConfig(tasks=tasks, train_steps=steps, ood_steps=[7, 8], n_train=n_train, n_validation=args.val_n,
                      n_test_per_steps=5, n_base=200, seed=0, workers=1)
-    return data.run(cfg, out)
+    return data.run(Recipe(out_dir=out, data=cfg))
 
 
 def make_base(args, out, data_dir):

@@ -25,32 +25,38 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import sys
 import warnings
 from dataclasses import dataclass, field, fields, replace
 
 from transformers.utils import logging as hf_logging
 
-from reasonlm.answer import (FINAL_MARK, answer_key, encode_prompt, parse_completion, prompt_messages,
-                             stop_token_ids)
+from reasonlm.answer import FINAL_MARK, answer_key, encode_prompt, parse_completion, prompt_messages
 from reasonlm import search
 from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, ChatConfig, SearchConfig, load_recipe
-from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
+from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult, engine_for
 from reasonlm.example import text_lines
-from reasonlm.model import load_for_inference
+from reasonlm.model import load_adapter
+from reasonlm.outputs import atomic_write
 from reasonlm.stats import majority_vote
 from reasonlm.tasks import parse_any_question, question_families
+from reasonlm.verdict import judge
 
 # --- settings ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Settings:
+    """What /set changes during a session: the chat section's sampling settings (ChatConfig,
+    validated there) and the seed."""
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: ChatConfig) -> Settings:
+        return cls(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
 
 def _nonneg_float(s):
@@ -221,29 +227,19 @@ def verify(question: str, text: str):
     if found is None:
         return None
     task, example = found
-    parsed = parse_completion(text)
     # The true answer unknown (example.answer ''): check the chain against the model's own answer
     # instead, so chain_valid still means "every step is right and the steps lead to the final answer".
-    reference = example if example.answer else replace(example, answer=parsed.answer or "")
-    check = task.check(reference, parsed.steps, parsed.answer)
-    return task.name, example, parsed, check
+    reference = example if example.answer else replace(example, answer=parse_completion(text).answer or "")
+    verdict = judge(task, reference, text)
+    return task.name, example, verdict.parsed, verdict.check
 
 
 # --- saving and loading sessions ----------------------------------------------------------------
 def save_session(path: str, system: str, history: list[dict]):
-    """One line of chat-messages JSONL ({"messages": [...]}), the SFT data format; atomic."""
+    """One line of chat-messages JSONL ({"messages": [...]}), the SFT data format; atomic (a path
+    that cannot be written is one OutputError naming it)."""
     messages = ([{"role": "system", "content": system}] if system else []) + history
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-        if os.path.isfile(path):  # a file replaced keeps its mode (a private 0600 one stays private)
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     return len(messages)
 
 
@@ -563,23 +559,18 @@ def load(args):
     with warnings.catch_warnings():  # deprecation notices from inside transformers/peft are not for users
         warnings.simplefilter("ignore", FutureWarning)
         device = load_recipe(args.recipe).device if args.recipe else "auto"  # the recipe's device, like eval
-        return load_for_inference(args.model, args.adapter, args.merged, device)
+        return load_adapter(args.model, args.adapter, merged=args.merged, device=device)
 
 
 def main(args):
-    cfg = load_recipe(args.recipe).chat if args.recipe else ChatConfig()
-    try:
-        settings = parse_settings(" ".join(f"{k}={getattr(cfg, k)}" for k in ("temperature", "top_p", "max_new_tokens")),
-                                  Settings())
-    except ValueError as e:
-        raise ValueError(f"recipe {args.recipe}, chat section: {e}") from None
+    cfg = load_recipe(args.recipe).chat if args.recipe else ChatConfig()  # validated: a bad value is one line
+    settings = Settings.from_config(cfg)
     one_shot = args.prompt is not None
     if not one_shot:
         print(f"loading {args.model}" + (f" + {args.adapter}" if args.adapter else "") + " ...", file=sys.stderr)
     model, tokenizer = load(args)
     plain = args.plain or one_shot or not sys.stdout.isatty()
-    engine = KVCacheEngine(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                           stop_token_ids(tokenizer), decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    engine = engine_for(model, tokenizer)
     chat = Chat(engine, tokenizer, settings, system=cfg.system, plain=plain)
     if one_shot:
         question, replaced = readable_input(args.prompt)

@@ -178,9 +178,7 @@ def keep_metrics_until(path: str, step: int, key: str = "step") -> None:
                 break
             if record[key] <= step:
                 kept.append(line)
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    outputs.atomic_write(path, "".join(kept))
 
 
 def save_weights(accelerator, model, tokenizer, path: str, cfg, stage: str = "train",

@@ -15,9 +15,9 @@ from safetensors import SafetensorError
 
 import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, rl, serve, tasks, train
-from reasonlm.config import ServeConfig, load_recipe, render_recipe
+from reasonlm.config import RunPaths, ServeConfig, load_recipe, render_recipe
 from reasonlm.model import export
-from reasonlm.processes import cores_each, follow_launcher
+from reasonlm.processes import cores_each, follow_launcher, run_processes
 
 
 def _recipe(args):
@@ -32,8 +32,7 @@ def cmd_data(args):
         return
     if not args.recipe:
         raise ValueError("usage: reasonlm data RECIPE [key=value ...] | reasonlm data --stats DATASET_DIR")
-    recipe = _recipe(args)
-    data.run(recipe.data, recipe.out_dir)
+    data.run(_recipe(args))
 
 
 def cmd_base(args):
@@ -41,14 +40,11 @@ def cmd_base(args):
 
 
 def cmd_train(args):
-    recipe = _recipe(args)
-    train.run(recipe.train, recipe.out_dir, "train" if recipe.train.format == "cot" else "train-direct", recipe.threads,
-              recipe.device)
+    train.run(_recipe(args))
 
 
 def cmd_rl(args):
-    recipe = _recipe(args)
-    rl.run(recipe, recipe.threads)
+    rl.run(_recipe(args))
 
 
 def cmd_eval(args):
@@ -75,9 +71,8 @@ def cmd_eval(args):
         recipe = _recipe(args)
         cfg = dataclasses.replace(recipe.eval, model=args.model or recipe.eval.model,
                                   adapter=args.adapter or recipe.eval.adapter)  # re-runs __post_init__
-        out = args.out or os.path.join(recipe.out_dir, "eval")
-        report = evaluate.run(cfg, recipe.out_dir, recipe.train.format, threads=recipe.threads, directory=out,
-                              report_to=recipe.train.report_to, device=recipe.device)
+        out = args.out or RunPaths(recipe.out_dir).eval()
+        report = evaluate.run(recipe, cfg, directory=out)
     if evaluate.is_main_process():
         print(evaluate.markdown(report))
         print(f"report: {os.path.join(out, 'report.json')}")
@@ -149,9 +144,9 @@ EPILOGS = {
     "data": "recipe sections: data, out_dir\nexample: reasonlm data recipes/tiny-cpu.yaml data.n_train=5000",
     "base": "recipe sections: base, data (base_steps), train (report_to), out_dir, threads\n"
             "example: reasonlm base recipes/tiny-cpu.yaml base.steps=100",
-    "train": "recipe sections: train, out_dir, threads\nexample: reasonlm train recipes/tiny-cpu.yaml train.lr=1e-3 "
+    "train": "recipe sections: train, base (model), out_dir, threads, device\nexample: reasonlm train recipes/tiny-cpu.yaml train.lr=1e-3 "
              "train.report_to=[tensorboard]",
-    "rl": "recipe sections: rl, train (report_to), out_dir, threads\n"
+    "rl": "recipe sections: rl, base (model), train (report_to, data), out_dir, threads, device\n"
           "example: reasonlm rl recipes/tiny-cpu.yaml rl.reward=outcome rl.rounds=5",
     "eval": "recipe sections: eval, train (format, report_to), out_dir, threads; or a suite YAML (eval/*.yaml)\n"
             "example: reasonlm eval eval/ood.yaml --recipe recipes/tiny-cpu.yaml",
@@ -264,14 +259,11 @@ def cpu_processes_requested() -> int:
 
 
 def relaunch_on_cpu_processes(n: int, argv) -> None:
-    """Re-run this command as n local processes (torch.distributed.run, gloo backend)."""
-    threads = cores_each(n)
-    print(f"reasonlm: starting {n} CPU processes ({threads} thread(s) each) with torch.distributed.run",
-          file=sys.stderr)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "reasonlm", *argv]
-    os.execvpe(sys.executable, cmd, env)
+    """Re-run this command as n local processes of one gloo group (processes.run_processes, the one
+    launcher) and exit with their status."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or cores_each(n)
+    print(f"reasonlm: starting {n} CPU processes ({threads} thread(s) each)", file=sys.stderr)
+    sys.exit(run_processes(n, list(argv), threads))
 
 
 def main(argv=None):

@@ -1,25 +1,27 @@
 """Rewards for RL: the task checker's verdict on a completion, turned into per-token credit.
 
-    verdict = score(task, example, text, truncated)        # a Rollout: steps ok, answer right, chain valid
+    rollout = score(task, example, text, truncated)        # a Rollout: steps ok, answer right, chain valid
     assign_credit(group, cfg, tokenizer)                   # advantages (grpo) or kept tokens (expert iteration)
     preflight(task, cfg[, problems])                       # gold scores exactly 1, corrupted copies below 1
 
 The formulas (outcome and process advantages) and a worked example are in reasonlm/rl.py's
-docstring; this module is them in code. Nothing here catches an exception: a checker that
-raises stops the run instead of quietly paying 0.
+docstring; this module is them in code. The verdict is reasonlm/verdict.py's, as eval's and
+chat's: a checker error is not caught, so a checker that raises stops the run instead of
+quietly paying 0.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from dataclasses import dataclass
 
 import torch
 
-from reasonlm.answer import FINAL_MARK, parse_completion, render_completion
+from reasonlm.answer import FINAL_MARK, render_completion
 from reasonlm.config import RLConfig
 from reasonlm.example import Example
+from reasonlm.sources import new_problem
+from reasonlm.verdict import judge
 
 EPS = 1e-4
 
@@ -52,22 +54,14 @@ class Group:
 
 def score(task, example: Example, text: str, truncated: bool, truncation_penalty: float = 0.0,
           prompt: list[int] = (), completion: list[int] = ()) -> Rollout:
-    """The checker's verdict on one completion. Nothing is caught here: a reward that raises stops the run."""
-    parsed = parse_completion(text)
-    verdict = task.check(example, parsed.steps, parsed.answer)
-    ok, alive = [], True
-    for step_ok in verdict.step_ok:
-        alive = alive and bool(step_ok)
-        ok.append(int(alive))
-    correct = verdict.answer_correct
+    """The checker's verdict on one completion (verdict.judge), as RL's rollout: the valid prefix
+    of its steps, the answer's verdict, and the outcome reward (1 for a right answer, else 0;
+    -truncation_penalty for a truncated completion). A checker error stops the run."""
+    verdict = judge(task, example, text)
+    correct = verdict.check.answer_correct
     reward = -truncation_penalty if truncated else float(correct)
-    return Rollout(list(prompt), list(completion), text, truncated, ok, correct,
-                   correct and verdict.chain_valid and not truncated, reward)
-
-
-def new_problem(task, rng: random.Random, n_steps: int, problem_id: str) -> Example:
-    """A fresh problem of the family, with its id."""
-    return dataclasses.replace(task.generate(rng, n_steps), id=problem_id)
+    return Rollout(list(prompt), list(completion), text, truncated, verdict.valid_prefix, correct,
+                   correct and verdict.check.chain_valid and not truncated, reward)
 
 
 # --- credit ----------------------------------------------------------------------------------

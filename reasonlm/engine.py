@@ -1,11 +1,12 @@
 """The generation engine: token ids in, token ids out. Eval, chat, training's periodic check and RL
 all sample through it; it knows nothing about tokenizers, prompts, tasks or stages.
 
-    engine = Engine(model, pad_id=tok.pad_token_id, stop_ids={eos, end_of_turn})
+    engine = engine_for(model, tokenizer)      # pad id, stop ids and decode read off the tokenizer object
     outs = engine.generate(prompt_ids, SamplingParams(max_new_tokens=[96, 160], temperature=0.6, seeds=[1, 2]))
 
-How a batch runs (KVCacheEngine, any `transformers` causal LM): prompts are sorted by length and
-cut into batches of `batch_size`; each batch is left-padded so every prompt's last token sits at
+How a batch runs (KVCacheEngine, any `transformers` causal LM): prompts are sorted by length (then
+budget) and cut into batches of `batch_size` (`plan_batches`, the one place that decides which rows
+share a batch: eval and training's check plan theirs with it too); each batch is left-padded so every prompt's last token sits at
 the end, prefilled once with a KV cache, then decoded one token per step for every live row. A
 row leaves the batch (and the cache) as soon as it emits a stop token, its decoded tail holds a
 stop string, or it reaches its own budget, so long answers never make short ones wait.
@@ -15,6 +16,11 @@ decided from the model class, see reasonlm/llama_decoder.py) decode on a preallo
 with the layers' arithmetic called directly, bitwise what the model's forward computes but
 without its per-token overhead; every other causal LM runs its own forward per token on a
 transformers DynamicCache (HFDecoder, the general path; `fast=False` forces it).
+
+Sharding over processes: `generate(..., rank=r, world=N)` decodes only the batches dealt to
+process r (`dealt_to`: back and forth over the processes, so each gets an even share of the long
+prompts) and leaves the other rows None; the caller gathers them. The batches are the ones one
+process decodes, and each row samples from its own seed, so N processes produce what one does.
 
 Sampling is reproducible per row: with `seeds` the k-th token of a row is drawn with noise that
 is a hash of (the row's seed, k, token id) (`row_noise`), so a row's output does not depend on
@@ -48,6 +54,7 @@ import time
 import torch
 from transformers import DynamicCache
 
+from reasonlm.answer import stop_token_ids
 from reasonlm.llama_decoder import LlamaDecoder
 
 
@@ -150,22 +157,37 @@ class KVCacheEngine:
         return RowSession(self, prompts, budgets, top_p, stop_strings)
 
     @torch.no_grad()
-    def generate(self, prompts, params: SamplingParams, on_token=None) -> list[list[int]]:
+    def generate(self, prompts, params: SamplingParams, on_token=None, rank: int = 0,
+                 world: int = 1) -> list[list[int] | None]:
+        """New token ids for every prompt, in prompt order (see Engine.generate). With world > 1,
+        only the batches dealt to process `rank` are decoded and every other row is None (the
+        caller gathers them); rows must then sample from their own `seeds` (or greedily), so the
+        result does not depend on the process count. The model decodes in eval mode (no dropout)
+        and gets its training flag back afterwards."""
         n = len(prompts)
         budgets = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * n
         if len(budgets) != n or (params.seeds is not None and len(params.seeds) != n):
             raise ValueError("max_new_tokens and seeds, when lists, need one entry per prompt")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in 0..world-1, got rank {rank} of world {world}")
+        if world > 1 and params.temperature > 0 and params.seeds is None:
+            raise ValueError("sampling sharded over processes needs per-row seeds (SamplingParams.seeds)")
         stop_strings = [s for s in params.stop_strings if s]
         if stop_strings and self.decode is None:
             raise ValueError("stop_strings need the engine's decode (token ids -> text)")
-        results: list[list[int]] = [[] for _ in range(n)]
-        order = sorted(range(n), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+        results: list[list[int] | None] = [[] for _ in range(n)] if world == 1 else [None] * n
         shared = torch.Generator().manual_seed(params.seed)
-        for start in range(0, n, params.batch_size):
-            idx = order[start:start + params.batch_size]
-            gens = (row_keys([params.seeds[i] for i in idx])
-                    if params.seeds is not None and params.temperature > 0 else shared)
-            self._run_batch(prompts, idx, budgets, params, gens, stop_strings, results, on_token)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for idx in plan_batches(prompts, budgets, params.batch_size, rank, world):
+                for i in idx:
+                    results[i] = []
+                gens = (row_keys([params.seeds[i] for i in idx])
+                        if params.seeds is not None and params.temperature > 0 else shared)
+                self._run_batch(prompts, idx, budgets, params, gens, stop_strings, results, on_token)
+        finally:
+            self.model.train(was_training)
         return results
 
     def _run_batch(self, prompts, idx, budgets, params, gens, stop_strings, results, on_token):
@@ -412,6 +434,33 @@ class RowSession:
             logp = torch.log_softmax(rows_logits, -1).gather(-1, tokens[:, None])[:, 0]
             for (r, s), tok, lp in zip(members, tokens.tolist(), logp.tolist()):
                 yield r, s, tok, lp
+
+
+def plan_batches(prompts: list[list[int]], budgets: list[int], batch_size: int, rank: int = 0,
+                 world: int = 1) -> list[list[int]]:
+    """Which prompts (by index) decode together: sorted by prompt length, then budget, then index
+    (similar lengths share a batch and its padding), cut every `batch_size`; of those, the
+    batches dealt to process `rank` of `world` (dealt_to). The same batches for any `world`."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), budgets[i], i))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), max(1, batch_size))]
+    return [b for k, b in enumerate(batches) if dealt_to(k, world) == rank]
+
+
+def dealt_to(batch: int, world: int) -> int:
+    """The process that decodes batch `batch` (of prompts sorted by length): 0..world-1, then back
+    world-1..0. A longer prompt is a longer chain to sample, so dealing round-robin would give the
+    last process the longest batch of every pass; back and forth evens out the processes' work."""
+    lap, k = divmod(batch, world)
+    return k if lap % 2 == 0 else world - 1 - k
+
+
+def engine_for(model: torch.nn.Module, tokenizer, **kwargs) -> KVCacheEngine:
+    """The KVCacheEngine of `model`, with what it needs read off the tokenizer object: its pad id
+    (0 without one: padding is masked), the ids that end an answer (answer.stop_token_ids) and
+    `decode` for stop strings (special tokens skipped). kwargs: KVCacheEngine's (fast, fold_lora)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return KVCacheEngine(model, pad, stop_token_ids(tokenizer),
+                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), **kwargs)
 
 
 class HFDecoder:

@@ -10,13 +10,14 @@ A LoRA adapter, likewise, is a local directory or a Hub id (`resolve_adapter`).
 """
 from __future__ import annotations
 
-import json
+import filecmp
 import os
 import shutil
 
 import torch
 
 from reasonlm import modelcard, outputs
+from reasonlm.modelcard import recorded_base
 from reasonlm.ondevice import export_onnx
 from reasonlm.processes import cores_each
 
@@ -241,30 +242,80 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_for_inference(model_name: str, adapter: str | None = None, merged: bool = False, device: str = "auto"):
-    """(model, tokenizer) ready to generate on `device` (see resolve_device): base + adapter
-    unmerged, or a merged export. The adapter is a local directory or a Hub id."""
-    target = resolve_device(device)  # before loading: an unavailable device fails in a second
+def load_adapter(base: str, adapter: str | None = None, *, trainable: bool = False, merged: bool = False,
+                 device: str | None = "auto"):
+    """(model, tokenizer): the base model with a LoRA adapter (a local directory or a Hub id), or
+    the base alone (adapter None) - the one loader every stage uses (eval, chat, export, RL).
+
+    Every adapter goes through the same checks before its weights are read: `check_adapter`
+    (resolved to a local folder, safetensors weights only), then, once the base is loaded and given
+    a row for every token of the adapter's tokenizer (`fit_vocab`), `check_adapter_fits` (shapes
+    and vocabulary, the message naming what differs) and `check_recorded_base` (trained on this
+    base, not on another of the same shapes). `trainable`: the adapter's weights train (RL);
+    else the model is put in eval mode. `merged`: the adapter folded into the base.
+    `device`: see resolve_device (checked before loading, so an unavailable one fails at once);
+    None leaves the model on the CPU for the caller to place (Accelerate's prepare)."""
+    target = resolve_device(device) if device is not None else None
     if adapter:
-        adapter = resolve_adapter(adapter)
-    tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else model_name)
-    model = load_model(model_name)
+        adapter = check_adapter(base, adapter, recorded=False)
+    tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json"))
+                               else base)
+    model = load_model(base)
     # an adapter trained with added tokens carries embeddings of len(tokenizer) rows (its
     # modules_to_save); the base gets as many rows before the adapter is attached
     fit_vocab(model, tokenizer)
     if adapter:
-        from peft import PeftModel
-        check_adapter_weights(adapter)
-        check_adapter_fits(model, model_name, adapter, tokenizer)
+        from peft import PeftModel  # heavy: only adapters need it
+        check_adapter_fits(model, base, adapter, tokenizer)
+        check_recorded_base(base, adapter)
         try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load adapter {adapter}: {str(e).splitlines()[0]}") from None
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weight shapes of another base
+            raise ModelError(f"cannot load adapter {adapter} on {base}: {str(e).splitlines()[0][:200]}") from None
         if merged:
             model = model.merge_and_unload()
-    model.to(target)
-    model.eval()
+    if target is not None:
+        model.to(target)
+    if not trainable:
+        model.eval()
     return model, tokenizer
+
+
+def check_adapter(base: str, adapter: str, recorded: bool = True) -> str:
+    """The adapter's local folder, once it is known to be safe to load on `base`, before any model
+    loads: resolved (resolve_adapter), its weights in safetensors (check_adapter_weights), an
+    adapter at all (adapter_config.json) and, with `recorded`, trained on this base
+    (check_recorded_base). RL calls it before it starts processes; load_adapter runs it too."""
+    adapter = resolve_adapter(adapter)
+    check_adapter_weights(adapter)
+    if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        raise ModelError(f"no LoRA adapter in {adapter} (expected adapter_config.json)")
+    if recorded:
+        check_recorded_base(base, adapter)
+    return adapter
+
+
+def check_recorded_base(base: str, adapter: str) -> None:
+    """An adapter trained on another base than `base` is one ModelError. The same base: the path
+    the adapter records (recorded_base), the same path spelled otherwise, another folder with the
+    same files (a copied run directory), or any folder when the recorded path is gone (a moved
+    run; check_adapter_fits then judges it by shape and vocabulary). No record: nothing to check."""
+    trained_on = recorded_base(adapter)
+    if not trained_on or trained_on == base or os.path.realpath(trained_on) == os.path.realpath(base):
+        return
+    if os.path.isdir(trained_on) and os.path.isdir(base) and same_model_files(trained_on, base):
+        return
+    if looks_like_path(trained_on) and not os.path.exists(trained_on) and os.path.isdir(base):
+        return
+    raise ModelError(f"adapter {adapter} was trained on {trained_on}, not on {base}")
+
+
+def same_model_files(a: str, b: str) -> bool:
+    """Two model directories holding the same config, tokenizer and weight files, byte for byte."""
+    def files(d):
+        return sorted(f for f in os.listdir(d) if f.endswith((".json", ".safetensors", ".txt", ".model")))
+    names = files(a)
+    return names == files(b) and all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in names)
 
 
 def check_adapter_weights(adapter: str) -> None:
@@ -304,15 +355,9 @@ def check_adapter_fits(model, model_name: str, adapter: str, tokenizer) -> None:
       (it may add tokens, trained with it). Another vocabulary of the same size fits every shape
       and then decodes garbage.
     """
-    import json
     from safetensors import safe_open
 
-    recorded = "an unrecorded base"
-    try:
-        with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
-            recorded = json.load(f).get("base_model_name_or_path") or recorded
-    except (OSError, ValueError):
-        pass  # a missing or broken config is peft's error to report, by name
+    recorded = recorded_base(adapter) or "an unrecorded base"
     mismatch = (f"adapter {adapter} was trained for base {recorded}, not {model_name}" if recorded != model_name
                 else f"adapter {adapter} does not fit {model_name}, the base it records (was it replaced?)")
     weights = os.path.join(adapter, "adapter_model.safetensors")
@@ -386,8 +431,7 @@ def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool
     config_path = os.path.join(adapter, "adapter_config.json")
     if not os.path.isfile(config_path):
         raise ModelError(f"no LoRA adapter in {run_dir} (expected {config_path})")
-    with open(config_path) as f:
-        base_name = json.load(f).get("base_model_name_or_path")
+    base_name = recorded_base(adapter) or None
     check_adapter_weights(adapter)
     out = out or os.path.join(run_dir, "onnx" if onnx else "merged" if merge else "exported-adapter")
     for what, path in (("the adapter", adapter), ("the base model the adapter was trained on", base_name)):
@@ -399,10 +443,10 @@ def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool
         tmp = outputs.fresh_temporary(out, "export")
         with outputs.writing(out, tmp):
             if onnx:
-                model, tokenizer = load_for_inference(base_name, adapter, merged=True, device="cpu")
+                model, tokenizer = load_adapter(base_name, adapter, merged=True, device="cpu")
                 export_onnx(model, tokenizer, tmp)
             elif merge:
-                model, tokenizer = load_for_inference(base_name, adapter, merged=True)
+                model, tokenizer = load_adapter(base_name, adapter, merged=True)
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
             else:

@@ -28,8 +28,6 @@ LIBRARY = {"adapter": "peft", "full": "transformers", "merged": "transformers", 
 WHAT = {"adapter": "a LoRA adapter", "full": "a fully fine-tuned model",
         "merged": "a LoRA adapter merged into its base model", "onnx": "a LoRA adapter merged into its base model, "
         "exported as ONNX"}
-# The eval folder that holds each training run's report (the pipeline's layout, reasonlm/pipeline.py).
-EVAL_OF_RUN = {"train": "eval", "train-direct": "eval-direct", "rl": "eval-rl"}
 DATA_FILES = (".jsonl", ".json", ".csv", ".parquet")
 CARD_METRICS = ("accuracy", "step_accuracy", "chain_valid")  # per split, where the report has them
 
@@ -52,20 +50,29 @@ def write_card(directory: str, kind: str, base_model: str, config_text: str | No
 def adapter_card(adapter_dir: str, data_dir: str | None = None, report_path: str | None = None) -> str:
     """The card of a saved adapter from what its folder holds (adapter_config.json, config.yaml),
     with the eval results of `report_path` if that file exists."""
-    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
-        base_model = json.load(f).get("base_model_name_or_path") or ""
-    return write_card(adapter_dir, "adapter", base_model, read_text(os.path.join(adapter_dir, "config.yaml")),
+    return write_card(adapter_dir, "adapter", recorded_base(adapter_dir), read_text(os.path.join(adapter_dir, "config.yaml")),
                       data_dir, read_report(report_path))
+
+
+def recorded_base(adapter_dir: str) -> str:
+    """The base model an adapter records (`base_model_name_or_path` in its adapter_config.json):
+    the one reader of it. '' when the adapter records none or has no readable config."""
+    try:
+        with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    return (config.get("base_model_name_or_path") or "") if isinstance(config, dict) else ""
 
 
 def run_report_path(run_dir: str) -> str | None:
     """The eval report of a training run of the pipeline's layout (<out_dir>/train ->
     <out_dir>/eval/report.json), if the run is one and the report exists."""
     run_dir = os.path.normpath(os.path.abspath(run_dir))
-    folder = EVAL_OF_RUN.get(os.path.basename(run_dir))
+    folder = RunPaths(os.path.dirname(run_dir)).eval_of(os.path.basename(run_dir))
     if folder is None:
         return None
-    path = os.path.join(RunPaths(os.path.dirname(run_dir)).eval(folder), "report.json")
+    path = os.path.join(folder, "report.json")
     return path if os.path.isfile(path) else None
 
 

@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 
 MARKER = ".reasonlm-output"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -164,13 +165,16 @@ def mount_point(path: str) -> str:
 
 
 def atomic_write(path: str, text: str) -> None:
-    """Write a text file under a temporary name and rename it into place; a path that cannot be
-    written (a missing folder, no permission) is one OutputError naming it, not its temporary."""
+    """Write a text file under a temporary name and rename it into place; a file replaced keeps its
+    mode (a private 0600 one stays private). A path that cannot be written (a missing folder, no
+    permission) is one OutputError naming it, not its temporary."""
     tmp = path + ".tmp"
     try:
         with writing(path, tmp):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
+            if os.path.isfile(path):
+                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
             os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None

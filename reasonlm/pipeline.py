@@ -24,22 +24,23 @@ import os
 import time
 
 from reasonlm import base, data, evaluate, modelcard, rl, train
-from reasonlm.config import EvalConfig, Recipe, RunPaths, SearchConfig, save_resolved
+from reasonlm.config import DIRECT_RUN, EvalConfig, Recipe, RunPaths, SearchConfig, base_model, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
+from reasonlm.outputs import atomic_write
 from reasonlm.tasks import get_task, is_importer, load_plugins
 
 REPORTED = ("accuracy", "ood_accuracy", "by_steps", "splits")  # what the report keeps of the direct and RL evals
 LADDER = "ladder"  # the ladder's source: one section of each ladder eval
 
 
-def direct_batch_tokens(cot_cfg, base_model: str, paths: RunPaths) -> int:
+def direct_batch_tokens(cot_cfg, base_name: str, paths: RunPaths) -> int:
     """Token budget per step that gives the direct run as many problems per step as the CoT run.
 
     Direct completions are a few tokens long, so at equal tokens per step the ablation would
     see several times more problems; equal problems and equal steps is the fair comparison.
     """
-    tokenizer = load_tokenizer(base_model)
+    tokenizer = load_tokenizer(base_name)
     rows = read_dataset(cot_cfg.data or paths.data)["train"].select(range(500))
     cot = sum(len(ids) for ids, _ in train.encode_rows(rows, tokenizer, "cot", 10**6))
     direct = sum(len(ids) for ids, _ in train.encode_rows(rows, tokenizer, "direct", 10**6))
@@ -56,24 +57,22 @@ def run(recipe: Recipe, force: bool = False) -> dict:
 
     def eval_stage(name: str, cfg: EvalConfig, fmt: str, adapter: str, folder: str, trained_by: str) -> str:
         """One eval of one adapter, a stage reading data, base and the stage that trained it."""
-        report = os.path.join(paths.eval(folder), "report.json")
+        report = paths.report(folder)
         record.stage(name, config_hash(cfg, out), ["data", "base", trained_by], report,
-                     lambda fresh: evaluate.run(dataclasses.replace(cfg, resume=cfg.resume and not fresh), out, fmt,
-                                                adapter, folder, recipe.threads, report_to=recipe.train.report_to,
-                                                device=recipe.device))
+                     lambda fresh: evaluate.run(recipe, dataclasses.replace(cfg, resume=cfg.resume and not fresh), fmt,
+                                                adapter, folder))
         return report
 
-    record.stage("data", data.config_hash(recipe.data), [], paths.data,
-                 lambda fresh: data.run(recipe.data, out))
-    base_model = recipe.base.model if recipe.base.model != "tiny" else paths.base
+    record.stage("data", data.config_hash(recipe.data), [], paths.data, lambda fresh: data.run(recipe))
+    base_name = base_model(recipe)
     record.stage("base", config_hash(recipe.base, out), ["data"],
                  paths.base if recipe.base.model == "tiny" else None,
                  lambda fresh: base.run(recipe, resume="never" if fresh else "auto"))
-    cot_cfg = dataclasses.replace(recipe.train, format="cot", model=recipe.train.model or base_model)
+    cot_cfg = dataclasses.replace(recipe.train, format="cot", model=base_model(recipe, recipe.train.model))
     record.stage("train", config_hash(cot_cfg, out), ["data", "base"], paths.adapter("train"),
-                 lambda fresh: train.run(dataclasses.replace(cot_cfg, resume="never" if fresh else cot_cfg.resume),
-                                         out, "train", recipe.threads, recipe.device))
-    eval_cfg = dataclasses.replace(recipe.eval, model=recipe.eval.model or base_model)
+                 lambda fresh: train.run(dataclasses.replace(recipe, train=dataclasses.replace(
+                     cot_cfg, resume="never" if fresh else cot_cfg.resume)), "train"))
+    eval_cfg = dataclasses.replace(recipe.eval, model=base_model(recipe, recipe.eval.model))
     ladder_cfg = ladder_config(recipe, eval_cfg, paths)
     eval_report = eval_stage("eval", eval_cfg, "cot", paths.adapter("train"), "eval", "train")
     ladders = {}  # model -> its ladder report
@@ -81,20 +80,19 @@ def run(recipe: Recipe, force: bool = False) -> dict:
         ladders["SFT"] = eval_stage("ladder", ladder_cfg, "cot", paths.adapter("train"), "eval-ladder", "train")
     if recipe.direct_baseline:
         direct_cfg = dataclasses.replace(cot_cfg, format="direct")
-        record.stage("train_direct", config_hash(direct_cfg, out), ["data", "base"], paths.adapter("train-direct"),
-                     lambda fresh: train.run(dataclasses.replace(
-                         direct_cfg, batch_tokens=direct_batch_tokens(cot_cfg, base_model, paths),
-                         resume="never" if fresh else direct_cfg.resume), out, "train-direct", recipe.threads,
-                         recipe.device))
-        eval_stage("eval_direct", eval_cfg, "direct", paths.adapter("train-direct"), "eval-direct", "train_direct")
+        record.stage("train_direct", config_hash(direct_cfg, out), ["data", "base"], paths.adapter(DIRECT_RUN),
+                     lambda fresh: train.run(dataclasses.replace(recipe, train=dataclasses.replace(
+                         direct_cfg, batch_tokens=direct_batch_tokens(cot_cfg, base_name, paths),
+                         resume="never" if fresh else direct_cfg.resume)), DIRECT_RUN))
+        eval_stage("eval_direct", eval_cfg, "direct", paths.adapter(DIRECT_RUN), "eval-direct", "train_direct")
         if ladder_cfg:
-            ladders["direct"] = eval_stage("ladder_direct", ladder_cfg, "direct", paths.adapter("train-direct"),
+            ladders["direct"] = eval_stage("ladder_direct", ladder_cfg, "direct", paths.adapter(DIRECT_RUN),
                                            "eval-ladder-direct", "train_direct")
     if recipe.rl:
-        rl_cfg = dataclasses.replace(recipe.rl, model=recipe.rl.model or base_model)
+        rl_cfg = dataclasses.replace(recipe.rl, model=base_model(recipe, recipe.rl.model))
         record.stage("rl", config_hash(rl_cfg, out), ["data", "base", "train"], paths.adapter("rl"),
                      lambda fresh: rl.run(dataclasses.replace(recipe, rl=dataclasses.replace(
-                         rl_cfg, resume="never" if fresh else rl_cfg.resume)), recipe.threads))
+                         rl_cfg, resume="never" if fresh else rl_cfg.resume))))
         eval_stage("eval_rl", eval_cfg, "cot", paths.adapter("rl"), "eval-rl", "rl")
         if ladder_cfg:
             ladders["SFT+RL"] = eval_stage("ladder_rl", ladder_cfg, "cot", paths.adapter("rl"), "eval-ladder-rl", "rl")
@@ -105,7 +103,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
         return report
     for key, folder, wanted in (("direct", "eval-direct", recipe.direct_baseline), ("rl", "eval-rl", recipe.rl)):
         if wanted:
-            other = evaluate.load_report(os.path.join(paths.eval(folder), "report.json"))
+            other = evaluate.load_report(paths.report(folder))
             report[key] = {k: other[k] for k in REPORTED}
     if ladders:
         sources = ladder_cfg.sources[0]
@@ -114,7 +112,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
                             "models": {m: evaluate.load_report(p)["splits"][LADDER]["by_steps"]
                                        for m, p in ladders.items()}}
     for name, run_dir in (("base-run", paths.base_run), ("train", paths.train_run("train")),
-                          ("train-direct", paths.train_run("train-direct")), ("rl", paths.train_run("rl"))):
+                          (DIRECT_RUN, paths.train_run(DIRECT_RUN)), ("rl", paths.train_run("rl"))):
         for stats in ("train_stats.json", "rl_stats.json"):
             path = os.path.join(run_dir, stats)
             if os.path.exists(path):
@@ -132,7 +130,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
 
 def write_model_cards(recipe: Recipe, paths: RunPaths) -> None:
     """Rewrite the card each training stage wrote into its adapter, now with its eval results."""
-    for run_name, wanted in (("train", True), ("train-direct", recipe.direct_baseline), ("rl", recipe.rl)):
+    for run_name, wanted in (("train", True), (DIRECT_RUN, recipe.direct_baseline), ("rl", recipe.rl)):
         if wanted:
             modelcard.adapter_card(paths.adapter(run_name), paths.data,
                                    modelcard.run_report_path(paths.train_run(run_name)))
@@ -225,7 +223,7 @@ class StageRecord:
     continues an interrupted run of the same settings."""
 
     def __init__(self, out_dir: str, force: bool):
-        self.path, self.force = os.path.join(out_dir, "stages.json"), force
+        self.path, self.force = RunPaths(out_dir).stages, force
         self.entries = read_stages(self.path)
         self.ran: list[str] = []
 
@@ -256,6 +254,4 @@ class StageRecord:
 
     def _write(self, name: str, entry: dict) -> None:
         self.entries[name] = entry
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(self.entries, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
+        atomic_write(self.path, json.dumps(self.entries, indent=1))

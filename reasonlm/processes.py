@@ -1,5 +1,6 @@
 """Run a reasonlm command as N local CPU processes of one gloo group (what `torch.distributed.run
---standalone` does), for a stage that starts its own processes (rl.processes).
+--standalone` does): the one launcher, for a stage that starts its own processes (rl.processes)
+and for the CLI when `accelerate launch --cpu --num_processes N` would run only one process.
 
 Each process gets the environment torch.distributed's env:// rendezvous and Accelerate read
 (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) and its share of the

@@ -69,8 +69,8 @@ Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, co
 Several processes (rl.processes: N CPU processes the stage starts itself; or `accelerate launch
 --num_processes N -m reasonlm rl ...`) share the work and end where one process would (with
 lora_dropout 0, the default: dropout draws from each process's own generator):
-each samples every N-th batch of rows (`sample`; rows carry their own seeds, so the samples are
-those of one process) and every process gathers and scores all of them, so the pool, the rollouts
+each samples its share of the batches (the engine's `generate(..., rank, world)`; rows carry
+their own seeds, so the samples are those of one process) and every process gathers and scores all of them, so the pool, the rollouts
 and the logs are the same everywhere; in the update each runs every N-th rollout of a mini-batch
 (`share`) and the gradients are summed before each step (`step`), equal to one process's up to the
 order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
@@ -78,7 +78,6 @@ order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
 from __future__ import annotations
 
 import dataclasses
-import filecmp
 import itertools
 import json
 import os
@@ -90,18 +89,19 @@ import torch
 import torch.nn.functional as F
 
 from reasonlm import outputs
-from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
+from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages
 from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
                                  trainable_state_dict, try_resume)
-from reasonlm.config import Recipe, RLConfig, RunPaths, save_resolved
-from reasonlm.credit import Group, Rollout, assign_credit, has_signal, new_problem, preflight, score
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.config import Recipe, RLConfig, RunPaths, base_model, save_resolved
+from reasonlm.credit import Group, Rollout, assign_credit, has_signal, preflight, score
+from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.example import Example, read_dataset, render_target
-from reasonlm.model import (ModelError, check_adapter_fits, fit_vocab, load_model, load_tokenizer, looks_like_path,
-                            set_threads)
+from reasonlm.model import check_adapter, load_adapter, resolve_device, set_threads
 from reasonlm.packing import PackedRows, check_packable, packed_forward, use_packed_attention
 from reasonlm.processes import cores_each, run_processes
+from reasonlm.sources import ladder_problems, new_problem
 from reasonlm.tasks import get_task, is_importer
+from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
 
 class RLError(ValueError):
@@ -109,35 +109,39 @@ class RLError(ValueError):
 
 
 # --- the stage -------------------------------------------------------------------------------
-def run(recipe: Recipe, threads: int = 0) -> str:
-    """RL from <out_dir>/train/adapter (or rl.adapter); writes <out_dir>/rl/adapter and returns it."""
-    from accelerate import Accelerator  # heavy (pulls in the distributed stack): only training stages pay for it
-    from accelerate.utils import set_seed
+def run(recipe: Recipe) -> str:
+    """RL from <out_dir>/train/adapter (or rl.adapter) on the recipe's base model (config.base_model,
+    or rl.model), on recipe.device with recipe.threads threads, logging to the trackers of
+    train.report_to; writes <out_dir>/rl/adapter and returns it."""
+    from accelerate.utils import set_seed  # heavy (pulls in the distributed stack): only training stages pay for it
 
     cfg, paths = recipe.rl, RunPaths(recipe.out_dir)
     if cfg is None:
         raise RLError("the recipe has no rl: section")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    run_dir = paths.train_run("rl")
+    # cpu=True on the CPU: processes started together then form a gloo group there (see train.run)
+    accelerator = tracked_accelerator(recipe.train.report_to, run_dir, cpu=resolve_device(recipe.device).type == "cpu")
     name, knobs = problem_family(cfg, recipe)
     task = get_task(name, **knobs)
     records = imported_problems(task, cfg)
     if cfg.probe_every and records is not None:
         raise RLError("rl.probe_every needs a generated task family (an importer's problems have no held-out lengths)")
     preflight(task, cfg, records)
-    base_model = cfg.model or (recipe.base.model if recipe.base.model != "tiny" else paths.base)
+    base = base_model(recipe, cfg.model)
     adapter = cfg.adapter or paths.adapter("train")
-    check_adapter(base_model, adapter)
-    run_dir = paths.train_run("rl")
+    if not cfg.adapter and not os.path.isdir(adapter):
+        raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
+    adapter = check_adapter(base, adapter)  # before any process starts or model loads
     os.makedirs(run_dir, exist_ok=True)
     if cfg.processes > 1 and accelerator.num_processes == 1 and not torch.cuda.is_available():
-        start_processes(recipe, threads, run_dir)
+        start_processes(recipe, run_dir)
         return paths.adapter("rl")
     # one run per run directory (a second `reasonlm rl` on it stops in one line, as train's does);
     # a full disk anywhere in it is one line
     with outputs.lock(run_dir, enabled=accelerator.is_main_process), outputs.writing(run_dir):
-        set_threads(threads, accelerator.num_processes)
+        set_threads(recipe.threads, accelerator.num_processes)
         set_seed(cfg.seed)
-        model, tokenizer = load_policy(base_model, adapter)
+        model, tokenizer = load_adapter(base, adapter, trainable=True, device=None)  # Accelerate places it
         if cfg.packed_attention:
             try:
                 check_packable(model.config)
@@ -153,8 +157,12 @@ def run(recipe: Recipe, threads: int = 0) -> str:
                 keep_metrics_until(os.path.join(run_dir, log), start, key="round")
         pool = ProblemPool(task, cfg, state.get("pool"), records)
         sft_rows = sft_train_rows(recipe.train.data or paths.data) if cfg.replay_sft else None
-        stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start, state.get("history"),
-                    state.get("samples_total", 0), sft_rows)
+        start_tracking(accelerator, run_dir, cfg)
+        try:
+            stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start,
+                        state.get("history"), state.get("samples_total", 0), sft_rows)
+        finally:
+            finish_tracking(accelerator)
         final = paths.adapter("rl")
         save_weights(accelerator, model, tokenizer, final, cfg, stage="rl", data_dir=paths.data)
         if accelerator.is_main_process:
@@ -164,13 +172,13 @@ def run(recipe: Recipe, threads: int = 0) -> str:
     return final
 
 
-def start_processes(recipe: Recipe, threads: int, run_dir: str) -> None:
+def start_processes(recipe: Recipe, run_dir: str) -> None:
     """This stage as rl.processes CPU processes of one group, each with its share of the cores,
     on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one."""
     n = recipe.rl.processes
     with outputs.lock(run_dir):  # a busy run directory stops here, before anything is written (the
         save_resolved(recipe, run_dir, "recipe.yaml")  # processes' main one then holds the lock)
-    per_process = cores_each(n, threads)
+    per_process = cores_each(n, recipe.threads)
     print(f"rl: starting {n} processes ({per_process} thread(s) each)", flush=True)
     code = run_processes(n, ["rl", os.path.join(run_dir, "recipe.yaml"), f"threads={per_process}"], per_process)
     if code:
@@ -242,57 +250,12 @@ def sft_replay(rows, tokenizer, cfg: RLConfig, rnd: int) -> list[Rollout]:
     return out
 
 
-def check_adapter(base: str, adapter: str) -> None:
-    """A missing adapter, or one trained on another base, is one line (before any model loads).
-    A base at another path with the same files (a copied run directory) is the same base; one
-    whose recorded path is gone (a moved run) is checked by shape and vocabulary when it loads."""
-    config_path = os.path.join(adapter, "adapter_config.json")
-    if not os.path.isfile(config_path):
-        raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
-    with open(config_path) as f:
-        trained_on = json.load(f).get("base_model_name_or_path") or ""
-    if not trained_on or trained_on == base or os.path.realpath(trained_on) == os.path.realpath(base):
-        return
-    if os.path.isdir(trained_on) and os.path.isdir(base) and same_model_files(trained_on, base):
-        return
-    if looks_like_path(trained_on) and not os.path.exists(trained_on) and os.path.isdir(base):
-        return
-    raise RLError(f"adapter {adapter} was trained on {trained_on}, not on {base}")
-
-
-def same_model_files(a: str, b: str) -> bool:
-    """Two model directories holding the same config, tokenizer and weight files, byte for byte."""
-    def files(d):
-        return sorted(f for f in os.listdir(d) if f.endswith((".json", ".safetensors", ".txt", ".model")))
-    names = files(a)
-    return names == files(b) and all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in names)
-
-
-def load_policy(base: str, adapter: str):
-    """(peft model with a trainable adapter, tokenizer); an adapter from another base is one line."""
-    from peft import PeftModel  # heavy optional dependency of the training stages
-
-    check_adapter(base, adapter)
-    tokenizer = load_tokenizer(adapter if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else base)
-    model = load_model(base)
-    fit_vocab(model, tokenizer)
-    try:
-        check_adapter_fits(model, base, adapter, tokenizer)
-    except ModelError as e:
-        raise RLError(str(e)) from None
-    try:
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weight shapes of another base
-        raise RLError(f"cannot load adapter {adapter} on {base}: {str(e).splitlines()[0][:200]}") from None
-    return model, tokenizer
-
-
 # --- the loop --------------------------------------------------------------------------------
 def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
         start: int = 0, history: list | None = None, samples_done: int = 0, sft_rows=None) -> dict:
     """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
-    engine = KVCacheEngine(accelerator.unwrap_model(model), tokenizer.pad_token_id or 0, stop_token_ids(tokenizer),
-                           fold_lora=True)  # the update recomputes every log-prob: sampling needn't be bitwise
+    # the update recomputes every log-prob: sampling needn't be bitwise the model's forward
+    engine = engine_for(accelerator.unwrap_model(model), tokenizer, fold_lora=True)
     history = list(history or [])  # mean reward per round, for the flat-reward warning
     probe = probe_set(pool.task, tokenizer, cfg) if cfg.probe_every else None
     samples_total, t_start = samples_done, time.time()  # samples_total: since round 1, across resumes
@@ -336,6 +299,8 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                 for g in seen[:cfg.log_completions]:
                     f.write(json.dumps(completion_log(g, rnd + 1)) + "\n")
             print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
+        accelerator.log({k: v for k, v in record.items() if k != "round" and isinstance(v, (int, float))},
+                        step=rnd + 1)  # the trackers of train.report_to (none: nothing)
         # every process holds the same loss (summed over them): all stop together, nothing saved
         stop_if_diverged(record["loss"], f"round {rnd + 1}", run_dir, "Lower rl.lr or check the adapter.",
                          [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad])
@@ -357,13 +322,9 @@ PROBE_SEED = 2_000_003  # rl.seed draws training problems (small integers); eval
 
 def probe_set(task, tokenizer, cfg: RLConfig) -> list[tuple[Example, list[int]]]:
     """The fixed held-out (problem, prompt ids) of every probe length."""
-    out = []
-    for n_steps in range(cfg.probe_steps[0], cfg.probe_steps[1] + 1):
-        rng = random.Random(PROBE_SEED + n_steps)
-        for i in range(cfg.probe_problems):
-            ex = new_problem(task, rng, n_steps, f"probe-{n_steps}-{i}")
-            out.append((ex, encode_prompt(tokenizer, prompt_messages(ex.question))))
-    return out
+    problems = ladder_problems(task, range(cfg.probe_steps[0], cfg.probe_steps[1] + 1), cfg.probe_problems,
+                               PROBE_SEED, "probe")
+    return [(ex, encode_prompt(tokenizer, prompt_messages(ex.question))) for ex in problems]
 
 
 def run_probe(engine, tokenizer, task, probe, cfg: RLConfig, accelerator) -> dict:
@@ -482,33 +443,11 @@ def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int, acceler
 
 
 def sample(engine, prompts: list[list[int]], params: SamplingParams, accelerator) -> list[list[int]]:
-    """engine.generate over the processes: rows sorted by prompt length (as the engine sorts them)
-    and cut into batches of params.batch_size, dealt to the processes back and forth (0, 1, 1, 0
-    for two), the completions gathered back in prompt order on every process. The batches are the
-    ones a single process decodes and each row samples from its own seed, so N processes sample
-    what 1 does."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    batches = [order[s:s + params.batch_size] for s in range(0, len(order), params.batch_size)]
-    was_training = engine.model.training
-    engine.model.eval()
-    mine = []
-    for idx in (b for k, b in enumerate(batches) if dealt_to(k, world) == rank):
-        budgets = params.max_new_tokens
-        part = dataclasses.replace(params, seeds=[params.seeds[i] for i in idx] if params.seeds else None,
-                                   max_new_tokens=[budgets[i] for i in idx] if isinstance(budgets, list) else budgets)
-        mine += zip(idx, engine.generate([prompts[i] for i in idx], part))
-    engine.model.train(was_training)
-    done = dict(gathered(accelerator, mine))
+    """engine.generate sharded over the processes (each decodes the batches dealt to it), the
+    completions gathered back in prompt order on every process."""
+    outs = engine.generate(prompts, params, rank=accelerator.process_index, world=accelerator.num_processes)
+    done = dict(gathered(accelerator, [(i, ids) for i, ids in enumerate(outs) if ids is not None]))
     return [done[i] for i in range(len(prompts))]
-
-
-def dealt_to(batch: int, world: int) -> int:
-    """The process that decodes batch `batch` (of prompts sorted by length): 0..world-1, then back
-    world-1..0. A longer prompt is a longer chain to sample, so dealing round-robin would give the
-    last process the longest batch of every pass; back and forth evens out the processes' work."""
-    lap, k = divmod(batch, world)
-    return k if lap % 2 == 0 else world - 1 - k
 
 
 # --- the update ------------------------------------------------------------------------------

@@ -37,11 +37,11 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reasonlm.answer import encode_prompt, stop_token_ids
+from reasonlm.answer import encode_prompt
 from reasonlm.chat import Detokenizer, verify
 from reasonlm.config import Recipe, ServeConfig
-from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.model import load_for_inference
+from reasonlm.engine import SamplingParams, engine_for
+from reasonlm.model import load_adapter
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
 ROLES = ("system", "user", "assistant")
@@ -136,12 +136,6 @@ class Scheduler(threading.Thread):
             end = e
         for job in jobs:
             job.tokens.put(end)
-
-
-def make_engine(model, tokenizer):
-    """The one place the server builds its engine."""
-    return KVCacheEngine(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                         stop_token_ids(tokenizer))
 
 
 # --- reading a request --------------------------------------------------------------------------
@@ -244,7 +238,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, cfg: ServeConfig, model, tokenizer, name: str):
         super().__init__((cfg.host, cfg.port), Handler)
         self.cfg, self.tokenizer, self.name, self.created = cfg, tokenizer, name, int(time.time())
-        engine = make_engine(model, tokenizer)
+        engine = engine_for(model, tokenizer)
         self.context = engine.context_size
         self.scheduler = Scheduler(engine, cfg.max_batch)
         self.scheduler.start()
@@ -424,8 +418,8 @@ def main(cfg: ServeConfig, recipe: Recipe | None = None) -> None:
     if recipe is not None and not cfg.system:
         cfg.system = recipe.chat.system
     print(f"loading {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else "") + " ...", file=sys.stderr)
-    model, tokenizer = load_for_inference(cfg.model, cfg.adapter or None, cfg.merged,
-                                          recipe.device if recipe else "auto")
+    model, tokenizer = load_adapter(cfg.model, cfg.adapter or None, merged=cfg.merged,
+                                    device=recipe.device if recipe else "auto")
     server = start(cfg, model, tokenizer)
     host, port = server.server_address[:2]
     print(f"serving {server.name} on http://{host}:{port}/ (OpenAI API under /v1; Ctrl-C stops)", file=sys.stderr)

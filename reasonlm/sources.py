@@ -34,8 +34,9 @@ from reasonlm.answer import normalize_number
 from reasonlm.config import EvalConfig
 from reasonlm.example import Example, ExampleError, check_unicode, question_key, read_dataset, text_lines
 from reasonlm.tasks import get_task
-from reasonlm.tasks.base import Check, Rejected, Task, is_importer
+from reasonlm.tasks.base import Rejected, Task, is_importer
 from reasonlm.tasks.records import read_n_steps
+from reasonlm.verdict import check_solution
 
 SOURCE_KINDS = ("dataset", "jsonl", "task", "gsm8k", "reasoning_gym", "file")
 SOURCE_OPTIONS = {"name", "split", "args", "steps", "n_per_steps", "size", "config", "max_problems",
@@ -230,7 +231,7 @@ def distinct_examples(task, prefix: str, rng: random.Random, targets: list[int],
     examples, misses = [], 0
     for n_steps in targets:
         while True:
-            example = generate_example(task, rng, n_steps, f"{prefix}-{len(examples):05d}")
+            example = new_problem(task, rng, n_steps, f"{prefix}-{len(examples):05d}")
             key = question_key(example.question)
             if key not in taken:
                 break
@@ -238,7 +239,7 @@ def distinct_examples(task, prefix: str, rng: random.Random, targets: list[int],
             if misses > 50 * len(targets) + 1000:
                 raise SourceError(f"{prefix}: too few distinct {n_steps}-step {task.name} problems (after excluding "
                                   f"{len(taken)}); lower n_per_steps or widen the task's args")
-        if not check_steps(task, example, list(example.steps), example.answer).chain_valid:
+        if not check_solution(task, example, list(example.steps), example.answer).chain_valid:
             raise SourceError(f"task {task.name} produced a gold solution its own checker rejects: "
                               f"{example.question!r}")
         taken.add(key)
@@ -326,16 +327,24 @@ def answers_with_numbers(task: Task) -> bool:
     return _NUMERIC[task.name]
 
 
-
-def check_steps(task: Task, example: Example, steps: list[str], answer: str | None) -> Check:
-    """The task's verdict on a solution (steps and final answer) to `example`."""
-    return task.check(example, steps, answer)
-
-
-def generate_example(task: Task, rng: random.Random, n_steps: int, default_id: str) -> Example:
+def new_problem(task: Task, rng: random.Random, n_steps: int, problem_id: str) -> Example:
+    """A fresh problem of a generated family with n_steps steps, with its id (eval's generated
+    sources, RL's problems, the ladders)."""
     if is_importer(task):
         raise SourceError(f"task {task.name!r} is an importer: name it as a `{task.name}:` source, not `task:`")
-    return dataclasses.replace(task.generate(rng, n_steps), id=default_id)
+    return dataclasses.replace(task.generate(rng, n_steps), id=problem_id)
+
+
+def ladder_problems(task: Task, lengths, n: int, seed: int, prefix: str) -> list[Example]:
+    """`n` fresh problems of every length in `lengths`, length k drawn from Random(seed + k) with
+    ids '<prefix>-<k>-<i>': a fixed held-out ladder (RL's probe set, eval/bench_rl.py's ladder).
+    The pipeline's ladder is an eval source instead (`{task: ..., steps: ...}`: distinct problems,
+    none of them a training question)."""
+    out = []
+    for n_steps in lengths:
+        rng = random.Random(seed + n_steps)
+        out += [new_problem(task, rng, n_steps, f"{prefix}-{n_steps}-{i}") for i in range(n)]
+    return out
 
 
 def load_gsm8k(path: str) -> tuple[object, list[Example], dict]:

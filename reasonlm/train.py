@@ -22,6 +22,8 @@ process and N processes (with DDP's gradient averaging undone by a factor N) tak
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -34,12 +36,11 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from reasonlm import outputs
-from reasonlm.answer import (answers_match, encode_example, encode_prompt, parse_completion, prompt_messages,
-                             stop_token_ids)
+from reasonlm.answer import encode_example, encode_prompt, parse_completion, prompt_messages
 from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
                                  trainable_state_dict, try_resume)
-from reasonlm.config import RunPaths, TrainConfig, save_resolved
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.config import DIRECT_RUN, Recipe, RunPaths, TrainConfig, base_model, save_resolved
+from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.example import Example, answer_budget, read_dataset, render_target
 from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model, load_tokenizer, modules_to_save,
                             resolve_device, set_threads)
@@ -47,6 +48,7 @@ from reasonlm.packing import (IGNORE, PackedRows, check_packable, collate, pack,
                               use_packed_attention)
 from reasonlm.stats import plot_training_curves
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
+from reasonlm.verdict import answer_right
 
 class TrainError(ValueError):
     """A training problem reported as one line."""
@@ -194,7 +196,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                                                                  cfg.position_jitter, gen, line_break_id,
                                                                  cfg.packed_attention)
             sync = m == cfg.grad_accum - 1
-            ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
+            ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 loss_sum, _ = token_losses(forward, input_ids, labels, position_ids, attention)
                 # DDP averages gradients over processes; multiply by world to get the global sum.
@@ -270,14 +272,6 @@ def plot_metrics(metrics_path: str, png_path: str, title: str) -> str | None:
     return plot_training_curves(records, png_path, title) if records else None
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 @torch.no_grad()
 def validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerator):
     """Validation loss on packed validation rows, plus the eval stage's accuracy on a sample."""
@@ -303,19 +297,17 @@ ACCURACY_BATCH = 64
 @torch.no_grad()
 def val_accuracy(model, tokenizer, rows) -> float:
     """Share of rows whose greedy final answer is right: the eval stage's zero-shot chat prompt and
-    token budget (sized from the question, cut to the context), scored by the final answer alone. 4 decimals."""
+    token budget (sized from the question, cut to the context), scored by the final answer alone
+    (verdict.answer_right, eval's `correct`). 4 decimals. The engine batches the rows as eval does
+    (engine.plan_batches): the same rows share a batch and its padding, so the numbers match
+    `reasonlm eval` on these rows exactly."""
     examples = [Example.from_row(r) for r in rows]
     prompts = [encode_prompt(tokenizer, prompt_messages(e.question)) for e in examples]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    engine = KVCacheEngine(model, pad_id, stop_token_ids(tokenizer))
+    engine = engine_for(model, tokenizer)
     budgets = [answer_budget(tokenizer, e.question, len(p), engine.context_size) for e, p in zip(examples, prompts)]
-    # The eval stage's batch order (prompt length, then budget): the same rows share a batch and
-    # its padding, so the numbers match `reasonlm eval` on these rows exactly.
-    order = sorted(range(len(examples)), key=lambda i: (len(prompts[i]), budgets[i], i))
-    outputs = engine.generate([prompts[i] for i in order],
-                              SamplingParams(max_new_tokens=[budgets[i] for i in order], batch_size=ACCURACY_BATCH))
-    correct = sum(answers_match(parse_completion(tokenizer.decode(ids, skip_special_tokens=True)).answer,
-                                examples[i].answer) for i, ids in zip(order, outputs))
+    outputs = engine.generate(prompts, SamplingParams(max_new_tokens=budgets, batch_size=ACCURACY_BATCH))
+    correct = sum(answer_right(parse_completion(tokenizer.decode(ids, skip_special_tokens=True)), ex)
+                  for ex, ids in zip(examples, outputs))
     return round(correct / max(1, len(examples)), 4)
 
 
@@ -334,13 +326,18 @@ def check_launch(accelerator) -> None:
                          f"recipes/accelerate/cpu-2proc.yaml (DDP over gloo)")
 
 
-def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0, device: str = "auto") -> str:
-    """Fine-tune cfg.model (default <out_dir>/base) on <out_dir>/data's train split.
+def run(recipe: Recipe, name: str | None = None) -> str:
+    """Fine-tune the recipe's base model (config.base_model, or train.model) on train.data (default
+    <out_dir>/data)'s train split, with recipe.threads threads on recipe.device.
 
-    Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, loss.png, config.yaml};
-    the logged metrics also go to the trackers in cfg.report_to (reasonlm/tracking.py).
+    Writes <out_dir>/<name>/{adapter or model, best, checkpoint-*, metrics.jsonl, loss.png, config.yaml}
+    (`name`: default 'train', or DIRECT_RUN for train.format=direct); the logged metrics also go to
+    the trackers in train.report_to (reasonlm/tracking.py).
     """
-    paths = RunPaths(out_dir)
+    cfg = dataclasses.replace(recipe.train, model=base_model(recipe, recipe.train.model))
+    name = name or ("train" if cfg.format == "cot" else DIRECT_RUN)
+    threads, device = recipe.threads, recipe.device
+    paths = RunPaths(recipe.out_dir)
     run_dir = paths.train_run(name)
     # cpu=True on the CPU: processes started by torchrun then form a gloo group there. Otherwise
     # Accelerate takes the GPU (each process its own) or, on a Mac, MPS.
@@ -349,7 +346,7 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0, d
     check_launch(accelerator)
     set_threads(threads, accelerator.num_processes)
     set_seed(cfg.seed)
-    model_name = cfg.model or paths.base
+    model_name = cfg.model
     data_dir = cfg.data or paths.data
     dataset = read_dataset(data_dir)
     if "train" not in dataset or len(dataset["train"]) == 0:
@@ -375,7 +372,7 @@ def run(cfg: TrainConfig, out_dir: str, name: str = "train", threads: int = 0, d
     total, trainable = count_parameters(model)
     accelerator.print(f"train[{name}]: {model_name} {total/1e6:.2f}M params, {trainable/1e6:.3f}M trainable, "
                       f"format={cfg.format}, {accelerator.num_processes} process(es)")
-    final = os.path.join(run_dir, "model" if cfg.full_finetune else "adapter")
+    final = paths.weights(name, cfg.full_finetune)
     main = accelerator.is_main_process
     # one run per run directory; a full disk anywhere in it (metrics, checkpoints, weights) is one line
     with outputs.lock(run_dir, enabled=main), outputs.writing(run_dir):

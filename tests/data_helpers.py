@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from reasonlm import data
-from reasonlm.config import DataConfig
+from reasonlm.config import DataConfig, Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
@@ -21,7 +21,7 @@ def cfg(**kw) -> DataConfig:
 
 
 def build(tmp_path, name="run", **kw) -> Path:
-    return Path(data.run(cfg(**kw), str(tmp_path / name)))
+    return Path(data.run(Recipe(out_dir=str(tmp_path / name), data=cfg(**kw))))
 
 
 def jsonl(path) -> list:

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from reasonlm import checkpoint, data, model as model_mod, train
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
-from reasonlm.config import DataConfig, TrainConfig
+from reasonlm.config import DataConfig, Recipe, TrainConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.model import CHAT_TOKENS, fit_vocab, load_for_inference, load_tokenizer
+from reasonlm.model import CHAT_TOKENS, fit_vocab, load_adapter, load_tokenizer
 from tests.helpers import TINY_TASK, chatless_model_and_tokenizer, tiny_model_and_tokenizer
 
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("added-tokens-data")
     cfg = DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
                      n_train=200, n_validation=8, n_test_per_steps=4, n_base=20, workers=1)
-    data.run(cfg, str(path))
+    data.run(Recipe(out_dir=str(path), data=cfg))
     return str(path / "data")
 
 
@@ -57,7 +57,7 @@ def trained(request, data_dir, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "fit_vocab", recording_fit_vocab)  # train calls the name it imported
-        train.run(train_cfg(base, data_dir), str(root), "train", threads=1)
+        train.run(Recipe(out_dir=str(root), threads=1, train=train_cfg(base, data_dir)), "train")
     return {"root": root, "base": str(base), "old_vocab": len(tok), "tied": request.param, **init}
 
 
@@ -126,7 +126,7 @@ def test_inference_and_peft_loading_use_the_new_vocabulary(trained):
     from transformers import AutoModelForCausalLM
 
     adapter = str(trained["root"] / "train" / "adapter")
-    model, tok = load_for_inference(trained["base"], adapter)
+    model, tok = load_adapter(trained["base"], adapter)
     new_vocab = trained["old_vocab"] + len(CHAT_TOKENS)
     assert len(tok) == new_vocab
     logits = new_vocab_logits(model, tok)
@@ -146,7 +146,7 @@ def test_export_with_and_without_merge(trained):
     from transformers import AutoModelForCausalLM
 
     run_dir = str(trained["root"] / "train")
-    model, tok = load_for_inference(trained["base"], os.path.join(run_dir, "adapter"))
+    model, tok = load_adapter(trained["base"], os.path.join(run_dir, "adapter"))
     reference = new_vocab_logits(model, tok)
     new_vocab = len(tok)
 
@@ -155,7 +155,7 @@ def test_export_with_and_without_merge(trained):
     assert merged.config.vocab_size == new_vocab
     assert merged.config.tie_word_embeddings == trained["tied"]
     assert torch.allclose(new_vocab_logits(merged, tok), reference, atol=1e-4)
-    m2, tok2 = load_for_inference(merged_dir)  # what `reasonlm chat --merged`-style loading does
+    m2, tok2 = load_adapter(merged_dir)  # what `reasonlm chat --merged`-style loading does
     assert len(tok2) == new_vocab
     out = KVCacheEngine(m2, tok2.pad_token_id, stop_token_ids(tok2)).generate(
         [encode_prompt(tok2, prompt_messages("2+3"))], SamplingParams(max_new_tokens=6))
@@ -177,7 +177,7 @@ def test_resume_restores_the_trained_embeddings(trained, data_dir, tmp_path):
     ckpts = checkpoint.checkpoints(str(src / "train"))
     assert [os.path.basename(c) for c in ckpts] == ["checkpoint-0000002"]
     shutil.copytree(ckpts[0], tmp_path / "train" / os.path.basename(ckpts[0]))
-    train.run(train_cfg(tmp_path / "base", data_dir), str(tmp_path), "train", threads=1)
+    train.run(Recipe(out_dir=str(tmp_path), threads=1, train=train_cfg(tmp_path / "base", data_dir)), "train")
     first, resumed = adapter_tensors(src / "train" / "adapter"), adapter_tensors(tmp_path / "train" / "adapter")
     assert sorted(first) == sorted(resumed)
     for k in first:
@@ -188,7 +188,7 @@ def test_no_added_tokens_no_modules_to_save(data_dir, tmp_path):
     model, tok = tiny_model_and_tokenizer()
     base = save_base(tmp_path / "base", model, tok)
     assert len(load_tokenizer(str(base))) == len(tok)  # the tiny tokenizer already has the ChatML tokens
-    train.run(train_cfg(base, data_dir, save_every=0), str(tmp_path), "train", threads=1)
+    train.run(Recipe(out_dir=str(tmp_path), threads=1, train=train_cfg(base, data_dir, save_every=0)), "train")
     adapter = tmp_path / "train" / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["modules_to_save"] is None
     sd = adapter_tensors(adapter)
@@ -200,14 +200,13 @@ def test_no_added_tokens_no_modules_to_save(data_dir, tmp_path):
 def test_explicit_modules_to_save(data_dir, tmp_path):
     model, tok = tiny_model_and_tokenizer()
     base = save_base(tmp_path / "base", model, tok)
-    train.run(train_cfg(base, data_dir, save_every=0, steps=2, modules_to_save=["lm_head"]), str(tmp_path), "train",
-              threads=1)
+    train.run(Recipe(out_dir=str(tmp_path), threads=1, train=train_cfg(base, data_dir, save_every=0, steps=2, modules_to_save=["lm_head"])), "train")
     adapter = tmp_path / "train" / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["ensure_weight_tying"] is True  # the tiny model ties lm_head to the input embedding
     emb, head = embedding_keys(adapter_tensors(adapter))
     assert emb and head
-    load_for_inference(str(base), str(adapter))
+    load_adapter(str(base), str(adapter))
 
 
 def test_modules_to_save_that_match_nothing_are_an_error():

@@ -191,8 +191,8 @@ def bases(tmp_path_factory):
 
 
 def test_an_adapter_loads_on_its_own_base(bases):
-    from reasonlm.model import load_for_inference
-    model, _ = load_for_inference(bases["A"], bases["adapter"])
+    from reasonlm.model import load_adapter
+    model, _ = load_adapter(bases["A"], bases["adapter"])
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
@@ -202,9 +202,9 @@ def test_an_adapter_loads_on_its_own_base(bases):
     ("C", "its tokenizer has another vocabulary"),
 ])
 def test_an_adapter_for_another_base_is_one_line_naming_both(bases, base, problem):
-    from reasonlm.model import ModelError, load_for_inference
+    from reasonlm.model import ModelError, load_adapter
     with pytest.raises(ModelError) as e:
-        load_for_inference(bases[base], bases["adapter"])
+        load_adapter(bases[base], bases["adapter"])
     assert str(e.value).startswith(f"adapter {bases['adapter']} was trained for base {bases['A']}, "
                                    f"not {bases[base]}: ")
     assert problem in str(e.value) and "\n" not in str(e.value)
@@ -228,11 +228,12 @@ def test_chat_and_export_refuse_an_adapter_for_another_base(bases, capsys, tmp_p
 def test_training_rows_longer_than_seq_len_are_counted_in_train_stats(tmp_path, capsys):
     from reasonlm import data, train
     from reasonlm.answer import encode_example
-    from reasonlm.config import DataConfig, TrainConfig
+    from reasonlm.config import DataConfig, Recipe, TrainConfig
     from reasonlm.example import Example, read_dataset, render_target
     from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
-    data.run(DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 4], ood_steps=[5, 5],
-                        n_train=120, n_validation=8, n_test_per_steps=2, n_base=10, workers=1), str(tmp_path))
+    data.run(Recipe(out_dir=str(tmp_path), data=DataConfig(
+        tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 4], ood_steps=[5, 5],
+        n_train=120, n_validation=8, n_test_per_steps=2, n_base=10, workers=1)))
     model, tok = tiny_model_and_tokenizer()
     model.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
@@ -244,7 +245,7 @@ def test_training_rows_longer_than_seq_len_are_counted_in_train_stats(tmp_path, 
     cfg = TrainConfig(model=str(tmp_path / "base"), data=str(tmp_path / "data"), steps=2, batch_tokens=2 * seq_len,
                       seq_len=seq_len, warmup_steps=1, eval_every=0, eval_samples=0, log_every=0, save_every=0,
                       lora_r=2, lora_alpha=4)
-    train.run(cfg, str(tmp_path), "train", threads=1)
+    train.run(Recipe(out_dir=str(tmp_path), threads=1, train=cfg), "train")
     stats = json.loads((tmp_path / "train" / "train_stats.json").read_text())
     assert stats["too_long"]["train"] == longer
     assert f"dropped {longer} of {len(rows)} examples longer than seq_len={seq_len}" in capsys.readouterr().out

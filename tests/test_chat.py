@@ -207,8 +207,8 @@ def test_missing_model_or_adapter_is_one_line(models, flags, message):
 # --- the parts, in-process ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def loaded(models):
-    from reasonlm.model import load_for_inference
-    return load_for_inference(models["trained"])
+    from reasonlm.model import load_adapter
+    return load_adapter(models["trained"])
 
 
 def test_prefix_reuse_gives_the_same_answer_as_a_fresh_prefill(loaded):

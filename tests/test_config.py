@@ -61,3 +61,20 @@ def test_missing_recipe():
 def test_bare_no_is_text_for_string_settings():
     """YAML 1.1 reads `mixed_precision: no` as False; a text setting gets 'no' back."""
     assert load_recipe(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+def test_base_model_is_decided_in_one_place_and_run_paths_know_the_layout(tmp_path):
+    """config.base_model: a stage's own model setting, else base.model when it names a pretrained
+    model, else the tiny base the base stage writes; a Hub base is never <out_dir>/base."""
+    from reasonlm.config import DIRECT_RUN, RunPaths, base_model
+    out = str(tmp_path)
+    tiny, hub = load_recipe(None, [f"out_dir={out}"]), load_recipe(None, [f"out_dir={out}", "base.model=org/model"])
+    assert base_model(tiny) == os.path.join(out, "base") and base_model(hub) == "org/model"
+    assert base_model(hub, "other/model") == base_model(tiny, "other/model") == "other/model"
+    paths = RunPaths(out)
+    assert paths.weights("train") == paths.adapter("train") == os.path.join(out, "train", "adapter")
+    assert paths.weights(DIRECT_RUN, full_finetune=True) == os.path.join(out, "train-direct", "model")
+    assert [paths.eval_of(r) for r in ("train", DIRECT_RUN, "rl", "base-run")] == [
+        os.path.join(out, "eval"), os.path.join(out, "eval-direct"), os.path.join(out, "eval-rl"), None]
+    assert paths.report("eval-rl") == os.path.join(out, "eval-rl", "report.json")
+    assert paths.stages == os.path.join(out, "stages.json")

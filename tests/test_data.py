@@ -161,6 +161,6 @@ def test_mix_recipe_runs_small(tmp_path, monkeypatch):
     recipe = load_recipe(str(REPO / "data" / "mix-reasoning.yaml"),
                          ["data.n_train=400", "data.n_base=100", "data.n_validation=40", "data.n_test_per_steps=5",
                           f"out_dir={tmp_path}"])
-    path = Path(data.run(recipe.data, recipe.out_dir))
+    path = Path(data.run(recipe))
     stats = json.loads((path / "stats.json").read_text())
     assert len(stats["splits"]["train"]["by_family"]) == 4 and stats["splits"]["train"]["rows"] == 400

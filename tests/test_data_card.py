@@ -9,13 +9,14 @@ import pytest
 import yaml
 
 from reasonlm import data
+from reasonlm.config import Recipe
 from reasonlm.data.generate import GENERATOR_VERSION
 from tests.data_helpers import cfg
 
 
 def test_card_has_stats_provenance_and_hub_configs(tmp_path, capsys):
     c = cfg()
-    path = Path(data.run(c, str(tmp_path / "run")))
+    path = Path(data.run(Recipe(out_dir=str(tmp_path / "run"), data=c)))
     card = (path / "README.md").read_text()
     assert card.startswith("---\n")
     meta = yaml.safe_load(card.split("---\n")[1])

@@ -14,7 +14,7 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
 
 from reasonlm.config import ConfigError, load_recipe
-from reasonlm.model import ModelError, load_for_inference, resolve_device
+from reasonlm.model import ModelError, load_adapter, resolve_device
 from tests.helpers import tiny_model_and_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,7 @@ def test_cpu_override_places_the_model_on_the_cpu(tmp_path):
     model, tok = tiny_model_and_tokenizer()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    loaded, _ = load_for_inference(str(tmp_path), device="cpu")
+    loaded, _ = load_adapter(str(tmp_path), device="cpu")
     assert {p.device.type for p in loaded.parameters()} == {"cpu"}
 
 

@@ -11,7 +11,8 @@ import shlex
 import pytest
 
 from reasonlm.answer import render_completion
-from reasonlm.config import DataConfig
+from reasonlm.config import DataConfig, Recipe
+from reasonlm.verdict import judge
 from reasonlm.example import Example, read_dataset
 from reasonlm.tasks import TASKS, get_task, parse_any_question
 
@@ -141,7 +142,7 @@ def test_worked_family_follows_the_task_protocol(digit_sum):
         gold = task.generate(random.Random(n), n)
         check = task.check(gold, gold.steps, gold.answer)
         assert check.chain_valid and check.step_ok == [True] * n
-        assert task.reward(gold, render_completion(gold.steps, gold.answer)) == 1.0
+        assert judge(task, gold, render_completion(gold.steps, gold.answer)).check.accepted
     assert task.generate(random.Random(7), 5) == task.generate(random.Random(7), 5)
 
 
@@ -152,7 +153,8 @@ def test_worked_family_catches_a_wrong_step_where_it_is(digit_sum):
     wrong = ["4+7=11", "11+2=14", "14+9=23"]
     check = task.check(ex, wrong, "22")
     assert check.first_bad_step == 2 and check.answer_correct and not check.chain_valid
-    assert task.reward(ex, render_completion(wrong, "22")) == 0.5
+    whole = judge(task, ex, render_completion(wrong, "22")).check  # the completion as text, parsed
+    assert whole.answer_correct and not whole.accepted and whole.first_bad_step == 2
     assert not task.check(ex, ex.steps, "23").answer_correct
     assert not task.check(ex, ex.steps[:2], "22").chain_valid  # a step short
     assert task.check(ex, ["4 + 7 = 11", "11+2=13", "13+9=22"], "22").chain_valid  # spaces are fine
@@ -169,7 +171,7 @@ def test_worked_family_runs_through_the_data_stage(digit_sum, tmp_path):
 
     cfg = DataConfig(tasks=[{"name": "digit_sum", "weight": 1.0, "args": {}}], n_train=60, n_validation=10,
                      n_test_per_steps=5, n_base=20, workers=1)
-    out = data.run(cfg, str(tmp_path / "data"))
+    out = data.run(Recipe(out_dir=str(tmp_path / "data"), data=cfg))
     dataset = read_dataset(out)
     assert len(dataset["train"]) == 60
     assert set(dataset["train"]["family"]) == {"digit_sum"}
@@ -247,7 +249,7 @@ def small_dataset(tmp_path_factory):
     from reasonlm import data  # the data stage (imports datasets): only these tests need it
 
     cfg = DataConfig(n_train=40, n_validation=8, n_test_per_steps=2, n_base=8, workers=1)
-    return data.run(cfg, str(tmp_path_factory.mktemp("views") / "data"))
+    return data.run(Recipe(out_dir=str(tmp_path_factory.mktemp("views") / "data"), data=cfg))
 
 
 @pytest.mark.slow  # ~30 s, most of it importing TRL

@@ -5,7 +5,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from reasonlm.engine import KVCacheEngine, SamplingParams, pick, row_keys
+from reasonlm.answer import stop_token_ids
+from reasonlm.engine import KVCacheEngine, SamplingParams, dealt_to, engine_for, pick, plan_batches, row_keys
 from reasonlm.llama_decoder import CACHE_CHUNK, LlamaDecoder
 from reasonlm.packing import use_packed_attention
 
@@ -151,3 +152,32 @@ def test_folded_lora_decodes_the_same_logits_up_to_rounding(arch):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
         token = a.argmax(-1)
         a, b = plain.step(token), folded.step(token)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_generate_decodes_each_batch_once_and_equals_one_process(world):
+    """generate(rank=r, world=N): each process decodes only the batches dealt to it (the others'
+    rows are None), and the processes' rows together are what one process samples, row for row."""
+    model, ps = random_model("llama"), prompts(11, seed=3)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seeds=list(range(100, 111)), batch_size=2)
+    engine = KVCacheEngine(model, 0, {1})
+    whole = engine.generate(ps, params)
+    parts = [engine.generate(ps, params, rank=r, world=world) for r in range(world)]
+    for i in range(len(ps)):
+        owners = [r for r in range(world) if parts[r][i] is not None]
+        assert len(owners) == 1 and parts[owners[0]][i] == whole[i]
+    batches = plan_batches(ps, [6] * len(ps), 2)
+    assert [sorted(i for b in plan_batches(ps, [6] * len(ps), 2, r, world) for i in b) for r in range(world)] == [
+        sorted(i for k, b in enumerate(batches) if dealt_to(k, world) == r for i in b) for r in range(world)]
+    with pytest.raises(ValueError, match="per-row seeds"):
+        engine.generate(ps, SamplingParams(max_new_tokens=2, temperature=1.0), rank=0, world=2)
+
+
+def test_plan_batches_sorts_by_length_then_budget_and_the_engine_for_a_tokenizer_reads_it():
+    from tests.helpers import tiny_model_and_tokenizer
+    ps = [[5] * 4, [5] * 2, [5] * 4, [5] * 3]
+    assert plan_batches(ps, [9, 9, 3, 9], 2) == [[1, 3], [2, 0]]  # length 4: the budget 3 first
+    model, tok = tiny_model_and_tokenizer()
+    engine = engine_for(model, tok, fast=False)
+    assert engine.pad_id == tok.pad_token_id and engine.stop_ids == stop_token_ids(tok) and not engine.fast
+    assert engine.decode(tok.encode("1+2")) == "1+2"

@@ -11,7 +11,7 @@ from reasonlm import cli
 from reasonlm.config import EvalConfig
 from reasonlm.evaluate import runner
 from reasonlm.example import Example, answer_budget, question_budget, render_target
-from reasonlm.model import ModelError, load_for_inference
+from reasonlm.model import ModelError, load_adapter
 from reasonlm.sources import Source
 from reasonlm.tasks import get_task, question_families
 from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
@@ -35,11 +35,12 @@ def test_budget_does_not_depend_on_the_gold_solution(toy):
 
 
 class ScriptedEngine:
-    """Stands in for the KVCacheEngine: "writes" `script[question]` for every prompt, cut at the row's
-    budget exactly as the engine cuts it (the engine's own budget handling is tested in test_eval_runner)."""
+    """Stands in for the engine (engine_for's): "writes" `script[question]` for every prompt, cut at
+    the row's budget exactly as the engine cuts it (the engine's own budget handling is tested in
+    test_eval_runner)."""
     script: dict = {}
 
-    def __init__(self, model, pad_id, stop_ids=(), decode=None):
+    def __init__(self, model, tokenizer, **kwargs):
         self.tokenizer = ScriptedEngine.tokenizer
 
     def generate(self, prompts, params):
@@ -56,7 +57,7 @@ def test_answer_only_file_gets_full_length_answers_and_truncation_is_counted(toy
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"q": PROBLEM.question, "a": PROBLEM.answer}) + "\n")
     ScriptedEngine.tokenizer, ScriptedEngine.script = tok, {PROBLEM.question: render_target(PROBLEM, "cot")}
-    monkeypatch.setattr(runner, "KVCacheEngine", ScriptedEngine)
+    monkeypatch.setattr(runner, "engine_for", ScriptedEngine)
     suite = write_suite(tmp_path / "s.yaml", sources=[{"file": str(path), "columns": {"question": "q", "answer": "a"},
                                                         "name": "mine"}], max_new_tokens=0)
     cli.main(["eval", suite, "--model", toy_dir, "--out", str(tmp_path / "full")])
@@ -83,7 +84,7 @@ def test_a_mixed_source_reports_step_metrics_over_its_checkable_problems(toy, to
     path.write_text(json.dumps(worked) + "\n" + json.dumps({"question": PROBLEM.question, "answer": PROBLEM.answer}) + "\n")
     ScriptedEngine.tokenizer = tok
     ScriptedEngine.script = {worked["question"]: "3*4=12\n2+12=15\n#### 14", PROBLEM.question: "#### 0"}
-    monkeypatch.setattr(runner, "KVCacheEngine", ScriptedEngine)
+    monkeypatch.setattr(runner, "engine_for", ScriptedEngine)
     suite = write_suite(tmp_path / "s.yaml", sources=[{"file": str(path), "name": "mixed"}], max_new_tokens=0)
     cli.main(["eval", suite, "--model", toy_dir, "--out", str(tmp_path / "out")])
     mixed = json.load(open(tmp_path / "out" / "report.json"))["splits"]["mixed"]
@@ -97,12 +98,12 @@ def test_hub_adapter_id_offline_is_one_line(toy_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # and nothing cached
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as e:
-        load_for_inference(toy_dir, "someone/reasonlm-adapter")
+        load_adapter(toy_dir, "someone/reasonlm-adapter")
     message = str(e.value)
     assert message == ("adapter 'someone/reasonlm-adapter' is neither a local directory nor reachable on the Hub "
                        "(HF_HUB_OFFLINE=1 is set)")
     with pytest.raises(ModelError, match=r"^adapter path not found: \./no/such/adapter$"):
-        load_for_inference(toy_dir, "./no/such/adapter")
+        load_adapter(toy_dir, "./no/such/adapter")
 
 
 def test_eval_and_chat_print_the_hub_adapter_error_as_one_line(toy_dir, tmp_path, monkeypatch, capsys):

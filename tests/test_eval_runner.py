@@ -9,7 +9,7 @@ import torch
 
 from reasonlm import cli, evaluate
 from reasonlm.answer import cut_at_stop, stop_token_ids
-from reasonlm.config import EvalConfig
+from reasonlm.config import EvalConfig, Recipe
 from reasonlm.processes import free_port
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
@@ -144,7 +144,7 @@ def test_recipe_run_keeps_the_pipeline_contract(toy_dir, tmp_path):
                                features=features()) for i, (s, st) in enumerate([("test", (2, 3)), ("test_ood", (5, 6))])}
     DatasetDict(ds).save_to_disk(str(tmp_path / "data"))
     cfg = EvalConfig(model=toy_dir, adapter="none", max_new_tokens=10)
-    report = evaluate.run(cfg, str(tmp_path), "cot", name="eval")
+    report = evaluate.run(Recipe(out_dir=str(tmp_path), eval=cfg), name="eval")
     for key in ("accuracy", "ood_accuracy", "by_steps", "splits"):
         assert key in report
     assert set(report["splits"]) == {"test", "test_ood"} and set(report["by_steps"]) >= {"2", "5"}
@@ -230,7 +230,8 @@ def test_two_process_eval_equals_one_process(toy_dir, tmp_path):
 
 # --- the benchmark script --------------------------------------------------------------------
 def test_bench_generate_smoke():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # PYTHONPATH: the script imports the reasonlm of this checkout, not an installed one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "eval", "bench_generate.py"), "--toy", "--n", "6"],
                        env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -21,7 +21,7 @@ LAYERS = [
     ["reasonlm.stats", "reasonlm.tracking", "reasonlm.packing"],
     ["reasonlm.engine", "reasonlm.llama_decoder", "reasonlm.ondevice"],
     ["reasonlm.model", "reasonlm.modelcard", "reasonlm.checkpoint"],
-    ["reasonlm.tasks"],
+    ["reasonlm.tasks", "reasonlm.verdict"],
     ["reasonlm.search", "reasonlm.sources", "reasonlm.credit"],
     ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl",
      "reasonlm.serve"],

@@ -44,14 +44,14 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("card-run")
     cfg = DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
                      n_train=60, n_validation=4, n_test_per_steps=2, n_base=10, workers=1)
-    data.run(cfg, str(root))
+    data.run(Recipe(out_dir=str(root), data=cfg))
     model, tok = tiny_model_and_tokenizer()
     paths = RunPaths(str(root))
     model.save_pretrained(paths.base)
     tok.save_pretrained(paths.base)
     tcfg = TrainConfig(model=paths.base, steps=2, batch_tokens=256, seq_len=128, lr=1e-2, warmup_steps=1,
                        eval_every=0, eval_samples=0, log_every=0, save_every=0, lora_r=4, lora_alpha=8)
-    train.run(tcfg, str(root), "train", threads=1)
+    train.run(Recipe(out_dir=str(root), threads=1, train=tcfg), "train")
     return paths
 
 

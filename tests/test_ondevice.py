@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")  # the `onnx` extra (in `dev`, so CI runs the
 from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids  # noqa: E402
 from reasonlm.engine import KVCacheEngine, SamplingParams  # noqa: E402
 from reasonlm.example import read_dataset  # noqa: E402
-from reasonlm.model import load_for_inference  # noqa: E402
+from reasonlm.model import load_adapter  # noqa: E402
 from reasonlm.ondevice import ONNX_FILE, OnnxEngine, OnnxError, export_onnx  # noqa: E402
 from tests.helpers import rows, tiny_model_and_tokenizer  # noqa: E402
 
@@ -58,7 +58,7 @@ def test_cli_export_of_a_trained_run_answers_50_held_out_problems_like_pytorch(t
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "export: wrote" in r.stdout and os.path.isfile(tmp_path / "train" / "onnx" / ONNX_FILE)
-    model, tok = load_for_inference(str(tmp_path / "base"), str(tmp_path / "train" / "adapter"), merged=True,
+    model, tok = load_adapter(str(tmp_path / "base"), str(tmp_path / "train" / "adapter"), merged=True,
                                     device="cpu")
     dataset = read_dataset(str(tmp_path / "data"))
     held_out = [q for split in ("test", "test_ood", "validation") for q in dataset[split]["question"]][:50]

@@ -313,9 +313,9 @@ def test_smollm2_recipe_end_to_end(tmp_path):
     # export --merge folds the adapter into the (tied-embedding) base: same logits as base + adapter
     cli("export", out / "train", "--merge")
     from transformers import AutoModelForCausalLM
-    from reasonlm.model import load_for_inference
+    from reasonlm.model import load_adapter
     merged = AutoModelForCausalLM.from_pretrained(out / "train" / "merged", dtype=torch.float32)
-    unmerged, tok = load_for_inference(model_dir, str(adapter))
+    unmerged, tok = load_adapter(model_dir, str(adapter))
     ids = tok("Tom has 120 marbles.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, unmerged(ids).logits, atol=1e-3)

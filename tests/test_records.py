@@ -10,7 +10,6 @@ from reasonlm.config import EvalConfig
 from reasonlm.example import Example, read_dataset
 from reasonlm.sources import SourceError, load_sources
 from reasonlm.tasks import get_task
-from reasonlm.tasks.base import reward_from_check
 from reasonlm.tasks.gsm8k import FIXTURE_RECORDS
 from reasonlm.tasks.records import Records
 from tests.data_helpers import TINY, build, jsonl
@@ -65,11 +64,11 @@ def test_answer_only_rows_get_answer_only_verdicts():
     answer_only = Example("Which planet is largest?", "Jupiter", family="records")
     right, wrong = task.check(answer_only, ["It is big"], "jupiter"), task.check(answer_only, [], "Mars")
     assert right.answer_correct and not right.steps_checkable and right.step_ok == [] and right.accepted
-    assert not right.right_answer_wrong_chain and reward_from_check(right) == 1.0
-    assert not wrong.answer_correct and not wrong.accepted and reward_from_check(wrong) == 0.0
+    assert not right.right_answer_wrong_chain
+    assert not wrong.answer_correct and not wrong.accepted
     worked = Example("What is (2+3)*4?", "20", ("2+3=5", "5*4=20"), 2, "records")
     good, bad = task.check(worked, ["2+3=5", "5*4=20"], "20"), task.check(worked, ["2+3=6", "6*4=20"], "20")
-    assert good.steps_checkable and good.chain_valid and reward_from_check(good) == 1.0
+    assert good.steps_checkable and good.chain_valid and good.accepted
     assert bad.steps_checkable and bad.first_bad_step == 1 and bad.right_answer_wrong_chain
 
 

@@ -12,9 +12,9 @@ from reasonlm import credit, rl
 from reasonlm.credit import Rollout
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
-from reasonlm.engine import KVCacheEngine
+from reasonlm.engine import KVCacheEngine, dealt_to
 from reasonlm.example import Example, render_target
-from reasonlm.model import attach_lora, build_tiny, train_tokenizer
+from reasonlm.model import ModelError, attach_lora, build_tiny, check_adapter, load_adapter, train_tokenizer
 from reasonlm.packing import use_packed_attention
 from reasonlm.tasks import Check, get_task
 
@@ -146,7 +146,7 @@ def test_num_iterations_1_has_a_ratio_of_exactly_1_and_moves_the_weights(toy):
 
 class _AlwaysRight:
     """A broken reward: the checker says every answer is right."""
-    name = "broken"
+    name, imported = "broken", False  # a generated family (tasks.base.Family)
 
     def __init__(self):
         self.inner = get_task("arithmetic", **TINY_TASK)
@@ -251,7 +251,7 @@ def test_expert_iteration_keeps_valid_chains_and_the_valid_prefix_of_failed_ones
 class _Stops:
     """A toy task a random model scores on now and then: every answer is right, so the reward is
     1 for a completion that ends (emits its end-of-turn token) within the budget, 0 when truncated."""
-    name = "stops"
+    name, imported = "stops", False
 
     def generate(self, rng, n_steps):
         return Example(f"{rng.randint(0, 9)}+1", "1", ("x",) * n_steps, n_steps, self.name)
@@ -283,14 +283,15 @@ def test_an_adapter_trained_on_another_base_is_one_line_and_a_copied_or_moved_ru
     attach_lora(model, TrainConfig(lora_r=4)).save_pretrained(adapter)  # trained on "other"
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "other")}))
-    with pytest.raises(rl.RLError, match="trained on .*other, not on .*base"):
-        rl.load_policy(str(base), str(adapter))
+    with pytest.raises(ModelError, match="trained on .*other, not on .*base"):
+        load_adapter(str(base), str(adapter), trainable=True)
     shutil.copytree(tmp_path / "other", tmp_path / "copy")
-    rl.check_adapter(str(tmp_path / "copy"), str(adapter))  # a copied run: the same files are the same base
+    check_adapter(str(tmp_path / "copy"), str(adapter))  # a copied run: the same files are the same base
     (tmp_path / "other").rename(tmp_path / "moved")
-    rl.load_policy(str(tmp_path / "moved"), str(adapter))  # a moved run: the shapes and vocabulary decide
-    with pytest.raises(rl.RLError, match="no LoRA adapter"):
-        rl.load_policy(str(base), str(tmp_path / "nothing"))
+    model, _ = load_adapter(str(tmp_path / "moved"), str(adapter), trainable=True)  # a moved run: shapes and vocabulary decide
+    assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    with pytest.raises(ModelError, match="adapter path not found"):
+        load_adapter(str(base), str(tmp_path / "nothing"))
 
 
 def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
@@ -520,9 +521,9 @@ def test_updates_on_two_processes_equal_one_process(tmp_path):
 def test_sampling_batches_are_dealt_back_and_forth_over_the_processes():
     """Batches come sorted by prompt length (longer chains last): 0,1,1,0,0,1 for two processes,
     so neither always gets the longer of each pair; every batch goes to exactly one process."""
-    assert [rl.dealt_to(k, 2) for k in range(6)] == [0, 1, 1, 0, 0, 1]
-    assert [rl.dealt_to(k, 3) for k in range(7)] == [0, 1, 2, 2, 1, 0, 0]
-    assert [rl.dealt_to(k, 1) for k in range(3)] == [0, 0, 0]
+    assert [dealt_to(k, 2) for k in range(6)] == [0, 1, 1, 0, 0, 1]
+    assert [dealt_to(k, 3) for k in range(7)] == [0, 1, 2, 2, 1, 0, 0]
+    assert [dealt_to(k, 1) for k in range(3)] == [0, 0, 0]
 
 
 def test_cores_are_split_by_one_rule_for_every_launcher(monkeypatch):

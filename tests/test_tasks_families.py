@@ -15,6 +15,7 @@ from reasonlm.tasks.linear_equations import LinearEquations, parse_equation, sol
 from reasonlm.tasks.object_swaps import ObjectSwaps
 from reasonlm.tasks.word_problem_templates import BASES, STAGES
 from reasonlm.tasks.word_problems import EQUATION_RE, WordProblems
+from reasonlm.verdict import judge
 
 # family -> (task, n_steps it must support)
 FAMILIES = {
@@ -80,7 +81,7 @@ def test_gold_solution_passes(family, seed, n_index):
     check = task.check(ex, ex.steps, ex.answer)
     assert check.answer_correct and check.chain_valid, (ex, check)
     assert check.step_ok == [True] * n and check.first_bad_step is None
-    assert task.reward(ex, render_completion(ex.steps, ex.answer)) == 1.0
+    assert judge(task, ex, render_completion(ex.steps, ex.answer)).check.accepted
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -95,7 +96,7 @@ def test_corrupted_step_fails_where_it_is(family, seed, n_index, pick):
     assert not check.chain_valid, (steps, ex)
     assert check.first_bad_step == i + 1, (i, steps, check)
     assert check.answer_correct and check.right_answer_wrong_chain
-    assert task.reward(ex, render_completion(steps, ex.answer)) == 0.5
+    assert judge(task, ex, render_completion(steps, ex.answer)).check.first_bad_step == i + 1
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -106,7 +107,7 @@ def test_corrupted_answer_fails(family, seed, n_index):
     check = task.check(ex, ex.steps, _wrong_answer(ex))
     assert not check.answer_correct and not check.chain_valid
     assert check.first_bad_step is None  # the steps themselves are still right
-    assert task.reward(ex, render_completion(ex.steps, _wrong_answer(ex))) == 0.0
+    assert not judge(task, ex, render_completion(ex.steps, _wrong_answer(ex))).check.answer_correct
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -16,6 +16,7 @@ from reasonlm.example import Example
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.tasks.gsm8k import FIXTURE_RECORDS, GSM8K, find_equations, write_fixture
 from reasonlm.tasks.reasoning_gym import ReasoningGym
+from reasonlm.verdict import judge
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_REPORT = {"read": 16, "kept": 12, "rejected": {"bad_annotation": 1, "final_mismatch": 1, "malformed": 2}}
@@ -46,7 +47,7 @@ def test_gsm8k_fixture_report_and_examples(fixture_path):
     for ex in examples:
         check = task.check(ex, ex.steps, ex.answer)
         assert check.chain_valid and check.answer_correct, ex
-        assert task.reward(ex, render_completion(ex.steps, ex.answer)) == 1.0
+        assert judge(task, ex, render_completion(ex.steps, ex.answer)).check.accepted
         assert ex.family == task.name and Example.from_row(json.loads(json.dumps(ex.to_row()))) == ex
 
 

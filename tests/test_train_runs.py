@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from reasonlm import data
-from reasonlm.config import DataConfig
+from reasonlm.config import DataConfig, Recipe
 from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def make_run_dir(path, hidden=32):
     cfg = DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
                      n_train=600, n_validation=20, n_test_per_steps=10, n_base=50)
-    data.run(cfg, str(path))
+    data.run(Recipe(out_dir=str(path), data=cfg))
     model, tok = tiny_model_and_tokenizer(hidden=hidden)
     model.save_pretrained(path / "base")
     tok.save_pretrained(path / "base")

@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 
 from reasonlm import checkpoint, data
-from reasonlm.config import DataConfig, TrainConfig
-from reasonlm.model import ModelError, attach_lora, load_for_inference, load_model
+from reasonlm.config import DataConfig, Recipe, TrainConfig
+from reasonlm.model import ModelError, attach_lora, load_adapter, load_model
 from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
 from tests.test_outputs import RECIPE, one_line_error, run_cli
 
@@ -38,8 +38,9 @@ def plant(path, marker):
 def toy_run(tmp_path_factory):
     """<out>/data and <out>/base (a toy model): what `reasonlm train` needs."""
     out = tmp_path_factory.mktemp("toyrun")
-    data.run(DataConfig(tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
-                        n_train=200, n_validation=10, n_test_per_steps=2, n_base=10, workers=1), str(out))
+    data.run(Recipe(out_dir=str(out), data=DataConfig(
+        tasks=[{"name": "arithmetic", "args": TINY_TASK}], train_steps=[1, 3], ood_steps=[4, 4],
+        n_train=200, n_validation=10, n_test_per_steps=2, n_base=10, workers=1)))
     model, tok = tiny_model_and_tokenizer()
     model.save_pretrained(out / "base")
     tok.save_pretrained(out / "base")
@@ -151,5 +152,44 @@ def test_a_pickled_adapter_is_refused_in_one_line(pickled_adapter, tmp_path, cap
     code, err = run_cli(capsys, "export", str(adapter), "--merge", "--out", str(tmp_path / "merged"))
     assert code == 2 and "holds its weights as a pickle (adapter_model.bin)" in one_line_error(err)
     with pytest.raises(ModelError, match="safe_serialization=True"):
-        load_for_inference(str(pickled_adapter / "base"), str(adapter))
+        load_adapter(str(pickled_adapter / "base"), str(adapter))
     assert not marker.exists() and not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("stage", ["rl", "eval", "chat", "export", "load_adapter"])
+def test_every_stage_that_loads_an_adapter_refuses_a_pickled_one(pickled_adapter, tmp_path, capsys, stage):
+    """model.load_adapter is the one loader (RL included, which once skipped the check): an
+    adapter holding only adapter_model.bin is one line and a non-zero exit, and nothing unpickles."""
+    adapter, marker, base = tmp_path / "adapter", tmp_path / "pwned", str(pickled_adapter / "base")
+    shutil.copytree(pickled_adapter / "adapter", adapter)
+    plant(adapter / "adapter_model.bin", marker)
+    assert not (adapter / "adapter_model.safetensors").exists()
+    if stage == "load_adapter":
+        with pytest.raises(ModelError, match="holds its weights as a pickle"):
+            load_adapter(base, str(adapter), trainable=True, device=None)  # RL's call
+        assert not marker.exists()
+        return
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("sources: [{task: arithmetic, steps: [1, 2], n_per_steps: 1}]\n")
+    argv = {"rl": ["rl", RECIPE, f"out_dir={tmp_path / 'run'}", f"rl.model={base}", f"rl.adapter={adapter}",
+                   "rl.preflight_problems=2", "threads=1"],
+            "eval": ["eval", str(suite), "--model", base, "--adapter", str(adapter), "--out", str(tmp_path / "run")],
+            "chat": ["chat", "--model", base, "--adapter", str(adapter), "-p", "1+1"],
+            "export": ["export", str(adapter), "--merge", "--out", str(tmp_path / "merged")]}[stage]
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and "holds its weights as a pickle (adapter_model.bin)" in one_line_error(err)
+    assert not marker.exists() and not (tmp_path / "run" / "rl" / "adapter").exists()
+
+
+def test_train_run_alone_loads_a_pretrained_base_model_not_out_dir_base(toy_run, tmp_path):
+    """base.model names a pretrained model (a Hub id or a path) and train.model is empty: `reasonlm
+    train` run alone trains on base.model (config.base_model), which the base stage never copies
+    to <out_dir>/base."""
+    from reasonlm import modelcard, train
+    from reasonlm.config import load_recipe
+    recipe = load_recipe(RECIPE, [f"out_dir={tmp_path}", f"base.model={toy_run / 'base'}",
+                                  f"train.data={toy_run / 'data'}", *TRAIN, "train.steps=1", "train.save_every=0"])
+    assert recipe.train.model == "" and not (tmp_path / "base").exists()
+    adapter = train.run(recipe)
+    assert adapter == str(tmp_path / "train" / "adapter")
+    assert modelcard.recorded_base(adapter) == str(toy_run / "base")

@@ -67,7 +67,7 @@ from dataclasses import asdict
 
 import reasonlm
 from reasonlm import outputs
-from reasonlm.config import DataConfig, RunPaths, save_resolved
+from reasonlm.config import DataConfig, Recipe, RunPaths, save_resolved
 from reasonlm.data.card import print_stats, write_card
 from reasonlm.data.decontaminate import Blocklist, Removed, suite_questions
 from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generated_rows, interleave, resolve_workers,
@@ -82,10 +82,10 @@ TOKEN_SAMPLE = 20_000  # rows per split that are tokenized for the token-length 
 __all__ = ["run", "write_dataset", "print_stats", "DataError"]
 
 
-def run(cfg: DataConfig, out_dir: str) -> str:
-    """Build the dataset into <out_dir>/data atomically; returns the path. An existing
-    <out_dir>/data is replaced only if the data stage wrote it (outputs.py)."""
-    final = RunPaths(out_dir).data
+def run(recipe: Recipe) -> str:
+    """Build the dataset of recipe.data into <out_dir>/data atomically; returns the path. An
+    existing <out_dir>/data is replaced only if the data stage wrote it (outputs.py)."""
+    cfg, final = recipe.data, RunPaths(recipe.out_dir).data
     with outputs.lock(final):
         outputs.check_replaceable(final, "data")
         tmp = outputs.fresh_temporary(final, "data")

@@ -25,8 +25,8 @@ with a KV cache; a finished sequence (end-of-turn token, a stop string, or its o
 max_new_tokens, else sized from the question, never from the gold solution, see
 example.answer_budget) leaves the batch at once; the report counts samples cut off by their budget
 (`truncated`, per source). Under `accelerate launch` each
-process takes every world_size-th batch, so the batches, and thus the outputs, are the same as in
-one process; results are gathered on the main process. Every (problem, sample) samples from its
+process takes the batches the engine deals it (engine.plan_batches), so the batches, and thus the
+outputs, are the same as in one process; results are gathered on the main process. Every (problem, sample) samples from its
 own seeded stream. Finished samples are appended per batch to samples.partial.rank<r>.jsonl, and
 an interrupted run continues from them.
 
@@ -49,7 +49,7 @@ import time
 from accelerate.utils import gather_object
 
 from reasonlm import outputs
-from reasonlm.config import EvalConfig, RunPaths, is_suite, load_suite
+from reasonlm.config import EvalConfig, Recipe, RunPaths, base_model, is_suite, load_suite
 from reasonlm.engine import context_size
 from reasonlm.evaluate.compare import compare, compare_markdown, load_report
 from reasonlm.evaluate.errors import EvalError
@@ -60,30 +60,42 @@ from reasonlm.evaluate.report import build_report, markdown, write_outputs, writ
 from reasonlm.evaluate.runner import (build_prompt, check_search_sources, is_main_process, make_batches, partial_path,
                                       plan_jobs, prepare_partial, process_state, read_partial, remove_partial,
                                       run_batch, run_id)
-from reasonlm.model import load_for_inference, set_threads
+from reasonlm.model import load_adapter, set_threads
 from reasonlm.outputs import atomic_write
 from reasonlm.sources import load_sources
 from reasonlm.tracking import check_installed, finish_tracking, start_tracking, tracked_accelerator
 
-__all__ = ["run", "run_suite", "EvalError", "is_suite", "load_suite", "compare", "compare_markdown",
+__all__ = ["run", "evaluate", "run_suite", "EvalError", "is_suite", "load_suite", "compare", "compare_markdown",
            "load_report", "make_baseline", "load_baseline", "check_gate", "markdown", "write_outputs", "write_report",
            "atomic_write", "is_main_process", "summarize", "build_prompt"]
 
 
-def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | None = None, name: str = "eval",
-        threads: int = 0, directory: str | None = None, report_to=(), device: str = "auto") -> dict:
-    """Evaluate one model on the configured sources; writes <out_dir>/<name>/ (or `directory`)
-    and returns the report. Under `accelerate launch` the batches are split over the processes
-    and every process returns the full report; only the main process writes files. The headline
-    metrics go once to the trackers in `report_to` (the recipe's train.report_to). `device`: the
-    recipe's (auto, cpu, cuda, cuda:N, mps)."""
+def run(recipe: Recipe, cfg: EvalConfig | None = None, fmt: str | None = None, adapter: str | None = None,
+        name: str = "eval", directory: str | None = None) -> dict:
+    """The eval stage of a recipe: `cfg` (default recipe.eval) on the recipe's base model
+    (config.base_model, or eval.model) with `adapter` (default eval.adapter, else the train run's),
+    in format `fmt` (eval.format, else this, else train.format); writes <out_dir>/<name>/ (or
+    `directory`) with the recipe's threads, device and trackers (train.report_to). See `evaluate`."""
+    cfg = cfg or recipe.eval
+    return evaluate(cfg, recipe.out_dir, fmt or recipe.train.format, adapter, name, recipe.threads, directory,
+                    recipe.train.report_to, recipe.device, model=base_model(recipe, cfg.model))
+
+
+def evaluate(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | None = None, name: str = "eval",
+             threads: int = 0, directory: str | None = None, report_to=(), device: str = "auto",
+             model: str | None = None) -> dict:
+    """Evaluate one model (`model`, else cfg.model) on the configured sources; writes
+    <out_dir>/<name>/ (or `directory`) and returns the report. Under `accelerate launch` the
+    batches are split over the processes and every process returns the full report; only the main
+    process writes files. The headline metrics go once to the trackers in `report_to` (the recipe's
+    train.report_to). `device`: the recipe's (auto, cpu, cuda, cuda:N, mps)."""
     if cfg.samples > 1 and cfg.temperature == 0:
         print("warning: samples > 1 with temperature 0: every sample is the same greedy output", file=sys.stderr)
     check_installed(report_to)  # before the run, not after it
     state = process_state(device)
     set_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0), state.num_processes)  # respect an explicit limit
     paths = RunPaths(out_dir) if out_dir else None
-    model_name = cfg.model or (paths.base if paths else "")
+    model_name = model or cfg.model
     if not model_name:
         raise EvalError("no model: pass --model (or --recipe)")
     if adapter is None:
@@ -93,7 +105,7 @@ def run(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: str | N
     fmt = cfg.format or fmt
     sources, skipped = load_sources(cfg, out_dir)
     check_search_sources(sources, cfg)  # before the model loads
-    model, tokenizer = load_for_inference(model_name, adapter, device=device)
+    model, tokenizer = load_adapter(model_name, adapter, device=device)
     model = model.to(state.device)
     context = context_size(model)
     jobs = plan_jobs(sources, tokenizer, cfg, fmt, context)
@@ -145,7 +157,7 @@ def headline_metrics(report: dict) -> dict:
 def generate_and_score(model, tokenizer, todo: list, cfg: EvalConfig, directory: str, state, n_done: int):
     """This process's share of the jobs, generated and scored batch by batch, each batch appended to
     its partial file (what a resumed run reads back); returns (every process's samples, seconds)."""
-    mine = make_batches(todo, cfg.batch_size)[state.process_index::state.num_processes]
+    mine = make_batches(todo, cfg.batch_size, state.process_index, state.num_processes)
     new: list[dict] = []
     t0 = time.time()
     # the main process shows its own share: with N processes the others run at the same pace
@@ -179,7 +191,7 @@ def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = N
     suite, then the recipe's outputs. Returns (report, output directory)."""
     out_dir = recipe.out_dir if recipe is not None else None
     paths = RunPaths(out_dir) if out_dir else None
-    model = model or cfg.model or (paths.base if paths else "")
+    model = model or (base_model(recipe, cfg.model) if recipe is not None else cfg.model)
     if not model:
         raise EvalError(f"suite {cfg.name!r} needs a model: --model PATH_OR_HUB_ID (or --recipe RECIPE)")
     adapter = adapter or cfg.adapter or (paths.adapter() if paths else "none")
@@ -191,7 +203,8 @@ def run_suite(cfg: EvalConfig, model: str | None = None, adapter: str | None = N
             out = os.path.join("out", "eval", cfg.name, tag)
     fmt = cfg.format or (recipe.train.format if recipe is not None else "cot")
     cfg = dataclasses.replace(cfg, model=model, format=fmt)
-    report = run(cfg, out_dir, fmt, adapter, threads=recipe.threads if recipe is not None else 0, directory=out,
-                 report_to=recipe.train.report_to if recipe is not None else (),
-                 device=recipe.device if recipe is not None else "auto")
+    if recipe is not None:
+        report = run(recipe, cfg, fmt, adapter, directory=out)
+    else:
+        report = evaluate(cfg, out_dir, fmt, adapter, directory=out)
     return report, out

@@ -2,9 +2,10 @@
 
 Every (problem, sample) is a Job with its prompt, its token budget (the suite's max_new_tokens,
 else sized from the question: example.answer_budget, never from the gold solution) and its own
-sampling seed. A sample that used its whole budget is recorded `truncated`. Jobs are sorted by prompt length and cut into batches that are the same for
-any process count; under `accelerate launch` each process takes every world_size-th batch, so the
-outputs are the same as in one process. Finished samples are appended per batch to
+sampling seed. A sample that used its whole budget is recorded `truncated`. Jobs are sorted by
+prompt length (then budget) and cut into batches that are the same for any process count, by the
+engine's `plan_batches`; under `accelerate launch` each process takes the batches the engine deals
+it, so the outputs are the same as in one process. Finished samples are appended per batch to
 samples.partial.rank<r>.jsonl; `prepare_partial` / `read_partial` let an interrupted run continue
 from them when its settings (`run_id`) are unchanged.
 """
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from accelerate import PartialState
 
 from reasonlm import search
-from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt, stop_token_ids
+from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt
 from reasonlm.config import CHECKED_METHODS, EvalConfig
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.engine import SamplingParams, engine_for, plan_batches
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.scoring import score
 from reasonlm.example import Example, answer_budget, render_target
@@ -93,21 +94,15 @@ def sample_seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "big")
 
 
-def make_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
-    """Jobs sorted by prompt length (then budget), cut into batches; the same for any process count."""
-    order = sorted(range(len(jobs)), key=lambda i: (len(jobs[i].ids), jobs[i].budget, i))
-    return [[jobs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), max(1, batch_size))]
+def make_batches(jobs: list[Job], batch_size: int, rank: int = 0, world: int = 1) -> list[list[Job]]:
+    """The jobs' batches (engine.plan_batches: sorted by prompt length, then budget; the same for
+    any process count), those dealt to process `rank` of `world`."""
+    return [[jobs[i] for i in idx]
+            for idx in plan_batches([j.ids for j in jobs], [j.budget for j in jobs], batch_size, rank, world)]
 
 
 def stop_strings_for(cfg: EvalConfig) -> list[str]:
     return list(dict.fromkeys([*cfg.stop_strings, *(["Question:"] if cfg.prompt == "plain" else [])]))
-
-
-def make_engine(model, tokenizer) -> KVCacheEngine:
-    """The engine eval decodes with (the one place it is built here)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return KVCacheEngine(model, pad, stop_token_ids(tokenizer),
-                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def search_checker(source: Source, example: Example):
@@ -132,7 +127,7 @@ def check_search_sources(sources: list[Source], cfg: EvalConfig) -> None:
 def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]:
     """Generate and score one batch of jobs; one sample record per job."""
     stops = stop_strings_for(cfg)
-    engine = make_engine(model, tokenizer)
+    engine = engine_for(model, tokenizer)
     found = None
     if cfg.search.method == "greedy":  # today's decoding: greedy, or `samples` at `temperature`
         params = SamplingParams(max_new_tokens=[j.budget for j in batch], temperature=cfg.temperature, top_p=cfg.top_p,

@@ -6,7 +6,6 @@ attribute `imported` that tells them apart (`is_importer`):
   A generated family (`Family`, imported = False) makes problems:
       generate(rng, n_steps) -> Example     one problem needing exactly n_steps steps
       check(example, steps, answer) -> Check
-      reward(example, completion) -> float  given: 1 / 0.5 / 0 from check (reward_from_check)
       problem_text(question) -> str         the problem a wrapped question asks about (what
                                             decontamination compares); given: the question
       parse_question(question) -> Example | None
@@ -16,7 +15,7 @@ attribute `imported` that tells them apart (`is_importer`):
   An importer (`Importer`, imported = True) reads problems someone else wrote:
       load() -> (list[Example], report)     the report counts what was read, kept and
                                             rejected by kind (REJECTIONS)
-      check, reward                         as above
+      check                                 as above
       on_error                              a constructor knob of every importer: 'skip'
                                             drops and counts a malformed record, 'raise'
                                             stops with a ValueError naming where it is
@@ -30,7 +29,9 @@ importer 'answer', unless it says otherwise.
 Every task has a `name` (its family name in recipes and in Example.family) and a `license`;
 a generated family also has a `version`, raised when the same seed and knobs start to draw
 different problems. The two base classes are Protocols: they say what a task must provide, and
-give the two methods every task shares (reward, problem_text); nothing else is inherited.
+give the method every generated family shares (problem_text); nothing else is inherited. What a
+completion earns is not the task's to say: the task judges (`check`), and eval, RL, chat and
+training read that verdict through reasonlm/verdict.py.
 
 The checker's contract: `check` reads everything it needs from the example (its question and
 `meta`), never from the task's knobs. Eval and chat score with a task built with default knobs
@@ -44,7 +45,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from reasonlm.answer import parse_completion
 from reasonlm.example import Example
 
 GOLD_FREE = ("steps", "calculator", "answer")  # what a checker judges without the gold (module docstring)
@@ -84,9 +84,6 @@ class Family(Protocol):
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check: ...
     def parse_question(self, question: str) -> Example | None: ...
 
-    def reward(self, example: Example, completion: str) -> float:
-        return reward_from_check(check_completion(self, example, completion))
-
     def problem_text(self, question: str) -> str:
         return question
 
@@ -104,9 +101,6 @@ class Importer(Protocol):
 
     def load(self) -> tuple[list[Example], dict]: ...
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check: ...
-
-    def reward(self, example: Example, completion: str) -> float:
-        return reward_from_check(check_completion(self, example, completion))
 
     def gold_free(self, example: Example) -> str:
         """'answer': nothing to judge without the gold, unless the importer says otherwise (GOLD_FREE)."""
@@ -140,23 +134,9 @@ def check_on_error(on_error: str) -> str:
     return on_error
 
 
-# --- turning per-step verdicts into a Check and a reward ----------------------------------------
+# --- turning per-step verdicts into a Check ----------------------------------------------------
 def finish_check(answer_correct: bool, step_ok: list[bool], complete: bool) -> Check:
     """Shared bookkeeping: first bad step and chain validity from per-step verdicts."""
     first_bad = None if all(step_ok) else next(i + 1 for i, ok in enumerate(step_ok) if not ok)
     chain_valid = first_bad is None and complete and answer_correct
     return Check(answer_correct, step_ok, first_bad, chain_valid)
-
-
-def reward_from_check(check: Check) -> float:
-    """1 for a right answer through a valid chain (or a right answer whose steps are not
-    checkable), 0.5 for a right answer through a broken one."""
-    if not check.answer_correct:
-        return 0.0
-    return 1.0 if check.accepted else 0.5
-
-
-def check_completion(task: Task, example: Example, completion: str) -> Check:
-    """The task's verdict on a whole completion (steps, then '#### answer')."""
-    parsed = parse_completion(completion)
-    return task.check(example, parsed.steps, parsed.answer)
