@@ -217,9 +217,9 @@ def test_plugin_recipe_names_the_example_and_it_runs_through_data_and_eval(clock
 
     recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu-plugin.yaml"),
                          ["data.n_train=40", "data.n_validation=8", "data.n_test_per_steps=2", "data.n_base=10",
-                          "data.workers=1"])
+                          "data.workers=1", f"out_dir={tmp_path}"])
     assert recipe.task_files == [CLOCK] and recipe.data.tasks[0]["name"] == "clock"
-    out = data.run(recipe.data, str(tmp_path))
+    out = data.run(recipe)
     dataset = read_dataset(out)
     assert set(dataset["train"]["family"]) == {"clock"}
     assert "docs/examples/clock.py" in read(os.path.join(out, "README.md"))  # the card names the file

@@ -187,10 +187,14 @@ def test_step_beam_finds_the_valid_chain(scripted):
     assert any(r["why"] == "step 1 is wrong" for r in out.rejected)
 
 
-def run_jobs(examples, tok, cfg, engine_cls, monkeypatch):
-    monkeypatch.setattr(runner, "KVCacheEngine", engine_cls)
+def run_jobs(examples, tok, cfg, model, monkeypatch):
+    """Eval's run_batch on `examples`, decoding with the scripted engine (model None) or the real one."""
+    if model is None:
+        monkeypatch.setattr(runner, "engine_for", lambda model, tokenizer: ScriptedEngine())
+    else:
+        monkeypatch.undo()
     jobs = runner.plan_jobs([Source("s", "task", examples, task=ARITH)], tok, cfg, "cot")
-    return runner.run_batch(None if engine_cls is ScriptedEngine else engine_cls.model, tok, jobs, cfg)
+    return runner.run_batch(model, tok, jobs, cfg)
 
 
 @pytest.mark.parametrize("method", ["best_of_n", "step_retry", "step_beam"])
@@ -205,16 +209,12 @@ def test_poisoned_gold_answers_give_identical_search_outputs(toy, method, monkey
     ScriptedEngine.script = {ex.question: [[f"{s.split('=')[0]}={int(s.split('=')[1]) + 1}", s] for s in ex.steps]
                              + [[f"#### {ex.answer}"]] for ex in clean}
     cfg = EvalConfig(search=SearchConfig(method=method, retries=2, n=3), max_new_tokens=40)
-
-    class Real(KVCacheEngine):
-        pass
-    Real.model = model
-    for engine_cls in (ScriptedEngine, Real):
-        a = run_jobs(clean, tok, cfg, engine_cls, monkeypatch)
-        b = run_jobs(poisoned, tok, cfg, engine_cls, monkeypatch)
+    for engine_model in (None, model):
+        a = run_jobs(clean, tok, cfg, engine_model, monkeypatch)
+        b = run_jobs(poisoned, tok, cfg, engine_model, monkeypatch)
         keys = ("output", "generated_tokens", "steps_retried", "rejected_steps", "gave_up")
         assert [{k: s[k] for k in keys} for s in a] == [{k: s[k] for k in keys} for s in b]
-        if engine_cls is ScriptedEngine:
+        if engine_model is None:
             assert all(s["correct"] for s in a) and not any(s["correct"] for s in b)  # scoring does read the gold
             if method == "step_retry":
                 assert all(s["steps_retried"] == 3 and len(s["rejected_steps"]) == 3 for s in a)
@@ -303,7 +303,7 @@ def test_bad_search_on_the_command_line_is_one_line_and_exit_2(toy_dir, tmp_path
 def test_eval_with_search_writes_compute_and_rejected_steps(toy, toy_dir, tmp_path, monkeypatch):
     _, tok = toy
     ScriptedEngine.tokenizer = tok
-    monkeypatch.setattr(runner, "KVCacheEngine", ScriptedEngine)
+    monkeypatch.setattr(runner, "engine_for", lambda model, tokenizer: ScriptedEngine())
     path = tmp_path / "worked.jsonl"
     path.write_text(json.dumps({"question": QUESTION, "answer": "10", "steps": ["3*4=12", "12-2=10"]}) + "\n")
     ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples.", "He has 3*4=12 apples."], ["12-2=10"], ["#### 10"]]}

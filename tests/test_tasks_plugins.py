@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from reasonlm import cli, data, tasks
-from reasonlm.config import DataConfig, load_recipe, load_suite
+from reasonlm.config import DataConfig, Recipe, load_recipe, load_suite
 from reasonlm.data.mix import DataError
 from tests.helpers import plugin_registry
 
@@ -106,15 +106,15 @@ def test_a_checker_that_rejects_its_own_gold_stops_the_data_stage(tmp_path):
     tasks.load_plugins([write(tmp_path, "liar.py", GOOD.format(name="liar", trusting=False))])
     cfg = DataConfig(tasks=[{"name": "liar"}], n_train=10, n_validation=2, n_test_per_steps=1, n_base=2, workers=1)
     with pytest.raises(DataError, match=r"data.tasks\[0\] \(liar\): reward preflight: task liar scores a gold"):
-        data.run(cfg, str(tmp_path / "out"))
+        data.run(Recipe(out_dir=str(tmp_path / "out"), data=cfg))
     assert not os.path.exists(tmp_path / "out" / "data")
 
 
 def test_spawned_data_workers_load_the_same_task_files(tmp_path):
     tasks.load_plugins([CLOCK])
     cfg = DataConfig(tasks=[{"name": "clock"}], n_train=30, n_validation=4, n_test_per_steps=1, n_base=10, workers=2)
-    out = data.run(cfg, str(tmp_path / "out"))
-    one = data.run(DataConfig(**{**cfg.__dict__, "workers": 1}), str(tmp_path / "one"))
+    out = data.run(Recipe(out_dir=str(tmp_path / "out"), data=cfg))
+    one = data.run(Recipe(out_dir=str(tmp_path / "one"), data=DataConfig(**{**cfg.__dict__, "workers": 1})))
     for split in ("train", "base"):
         with open(os.path.join(out, "jsonl", f"{split}.jsonl")) as a, open(os.path.join(one, "jsonl", f"{split}.jsonl")) as b:
             assert a.read() == b.read()
