@@ -1,8 +1,8 @@
 """ONNX (onnxruntime, reasonlm.ondevice) vs PyTorch (reasonlm.engine) on a trained model: size on
 disk, problems/s and whether the greedy answers are the same.
 
-    python eval/bench_onnx.py --base /work/refout/base --adapter /work/refout/train/adapter \
-        --data /work/refout/data --n 50 --threads 1
+    python eval/bench_onnx.py --n 50 --threads 1    # the default run's folders (out/tiny-cpu)
+    python eval/bench_onnx.py --base RUN/base --adapter RUN/train/adapter --data RUN/data --n 50
 
 The adapter is merged into the base and written twice under --out: as safetensors
 (`save_pretrained`, what PyTorch loads) and as ONNX (`reasonlm export --onnx`). Both decode the
@@ -40,9 +40,9 @@ def timed(fn):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base", default="/work/refout/base")
-    p.add_argument("--adapter", default="/work/refout/train/adapter")
-    p.add_argument("--data", default="/work/refout/data")
+    p.add_argument("--base", default="out/tiny-cpu/base")
+    p.add_argument("--adapter", default="out/tiny-cpu/train/adapter")
+    p.add_argument("--data", default="out/tiny-cpu/data")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (the same for both)")

@@ -78,9 +78,11 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str, held_ou
     from reasonlm.rl import ProblemPool, fit
 
     # retries=0: the pool serves fresh problems only, in the order TRL gets them (its difficulty
-    # pool would serve unsolved ones again, a harder round 2 than TRL's)
+    # pool would serve unsolved ones again, a harder round 2 than TRL's); replay_sft=0: replaying
+    # SFT's gold chains belongs to expert iteration (a recipe's replay_sft does not carry over to GRPO)
     cfg = dataclasses.replace(cfg, algorithm="grpo", reward="outcome", loss_type="dapo", rounds=rounds, save_every=0,
-                              dynamic_sampling=False, beta=0.0, num_iterations=1, resume="never", retries=0)
+                              dynamic_sampling=False, beta=0.0, num_iterations=1, resume="never", retries=0,
+                              replay_sft=0)
     base, adapter = base_model(dataclasses.replace(recipe, out_dir=paths.out_dir), cfg.model), cfg.adapter or paths.adapter("train")
     results = {}
     model, tokenizer = load_adapter(base, adapter, trainable=True, device=None)

@@ -7,9 +7,9 @@ import pytest
 
 from reasonlm import data
 from reasonlm.config import DataConfig, Recipe
+from tests.helpers import ROOT, TINY_TASK as TINY
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
+REPO = Path(ROOT)
 FIXTURE = REPO / "data" / "fixtures" / "gsm8k_sample.jsonl"
 
 

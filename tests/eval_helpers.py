@@ -1,4 +1,4 @@
-"""Shared pieces of the eval tests: a toy model (and its folder), toy suites, fake samples and reports."""
+"""Shared pieces of the eval tests: the toy model's folder (the model: conftest.py's `toy`), toy suites, fake samples and reports."""
 import json
 import os
 
@@ -7,16 +7,7 @@ import yaml
 
 from reasonlm.evaluate.metrics import summarize
 from reasonlm.example import Example
-from tests.helpers import TINY_TASK, rows, tiny_model_and_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def toy():
-    model, tok = tiny_model_and_tokenizer()
-    model.eval()
-    return model, tok
+from tests.helpers import TINY_TASK, rows
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,6 @@ def sample(pid, correct, n_steps=2, family="arithmetic", split="s", answer=None,
             "answer": answer if answer is not None else (gold if correct else None if extraction_failed else "0"),
             "chain_valid": chain_valid, "right_answer_wrong_chain": correct and not chain_valid,
             "first_bad_step": first_bad, "steps_ok": steps[0], "steps_total": steps[1]}
-
 
 
 def fake_report(tmp_path, name, outcomes, fingerprint="f" * 16, split="test"):

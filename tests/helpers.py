@@ -1,9 +1,15 @@
-"""Toy models and data the tests build themselves (nothing is downloaded)."""
+"""Toy models and data the tests build themselves (nothing is downloaded), and the stand-ins the
+tests share. The `toy` fixture (a toy model and tokenizer, built once per module) is in conftest.py."""
 import contextlib
+import os
 import random
+import signal
 
+from reasonlm.engine import StreamResult
 from reasonlm.model import build_tiny, train_tokenizer
 from reasonlm.tasks import get_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 TINY_TASK = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
 
@@ -27,6 +33,22 @@ def rows(n, steps=(1, 4), seed=0):
         ex = task.generate(rng, rng.randint(*steps))
         out.append({**ex.to_row(), "id": f"r{i}", "meta": "{}"})
     return out
+
+
+@contextlib.contextmanager
+def hang_guard(what: str, seconds: int = 60):
+    """Fail (naming `what`) instead of hanging when the body runs past `seconds`: a guard for code
+    that must never go exponential (a regex that backtracks catastrophically runs for hours), not a
+    speed check, so the limit is far above any machine's time for the work. SIGALRM: main thread only."""
+    def stop(signum, frame):
+        raise AssertionError(f"still running after {seconds} s: {what}")
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def tiny_model_and_tokenizer(seed=0, hidden=32, layers=2, heads=4):
@@ -73,3 +95,39 @@ def plugin_registry():
         for live, old in zip((tasks.TASKS, tasks.ORIGINS, tasks._FILES, tasks._INSTALLED), saved):
             live.clear()
             live.update(old) if isinstance(live, dict) else live.extend(old)
+
+
+class ScriptedEngine:
+    """Stands in for the KVCacheEngine: the model "writes" a scripted text. `script` is one text for
+    every prompt, or {question: text}, the longest question found in the decoded prompt (one question
+    can be the start of another). A batch's rows are
+    cut at their budget exactly as the engine cuts them (the engine's own budget handling is tested
+    in test_eval_runner); a single prompt streams its tokens to `on_token`, as chat's stream does."""
+
+    context_size = 256
+
+    def __init__(self, tokenizer, script, model=None):
+        self.tokenizer, self.script, self.model = tokenizer, script, model
+
+    def tokens(self, prompt: list[int]) -> list[int]:
+        text = self.script
+        if isinstance(self.script, dict):
+            decoded = self.tokenizer.decode(prompt, skip_special_tokens=True)
+            text = self.script[max((q for q in self.script if q in decoded), key=len)]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stream(self, seed=0):
+        return self
+
+    def reseed(self, seed):
+        pass
+
+    def generate(self, prompts, params, on_token=None):
+        if prompts and isinstance(prompts[0], list):  # a batch
+            budgets = params.max_new_tokens
+            budgets = budgets if isinstance(budgets, list) else [budgets] * len(prompts)
+            return [self.tokens(prompt)[:budget] for prompt, budget in zip(prompts, budgets)]
+        tokens = self.tokens(prompts)
+        for t in tokens:
+            on_token(t)
+        return StreamResult(tokens=tokens, prompt_tokens=len(prompts), stopped=True)

@@ -1,5 +1,4 @@
 """The one renderer and the one parser: round trips, normalisation, adversarial input."""
-import time
 from fractions import Fraction
 
 from hypothesis import given, settings, strategies as st
@@ -7,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from reasonlm import answer
 from reasonlm.answer import (answers_match, check_equation, evaluate_expression, format_number, lmeval_flexible,
                              lmeval_strict, normalize_number, parse_completion, render_completion)
+from tests.helpers import hang_guard
 
 
 def test_render_then_parse_round_trip():
@@ -78,15 +78,15 @@ ADVERSARIAL = ["9" * 1_000_000, "<<" * 50_000 + ">>" * 50_000, "#### " * 20_000,
                "1" + "+1" * 100_000, "-" * 100_000 + "1", "=" * 100_000, "1." * 100_000]
 
 
-def test_parser_is_fast_and_total_on_adversarial_strings():
+def test_parser_is_total_on_adversarial_strings():
+    """None of these is an equation, an expression or a strict lm-eval answer; each is parsed at once
+    (the guard fails a regex gone exponential on one of them instead of hanging)."""
     for s in ADVERSARIAL:
-        t0 = time.perf_counter()
-        parse_completion(s)
-        check_equation(s)
-        evaluate_expression(s)
-        lmeval_strict(s)
-        lmeval_flexible(s)
-        assert time.perf_counter() - t0 < 2.0, s[:20]
+        with hang_guard(f"parsing {s[:20]!r}..."):
+            parsed = parse_completion(s)
+            assert check_equation(s) is None and evaluate_expression(s) is None, s[:20]
+            assert lmeval_strict(s) == "[invalid]", s[:20]
+            assert isinstance(lmeval_flexible(s), str) and isinstance(parsed.steps, list)
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,7 +3,8 @@ import importlib.util
 import json
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 spec = importlib.util.spec_from_file_location("bench_rl", os.path.join(ROOT, "eval", "bench_rl.py"))
 bench_rl = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_rl)

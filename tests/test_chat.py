@@ -20,11 +20,10 @@ import torch.nn.functional as F
 
 from reasonlm import chat
 from reasonlm.answer import encode_example, render_completion, stop_token_ids
-from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult
+from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.tasks import get_task, question_families
-from tests.helpers import rows, tiny_model_and_tokenizer
+from tests.helpers import ROOT, ScriptedEngine, rows, tiny_model_and_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 PROMPT = "you>"
 QUESTION = "3+4-2"
@@ -272,28 +271,6 @@ def test_painter_dims_steps_and_highlights_the_final_line():
     p.feed("8+1=9\n#### 9")
     p.close()
     assert "".join(out) == "8+1=9\n#### 9\n"
-
-
-class ScriptedEngine:
-    """An engine whose model "says" a fixed text: stands in for a hostile adapter's output."""
-
-    context_size = 256
-
-    def __init__(self, tok, text):
-        self.tokens = tok(text, add_special_tokens=False)["input_ids"]
-
-    def stream(self, seed=0):
-        return self
-
-    def reseed(self, seed):
-        pass
-
-    def generate(self, prompt, params, on_token=None):
-        if isinstance(prompt[0], list):  # /samples: a batch
-            return [list(self.tokens) for _ in prompt]
-        for t in self.tokens:
-            on_token(t)
-        return StreamResult(tokens=list(self.tokens), prompt_tokens=len(prompt), stopped=True)
 
 
 HOSTILE = "1+1=2\x1b]0;owned\x07 \x1b]52;c;cm0gLXJmIH4=\x07\r\x9b2J\x08\n#### 2\x1b[8m"

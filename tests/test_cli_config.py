@@ -8,8 +8,8 @@ import yaml
 import reasonlm
 from reasonlm import cli
 from reasonlm.config import ConfigError, field_docs, load_recipe, render_recipe, TrainConfig
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
 
 

@@ -5,8 +5,7 @@ import os
 import pytest
 
 from reasonlm.config import ConfigError, Recipe, load_recipe
-
-ROOT = os.path.dirname(os.path.dirname(__file__))
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml"))))

@@ -10,8 +10,8 @@ import pytest
 
 from reasonlm.config import (BaseConfig, ChatConfig, ConfigError, DataConfig, EvalConfig, Recipe, RLConfig, TrainConfig,
                              RECIPE_KEYS, is_suite, load_recipe, load_suite)
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = {"data": DataConfig, "base": BaseConfig, "train": TrainConfig, "eval": EvalConfig, "chat": ChatConfig,
             "rl": RLConfig}
 

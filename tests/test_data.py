@@ -70,7 +70,6 @@ def test_a_base_only_family_stays_in_base_and_is_decontaminated_on_its_problem(t
 
 
 def test_token_stats_with_a_tokenizer(tmp_path):
-    pytest.importorskip("transformers")
     from tests.helpers import tiny_model_and_tokenizer
     _, tok = tiny_model_and_tokenizer()
     tok.save_pretrained(str(tmp_path / "tok"))
@@ -112,7 +111,6 @@ def test_hub_configs_load_with_load_dataset(tmp_path):
 
 
 def test_chat_view_tokens_are_the_trainers_tokens(tmp_path):
-    pytest.importorskip("torch")
     from reasonlm.answer import encode_prompt
     from reasonlm.train import encode_rows
     from tests.helpers import tiny_model_and_tokenizer

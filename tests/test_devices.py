@@ -15,9 +15,8 @@ from accelerate.utils.launch import prepare_multi_gpu_env
 
 from reasonlm.config import ConfigError, load_recipe
 from reasonlm.model import ModelError, load_adapter, resolve_device
-from tests.helpers import tiny_model_and_tokenizer
+from tests.helpers import ROOT, tiny_model_and_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDP = os.path.join(ROOT, "recipes", "accelerate", "fsdp.yaml")
 NO_GPU = not torch.cuda.is_available()
 

@@ -14,7 +14,8 @@ from reasonlm.example import Example, answer_budget, question_budget, render_tar
 from reasonlm.model import ModelError, load_adapter
 from reasonlm.sources import Source
 from reasonlm.tasks import get_task, question_families
-from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.eval_helpers import toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.helpers import ScriptedEngine
 
 # An 8-step problem with its full worked solution; the eval file gives only its answer.
 PROBLEM = get_task("arithmetic", digits=1, ops="+-*", min_value=0, max_value=99).generate(random.Random(3), 8)
@@ -34,30 +35,12 @@ def test_budget_does_not_depend_on_the_gold_solution(toy):
     assert answer_budget(tok, PROBLEM.question, 10, None, max_new_tokens=7) == 7
 
 
-class ScriptedEngine:
-    """Stands in for the engine (engine_for's): "writes" `script[question]` for every prompt, cut at
-    the row's budget exactly as the engine cuts it (the engine's own budget handling is tested in
-    test_eval_runner)."""
-    script: dict = {}
-
-    def __init__(self, model, tokenizer, **kwargs):
-        self.tokenizer = ScriptedEngine.tokenizer
-
-    def generate(self, prompts, params):
-        outs = []
-        for prompt, budget in zip(prompts, params.max_new_tokens):
-            text = self.tokenizer.decode(prompt, skip_special_tokens=True)
-            question = next(q for q in self.script if q in text)
-            outs.append(self.tokenizer(self.script[question], add_special_tokens=False)["input_ids"][:budget])
-        return outs
-
-
 def test_answer_only_file_gets_full_length_answers_and_truncation_is_counted(toy, toy_dir, tmp_path, monkeypatch):
     _, tok = toy
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"q": PROBLEM.question, "a": PROBLEM.answer}) + "\n")
-    ScriptedEngine.tokenizer, ScriptedEngine.script = tok, {PROBLEM.question: render_target(PROBLEM, "cot")}
-    monkeypatch.setattr(runner, "engine_for", ScriptedEngine)
+    engine = ScriptedEngine(tok, {PROBLEM.question: render_target(PROBLEM, "cot")})
+    monkeypatch.setattr(runner, "engine_for", lambda *args, **kwargs: engine)
     suite = write_suite(tmp_path / "s.yaml", sources=[{"file": str(path), "columns": {"question": "q", "answer": "a"},
                                                         "name": "mine"}], max_new_tokens=0)
     cli.main(["eval", suite, "--model", toy_dir, "--out", str(tmp_path / "full")])
@@ -82,9 +65,8 @@ def test_a_mixed_source_reports_step_metrics_over_its_checkable_problems(toy, to
     path = tmp_path / "mixed.jsonl"
     worked = {"question": "What is 2+3*4?", "answer": "14", "steps": ["3*4=12", "2+12=14"], "n_steps": 2}
     path.write_text(json.dumps(worked) + "\n" + json.dumps({"question": PROBLEM.question, "answer": PROBLEM.answer}) + "\n")
-    ScriptedEngine.tokenizer = tok
-    ScriptedEngine.script = {worked["question"]: "3*4=12\n2+12=15\n#### 14", PROBLEM.question: "#### 0"}
-    monkeypatch.setattr(runner, "engine_for", ScriptedEngine)
+    engine = ScriptedEngine(tok, {worked["question"]: "3*4=12\n2+12=15\n#### 14", PROBLEM.question: "#### 0"})
+    monkeypatch.setattr(runner, "engine_for", lambda *args, **kwargs: engine)
     suite = write_suite(tmp_path / "s.yaml", sources=[{"file": str(path), "name": "mixed"}], max_new_tokens=0)
     cli.main(["eval", suite, "--model", toy_dir, "--out", str(tmp_path / "out")])
     mixed = json.load(open(tmp_path / "out" / "report.json"))["splits"]["mixed"]

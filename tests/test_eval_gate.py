@@ -4,7 +4,7 @@ import os
 import pytest
 
 from reasonlm import cli, evaluate
-from tests.eval_helpers import fake_report, toy, toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.eval_helpers import fake_report, toy_dir, write_suite  # noqa: F401 (fixtures)
 
 
 def test_compare_gives_the_paired_difference_and_tests(tmp_path, capsys):

@@ -14,8 +14,8 @@ from reasonlm.processes import free_port
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.evaluate.runner import build_prompt, make_batches, plan_jobs
 from reasonlm.sources import Source
-from tests.eval_helpers import ROOT, examples, read_samples, toy, toy_dir, write_suite  # noqa: F401 (fixtures)
-from tests.helpers import TINY_TASK, rows, tiny_model_and_tokenizer
+from tests.eval_helpers import examples, read_samples, toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.helpers import ROOT, TINY_TASK, rows, tiny_model_and_tokenizer
 
 torch.set_num_threads(1)
 

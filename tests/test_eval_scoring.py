@@ -1,7 +1,6 @@
 import dataclasses
 import random
 import re
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +10,7 @@ from reasonlm.evaluate.metrics import summarize
 from reasonlm.evaluate.scoring import score
 from reasonlm.example import Example
 from reasonlm.tasks import get_task
+from tests.helpers import hang_guard
 
 
 ROW = Example.from_row({"id": "a", "family": "arithmetic", "question": "8+1-5", "steps": ["8+1=9", "9-5=4"], "answer": "4",
@@ -60,13 +60,12 @@ ADVERSARIAL = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ADVERSARIAL)
-def test_score_never_raises_and_stays_fast(text):
+def test_score_never_raises_and_is_consistent(text):
     global WORD_ROW
     WORD_ROW = WORD_ROW or _word_row()
     for row in (ROW, GSM_ROW, WORD_ROW):
-        t0 = time.perf_counter()
-        s = score(row, text, lmeval=True)
-        assert time.perf_counter() - t0 < 0.5
+        with hang_guard(f"scoring {text[:40]!r}"):
+            s = score(row, text, lmeval=True)
         assert "checker_error" not in s, s["checker_error"]
         assert isinstance(s["correct"], bool) and s["steps_ok"] <= s["steps_total"]
         assert s["extraction_failed"] == (s["answer"] is None)

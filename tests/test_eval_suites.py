@@ -6,7 +6,8 @@ import pytest
 from reasonlm import cli
 from reasonlm.config import EvalConfig, is_suite, load_suite
 from reasonlm.sources import SOURCE_KINDS, SOURCE_OPTIONS
-from tests.eval_helpers import ROOT, write_suite
+from tests.eval_helpers import write_suite
+from tests.helpers import ROOT
 
 
 SUITES = sorted(glob.glob(os.path.join(ROOT, "eval", "*.yaml")))

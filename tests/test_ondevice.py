@@ -6,16 +6,12 @@ import sys
 
 import pytest
 
-pytest.importorskip("onnxruntime")  # the `onnx` extra (in `dev`, so CI runs these)
-
-from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids  # noqa: E402
-from reasonlm.engine import KVCacheEngine, SamplingParams  # noqa: E402
-from reasonlm.example import read_dataset  # noqa: E402
-from reasonlm.model import load_adapter  # noqa: E402
-from reasonlm.ondevice import ONNX_FILE, OnnxEngine, OnnxError, export_onnx  # noqa: E402
-from tests.helpers import rows, tiny_model_and_tokenizer  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
+from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.example import read_dataset
+from reasonlm.model import load_adapter
+from reasonlm.ondevice import ONNX_FILE, OnnxEngine, OnnxError, export_onnx
+from tests.helpers import ROOT, rows, tiny_model_and_tokenizer
 
 
 def greedy_pair(model, tokenizer, onnx_dir, questions, budget):

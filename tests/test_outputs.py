@@ -12,9 +12,9 @@ from reasonlm import cli, outputs
 from reasonlm.config import EvalConfig
 from reasonlm.data.writer import SplitWriter
 from reasonlm.evaluate import write_outputs
-from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.eval_helpers import toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "tiny-cpu.yaml")
 SMALL_DATA = ["data.n_train=60", "data.n_base=20", "data.n_validation=10", "data.n_test_per_steps=2",
               "data.workers=1"]

@@ -17,9 +17,8 @@ from reasonlm.credit import RewardError, preflight
 from reasonlm.evaluate.report import markdown, plot
 from reasonlm.pipeline import ladder_config
 from reasonlm.tasks import get_task
-from tests.helpers import TINY_RECIPE
+from tests.helpers import ROOT, TINY_RECIPE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "data", "fixtures", "gsm8k_sample.jsonl")
 
 TINY = {**TINY_RECIPE, "eval": {**TINY_RECIPE["eval"], "ladder_per_steps": 2},
@@ -185,17 +184,16 @@ def test_rl_on_two_processes_samples_and_trains_like_one(tmp_path):
     sampled = one[0].keys() - timing - update
     assert {k: one[0][k] for k in sampled} == {k: two[0][k] for k in sampled}  # round 1: the same samples
     assert all(one[0][k] == pytest.approx(two[0][k], rel=1e-4, abs=1e-6) for k in update), (one[0], two[0])
-    # later rounds sample from weights equal up to float summation order (2e-5): a near-tie could
-    # flip a token, so they must agree closely, and exactly when no sample flipped
-    same = all({k: a[k] for k in sampled} == {k: b[k] for k in sampled} for a, b in zip(one, two))
+    # later rounds sample from weights equal up to float summation order (2e-5); both runs are
+    # seeded and deterministic, so every round draws the same samples and ends on the same weights.
+    # (Should a near-tie ever flip a token on some platform, this fails here, at the round it flipped.)
     for a, b in zip(one, two):
-        assert a["samples_total"] == b["samples_total"] and abs(a["reward_mean"] - b["reward_mean"]) <= 0.1, (a, b)
+        assert {k: a[k] for k in sampled} == {k: b[k] for k in sampled}, (a, b)
     a, b = (load_file(tmp_path / d / "rl" / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
     start = load_file(run / "train" / "adapter" / "adapter_model.safetensors")
     assert any(not torch.equal(a[k], start[k]) for k in a)
     for k in a:
-        if same:
-            torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-5)
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-5)
 
 
 @pytest.mark.slow

@@ -39,7 +39,8 @@ def write(path, rows=ROWS):
             for r in rows:
                 w.writerow({k: "\n".join(v) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
     else:
-        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        import pyarrow as pa  # under datasets, a dependency
+        import pyarrow.parquet as pq
         pq.write_table(pa.Table.from_pylist([{**r, "work": [r["work"]] if isinstance(r["work"], str) else r["work"]}
                                              for r in rows]), path)
     return path
@@ -108,7 +109,8 @@ def test_bad_settings_and_records_are_one_line(tmp_path):
 
 
 def test_hub_dataset_rows_and_offline_error(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     calls = []
 
     def fake_load_dataset(path, config, split):

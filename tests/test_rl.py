@@ -17,26 +17,9 @@ from reasonlm.example import Example, render_target
 from reasonlm.model import ModelError, attach_lora, build_tiny, check_adapter, load_adapter, train_tokenizer
 from reasonlm.packing import use_packed_attention
 from reasonlm.tasks import Check, get_task
-
-TINY_TASK = {"digits": 1, "ops": "+-", "min_value": 0, "max_value": 9}
-
-
-def tiny_model_and_tokenizer(seed=0):
-    """A random 2-layer toy policy and a tokenizer trained on one-digit chains (nothing downloaded)."""
-    task, rng = get_task("arithmetic", **TINY_TASK), random.Random(0)
-    problems = [task.generate(rng, rng.randint(1, 4)) for _ in range(300)]
-    tok = train_tokenizer(["user", "assistant", "system"] + [p.question + "\n" + "\n".join(p.steps) for p in problems],
-                          vocab_size=300)
-    return build_tiny(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=256,
-                      seed=seed), tok
-
+from tests.helpers import TINY_TASK, ScriptedEngine, tiny_model_and_tokenizer
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return tiny_model_and_tokenizer()
 
 
 def test_outcome_advantages_are_centred_and_zero_for_a_group_scored_alike():
@@ -219,8 +202,13 @@ def test_the_probe_set_is_fixed_held_out_and_scored_greedily(toy):
     assert len(trained & {ex.question for ex, _ in probe}) < 10  # another stream (short problems can coincide)
     engine = KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
     accuracy = rl.run_probe(engine, tok, task, probe, cfg, _Accelerator())
-    assert set(accuracy) == {"2", "3"} and all(0 <= a <= 1 for a in accuracy.values())
+    assert set(accuracy) == {"2", "3"}
     assert accuracy == rl.run_probe(engine, tok, task, probe, cfg, _Accelerator())  # greedy: the same policy, the same score
+    # a policy that writes the worked solution of every 3-step problem and no answer to any 2-step
+    # one scores exactly that
+    script = {ex.question: render_target(ex, "cot") if ex.n_steps == 3 else "I do not know." for ex, _ in probe}
+    scripted = ScriptedEngine(tok, script, model=model)
+    assert rl.run_probe(scripted, tok, task, probe, cfg, _Accelerator()) == {"2": 0.0, "3": 1.0}
 
 
 def test_bad_settings_are_one_line_errors():

@@ -8,8 +8,8 @@ from reasonlm.config import EvalConfig
 from reasonlm.evaluate.runner import build_prompt, stop_strings_for
 from reasonlm.sources import SourceError, load_sources
 from reasonlm.tasks.gsm8k import write_fixture
-from tests.eval_helpers import ROOT, toy, write_suite  # noqa: F401 (fixtures)
-from tests.helpers import TINY_TASK, rows
+from tests.eval_helpers import write_suite
+from tests.helpers import ROOT, TINY_TASK, rows
 
 
 def test_generated_suites_load_their_problems():

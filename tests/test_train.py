@@ -5,14 +5,9 @@ import torch.nn.functional as F
 
 from reasonlm import packing, train
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, render_completion
-from tests.helpers import rows, tiny_model_and_tokenizer
+from tests.helpers import rows
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return tiny_model_and_tokenizer()
 
 
 def per_example_losses(model, examples, row_indices, seq_len):

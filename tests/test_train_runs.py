@@ -13,9 +13,8 @@ from safetensors.torch import load_file
 
 from reasonlm import data
 from reasonlm.config import DataConfig, Recipe
-from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
+from tests.helpers import ROOT, TINY_TASK, tiny_model_and_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
