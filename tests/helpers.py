@@ -5,7 +5,7 @@ import os
 import random
 import signal
 
-from reasonlm.engine import StreamResult
+from reasonlm.engine import StreamResult, plan_batches
 from reasonlm.model import build_tiny, train_tokenizer
 from reasonlm.tasks import get_task
 
@@ -122,11 +122,13 @@ class ScriptedEngine:
     def reseed(self, seed):
         pass
 
-    def generate(self, prompts, params, on_token=None):
-        if prompts and isinstance(prompts[0], list):  # a batch
+    def generate(self, prompts, params, on_token=None, rank=0, world=1):
+        if prompts and isinstance(prompts[0], list):  # a batch; rows dealt to other processes are None
             budgets = params.max_new_tokens
             budgets = budgets if isinstance(budgets, list) else [budgets] * len(prompts)
-            return [self.tokens(prompt)[:budget] for prompt, budget in zip(prompts, budgets)]
+            mine = {i for b in plan_batches(prompts, budgets, params.batch_size, rank, world) for i in b}
+            return [self.tokens(prompt)[:budget] if i in mine else None
+                    for i, (prompt, budget) in enumerate(zip(prompts, budgets))]
         tokens = self.tokens(prompts)
         for t in tokens:
             on_token(t)

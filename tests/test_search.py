@@ -16,7 +16,7 @@ from reasonlm.evaluate import runner
 from reasonlm.example import Example
 from reasonlm.sources import Source
 from reasonlm.tasks import get_task
-from tests.eval_helpers import toy, toy_dir, write_suite  # noqa: F401 (fixtures)
+from tests.eval_helpers import toy_dir, write_suite  # noqa: F401 (fixtures)
 from tests.helpers import TINY_TASK
 from tests.test_engine import random_model
 

@@ -1,7 +1,6 @@
 """`reasonlm serve`: the OpenAI-compatible API on a toy model, started on port 0 in a thread and
 asked with urllib and with the `openai` package; answers equal the engine's greedy output, bad
 requests get 4xx with an OpenAI error body and the server keeps serving."""
-import http.client
 import json
 import socket
 import threading
@@ -18,13 +17,6 @@ from reasonlm.serve import start, step_verdict
 from tests.helpers import tiny_model_and_tokenizer
 
 QUESTION = "3+4-2"
-
-
-@pytest.fixture(scope="module")
-def toy():
-    model, tok = tiny_model_and_tokenizer()
-    model.eval()
-    return model, tok
 
 
 @pytest.fixture(scope="module")
