@@ -14,7 +14,6 @@ from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, ServeConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.serve import start, step_verdict
-from tests.helpers import tiny_model_and_tokenizer
 
 QUESTION = "3+4-2"
 
