@@ -2,8 +2,14 @@
 asked with urllib and with the `openai` package; answers equal the engine's greedy output, bad
 requests get 4xx with an OpenAI error body and the server keeps serving."""
 import contextlib
+import glob
+import importlib
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,12 +18,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
+from reasonlm import cli
 from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
-from reasonlm.config import ConfigError, ServeConfig
+from reasonlm.config import ConfigError, ServeConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.model import load_for_inference
 from reasonlm.serve import start, step_verdict
-from tests.helpers import tiny_model_and_tokenizer
+from tests.eval_helpers import ROOT
+from tests.helpers import TINY_RECIPE, tiny_model_and_tokenizer
 
 QUESTION = "3+4-2"
 
@@ -307,3 +317,118 @@ def test_more_requests_than_max_concurrent_get_429(server):
     assert status == 429 and json.loads(text)["error"]["type"] == "rate_limit_error"
     assert post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}],
                                                  "max_tokens": 2})[0] == 200
+
+
+# --- clients no one here wrote: lm-evaluation-harness and a real browser (slow) ------------------
+def missing(what: str):
+    """Skip a test whose client is not installed; in CI (CI=true) fail it: .ci/run installs them all."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing; .ci/run installs it")
+    pytest.skip(f"{what} is not installed")
+
+
+def needed(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(what)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny run (data, base, LoRA, eval on its test split; seconds of training) to serve."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    recipe = out / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "out_dir": str(out / "run"), "direct_baseline": False,
+                                      "eval": {**TINY_RECIPE["eval"], "splits": ["test"]}}))
+    cli.main(["pipeline", str(recipe)])
+    return out / "run", str(recipe)
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_the_test_split_through_the_server_as_reasonlm_eval_does(tiny_run, tmp_path):
+    needed("lm_eval", "lm-evaluation-harness (pip install lm-eval, in the dev extra)")
+    run, recipe = tiny_run
+    model, tok = load_for_inference(str(run / "base"), str(run / "train" / "adapter"))
+    srv = start(ServeConfig(model=str(run / "base"), adapter=str(run / "train" / "adapter"), port=0,
+                            max_tokens=TINY_RECIPE["eval"]["max_new_tokens"], system=load_recipe(recipe).chat.system),
+                model, tok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    task = yaml.safe_load(open(os.path.join(ROOT, "eval", "lmeval", "reasonlm_test.yaml")))
+    task["dataset_kwargs"]["data_files"]["test"] = str(run / "data" / "jsonl" / "test.jsonl")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "reasonlm_test.yaml").write_text(yaml.safe_dump(task))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "lm_eval", "--model", "local-chat-completions", "--apply_chat_template",
+             "--include_path", str(tmp_path / "tasks"), "--tasks", "reasonlm_test", "--log_samples",
+             "--output_path", str(tmp_path / "lm"), "--gen_kwargs", f"max_gen_toks={TINY_RECIPE['eval']['max_new_tokens']}",
+             "--model_args", f"base_url={url(srv, '/v1/chat/completions')},model=adapter,num_concurrent=4,max_retries=1"],
+            capture_output=True, text=True, timeout=900, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.load(open(glob.glob(str(tmp_path / "lm" / "**" / "results_*.json"), recursive=True)[0]))
+    lm_accuracy = results["results"]["reasonlm_test"]["exact_match,strict-match"]
+    report = json.load(open(run / "eval" / "report.json"))
+    assert lm_accuracy == report["splits"]["test"]["accuracy"]
+    # the same greedy answer for every problem, not just the same count of right ones
+    ours = {s["id"]: s["output"] for s in map(json.loads, open(run / "eval" / "samples.jsonl")) if s["split"] == "test"}
+    theirs = {s["doc"]["id"]: s["resps"][0][0] for s in map(json.loads, open(glob.glob(
+        str(tmp_path / "lm" / "**" / "samples_reasonlm_test_*.jsonl"), recursive=True)[0]))}
+    assert len(theirs) == len(ours) > 0 and theirs == ours
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser_streams_the_answer_with_its_step_marks(server, toy, tmp_path):
+    webdriver = needed("selenium.webdriver", "selenium (pip install selenium, in the dev extra)")
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        missing("Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service  # selenium is optional: imported once known present
+    from selenium.webdriver.common.by import By
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,560"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        with scripted(server, toy[1], "3+4=7\n7-2=6\n#### 6", pace=0.08):
+            browser.get(url(server, "/"))
+            box = browser.find_element(By.ID, "q")
+            box.send_keys(QUESTION)
+            browser.find_element(By.ID, "send").click()
+            seen, deadline = [], time.monotonic() + 120
+            while time.monotonic() < deadline:  # watch the answer grow, step by step
+                state = browser.execute_script(
+                    "const a = document.querySelector('.assistant'); if (!a) return null;"
+                    "return {ok: a.querySelectorAll('.step.ok').length, bad: a.querySelectorAll('.step.bad').length,"
+                    " note: (a.querySelector('.note') || {}).textContent || null, text: a.textContent};")
+                if state and (not seen or state != seen[-1]):
+                    seen.append(state)
+                if state and state["note"]:
+                    break
+                time.sleep(0.02)
+            browser.save_screenshot(str(tmp_path / "serve.png"))
+            if os.environ.get("REASONLM_SCREENSHOT"):  # docs/img/serve.png is taken this way
+                shutil.copy(tmp_path / "serve.png", os.environ["REASONLM_SCREENSHOT"])
+    finally:
+        browser.quit()
+    assert seen and seen[-1]["note"] == "arithmetic: step 2 is wrong, answer wrong"
+    assert seen[-1]["ok"] == 1 and seen[-1]["bad"] == 1 and "#### 6" in seen[-1]["text"]
+    streamed = [s for s in seen if s["ok"] == 1 and not s["note"]]
+    assert streamed and any("7-2" not in s["text"] for s in streamed)  # step 1 marked before step 2 arrived
+    assert (tmp_path / "serve.png").stat().st_size > 1000
+
+
+def test_bench_serve_smoke(tmp_path):
+    """eval/bench_serve.py on the toy model: every request of a short load run is answered."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "eval", "bench_serve.py"), "--toy", "--clients", "3",
+                        "--seconds", "1", "--max-tokens", "8", "--json", str(tmp_path / "b.json")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    numbers = json.load(open(tmp_path / "b.json"))
+    assert numbers["serve"]["sent"] >= 3 and numbers["serve"]["lost"] == 0
+    assert numbers["serve"]["answered"] == numbers["serve"]["sent"] == numbers["batched"]["problems"]
+    assert "| serve, 3 clients" in r.stdout and "| engine batched (eval)" in r.stdout
