@@ -337,17 +337,23 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.slots.acquire(blocking=False):
             raise RequestError(429, f"the server is busy ({self.server.cfg.max_concurrent} requests in flight); "
                                     "retry later", None, "too_many_requests", "rate_limit_error")
+        held = [True]
+
+        def free() -> None:  # the slot is free once decoding ends, before the answer's last bytes go out:
+            if held[0]:      # a client that asks again the moment it has its answer must not get 429
+                held[0] = False
+                self.server.slots.release()
         try:
             job = self.server.scheduler.submit(Job(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, ask.seed))
             try:
-                self.answer(ask, job)
+                self.answer(ask, job, free)
             finally:
                 job.cancel()  # no-op when it finished; frees the row when the client went away
         finally:
-            self.server.slots.release()
+            free()
 
     # --- an answer, streamed or whole ---
-    def answer(self, ask: Ask, job: Job) -> None:
+    def answer(self, ask: Ask, job: Job, free) -> None:
         ident = f"{'chatcmpl' if ask.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "chat.completion" if ask.chat else "text_completion",
                 "created": int(time.time()), "model": self.server.name}
@@ -366,6 +372,8 @@ class Handler(BaseHTTPRequestHandler):
                             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
         while True:
             token = job.tokens.get()
+            if token is DONE or isinstance(token, Exception):
+                free()
             if token is DONE:
                 detok.finish()
             elif isinstance(token, Exception):
