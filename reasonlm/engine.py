@@ -27,6 +27,11 @@ that keeps its KV cache between calls. Turn n+1's prompt starts with turn n's pr
 so only the tokens after the longest common prefix are fed ("prefix reuse"); the rest of the
 cache is cropped away.
 
+A server needs rows to come and go while a batch runs: `engine.live_batch()` gives a `LiveBatch`
+(continuous batching) that admits new prompts between decode steps, each prefilled on its own and
+left-padded into the running cache, with its own budget, temperature, top_p and seed; `generate`
+does not use it, so eval's, RL's and chat's outputs do not depend on it.
+
 Another backend (vLLM on a GPU, say) slots in by implementing `Engine.generate` (and `stream`, for
 chat) with the same arguments and the same per-row result; callers hold an `Engine` and never
 touch the model.
@@ -366,8 +371,11 @@ class LiveBatch:
                 groups.setdefault((row.temperature, row.top_p), []).append(r)
         for (temperature, top_p), members in groups.items():
             sel = torch.tensor(members, device=self.device)
+            if temperature <= 0:  # greedy: no noise to build
+                token[sel] = pick(self.logits[sel], temperature, top_p, None)
+                continue
             keys = torch.stack([self.rows[r].key for r in members])
-            draws = torch.tensor([self.rows[r].draws for r in members])
+            draws = torch.tensor([self.rows[r].draws for r in members])  # per row: its own noise index
             token[sel] = pick(self.logits[sel], temperature, top_p, keys, step=draws)
         picked = token.tolist()
         for r, row in enumerate(self.rows):
@@ -461,10 +469,11 @@ def context_size(model: torch.nn.Module) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int = 0) -> torch.Tensor:
+def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int | torch.Tensor = 0) -> torch.Tensor:
     """Next token per row: argmax, or a (nucleus) sample, from one shared torch.Generator or, when
     `gen` is a row_keys tensor, from each row's own noise for its `step`-th token (Gumbel-max:
-    argmax(log p + Gumbel noise) is an exact draw from p)."""
+    argmax(log p + Gumbel noise) is an exact draw from p). `step` may be one index per row
+    (LiveBatch: rows that joined at different steps)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -504,7 +513,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+def row_noise(keys: torch.Tensor, step: int | torch.Tensor, vocab: int) -> torch.Tensor:
     """[rows, vocab] uniforms in (0, 1): a hash of (row key, step, token id), the same for a row
     whichever rows share its batch."""
     per_row = mix32((keys[:, 0] + mix32(keys[:, 1] ^ step)) & MASK32)

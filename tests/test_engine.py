@@ -179,9 +179,11 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(arch, fast):
     ps = prompts(7, seed=3)
     # a short prompt first, then longer ones (the running rows are left-padded), then shorter ones
     ps = sorted(ps, key=len)
-    schedule = [([ps[0]], [40], {}), ([ps[6], ps[5]], [12, 30], {}), ([ps[1]], [8], {}),
-                ([ps[4], ps[2]], [20, 6], {"temperature": 0.8, "seed": 7}), ([ps[3]], [25], {"temperature": 1.2,
-                                                                                          "top_p": 0.9, "seed": 9})]
+    # sampled rows at the same settings joining 3 steps apart draw in one call at different noise indices
+    schedule = [([ps[0]], [40], {}), ([ps[6], ps[5]], [12, 30], {}), ([ps[1]], [8], {"temperature": 1.2, "top_p": 0.9,
+                                                                                     "seed": 5}),
+                ([ps[4], ps[2]], [20, 6], {"temperature": 0.8, "seed": 7}), ([ps[3]], [25], {"temperature": 0.8,
+                                                                                          "seed": 9})]
     got, _ = live_run(model, schedule, fast=fast)
     want = []
     for group, budgets, settings in schedule:
