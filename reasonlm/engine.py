@@ -40,6 +40,11 @@ models every row keeps its own length in one preallocated cache: the prompts are
 moving a row back is a pointer move, and a moved-back row re-feeds only its last kept token. Other
 models re-prefill the rows at every call (correct, slower); `RowSession.stats` counts prefills.
 
+A server needs rows to come and go while a batch runs: `engine.live_batch()` gives a `LiveBatch`
+(continuous batching) that admits new prompts between decode steps, each prefilled on its own and
+left-padded into the running cache, with its own budget, temperature, top_p and seed; `generate`
+does not use it, so eval's, RL's and chat's outputs do not depend on it.
+
 Another backend (vLLM on a GPU, say) slots in by implementing `Engine.generate` (and `stream`, for
 chat) with the same arguments and the same per-row result; callers hold an `Engine` and never
 touch the model.
@@ -53,6 +58,7 @@ import time
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from reasonlm.answer import stop_token_ids
 from reasonlm.llama_decoder import LlamaDecoder
@@ -155,6 +161,10 @@ class KVCacheEngine:
              stop_strings: tuple[str, ...] = ()) -> "RowSession":
         """A RowSession on these prompts (one row each), for decoding a line at a time."""
         return RowSession(self, prompts, budgets, top_p, stop_strings)
+
+    def live_batch(self) -> "LiveBatch":
+        """A batch that rows join and leave between steps (continuous batching; the server's)."""
+        return LiveBatch(self)
 
     @torch.no_grad()
     def generate(self, prompts, params: SamplingParams, on_token=None, rank: int = 0,
@@ -487,12 +497,173 @@ class HFDecoder:
         self.cache.batch_select_indices(sel)
         self.mask, self.last_pos = self.mask[sel], self.last_pos[sel]
 
+    def join(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """LlamaDecoder.join on a DynamicCache: new rows prefilled on their own, appended left-padded."""
+        if self.mask is None:
+            return self.prefill(ids, mask, positions)
+        if not self.can_join():
+            raise ValueError("this model's cache cannot take rows mid-batch")
+        new = HFDecoder(self.model)
+        logits = new.prefill(ids, mask, positions)
+        width = max(self.mask.shape[1], new.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, new.cache.layers):
+            mine.keys, mine.values = (torch.cat([_pad_left(a, width - a.shape[2], 2), _pad_left(b, width - b.shape[2], 2)])
+                                      for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
+        self.mask = torch.cat([_pad_left(m, width - m.shape[1], 1) for m in (self.mask, new.mask)])
+        self.last_pos = torch.cat([self.last_pos, new.last_pos])
+        return logits
+
+    def can_join(self) -> bool:
+        """Rows can join only a cache of plain full-attention layers (a sliding window cannot be padded)."""
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def trim(self) -> None:
+        """Drop the leading cache columns that are padding in every row."""
+        used = self.mask.any(0).nonzero()
+        cut = int(used[0]) if len(used) else 0
+        if cut and self.can_join():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+            self.mask = self.mask[:, cut:]
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
         self.last_pos = self.last_pos + 1
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.last_pos[:, None],
                          cache=self.cache, use_cache=True)
         return out.logits[:, -1]
+
+
+def _pad_left(t: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = pad
+    return torch.cat([t.new_zeros(shape), t], dim=dim) if pad else t
+
+
+@dataclass
+class LiveRow:
+    """One sequence of a LiveBatch: its settings, the tokens it produced, where they go."""
+    budget: int
+    """New tokens it may still reach; set it to 0 to end the row at the next step (a cancel)."""
+    temperature: float
+    top_p: float
+    key: torch.Tensor  # row_keys([seed])[0]: the row's own sampling noise
+    on_token: Callable[[int], None] | None
+    on_end: Callable[[], None] | None
+    tokens: list[int] = field(default_factory=list)
+    draws: int = 0  # tokens drawn so far (a stop token included): the noise index of the next draw
+    done: bool = False
+
+
+class LiveBatch:
+    """Continuous batching: a KV-cache batch that rows join between decode steps and leave as they
+    finish, so a row admitted while others decode starts at the next step (reasonlm serve).
+
+        batch = engine.live_batch()
+        row = batch.admit(prompt_ids, budget=64, temperature=0, top_p=1, seed=0, on_token=print)
+        while batch.live: batch.step()
+
+    A row's tokens are those `generate` gives it alone with `seeds=[seed]`: its prompt is
+    prefilled on its own, then it decodes with the others; rows that joined together are
+    left-padded as one of generate's batches is, and greedy rows are independent of their
+    neighbours as there. Each row samples with its own temperature, top_p and seed (the k-th draw
+    uses row_noise(seed, k), as generate's per-row seeds do), so requests of any settings share a
+    batch. Finished rows leave the cache when a row joins or when few enough rows are live
+    (decoder.keep_below), and the padding columns no row needs any more are cut then, so the cache
+    stays as long as its longest live row, not as long as the server has run."""
+
+    def __init__(self, engine: "KVCacheEngine"):
+        self.engine = engine
+        self.device = next(engine.model.parameters()).device
+        self.rows: list[LiveRow] = []  # one per cache row, finished ones included until they are dropped
+        self.decoder = self.logits = None
+
+    @property
+    def live(self) -> int:
+        return sum(not r.done for r in self.rows)
+
+    @property
+    def accepts_rows(self) -> bool:
+        """False while a running batch's cache cannot take new rows (admit then waits for it to empty)."""
+        return self.decoder is None or not isinstance(self.decoder, HFDecoder) or self.decoder.can_join()
+
+    def admit(self, prompts: list[list[int]], rows: list[LiveRow]) -> None:
+        """Prefill `prompts` together (left-padded) and add them as `rows`; their first tokens are
+        drawn at the next step."""
+        if not self.live:
+            self.rows, self.decoder, self.logits = [], None, None
+        elif self.live < len(self.rows):
+            self._drop()
+        if not self.accepts_rows:
+            raise ValueError("this batch cannot take rows until it empties")
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self.engine.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.decoder is None:
+            self.decoder = ((LlamaDecoder.for_model(self.engine.model, self.engine.fold_lora) if self.engine.fast
+                             else None) or HFDecoder(self.engine.model))
+        logits = self.decoder.join(ids, mask, positions)
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+        self.rows += rows
+
+    def new_row(self, budget: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                on_token=None, on_end=None) -> LiveRow:
+        SamplingParams(temperature=temperature, top_p=top_p)  # the same checks as generate's settings
+        return LiveRow(budget, temperature, top_p, row_keys([seed])[0], on_token, on_end)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Draw one token for every live row, then feed them (one decode step)."""
+        token = torch.zeros(len(self.rows), dtype=torch.long, device=self.device)
+        groups: dict[tuple, list[int]] = {}
+        for r, row in enumerate(self.rows):
+            if not row.done:
+                groups.setdefault((row.temperature, row.top_p), []).append(r)
+        for (temperature, top_p), members in groups.items():
+            sel = torch.tensor(members, device=self.device)
+            if temperature <= 0:  # greedy: no noise to build
+                token[sel] = pick(self.logits[sel], temperature, top_p, None)
+                continue
+            keys = torch.stack([self.rows[r].key for r in members])
+            draws = torch.tensor([self.rows[r].draws for r in members])  # per row: its own noise index
+            token[sel] = pick(self.logits[sel], temperature, top_p, keys, step=draws)
+        picked = token.tolist()
+        for r, row in enumerate(self.rows):
+            if row.done:
+                continue
+            row.draws += 1
+            t = picked[r]
+            stop = t in self.engine.stop_ids or len(row.tokens) >= row.budget  # budget 0: cancelled
+            if not stop:
+                row.tokens.append(t)
+                if row.on_token:
+                    row.on_token(t)
+            if stop or len(row.tokens) >= row.budget:
+                row.done = True
+                if row.on_end:
+                    row.on_end()
+        if not self.live:
+            self.rows, self.decoder, self.logits = [], None, None
+            return
+        if self.live <= self.decoder.keep_below * len(self.rows):
+            token = self._drop(token)
+        self.logits = self.decoder.step(token)
+
+    def _drop(self, token: torch.Tensor | None = None):
+        keep = [r for r, row in enumerate(self.rows) if not row.done]
+        self.decoder.keep(keep)
+        self.decoder.trim()
+        sel = torch.tensor(keep, device=self.device)
+        self.rows, self.logits = [self.rows[r] for r in keep], self.logits[sel]
+        return None if token is None else token[sel]
+
+    def fail(self) -> None:
+        """Forget every row (after the model raised): the next admit starts a fresh batch."""
+        self.rows, self.decoder, self.logits = [], None, None
 
 
 class KVCacheStream:
@@ -552,10 +723,11 @@ def context_size(model: torch.nn.Module) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int = 0) -> torch.Tensor:
+def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int | torch.Tensor = 0) -> torch.Tensor:
     """Next token per row: argmax, or a (nucleus) sample, from one shared torch.Generator or, when
     `gen` is a row_keys tensor, from each row's own noise for its `step`-th token (Gumbel-max:
-    argmax(log p + Gumbel noise) is an exact draw from p)."""
+    argmax(log p + Gumbel noise) is an exact draw from p). `step` may be one index per row
+    (LiveBatch: rows that joined at different steps)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -595,7 +767,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+def row_noise(keys: torch.Tensor, step: int | torch.Tensor, vocab: int) -> torch.Tensor:
     """[rows, vocab] uniforms in (0, 1): a hash of (row key, step, token id), the same for a row
     whichever rows share its batch."""
     per_row = mix32((keys[:, 0] + mix32(keys[:, 1] ^ step)) & MASK32)

@@ -170,6 +170,37 @@ class LlamaDecoder:
         self.pos = torch.where(step[:, None].bool(), pos, self.pos)
         return logits
 
+    def join(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Prefill new rows on their own (as `prefill` would, alone) and append them to this batch's
+        cache between two steps, the shorter side left-padded; their first logits [new rows, vocab].
+        The rows already here keep their keys, values and positions (continuous batching)."""
+        if not self.keys:
+            return self.prefill(ids, mask, positions)
+        new = LlamaDecoder(self.model, self.lm, self.layers)
+        logits = new.prefill(ids, mask, positions)
+        width = max(self.length, new.length)
+        keys, values, masks = [], [], []
+        for part in (self, new):
+            shift = width - part.length  # pad columns on the left: the last token stays at the end
+            keys.append([pad_left(k[:, :, :part.length], shift, CACHE_CHUNK) for k in part.keys])
+            values.append([pad_left(v[:, :, :part.length], shift, CACHE_CHUNK) for v in part.values])
+            masks.append(pad_left(part.mask[:, :part.length], shift, CACHE_CHUNK))
+            part.pads = [p + shift for p in part.pads]
+        self.keys = [torch.cat(pair) for pair in zip(*keys)]
+        self.values = [torch.cat(pair) for pair in zip(*values)]
+        self.mask, self.pos = torch.cat(masks), torch.cat([self.pos, new.pos])
+        self.pads, self.length = self.pads + new.pads, width
+        return logits
+
+    def trim(self) -> None:
+        """Drop the leading cache columns that are padding in every row (after rows left)."""
+        cut = min(self.pads, default=0)
+        if cut:
+            self.keys = [k[:, :, cut:] for k in self.keys]
+            self.values = [v[:, :, cut:] for v in self.values]
+            self.mask, self.length = self.mask[:, cut:], self.length - cut
+            self.pads = [p - cut for p in self.pads]
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; the next-token logits [rows, vocab]."""
         if self.length == self.keys[0].shape[2]:
@@ -287,6 +318,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """modeling_llama.rotate_half: (x1, x2) -> (-x2, x1) on the last dimension."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def pad_left(t: torch.Tensor, pad: int, extra: int) -> torch.Tensor:
+    """`t` (keys/values [rows, heads, len, dim] or a mask [rows, len]) with `pad` masked-out positions
+    before it and `extra` free ones after it (a mask's padding is False, its free positions True)."""
+    dim = 2 if t.dim() == 4 else 1
+    before, after = list(t.shape), list(t.shape)
+    before[dim], after[dim] = pad, extra
+    return torch.cat([torch.zeros(before, dtype=t.dtype, device=t.device), t,
+                      torch.full(after, t.dim() != 4, dtype=t.dtype, device=t.device)], dim=dim)
 
 
 def grow(t: torch.Tensor, extra: int, fill=0) -> torch.Tensor:

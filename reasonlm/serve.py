@@ -13,12 +13,12 @@ first_bad_step}, or {family: null} when no task family reads the question. The v
 gold answer: the question is parsed the way chat's /verify parses it. A streamed answer sends the
 verdict so far with every chunk that completes a step line, and the whole verdict with the last.
 
-Decoding is shared: one scheduler thread takes every request waiting when it looks (up to
-max_batch) and decodes them together in one engine batch (rows leave the batch as they finish).
-Requests arriving while a batch decodes wait for the next one: batching by waves, not continuous
-batching (a new row cannot join the engine's KV cache mid-batch). A request's row is freed at the
-engine's next step when its client disconnects or one of its stop strings appears: its entry in
-the batch's list of token budgets drops to 0, which the engine reads at every step.
+Decoding is shared, by continuous batching: one scheduler thread runs an engine LiveBatch; a
+request that arrives while it decodes is prefilled and joins it before the next step (up to
+max_batch rows), so it never waits for another answer to end, and each row leaves as it finishes.
+A request's row is freed at the next step when its client disconnects or one of its stop strings
+appears (Job.cancel sets the row's budget to 0). A model failure ends every running request: a
+500 body, or, once a stream has started, an OpenAI-style error event and [DONE].
 
 Limits (ServeConfig): 127.0.0.1 unless --host says otherwise; bodies over max_body_bytes get 413
 unread; max_tokens above the limit 400; more than max_concurrent requests in flight 429. Every bad
@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from reasonlm.answer import encode_prompt
 from reasonlm.chat import Detokenizer, verify
 from reasonlm.config import Recipe, ServeConfig
-from reasonlm.engine import SamplingParams, engine_for
+from reasonlm.engine import LiveRow, engine_for
 from reasonlm.model import load_adapter
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
@@ -74,7 +74,7 @@ def step_verdict(question: str | None, text: str) -> dict:
     return out
 
 
-# --- decoding: requests -> one engine batch per wave ----------------------------------------------
+# --- decoding: continuous batching ---------------------------------------------------------------
 @dataclass
 class Job:
     """One request's generation: its prompt, its sampling settings and the queue its tokens go to."""
@@ -85,19 +85,19 @@ class Job:
     seed: int
     tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE (or an Exception)
     cancelled: bool = False
-    _budgets: list | None = None
-    _row: int = 0
+    row: LiveRow | None = None
 
     def cancel(self) -> None:
         """Free this request's row at the engine's next step (a disconnected client, a stop string)."""
         self.cancelled = True
-        if self._budgets is not None:
-            self._budgets[self._row] = 0
+        if self.row is not None:
+            self.row.budget = 0
 
 
 class Scheduler(threading.Thread):
-    """Takes every job waiting (up to max_batch) and decodes them together, one engine call per
-    (temperature, top_p) group, each row with its own budget and seed."""
+    """Continuous batching: one engine LiveBatch decodes every running request; the requests that
+    arrive while it decodes join it before the next step (up to max_batch rows), each with its
+    own budget, temperature, top_p and seed, and leave it as they finish."""
 
     def __init__(self, engine, max_batch: int):
         super().__init__(daemon=True, name="reasonlm-scheduler")
@@ -108,34 +108,42 @@ class Scheduler(threading.Thread):
         return job
 
     def run(self):
+        batch, running = None, []
         while True:
-            wave = [self.inbox.get()]
-            while len(wave) < self.max_batch:
+            if not running:  # idle: wait for a request
+                waiting = [self.inbox.get()]
+                batch = self.engine.live_batch()  # the engine as it is now (tests swap it)
+            else:
+                waiting = []
+            while len(running) + len(waiting) < self.max_batch and batch.accepts_rows:
                 try:
-                    wave.append(self.inbox.get_nowait())
+                    waiting.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
-            groups: dict[tuple, list[Job]] = {}
-            for job in wave:
-                groups.setdefault((job.temperature, job.top_p), []).append(job)
-            for (temperature, top_p), jobs in groups.items():
-                self.decode(jobs, temperature, top_p)
-
-    def decode(self, jobs: list[Job], temperature: float, top_p: float) -> None:
-        budgets = [job.max_tokens for job in jobs]  # the engine reads this list at every step (Job.cancel)
-        for row, job in enumerate(jobs):
-            job._budgets, job._row = budgets, row
-            if job.cancelled:  # its client left while it waited
-                budgets[row] = 0
-        params = SamplingParams(max_new_tokens=budgets, temperature=temperature, top_p=top_p,
-                                seeds=[job.seed for job in jobs], batch_size=len(jobs))
-        try:
-            self.engine.generate([job.prompt for job in jobs], params, lambda i, t: jobs[i].tokens.put(t))
-            end = DONE
-        except Exception as e:  # a failure in the model must not kill the scheduler: every request hears of it
-            end = e
-        for job in jobs:
-            job.tokens.put(end)
+            for job in [j for j in waiting if j.cancelled]:  # its client left while it waited
+                job.tokens.put(DONE)
+            waiting = [j for j in waiting if not j.cancelled]
+            try:
+                if waiting:
+                    rows = [batch.new_row(j.max_tokens, j.temperature, j.top_p, j.seed, j.tokens.put) for j in waiting]
+                    batch.admit([j.prompt for j in waiting], rows)
+                    for job, row in zip(waiting, rows):
+                        job.row = row
+                        if job.cancelled:
+                            row.budget = 0
+                    running += waiting
+                if running:
+                    batch.step()
+            except Exception as e:  # a failure in the model must not kill the scheduler: its requests hear of it
+                for job in running + [j for j in waiting if j not in running]:
+                    job.tokens.put(DONE if job.row is not None and job.row.done else e)
+                batch.fail()
+                running = []
+                continue
+            for job in running:
+                if job.row.done:
+                    job.tokens.put(DONE)
+            running = [j for j in running if not j.row.done]
 
 
 # --- reading a request --------------------------------------------------------------------------
@@ -323,17 +331,23 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.slots.acquire(blocking=False):
             raise RequestError(429, f"the server is busy ({self.server.cfg.max_concurrent} requests in flight); "
                                     "retry later", None, "too_many_requests", "rate_limit_error")
+        held = [True]
+
+        def free() -> None:  # the slot is free once decoding ends, before the answer's last bytes go out:
+            if held[0]:      # a client that asks again the moment it has its answer must not get 429
+                held[0] = False
+                self.server.slots.release()
         try:
             job = self.server.scheduler.submit(Job(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, ask.seed))
             try:
-                self.answer(ask, job)
+                self.answer(ask, job, free)
             finally:
                 job.cancel()  # no-op when it finished; frees the row when the client went away
         finally:
-            self.server.slots.release()
+            free()
 
     # --- an answer, streamed or whole ---
-    def answer(self, ask: Ask, job: Job) -> None:
+    def answer(self, ask: Ask, job: Job, free) -> None:
         ident = f"{'chatcmpl' if ask.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "chat.completion" if ask.chat else "text_completion",
                 "created": int(time.time()), "model": self.server.name}
@@ -352,10 +366,21 @@ class Handler(BaseHTTPRequestHandler):
                             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
         while True:
             token = job.tokens.get()
+            if token is DONE or isinstance(token, Exception):
+                free()
             if token is DONE:
                 detok.finish()
             elif isinstance(token, Exception):
-                raise token
+                if not ask.stream:
+                    raise token  # route answers 500 with an error body
+                # headers and chunks went out already: end the stream with an error event that
+                # OpenAI clients raise as an APIError, not with a second response or a cut connection
+                print(f"serve: model failure mid-stream: {type(token).__name__}: {token}", file=sys.stderr)
+                self.event(RequestError(500, "the model failed while answering", None, "internal_error",
+                                        "server_error").body())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                return
             elif not stopped:
                 n_tokens += 1
                 detok.push(token)

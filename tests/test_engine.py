@@ -181,3 +181,71 @@ def test_plan_batches_sorts_by_length_then_budget_and_the_engine_for_a_tokenizer
     engine = engine_for(model, tok, fast=False)
     assert engine.pad_id == tok.pad_token_id and engine.stop_ids == stop_token_ids(tok) and not engine.fast
     assert engine.decode(tok.encode("1+2")) == "1+2"
+
+
+# --- continuous batching: rows join a running batch (LiveBatch, the server's) -------------------
+def live_run(model, schedule, fast=True, steps_between=3):
+    """Admit each (prompts, budgets, settings) group of `schedule` `steps_between` steps after the
+    last, then decode until every row ends; the rows' tokens, and the cache's longest length."""
+    engine = KVCacheEngine(model, 0, {1}, fast=fast)
+    batch, rows, longest = engine.live_batch(), [], 0
+    for ps, budgets, settings in schedule:
+        group = [batch.new_row(b, **settings) for b in budgets]
+        batch.admit(ps, group)
+        rows += group
+        for _ in range(steps_between):
+            if batch.live:
+                batch.step()
+    while batch.live:
+        batch.step()
+        if batch.decoder is not None:
+            longest = max(longest, batch.decoder.length if fast else batch.decoder.mask.shape[1])
+    return [r.tokens for r in rows], longest
+
+
+@pytest.mark.parametrize("arch, fast", [("llama-gqa", True), ("qwen2", True), ("lora", True), ("llama", False)])
+def test_rows_that_join_a_running_batch_get_what_they_get_alone(arch, fast):
+    model = random_model(arch)
+    ps = prompts(7, seed=3)
+    # a short prompt first, then longer ones (the running rows are left-padded), then shorter ones
+    ps = sorted(ps, key=len)
+    # sampled rows at the same settings joining 3 steps apart draw in one call at different noise indices
+    schedule = [([ps[0]], [40], {}), ([ps[6], ps[5]], [12, 30], {}), ([ps[1]], [8], {"temperature": 1.2, "top_p": 0.9,
+                                                                                     "seed": 5}),
+                ([ps[4], ps[2]], [20, 6], {"temperature": 0.8, "seed": 7}), ([ps[3]], [25], {"temperature": 0.8,
+                                                                                          "seed": 9})]
+    got, _ = live_run(model, schedule, fast=fast)
+    want = []
+    for group, budgets, settings in schedule:
+        for p, b in zip(group, budgets):
+            params = {k: v for k, v in settings.items() if k != "seed"}
+            seeds = [settings.get("seed", 0)] if settings else None
+            want.append(generate(model, [p], [b], fast=fast, seeds=seeds, **params)[0])
+    assert got == want
+    assert any(len(t) > 20 for t in got)  # rows really overlapped
+
+
+def test_a_row_whose_budget_drops_to_zero_leaves_at_the_next_step():
+    model = random_model("llama")
+    engine = KVCacheEngine(model, 0, set())  # no stop token: rows run to their budgets
+    batch = engine.live_batch()
+    a, b = batch.new_row(30), batch.new_row(30)
+    batch.admit(prompts(2), [a, b])
+    for _ in range(4):
+        batch.step()
+    a.budget = 0  # what the server's Job.cancel does
+    batch.step()
+    assert len(a.tokens) == 4 and a.done and not b.done
+    while batch.live:
+        batch.step()
+    assert len(b.tokens) == 30 and batch.decoder is None  # an empty batch lets its cache go
+
+
+def test_the_cache_of_a_batch_that_never_empties_stays_as_long_as_its_longest_row():
+    """A server under steady load: rows keep joining while others run; padding no row needs is cut."""
+    model = random_model("llama-gqa")
+    ps = prompts(24, seed=5)
+    schedule = [([p], [10], {}) for p in ps]  # one joins every 3 steps, each lives <= 10 steps
+    got, longest = live_run(model, schedule)
+    assert longest <= max(map(len, ps)) + 10 + 3 * 4  # not 24 * 3 steps of history
+    assert got == [generate(model, [p], [10])[0] for p in ps]

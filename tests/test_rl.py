@@ -14,7 +14,7 @@ from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_m
 from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, dealt_to
 from reasonlm.example import Example, render_target
-from reasonlm.model import ModelError, attach_lora, build_tiny, check_adapter, load_adapter, train_tokenizer
+from reasonlm.model import ModelError, attach_lora, check_adapter, load_adapter
 from reasonlm.packing import use_packed_attention
 from reasonlm.tasks import Check, get_task
 from tests.helpers import TINY_TASK, ScriptedEngine, tiny_model_and_tokenizer
