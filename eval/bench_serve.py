@@ -31,10 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import load_from_disk  # noqa: E402
 
 from bench_generate import toy_model_and_rows  # noqa: E402  (the toy the generation benchmark uses)
-from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids  # noqa: E402
+from reasonlm.answer import encode_prompt, prompt_messages  # noqa: E402
 from reasonlm.config import ServeConfig  # noqa: E402
-from reasonlm.engine import KVCacheEngine, SamplingParams  # noqa: E402
-from reasonlm.model import load_for_inference  # noqa: E402
+from reasonlm.engine import SamplingParams, engine_for  # noqa: E402
+from reasonlm.model import load_adapter  # noqa: E402
 from reasonlm.serve import start  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def questions(args) -> tuple:
     if args.toy:
         model, tok, rows = toy_model_and_rows(64)
         return model, tok, [r["question"] for r in rows]
-    model, tok = load_for_inference(args.model, args.adapter or None)
+    model, tok = load_adapter(args.model, args.adapter or None)
     return model, tok, list(load_from_disk(args.data)[args.split]["question"])
 
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     # the baseline: the same questions, as many as were answered, in eval's batches
     n = max(1, len(answered))
     prompts = [encode_prompt(tok, prompt_messages(qs[i % len(qs)])) for i in range(n)]
-    engine = KVCacheEngine(model, tok.pad_token_id if tok.pad_token_id is not None else 0, stop_token_ids(tok))
+    engine = engine_for(model, tok)
     t1 = time.monotonic()
     outs = engine.generate(prompts, SamplingParams(max_new_tokens=args.max_tokens, batch_size=args.eval_batch))
     eval_s = time.monotonic() - t1

@@ -24,7 +24,7 @@ from reasonlm import cli
 from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, ServeConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams
-from reasonlm.model import load_for_inference
+from reasonlm.model import load_adapter
 from reasonlm.serve import start, step_verdict
 from tests.helpers import ROOT
 from tests.helpers import TINY_RECIPE
@@ -348,7 +348,7 @@ def tiny_run(tmp_path_factory):
 def test_lm_eval_scores_the_test_split_through_the_server_as_reasonlm_eval_does(tiny_run, tmp_path):
     needed("lm_eval", "lm-evaluation-harness (pip install lm-eval, in the dev extra)")
     run, recipe = tiny_run
-    model, tok = load_for_inference(str(run / "base"), str(run / "train" / "adapter"))
+    model, tok = load_adapter(str(run / "base"), str(run / "train" / "adapter"))
     srv = start(ServeConfig(model=str(run / "base"), adapter=str(run / "train" / "adapter"), port=0,
                             max_tokens=TINY_RECIPE["eval"]["max_new_tokens"], system=load_recipe(recipe).chat.system),
                 model, tok)
