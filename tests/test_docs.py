@@ -98,7 +98,9 @@ def test_readme_commands_install_the_same_way_and_run_the_default_recipe():
     run, tests = quick_start_commands()
     assert run[:2] == tests[:2]  # the same venv
     install, dev_install = run[2], tests[2]
-    assert [".[dev]" if word == "." else word for word in install] == dev_install  # the same, plus the dev extra
+    # the same, plus the dev extra; the run pins the versions behind the README's results
+    assert install[3:5] == ["-c", "constraints.txt"] and os.path.exists(os.path.join(ROOT, "constraints.txt"))
+    assert [".[dev]" if word == "." else word for word in install[:3] + install[5:]] == dev_install
     assert run[3] == ["reasonlm", "pipeline", "recipes/tiny-cpu.yaml"]
     assert os.path.exists(os.path.join(ROOT, run[3][2]))
     # tests/test_pipeline.py runs that very recipe, so the quick start's numbers are checked in CI
