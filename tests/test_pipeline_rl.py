@@ -110,6 +110,7 @@ def test_bad_rl_input_is_one_line_through_the_cli(tmp_path, capsys):
     adapter = tmp_path / "other-adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/models/other"}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # refused for its base before it is read
     line = rl_cli(tmp_path, capsys, f"rl.adapter={adapter}", f"rl.model={tmp_path / 'base'}")
     assert "trained on /models/other, not on" in line
 
