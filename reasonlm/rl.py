@@ -359,8 +359,8 @@ def frontier_probe(engine, tokenizer, pool, cfg: RLConfig, accelerator, rnd: int
     probe = probe_set(pool.task, tokenizer, cfg, [frontier], cfg.curriculum.probe_problems)
     accuracy = run_probe(engine, tokenizer, pool.task, probe, cfg, accelerator)[str(frontier)]
     move = pool.curriculum.after_probe(rnd, accuracy)
-    if move:
-        accelerator.print(describe(move), flush=True)
+    if move and accelerator.is_main_process:
+        print(describe(move), flush=True)
     return {"frontier": frontier, "probe_accuracy": accuracy, "move": move}
 
 
