@@ -63,7 +63,8 @@ The difficulty pool: problems no sample solved come back (up to `retries` times)
 sample solved retire, fresh problems fill the rest of a round, at n_steps drawn uniformly from
 `n_steps`. Preflight: before the first round, the reward of gold solutions must be exactly 1 and
 of corrupted ones (a wrong answer, no answer line; a wrong step: each step corrupted in turn, the
-lowest reward counts) below 1, else the run stops.
+lowest reward counts) below 1, else the run stops. With rl.curriculum the lengths of fresh problems
+come from a range that moves up as the frontier's probe passes (reasonlm/curriculum.py).
 Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
 
 Several processes (rl.processes: N CPU processes the stage starts itself; or `accelerate launch
