@@ -423,8 +423,10 @@ class EvalConfig:
     """How answers are decoded: greedy (or `samples` at `temperature`) by default; a checker-guided
     search with `method` (docs/search.md); `--search METHOD` on the command line."""
     ladder_per_steps: int = 50
-    """Pipeline's length ladder: fresh problems per n_steps from 2 to twice data.train_steps' longest, of the
-    recipe's generated family, for every model it trains (greedy, budget from the question); 0 = no ladder."""
+    """Pipeline's length ladder: fresh problems per n_steps in ladder_steps, of the recipe's generated
+    family, for every model it trains (greedy, budget from the question); 0 = no ladder."""
+    ladder_steps: list = field(default_factory=list)
+    """[lo, hi] n_steps of the pipeline's length ladder; empty = 2 to twice data.train_steps' longest."""
     task_files: list = field(default_factory=list)
     """Python files of your own task families (docs/data.md, "A task family in a file of your own")
     that a suite's `task` sources name; relative to the suite or recipe file. Loading one runs its code."""
@@ -443,6 +445,8 @@ class EvalConfig:
         _check(self, "eval", lambda v: isinstance(v, list) and all(isinstance(k, int) and 1 <= k <= self.samples for k in v),
                f"a list of k in 1..samples ({self.samples})", "ks")
         _strings(self, "eval", "splits", "stop_strings", "metrics", "task_files")
+        if self.ladder_steps:
+            _steps_range(self, "eval", "ladder_steps")
         if self.search.method in CHECKED_METHODS:  # sources whose answer-only shape the spec shows (the rest: on load)
             for n, spec in enumerate(self.sources):
                 columns = spec.get("columns") if isinstance(spec, dict) and "file" in spec else None
@@ -502,6 +506,34 @@ class ServeConfig:
                "in 0..65535", "port")
         _at_least(self, "serve", 1, "max_tokens", "max_concurrent", "max_batch")
         _at_least(self, "serve", 1024, "max_body_bytes")
+
+
+@dataclass
+class CurriculumConfig:
+    """RL's length curriculum (reasonlm/curriculum.py): train on a range of chain lengths, probe the
+    longest (the frontier) every rl.probe_every rounds, and move the range up once it is learnt."""
+    start: list = field(default_factory=lambda: [7, 9])
+    """[lo, hi] chain lengths RL starts on (instead of rl.n_steps)."""
+    grow_when: float = 0.9
+    """Greedy accuracy at the frontier (the range's hi) on the probe that moves the range up."""
+    step: int = 1
+    """Lengths the range moves up by at a time (lo and hi together)."""
+    max: int = 24
+    """Longest chain the range may reach; the model's context and rl.max_completion_length must hold it."""
+    probe_problems: int = 50
+    """Fixed held-out problems of the frontier length in each probe (the same problems for a length every time)."""
+    replay: float = 0.25
+    """Fraction of each round's fresh problems drawn from the lengths the range has left behind
+    ([start lo, lo - 1]), spread evenly over the rounds, so short chains are not unlearned."""
+
+    def __post_init__(self):
+        where = "rl.curriculum"
+        _at_least(self, where, 1, "max", "step", "probe_problems")
+        _check(self, where, lambda v: (isinstance(v, list) and len(v) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in v) and 1 <= v[0] <= v[1] <= self.max),
+               f"[lo, hi] inside [1, max] (1 <= lo <= hi <= {self.max})", "start")
+        _check(self, where, lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "grow_when")
+        _check(self, where, lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "replay")
 
 
 @dataclass
@@ -605,6 +637,9 @@ class RLConfig:
     """'auto' resumes from the newest complete checkpoint; 'never' starts over."""
     seed: int = 0
     """Seed of the problems, the samples and the update."""
+    curriculum: CurriculumConfig | None = None
+    """A length curriculum, e.g. {start: [9, 12], grow_when: 0.9, max: 16}: the range of lengths moves
+    up as the frontier is learnt (needs probe_every and a generated family); absent = rl.n_steps throughout."""
     processes: int = 1
     """CPU processes the stage starts for itself (reasonlm/processes.py), each with its share of the
     cores: samples and updates are shared out, the results equal one process's (docs/rl.md). On a
@@ -631,6 +666,8 @@ class RLConfig:
         _above(self, "rl", 0, "lr", "temperature")
         _check(self, "rl", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
         _check(self, "rl", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "replay_fraction")
+        if self.curriculum is not None and not self.probe_every:
+            raise ConfigError("rl.curriculum needs rl.probe_every >= 1 (rounds between probes of the frontier), got 0")
         if self.replay_sft and self.algorithm != "expert_iteration":
             raise ConfigError(f"rl.replay_sft is {self.replay_sft}, which needs algorithm expert_iteration, got "
                               f"rl.algorithm {self.algorithm!r}")

@@ -105,6 +105,25 @@ def ensure_chat_tokens(tokenizer) -> list[str]:
     return missing
 
 
+def adapter_tokenizer(base: str, adapter: str | None):
+    """The tokenizer a model with `adapter` reads and writes: the adapter's own (an adapter trained
+    with added tokens carries one), else the base's."""
+    return load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json"))
+                          else base)
+
+
+def model_context(name: str) -> int | None:
+    """Tokens the model `name` can attend to (max_position_embeddings of its config), read without
+    loading its weights; None when its config does not say."""
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(_load_error(name, e)) from None
+    n = getattr(config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, quantize_4bit: bool = False):
     """A causal LM from a local directory or a Hub id (safetensors only, no remote code).
 
@@ -258,8 +277,7 @@ def load_adapter(base: str, adapter: str | None = None, *, trainable: bool = Fal
     target = resolve_device(device) if device is not None else None
     if adapter:
         adapter = check_adapter(base, adapter, recorded=False)
-    tokenizer = load_tokenizer(adapter if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json"))
-                               else base)
+    tokenizer = adapter_tokenizer(base, adapter)
     model = load_model(base)
     # an adapter trained with added tokens carries embeddings of len(tokenizer) rows (its
     # modules_to_save); the base gets as many rows before the adapter is attached

@@ -10,8 +10,8 @@ The ablation trains the same base with the same LoRA settings and the same numbe
 on direct answers only ('#### 7', no steps), so the report shows what the steps buy at every
 n_steps. With an `rl:` section, RL starts from the CoT adapter (reasonlm/rl.py) and its adapter
 is evaluated on the same splits (eval-rl). Every model is also run up the length ladder (below):
-fresh problems of every length from 2 to twice the longest trained chain, so the cliff past the
-training lengths, and how far RL moves it, shows in one table and one plot.
+fresh problems of every length from 2 to twice the longest trained chain (eval.ladder_steps), so the
+cliff past the training lengths, and how far RL moves it, shows in one table and one plot.
 <out_dir>/eval/report.json holds the CoT metrics, the direct ones under "direct", the RL ones
 under "rl" and the ladder under "ladder".
 """
@@ -137,16 +137,17 @@ def write_model_cards(recipe: Recipe, paths: RunPaths) -> None:
 
 
 def ladder_config(recipe: Recipe, eval_cfg: EvalConfig, paths: RunPaths) -> EvalConfig | None:
-    """The length ladder's eval: eval.ladder_per_steps fresh problems at every n_steps from 2 to
-    twice data.train_steps' longest, of the recipe's first generated family that can make them
-    (with its knobs), none of them a training question; greedy, each answer's budget sized from
-    its question (example.answer_budget), so the longest chains fit. None without a ladder."""
-    top = 2 * recipe.data.train_steps[1]
+    """The length ladder's eval: eval.ladder_per_steps fresh problems at every n_steps of
+    eval.ladder_steps (default: 2 to twice data.train_steps' longest), of the recipe's first
+    generated family that can make them (with its knobs), none of them a training question; greedy,
+    each answer's budget sized from its question (example.answer_budget), so the longest chains fit.
+    None without a ladder."""
+    low, top = eval_cfg.ladder_steps or [2, 2 * recipe.data.train_steps[1]]
     family = next((t for t in recipe.data.tasks if not is_importer(get_task(t["name"]))
                    and (t.get("steps") is None or t["steps"][1] >= top)), None)
     if not eval_cfg.ladder_per_steps or family is None:
         return None
-    source = {"task": family["name"], "args": dict(family.get("args") or {}), "steps": [2, top],
+    source = {"task": family["name"], "args": dict(family.get("args") or {}), "steps": [low, top],
               "n_per_steps": eval_cfg.ladder_per_steps, "name": LADDER, "exclude_from": paths.data}
     return dataclasses.replace(eval_cfg, sources=[source], max_new_tokens=0, max_problems=0, temperature=0.0,
                                samples=1, ks=[], shots=0, min_accuracy=0.0, thresholds={}, baseline="")
@@ -155,7 +156,7 @@ def ladder_config(recipe: Recipe, eval_cfg: EvalConfig, paths: RunPaths) -> Eval
 # Settings that change how a stage runs or reports, never what it writes: changing one reruns nothing.
 OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
                             "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
-                            "ladder_per_steps",  # eval: the ladder's own config holds it in its source
+                            "ladder_per_steps", "ladder_steps",  # eval: the ladder's own config holds them in its source
                             "processes"})  # rl: N processes sample and train what one does
 
 
@@ -167,6 +168,8 @@ def config_hash(cfg, out_dir: str = "") -> str:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
     if settings.get("search") == dataclasses.asdict(SearchConfig()):  # greedy, as before eval.search existed:
         del settings["search"]  # a finished eval stage stays finished
+    if "curriculum" in settings and settings["curriculum"] is None:  # rl without one, as before rl.curriculum existed
+        del settings["curriculum"]
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     if out_dir:
         inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string

@@ -63,7 +63,8 @@ The difficulty pool: problems no sample solved come back (up to `retries` times)
 sample solved retire, fresh problems fill the rest of a round, at n_steps drawn uniformly from
 `n_steps`. Preflight: before the first round, the reward of gold solutions must be exactly 1 and
 of corrupted ones (a wrong answer, no answer line; a wrong step: each step corrupted in turn, the
-lowest reward counts) below 1, else the run stops.
+lowest reward counts) below 1, else the run stops. With rl.curriculum the lengths of fresh problems
+come from a range that moves up as the frontier's probe passes (reasonlm/curriculum.py).
 Writes <out_dir>/rl/{adapter, metrics.jsonl, completions.jsonl, checkpoint-*, config.yaml}.
 
 Several processes (rl.processes: N CPU processes the stage starts itself; or `accelerate launch
@@ -94,9 +95,10 @@ from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weigh
                                  trainable_state_dict, try_resume)
 from reasonlm.config import Recipe, RLConfig, RunPaths, base_model, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, preflight, score
+from reasonlm.curriculum import Curriculum, check_reach, describe
 from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.example import Example, read_dataset, render_target
-from reasonlm.model import check_adapter, load_adapter, resolve_device, set_threads
+from reasonlm.model import adapter_tokenizer, check_adapter, load_adapter, model_context, resolve_device, set_threads
 from reasonlm.packing import PackedRows, check_packable, packed_forward, use_packed_attention
 from reasonlm.processes import cores_each, run_processes
 from reasonlm.sources import ladder_problems, new_problem
@@ -124,6 +126,9 @@ def run(recipe: Recipe) -> str:
     name, knobs = problem_family(cfg, recipe)
     task = get_task(name, **knobs)
     records = imported_problems(task, cfg)
+    if cfg.curriculum and records is not None:
+        raise RLError(f"rl.curriculum needs a generated task family (it makes problems of any length); {task.name} is "
+                      "an importer, whose problems have the lengths they have")
     if cfg.probe_every and records is not None:
         raise RLError("rl.probe_every needs a generated task family (an importer's problems have no held-out lengths)")
     preflight(task, cfg, records)
@@ -132,6 +137,8 @@ def run(recipe: Recipe) -> str:
     if not cfg.adapter and not os.path.isdir(adapter):
         raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
     adapter = check_adapter(base, adapter)  # before any process starts or model loads
+    if cfg.curriculum:  # so must the longest chains the curriculum may reach fit
+        check_reach(task, adapter_tokenizer(base, adapter), model_context(base), cfg)
     os.makedirs(run_dir, exist_ok=True)
     if cfg.processes > 1 and accelerator.num_processes == 1 and not torch.cuda.is_available():
         start_processes(recipe, run_dir)
@@ -155,7 +162,8 @@ def run(recipe: Recipe) -> str:
         if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
             for log in ("metrics.jsonl", "completions.jsonl"):
                 keep_metrics_until(os.path.join(run_dir, log), start, key="round")
-        pool = ProblemPool(task, cfg, state.get("pool"), records)
+        pool = ProblemPool(task, cfg, state.get("pool"), records,
+                           Curriculum(cfg.curriculum, state.get("curriculum")) if cfg.curriculum else None)
         sft_rows = sft_train_rows(recipe.train.data or paths.data) if cfg.replay_sft else None
         start_tracking(accelerator, run_dir, cfg)
         try:
@@ -290,6 +298,10 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         record["samples_total"], record["lr"] = samples_total, lr
         if probe and (rnd + 1) % cfg.probe_every == 0:
             record["probe"] = run_probe(engine, tokenizer, pool.task, probe, cfg, accelerator)
+        if pool.curriculum:  # the range this round trained on, and every probe_every rounds the frontier's probe
+            record["curriculum_range"] = list(pool.curriculum.range)
+            if (rnd + 1) % cfg.probe_every == 0:
+                record["curriculum"] = frontier_probe(engine, tokenizer, pool, cfg, accelerator, rnd + 1)
         history.append(record["reward_mean"])
         if accelerator.is_main_process:  # every process holds the same rollouts and record
             warn_if_stuck(history, zero_first, cfg, rnd + 1)
@@ -306,10 +318,12 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
                          [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad])
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,
-                                                                       "samples_total": samples_total})
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {
+                "pool": pool.state(), "history": history, "samples_total": samples_total,
+                **({"curriculum": pool.curriculum.state()} if pool.curriculum else {})})
     return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
-            "final_reward_mean": history[-1] if history else None}
+            "final_reward_mean": history[-1] if history else None,
+            **({"curriculum": pool.curriculum.summary()} if pool.curriculum else {})}
 
 
 def round_lr(cfg: RLConfig, rnd: int) -> float:
@@ -320,10 +334,11 @@ def round_lr(cfg: RLConfig, rnd: int) -> float:
 PROBE_SEED = 2_000_003  # rl.seed draws training problems (small integers); eval/bench_rl.py's ladder 1_000_003
 
 
-def probe_set(task, tokenizer, cfg: RLConfig) -> list[tuple[Example, list[int]]]:
-    """The fixed held-out (problem, prompt ids) of every probe length."""
-    problems = ladder_problems(task, range(cfg.probe_steps[0], cfg.probe_steps[1] + 1), cfg.probe_problems,
-                               PROBE_SEED, "probe")
+def probe_set(task, tokenizer, cfg: RLConfig, lengths=None, n: int = 0) -> list[tuple[Example, list[int]]]:
+    """The fixed held-out (problem, prompt ids) of every probe length (rl.probe_steps, or `lengths`),
+    rl.probe_problems (or `n`) of each."""
+    lengths = lengths or range(cfg.probe_steps[0], cfg.probe_steps[1] + 1)
+    problems = ladder_problems(task, lengths, n or cfg.probe_problems, PROBE_SEED, "probe")
     return [(ex, encode_prompt(tokenizer, prompt_messages(ex.question))) for ex in problems]
 
 
@@ -336,6 +351,18 @@ def run_probe(engine, tokenizer, task, probe, cfg: RLConfig, accelerator) -> dic
         verdict = score(task, ex, tokenizer.decode(ids), len(ids) >= cfg.max_completion_length)
         right.setdefault(str(ex.n_steps), []).append(verdict.correct)
     return {k: round(sum(v) / len(v), 4) for k, v in right.items()}
+
+
+def frontier_probe(engine, tokenizer, pool, cfg: RLConfig, accelerator, rnd: int) -> dict:
+    """rl.curriculum: greedy accuracy at the frontier on its fixed probe problems, and the move it
+    makes (None: none), printed."""
+    frontier = pool.curriculum.frontier
+    probe = probe_set(pool.task, tokenizer, cfg, [frontier], cfg.curriculum.probe_problems)
+    accuracy = run_probe(engine, tokenizer, pool.task, probe, cfg, accelerator)[str(frontier)]
+    move = pool.curriculum.after_probe(rnd, accuracy)
+    if move and accelerator.is_main_process:
+        print(describe(move), flush=True)
+    return {"frontier": frontier, "probe_accuracy": accuracy, "move": move}
 
 
 def warn_if_stuck(history: list, zero_signal: float, cfg: RLConfig, rnd: int) -> None:
@@ -353,8 +380,9 @@ class ProblemPool:
     ones: from the generator, or the next of an importer's `records` (a fresh seeded order every
     pass over them). A problem every sample solved retires; others return up to `retries` times."""
 
-    def __init__(self, task, cfg: RLConfig, state: dict | None = None, records: list[Example] | None = None):
-        self.task, self.cfg, self.records = task, cfg, records
+    def __init__(self, task, cfg: RLConfig, state: dict | None = None, records: list[Example] | None = None,
+                 curriculum: Curriculum | None = None):
+        self.task, self.cfg, self.records, self.curriculum = task, cfg, records, curriculum
         self.rng = random.Random(cfg.seed)
         self.queue: list[tuple[Example, int]] = []  # (problem, attempts so far)
         self.made = self.retired = 0
@@ -376,7 +404,10 @@ class ProblemPool:
         self.made += 1
         if self.records is None:
             replay = self.cfg.replay_fraction and self.rng.random() < self.cfg.replay_fraction
-            n_steps = self.rng.randint(*(self.cfg.replay_steps if replay else self.cfg.n_steps))
+            if self.curriculum and not replay:  # the curriculum's range (and its own replay) instead of rl.n_steps
+                n_steps = self.curriculum.n_steps(self.rng, self.made)
+            else:
+                n_steps = self.rng.randint(*(self.cfg.replay_steps if replay else self.cfg.n_steps))
             return new_problem(self.task, self.rng, n_steps, f"rl-{self.made}")
         epoch, k = divmod(self.made - 1, len(self.records))
         if self._order[0] != epoch:

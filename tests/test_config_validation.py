@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from reasonlm.config import (BaseConfig, ChatConfig, ConfigError, DataConfig, EvalConfig, Recipe, RLConfig, TrainConfig,
-                             RECIPE_KEYS, is_suite, load_recipe, load_suite)
+from reasonlm.config import (BaseConfig, ChatConfig, ConfigError, CurriculumConfig, DataConfig, EvalConfig, Recipe,
+                             RLConfig, TrainConfig, RECIPE_KEYS, is_suite, load_recipe, load_suite)
 from tests.helpers import ROOT
 
 SECTIONS = {"data": DataConfig, "base": BaseConfig, "train": TrainConfig, "eval": EvalConfig, "chat": ChatConfig,
-            "rl": RLConfig}
+            "rl": RLConfig, "rl.curriculum": CurriculumConfig}
 
 # (section, field, bad value, fragment of the message after "section.field must be ")
 BAD = [
@@ -118,6 +118,17 @@ BAD = [
     ("rl", "algorithm", "ppo", "'grpo' or 'expert_iteration'"),
     ("rl", "task", {"name": "arithmetic", "args": [1]},
      "{} (the first generated family of data.tasks) or {name: FAMILY, args: {KNOB: VALUE}}"),
+    # rl.curriculum (issue 29): start inside [1, max], grow_when in (0, 1]
+    ("rl.curriculum", "start", [0, 3], "[lo, hi] inside [1, max] (1 <= lo <= hi <= 24)"),
+    ("rl.curriculum", "start", [9, 30], "[lo, hi] inside [1, max] (1 <= lo <= hi <= 24)"),
+    ("rl.curriculum", "start", [9, 7], "[lo, hi] inside [1, max] (1 <= lo <= hi <= 24)"),
+    ("rl.curriculum", "grow_when", 0.0, "in (0, 1]"),
+    ("rl.curriculum", "grow_when", 1.5, "in (0, 1]"),
+    ("rl.curriculum", "step", 0, ">= 1"),
+    ("rl.curriculum", "max", 0, ">= 1"),
+    ("rl.curriculum", "probe_problems", 0, ">= 1"),
+    ("rl.curriculum", "replay", 1.0, "in [0, 1)"),
+    ("eval", "ladder_steps", [3, 1], "[lo, hi] with 1 <= lo <= hi"),
 ]
 
 
@@ -131,6 +142,15 @@ def test_bad_value_is_one_line_naming_field_value_and_range(section, name, value
         dataclasses.replace(SECTIONS[section](), **{name: value})
     with pytest.raises(ConfigError, match=f"^{section}.{name} must be "):
         load_recipe(None, [f"{section}.{name}={value!r}" if isinstance(value, str) else f"{section}.{name}={value}"])
+
+
+def test_a_curriculum_needs_probes_and_is_off_unless_asked_for():
+    with pytest.raises(ConfigError, match=r"^rl.curriculum needs rl.probe_every >= 1 \(rounds between probes of the "
+                                          r"frontier\), got 0$"):
+        load_recipe(None, ["rl.curriculum={start: [9, 12]}"])
+    recipe = load_recipe(None, ["rl.curriculum={start: [9, 12], max: 16}", "rl.probe_every=2"])
+    assert recipe.rl.curriculum == CurriculumConfig(start=[9, 12], max=16)
+    assert RLConfig().curriculum is None and load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml")).rl.curriculum is None
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -22,7 +22,7 @@ LAYERS = [
     ["reasonlm.engine", "reasonlm.llama_decoder", "reasonlm.ondevice"],
     ["reasonlm.model", "reasonlm.modelcard", "reasonlm.checkpoint"],
     ["reasonlm.tasks", "reasonlm.verdict"],
-    ["reasonlm.search", "reasonlm.sources", "reasonlm.credit"],
+    ["reasonlm.search", "reasonlm.sources", "reasonlm.credit", "reasonlm.curriculum"],
     ["reasonlm.data", "reasonlm.base", "reasonlm.train", "reasonlm.evaluate", "reasonlm.chat", "reasonlm.rl",
      "reasonlm.serve"],
     ["reasonlm.pipeline"],

@@ -4,18 +4,24 @@ Also the RL stage's bad input through the CLI (one line, exit 2) and importer pr
 
 The end-to-end run is a tiny recipe with tiny step counts (~30 s on 2 cores: slow); the report's
 rendering and the ladder's settings are checked on hand-made inputs (fast)."""
+import dataclasses
+import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import yaml
 
 from reasonlm import cli, rl
-from reasonlm.config import RLConfig, RunPaths, load_recipe
+from reasonlm.config import CurriculumConfig, RLConfig, RunPaths, load_recipe
 from reasonlm.credit import RewardError, preflight
 from reasonlm.evaluate.report import markdown, plot
-from reasonlm.pipeline import ladder_config
+from reasonlm.pipeline import OUTPUT_NEUTRAL, config_hash, ladder_config
 from reasonlm.tasks import get_task
 from tests.helpers import ROOT, TINY_RECIPE
 
@@ -59,6 +65,31 @@ def test_the_ladder_runs_from_2_to_twice_the_longest_trained_chain_of_the_recipe
     assert source["steps"] == [2, 12] and source["n_per_steps"] == 50 and source["exclude_from"] == str(tmp_path / "data")
     assert cfg.temperature == 0 and cfg.samples == 1 and cfg.max_new_tokens == 0  # greedy, budget from the question
     assert ladder_config(recipe, load_recipe(None, ["eval.ladder_per_steps=0"]).eval, RunPaths(str(tmp_path))) is None
+    # eval.ladder_steps sets its range; changing it reruns the ladders (their source), not the held-out eval
+    longer = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml"), [f"out_dir={tmp_path}", "eval.ladder_steps=[2, 24]"])
+    assert ladder_config(longer, longer.eval, RunPaths(str(tmp_path))).sources[0]["steps"] == [2, 24]
+    assert config_hash(longer.eval) == config_hash(recipe.eval)
+    assert config_hash(ladder_config(longer, longer.eval, RunPaths(str(tmp_path)))) != config_hash(cfg)
+
+
+def test_rl_without_a_curriculum_hashes_as_before_the_setting_existed():
+    """A finished RL stage of a recipe without rl.curriculum stays finished (the pipeline skips it)."""
+    plain = RLConfig()
+    settings = {k: v for k, v in dataclasses.asdict(plain).items() if k not in OUTPUT_NEUTRAL | {"curriculum"}}
+    assert config_hash(plain) == hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    curriculum = RLConfig(probe_every=2, curriculum=CurriculumConfig())
+    assert config_hash(curriculum) != config_hash(dataclasses.replace(curriculum, curriculum=CurriculumConfig(max=20)))
+
+
+def test_the_report_lists_the_curriculums_moves():
+    moves = [{"round": 4, "from": [9, 12], "to": [10, 13], "probe_accuracy": 0.92}]
+    report = {"suite": "eval", "splits": {}, "training": {"rl": {"curriculum": {
+        "start": [9, 12], "range": [10, 13], "max": 16, "grow_when": 0.9, "moves": moves}}}}
+    md = markdown(report)
+    assert "RL length curriculum: lengths [9, 12] -> [10, 13] (max 16)" in md
+    assert "| after round | from | to | frontier probe accuracy |\n|---|---|---|---|\n| 4 | [9, 12] | [10, 13] | 0.920 |" in md
+    report["training"]["rl"]["curriculum"].update(range=[9, 12], moves=[])
+    assert "The frontier never reached it: no move." in markdown(report)
 
 
 def test_rl_draws_an_importers_problems_of_the_requested_lengths():
@@ -105,6 +136,10 @@ def test_bad_rl_input_is_one_line_through_the_cli(tmp_path, capsys):
     gsm8k = {"name": "gsm8k", "args": {"path": FIXTURE}}
     line = rl_cli(tmp_path, capsys, f"rl.task={json.dumps(gsm8k)}", "rl.n_steps=[20,30]")
     assert "none of its 12 problems has 20-30 steps" in line
+    assert rl_cli(tmp_path, capsys, f"rl.task={json.dumps(gsm8k)}", "rl.n_steps=[2,2]", "rl.probe_every=1",
+                  "rl.curriculum={start: [2, 3]}") == ("error: rl.curriculum needs a generated task family (it makes "
+                                                       "problems of any length); gsm8k is an importer, whose problems "
+                                                       "have the lengths they have")
     assert "makes no problems of 7 steps" in rl_cli(tmp_path, capsys, 'rl.task={"name": "arithmetic_step"}',
                                                     "rl.n_steps=[7,8]")
     adapter = tmp_path / "other-adapter"
@@ -226,3 +261,54 @@ def test_a_failing_process_ends_the_group_with_its_exit_code(tmp_path):
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "missing.yaml" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_mid_curriculum_then_resume_gives_bitwise_identical_weights(tmp_path, capsys):
+    """RL with a curriculum that moves at every probe (the probe scripted to pass: the toy model
+    solves nothing), killed right after its round-2 checkpoint, resumed: the same moves and the same
+    adapter, bit for bit, as a run never killed. A max past the toy model's context is one line."""
+    from safetensors.torch import load_file
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "run")}))
+    for stage in ("data", "base", "train"):
+        cli.main([stage, str(recipe)])
+    run = tmp_path / "run"
+    capsys.readouterr()
+    line = rl_cli(tmp_path, capsys, "rl.probe_every=1", "rl.curriculum={start: [1, 2], max: 40}")
+    assert line.startswith("error: rl.curriculum.max is 40, but the longest of 20 40-step arithmetic chains takes ") \
+        and "more than the model's context of 256: it holds up to " in line, line
+    common = [str(recipe), f"rl.adapter={run / 'train' / 'adapter'}", f"rl.model={run / 'base'}", "rl.n_steps=[1,2]",
+              "rl.rounds=4", "rl.save_every=2", "rl.probe_every=1", "rl.max_completion_length=48", "rl.lr=1e-2",
+              "rl.reward=outcome", "rl.truncation_penalty=1.0", "rl.temperature=1.0",
+              "rl.curriculum={start: [1, 2], max: 4, probe_problems: 2, replay: 0.5}"]
+    driver = ("import sys; from reasonlm import cli, rl; real = rl.run_probe; "
+              "rl.run_probe = lambda *a: {k: 1.0 for k in real(*a)}; cli.main(sys.argv[1:])")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = lambda out: [sys.executable, "-c", driver, "rl", *common, f"out_dir={out}"]
+    for name in ("ref", "killed"):
+        for folder in ("data", "base", "train"):
+            os.makedirs(tmp_path / name, exist_ok=True)
+            os.symlink(run / folder, tmp_path / name / folder)
+    subprocess.run(cmd(tmp_path / "ref"), env=env, check=True, capture_output=True, cwd=ROOT, timeout=600)
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT)
+    rl_dir = tmp_path / "killed" / "rl"
+    deadline = time.time() + 300
+    while not list(rl_dir.glob("checkpoint-*2")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(rl_dir.glob("checkpoint-*2")) and not (rl_dir / "adapter").exists(), "killed after round 2, before the end"
+    r = subprocess.run(cmd(tmp_path / "killed"), env=env, check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert "resuming from" in r.stdout + r.stderr
+    ref, killed = (json.loads((tmp_path / d / "rl" / "rl_stats.json").read_text())["curriculum"] for d in ("ref", "killed"))
+    assert ref == killed and [m["to"] for m in ref["moves"]] == [[2, 3], [3, 4]] and ref["range"] == [3, 4]
+    metrics = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["curriculum_range"] for m in metrics] == [[1, 2], [2, 3], [3, 4], [3, 4]]
+    a, b = (load_file(tmp_path / d / "rl" / "adapter" / "adapter_model.safetensors") for d in ("ref", "killed"))
+    start = load_file(run / "train" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -11,7 +11,8 @@ import torch
 from reasonlm import credit, rl
 from reasonlm.credit import Rollout
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
-from reasonlm.config import ConfigError, RLConfig, TrainConfig, load_recipe
+from reasonlm.config import ConfigError, CurriculumConfig, RLConfig, TrainConfig, load_recipe
+from reasonlm.curriculum import Curriculum, CurriculumError, check_reach, longest
 from reasonlm.engine import KVCacheEngine, dealt_to
 from reasonlm.example import Example, render_target
 from reasonlm.model import ModelError, attach_lora, check_adapter, load_adapter
@@ -106,7 +107,7 @@ def toy_policy(toy):
 
 
 class _Accelerator:  # what the update needs of Accelerate, in one process
-    num_processes, process_index = 1, 0
+    num_processes, process_index, is_main_process = 1, 0, True
     backward = staticmethod(lambda loss: loss.backward())
     unwrap_model = staticmethod(lambda m: m)
 
@@ -209,6 +210,95 @@ def test_the_probe_set_is_fixed_held_out_and_scored_greedily(toy):
     script = {ex.question: render_target(ex, "cot") if ex.n_steps == 3 else "I do not know." for ex, _ in probe}
     scripted = ScriptedEngine(tok, script, model=model)
     assert rl.run_probe(scripted, tok, task, probe, cfg, _Accelerator()) == {"2": 0.0, "3": 1.0}
+
+
+def curriculum_pool(start=(2, 3), max_=6, step=1, replay=0.25, grow_when=0.9, seed=0, state=None):
+    cfg = RLConfig(probe_every=1, retries=0, seed=seed, curriculum=CurriculumConfig(
+        start=list(start), max=max_, step=step, replay=replay, grow_when=grow_when, probe_problems=8))
+    pool = rl.ProblemPool(get_task("arithmetic", **TINY_TASK), cfg, (state or {}).get("pool"), None,
+                          Curriculum(cfg.curriculum, (state or {}).get("curriculum")))
+    return cfg, pool
+
+
+def test_a_frontier_probe_that_passes_grow_when_moves_the_range_and_one_that_does_not_does_not(toy):
+    model, tok = toy
+    cfg, pool = curriculum_pool(start=(2, 3))
+    assert {ex.n_steps for ex, _ in pool.draw(40)} == {2, 3}  # no lengths left behind yet: all from the range
+    probe = rl.probe_set(pool.task, tok, cfg, [3], cfg.curriculum.probe_problems)
+    assert [ex.n_steps for ex, _ in probe] == [3] * 8
+    # 7 of the 8 frontier problems solved (0.875 < 0.9): no move, and the record says so
+    script = {ex.question: render_target(ex, "cot") if i else "I do not know." for i, (ex, _) in enumerate(probe)}
+    record = rl.frontier_probe(ScriptedEngine(tok, script, model=model), tok, pool, cfg, _Accelerator(), 4)
+    assert record == {"frontier": 3, "probe_accuracy": 0.875, "move": None} and pool.curriculum.range == [2, 3]
+    # all 8 solved: the range moves up by one, logged with the round, both ranges and the accuracy
+    script = {ex.question: render_target(ex, "cot") for ex, _ in probe}
+    record = rl.frontier_probe(ScriptedEngine(tok, script, model=model), tok, pool, cfg, _Accelerator(), 5)
+    move = {"round": 5, "from": [2, 3], "to": [3, 4], "probe_accuracy": 1.0}
+    assert record == {"frontier": 3, "probe_accuracy": 1.0, "move": move}
+    assert pool.curriculum.range == [3, 4] and pool.curriculum.moves == [move]
+    # the next probe is of the new frontier's 4-step problems, which this script cannot solve: no move
+    script |= {ex.question: "I do not know." for ex, _ in rl.probe_set(pool.task, tok, cfg, [4], 8)}
+    record = rl.frontier_probe(ScriptedEngine(tok, script, model=model), tok, pool, cfg, _Accelerator(), 6)
+    assert record == {"frontier": 4, "probe_accuracy": 0.0, "move": None} and pool.curriculum.range == [3, 4]
+
+
+def test_the_range_never_passes_max_and_moves_by_step():
+    cur = Curriculum(CurriculumConfig(start=[3, 5], step=3, max=10, grow_when=0.5))
+    assert cur.after_probe(1, 0.49) is None and cur.range == [3, 5]
+    assert cur.after_probe(2, 0.5)["to"] == [6, 8]
+    assert cur.after_probe(3, 1.0)["to"] == [8, 10]  # the last move is cut short at max
+    assert cur.after_probe(4, 1.0) is None and cur.after_probe(5, 1.0) is None
+    assert cur.range == [8, 10] and [m["round"] for m in cur.moves] == [2, 3]
+
+
+def test_replay_keeps_the_lengths_left_behind_in_every_rounds_draw():
+    cfg, pool = curriculum_pool(start=(2, 3), replay=0.25)
+    for rnd in range(3):
+        pool.curriculum.after_probe(rnd, 1.0)
+    assert pool.curriculum.range == [5, 6]
+    for _ in range(25):  # rounds of 8 fresh problems: 2 of each from [2, 4], the rest from the range
+        lengths = [ex.n_steps for ex, _ in pool.draw(8)]
+        assert sum(2 <= n <= 4 for n in lengths) == 2 and sum(5 <= n <= 6 for n in lengths) == 6, lengths
+    # every left-behind length comes up, and nothing shorter than the start
+    drawn = [ex.n_steps for ex, _ in pool.draw(200)]
+    assert set(drawn) == {2, 3, 4, 5, 6}
+    # rl.replay_fraction's short problems (rl.replay_steps) still mix in with a curriculum
+    cfg = dataclasses.replace(cfg, replay_fraction=0.5, replay_steps=[1, 1])
+    mixed = rl.ProblemPool(pool.task, cfg, None, None, Curriculum(cfg.curriculum))
+    assert {ex.n_steps for ex, _ in mixed.draw(40)} == {1, 2, 3}
+
+
+def test_the_curriculum_state_round_trips_through_a_checkpoint():
+    cfg, pool = curriculum_pool(start=(2, 3), seed=4)
+    pool.draw(5)
+    pool.curriculum.after_probe(3, 0.95)
+    state = json.loads(json.dumps({"pool": pool.state(), "curriculum": pool.curriculum.state()}))  # as checkpoints keep it
+    _, again = curriculum_pool(start=(2, 3), seed=4, state=state)
+    assert again.curriculum.range == [3, 4] and again.curriculum.moves == pool.curriculum.moves
+    assert [ex for ex, _ in again.draw(12)] == [ex for ex, _ in pool.draw(12)]
+    assert again.curriculum.summary() == {"start": [2, 3], "range": [3, 4], "max": 6, "grow_when": 0.9,
+                                          "moves": [{"round": 3, "from": [2, 3], "to": [3, 4], "probe_accuracy": 0.95}]}
+
+
+def test_a_curriculum_past_what_the_context_or_budget_holds_is_one_line_naming_what_fits(toy):
+    _, tok = toy
+    task = get_task("arithmetic", **TINY_TASK)
+    total = {n: longest(task, tok, n)[0] for n in range(1, 9)}
+    assert all(total[n] < total[n + 1] for n in range(1, 8))  # longer chains take more tokens
+    cfg = RLConfig(probe_every=1, max_completion_length=1000, curriculum=CurriculumConfig(start=[2, 3], max=8))
+    check_reach(task, tok, total[8], cfg)  # fits exactly
+    check_reach(task, tok, None, cfg)  # a model whose config names no context
+    with pytest.raises(CurriculumError, match=rf"^rl.curriculum.max is 8, but the longest of 20 8-step arithmetic chains "
+                                              rf"takes {total[8]} tokens \(prompt \+ answer\), more than the model's "
+                                              rf"context of {total[6]}: it holds up to 6 steps$"):
+        check_reach(task, tok, total[6], cfg)
+    answer = longest(task, tok, 5)[1]
+    with pytest.raises(CurriculumError, match=rf"more than rl.max_completion_length {answer}: it holds up to 5 steps$"):
+        check_reach(task, tok, None, dataclasses.replace(cfg, max_completion_length=answer))
+    with pytest.raises(CurriculumError, match=r"it holds none of rl.curriculum.start \[2, 3\]$"):
+        check_reach(task, tok, total[1], cfg)
+    with pytest.raises(CurriculumError, match="makes no problems of 2 steps"):
+        check_reach(get_task("arithmetic_step"), tok, None, cfg)
 
 
 def test_bad_settings_are_one_line_errors():

@@ -160,6 +160,7 @@ def markdown(report: dict) -> str:
                          + f"{_ci(b, 'step_accuracy')} | {_ci(b, 'chain_valid')} | {_ci(b, 'extraction_failed')} | "
                          f"{_tokens(b)} |")
     lines += ladder_table(report.get("ladder") or {})
+    lines += curriculum_table(((report.get("training") or {}).get("rl") or {}).get("curriculum") or {})
     families = (report.get("overall") or {}).get("by_family") or {}
     if families:
         lines += ["", "| task family | problems | accuracy | step accuracy | valid chains | no final answer |",
@@ -207,6 +208,21 @@ def ladder_table(ladder: dict) -> list[str]:
         label = f"**{k}**" if trained is not None and k > trained else str(k)
         lines.append(f"| {label} | " + " | ".join(_ci(by_steps.get(str(k), {}), "accuracy") for by_steps in models.values())
                      + " |")
+    return lines
+
+
+def curriculum_table(curriculum: dict) -> list[str]:
+    """RL's length curriculum (rl.curriculum): where it started and ended, and every move."""
+    if not curriculum:
+        return []
+    lines = ["", f"RL length curriculum: lengths {curriculum.get('start')} -> {curriculum.get('range')} (max "
+             f"{curriculum.get('max')}); the range moves up when greedy accuracy at its longest length (the frontier) "
+             f"reaches {curriculum.get('grow_when')}.", ""]
+    moves = curriculum.get("moves") or []
+    if not moves:
+        return lines + ["The frontier never reached it: no move."]
+    lines += ["| after round | from | to | frontier probe accuracy |", "|---|---|---|---|"]
+    lines += [f"| {m['round']} | {m['from']} | {m['to']} | {m['probe_accuracy']:.3f} |" for m in moves]
     return lines
 
 
