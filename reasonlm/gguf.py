@@ -258,3 +258,42 @@ def tokenizer_arrays(tokenizer, rows: int) -> dict:
     return {"pre": PRE_TOKENIZERS[steps], "tokens": tokens, "types": types, "merges": merges,
             "eos": tokenizer.eos_token_id, "eot": eot if isinstance(eot, int) and eot >= 0 else None,
             "bos": tokenizer.bos_token_id, "pad": tokenizer.pad_token_id}
+
+
+# --- running it ----------------------------------------------------------------------------------
+class GgufEngine:
+    """Greedy decoding of a GGUF file in llama.cpp (llama-cpp-python, built from source: the
+    `gguf-test` extra); `generate` has the signature of engine.Engine.generate, and stops at the
+    end-of-turn and end-of-sequence tokens the file names (answer.stop_token_ids, written by
+    export_gguf). One problem at a time, with llama.cpp's KV cache."""
+
+    def __init__(self, path: str, threads: int = 0):
+        try:
+            import llama_cpp  # lazy: built from source, needed only to run the file here
+        except ImportError:
+            raise GgufError("running a GGUF file needs llama-cpp-python: pip install 'reasonlm[gguf-test]'") from None
+        if not os.path.isfile(path):
+            raise GgufError(f"no GGUF file at {path} (run `reasonlm export RUN --gguf`)")
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=0, n_threads=threads or None, verbose=False)
+        meta = self.llm.metadata
+        self.stop_ids = {int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+                         if k in meta}
+
+    def generate(self, prompts: list[list[int]], params, on_token=None) -> list[list[int]]:
+        if params.temperature > 0 or params.stop_strings:
+            raise GgufError("the llama.cpp runner decodes greedily (temperature 0, no stop strings)")
+        budgets = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * len(prompts)
+        results = []
+        for i, (prompt, budget) in enumerate(zip(prompts, budgets)):
+            new = []
+            if budget > 0:
+                for token in self.llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+                    if token in self.stop_ids:
+                        break
+                    new.append(token)
+                    if on_token:
+                        on_token(i, token)
+                    if len(new) == budget:
+                        break
+            results.append(new)
+        return results

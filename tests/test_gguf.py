@@ -20,8 +20,8 @@ from reasonlm.answer import (encode_prompt, end_of_turn, prompt_messages, render
                              stop_token_ids)
 from reasonlm.engine import KVCacheEngine, SamplingParams  # noqa: E402
 from reasonlm.example import read_dataset  # noqa: E402
-from reasonlm.gguf import (CONTROL, GGUF_FILE, NORMAL, UNUSED, GgufError, export_gguf, interleave_rope_rows,  # noqa: E402
-                           tokenizer_arrays)
+from reasonlm.gguf import (CONTROL, GGUF_FILE, NORMAL, UNUSED, GgufEngine, GgufError, export_gguf,  # noqa: E402
+                           interleave_rope_rows, tokenizer_arrays)
 from reasonlm.model import CHAT_TEMPLATE, ensure_chat_tokens, fit_vocab, load_for_inference, train_tokenizer  # noqa: E402
 from tests.helpers import chatless_model_and_tokenizer, rows, tiny_model_and_tokenizer  # noqa: E402
 
@@ -193,7 +193,7 @@ def test_a_tokenizer_with_single_digits_only_is_smollm_exactly():
 
 
 # --- what it refuses ----------------------------------------------------------------------------
-def test_what_is_not_covered_is_one_line_naming_it(tmp_path):
+def test_what_is_not_covered_is_one_line_naming_it(tmp_path, monkeypatch):
     from tokenizers import pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel
     model, tok = tiny_model_and_tokenizer()
@@ -211,6 +211,9 @@ def test_what_is_not_covered_is_one_line_naming_it(tmp_path):
     with pytest.raises(GgufError, match="the tokenizer has token id"):
         export_gguf(model, tok, str(tmp_path))
     assert not os.path.exists(tmp_path / GGUF_FILE)  # refused before anything was written
+    monkeypatch.setitem(sys.modules, "gguf", None)  # the `gguf` extra not installed
+    with pytest.raises(GgufError, match=r"needs the gguf package: pip install 'reasonlm\[gguf\]'"):
+        export_gguf(model, tok, str(tmp_path))
 
 
 def test_onnx_and_gguf_together_is_one_line(tmp_path):
@@ -229,34 +232,23 @@ def test_gguf_card_shows_llama_cpp_ollama_and_python(tmp_path):
 
 
 # --- llama.cpp itself (slow: llama-cpp-python is built from source, the `gguf-test` extra) -------
-def llama_cpp(path, context):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the gguf-test extra) is not installed")
-    return llama_cpp.Llama(model_path=path, n_ctx=context, n_threads=1, n_batch=context, verbose=False)
-
-
-def llama_cpp_greedy(llm, prompts, budget, stops):
-    """llama.cpp's greedy continuation of each prompt (temperature 0), up to a stop token."""
-    outputs = []
-    for prompt in prompts:
-        out = []
-        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-            if token in stops or len(out) == budget:
-                break
-            out.append(token)
-        outputs.append(out)
-    return outputs
+def llama_cpp_engine(path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (the gguf-test extra) is not installed")
+    return GgufEngine(path, threads=1)
 
 
 def compare_with_pytorch(model, tok, path, examples, budget):
     """Token round trip and greedy answers of llama.cpp against the tokenizer and reasonlm's engine."""
-    llm = llama_cpp(path, model.config.max_position_embeddings)
+    engine = llama_cpp_engine(path)
+    llm = engine.llm
     texts = texts_of(tok, examples)
     assert [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts] == \
         [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in examples]
-    engine = KVCacheEngine(model.eval(), tok.pad_token_id, stop_token_ids(tok))
-    torch_ids = engine.generate(prompts, SamplingParams(max_new_tokens=budget, batch_size=16))
-    assert llama_cpp_greedy(llm, prompts, budget, stop_token_ids(tok)) == torch_ids
+    params = SamplingParams(max_new_tokens=budget, batch_size=16)
+    torch_ids = KVCacheEngine(model.eval(), tok.pad_token_id, stop_token_ids(tok)).generate(prompts, params)
+    assert engine.stop_ids == stop_token_ids(tok)
+    assert engine.generate(prompts, params) == torch_ids
     assert [llm.detokenize(ids).decode() for ids in torch_ids] == [tok.decode(ids) for ids in torch_ids]
     return llm, torch_ids
 
