@@ -118,7 +118,7 @@ def cmd_tasks(args):
 
 
 def cmd_export(args):
-    export(args.run, args.merge, args.out, args.onnx)
+    export(args.run, args.merge, args.out, args.onnx, args.gguf)
 
 
 def gate(report, min_accuracy, cfg=None, baseline=None):
@@ -224,7 +224,9 @@ def parser():
     s.add_argument("run", help="run directory (e.g. out/tiny-cpu/train) or adapter directory")
     s.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
     s.add_argument("--onnx", action="store_true", help="merged model as ONNX + tokenizer, for onnxruntime (RUN/onnx)")
-    s.add_argument("--out", default=None, help="output directory (default RUN/merged, RUN/onnx or RUN/exported-adapter)")
+    s.add_argument("--gguf", action="store_true", help="merged model as one GGUF file, for llama.cpp and Ollama (RUN/gguf)")
+    s.add_argument("--out", default=None,
+                   help="output directory (default RUN/merged, RUN/onnx, RUN/gguf or RUN/exported-adapter)")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Model cards: README.md in every adapter folder and every merged or ONNX export, ready for
+"""Model cards: README.md in every adapter folder and every merged, ONNX or GGUF export, ready for
 `hf upload REPO PATH`.
 
     write_card(directory, kind, base_model, config_text, data_dir, report)   any folder
@@ -24,10 +24,11 @@ from reasonlm.outputs import atomic_write
 
 CARD = "README.md"
 TAGS = ["reasonlm", "reasoning", "chain-of-thought", "lora"]
-LIBRARY = {"adapter": "peft", "full": "transformers", "merged": "transformers", "onnx": "onnx"}
+LIBRARY = {"adapter": "peft", "full": "transformers", "merged": "transformers", "onnx": "onnx", "gguf": "gguf"}
 WHAT = {"adapter": "a LoRA adapter", "full": "a fully fine-tuned model",
         "merged": "a LoRA adapter merged into its base model", "onnx": "a LoRA adapter merged into its base model, "
-        "exported as ONNX"}
+        "exported as ONNX",
+        "gguf": "a LoRA adapter merged into its base model, as one GGUF file for llama.cpp, Ollama and LM Studio"}
 DATA_FILES = (".jsonl", ".json", ".csv", ".parquet")
 CARD_METRICS = ("accuracy", "step_accuracy", "chain_valid")  # per split, where the report has them
 
@@ -188,6 +189,8 @@ def loading(kind: str, base_model: str) -> list[str]:
     elif kind == "onnx":
         code = ["from reasonlm.ondevice import OnnxEngine", "", "engine = OnnxEngine(\"PATH\")  # greedy, onnxruntime on CPU"]
         cli = None
+    elif kind == "gguf":
+        return gguf_loading()
     else:
         code = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                 "tokenizer = AutoTokenizer.from_pretrained(\"PATH_OR_REPO\")",
@@ -197,6 +200,29 @@ def loading(kind: str, base_model: str) -> list[str]:
     if cli:
         out += ["or chat with it, with every step verified as it streams:", "", "```bash", cli, "```", ""]
     return out + ["Upload: `hf upload USER/NAME PATH`.", ""]
+
+
+def gguf_loading() -> list[str]:
+    """How to run a GGUF export: llama.cpp's command-line tools, Ollama, llama-cpp-python."""
+    question = "What is 3 + 4 * 2?"
+    return ["## How to run", "",
+            "`model.gguf` holds the weights (float32), the tokenizer and the ChatML chat template. With llama.cpp "
+            "(greedy decoding, as reasonlm evaluates):", "",
+            "```bash", "llama-cli -m model.gguf --temp 0            # chat in the terminal, with the chat template",
+            "llama-server -m model.gguf --temp 0         # OpenAI-compatible API on http://127.0.0.1:8080/v1",
+            "llama-quantize model.gguf model-q8_0.gguf Q8_0   # a smaller file (answers may change)", "```", "",
+            "With Ollama, save this as `Modelfile` next to `model.gguf`:", "",
+            "```", "FROM ./model.gguf",
+            'TEMPLATE """{{ range .Messages }}<|im_start|>{{ .Role }}',
+            "{{ .Content }}<|im_end|>", '{{ end }}<|im_start|>assistant', '"""',
+            "PARAMETER stop <|im_end|>", "PARAMETER temperature 0", "```", "",
+            "```bash", "ollama create reasonlm -f Modelfile", f"ollama run reasonlm \"{question}\"", "```", "",
+            "From Python (`pip install llama-cpp-python`):", "",
+            "```python", "from llama_cpp import Llama", "",
+            "llm = Llama(model_path=\"model.gguf\", verbose=False)",
+            f"reply = llm.create_chat_completion([{{\"role\": \"user\", \"content\": \"{question}\"}}], temperature=0)",
+            "print(reply[\"choices\"][0][\"message\"][\"content\"])", "```", "",
+            "Upload: `hf upload USER/NAME PATH`.", ""]
 
 
 def results_tables(report: dict) -> list[str]:

@@ -19,7 +19,7 @@ LAYERS = [
     ["reasonlm.example"],
     ["reasonlm.config"],
     ["reasonlm.stats", "reasonlm.tracking", "reasonlm.packing"],
-    ["reasonlm.engine", "reasonlm.llama_decoder", "reasonlm.ondevice"],
+    ["reasonlm.engine", "reasonlm.llama_decoder", "reasonlm.ondevice", "reasonlm.gguf"],
     ["reasonlm.model", "reasonlm.modelcard", "reasonlm.checkpoint"],
     ["reasonlm.tasks", "reasonlm.verdict"],
     ["reasonlm.search", "reasonlm.sources", "reasonlm.credit", "reasonlm.curriculum"],

@@ -119,7 +119,7 @@ def test_card_without_report_or_data_and_hub_datasets(tmp_path):
     _, body = split_card(out / "README.md")
     assert "Dataset card: not found" in body
     with pytest.raises(ValueError, match="kind"):
-        modelcard.write_card(str(out), "gguf", "org/base")
+        modelcard.write_card(str(out), "exl2", "org/base")
 
 
 def test_run_report_path_follows_the_pipeline_layout(tmp_path):
