@@ -506,7 +506,7 @@ class ServeConfig:
 
 @dataclass
 class RLConfig:
-    """Reinforcement learning from the task's checker (reasonlm/rl.py). Names follow TRL's GRPOConfig."""
+    """Reinforcement learning from the task's checker (reasonlm/rl/). Names follow TRL's GRPOConfig."""
     model: str = ""
     """Base model (Hub id or path); empty = base.model (<out_dir>/base for the tiny one)."""
     adapter: str = ""
