@@ -493,9 +493,9 @@ class RLConfig:
     packed_attention: bool = False
     """The update forwards a micro-batch's sequences back to back in one row, without padding,
     with attention confined to each (train.packed_attention's path) instead of right-padded rows:
-    the same loss without the pad tokens' compute, which is most of it when lengths vary (the
-    default recipe's kept prefixes: 24% less update time, docs/benchmarks.md). On a GPU,
-    compare with padded rows, whose SDPA does not materialise the scores."""
+    the same loss without the pad tokens' compute, which is most of it when lengths vary (as
+    the kept prefixes of expert iteration do; docs/benchmarks.md). On a GPU, compare with padded
+    rows, whose SDPA does not materialise the scores."""
     sample_batch_size: int = 128
     """Rows the sampler decodes together."""
     lr: float = 1e-4
@@ -531,8 +531,8 @@ class RLConfig:
     """Seed of the problems, the samples and the update."""
     processes: int = 1
     """CPU processes the stage starts for itself (reasonlm/processes.py), each with its share of the
-    cores: samples and updates are shared out, the results equal one process's (docs/rl.md). On a
-    2-core machine 2 runs a round ~1.5x faster: sampling is per-token Python as much as arithmetic.
+    cores: samples and updates are shared out, the results equal one process's (docs/rl.md). It
+    pays on a CPU because sampling is per-token Python as much as arithmetic (docs/benchmarks.md).
     Ignored when CUDA is available or the stage was launched in several processes already."""
 
     def __post_init__(self):

@@ -247,7 +247,7 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
 def kept_part(s: Rollout) -> Rollout:
     """`s` ending at its last kept token. Under causal attention no kept token's logit sees a later
     token, so the loss is the same, and a failed sample's valid prefix is often half its
-    completion: on the default recipe's first round this forwards ~46% fewer (padded) tokens.
+    completion, so the update forwards far fewer (padded) tokens (docs/experiments.md).
     Samples that differ only after their kept prefix become one row, weighted by their count."""
     end = max(t for t, k in enumerate(s.kept) if k) + 1
     return dataclasses.replace(s, completion=s.completion[:end], kept=s.kept[:end])
