@@ -75,7 +75,8 @@ def bench_trl(recipe, paths, task, cfg: RLConfig, rounds: int, out: str, held_ou
     from trl import GRPOConfig, GRPOTrainer  # optional: only this benchmark needs TRL
 
     from reasonlm.example import Example
-    from reasonlm.rl import ProblemPool, fit
+    from reasonlm.rl import fit
+    from reasonlm.rl.pool import ProblemPool
 
     # retries=0: the pool serves fresh problems only, in the order TRL gets them (its difficulty
     # pool would serve unsolved ones again, a harder round 2 than TRL's); replay_sft=0: replaying

@@ -1,7 +1,7 @@
 """What a training run writes and reads back: resumable checkpoints, the final weights, and the
 metrics log trimmed to a resumed step.
 
-The training loops (train.py: base pretraining and SFT; rl.py) save and resume through here, so
+The training loops (train.py: base pretraining and SFT; rl/) save and resume through here, so
 a checkpoint has one layout and one loader: a run killed at any point continues from its last
 checkpoint to the same final weights. Nothing here knows what is being trained or how.
 """

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 import reasonlm
 from reasonlm import base, chat, data, evaluate, pipeline, rl, serve, tasks, train
 from reasonlm.config import RunPaths, ServeConfig, load_recipe, render_recipe
-from reasonlm.model import export
+from reasonlm.export import export
 from reasonlm.processes import cores_each, follow_launcher, run_processes
 
 

@@ -4,7 +4,7 @@
     assign_credit(group, cfg, tokenizer)                   # advantages (grpo) or kept tokens (expert iteration)
     preflight(task, cfg[, problems])                       # gold scores exactly 1, corrupted copies below 1
 
-The formulas (outcome and process advantages) and a worked example are in reasonlm/rl.py's
+The formulas (outcome and process advantages) and a worked example are in reasonlm/rl/__init__.py's
 docstring; this module is them in code. The verdict is reasonlm/verdict.py's, as eval's and
 chat's: a checker error is not caught, so a checker that raises stops the run instead of
 quietly paying 0.

@@ -46,7 +46,7 @@ class NextTokenLogits(torch.nn.Module):
 
 def export_onnx(model, tokenizer, out: str) -> str:
     """Write `model` (a plain causal LM, adapter merged) as out/model.onnx with its tokenizer, into
-    the folder `out` (created if missing; model.export builds it under a temporary name it owns
+    the folder `out` (created if missing; export.export builds it under a temporary name it owns
     and renames it, so nothing here deletes a folder)."""
     import onnx  # lazy: the `onnx` extra, needed only to export
 

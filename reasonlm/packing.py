@@ -43,7 +43,7 @@ def pack(examples, seq_len: int, seed: int, open_bins: int = 8):
     """Shuffle, then first-fit examples into rows of at most seq_len tokens.
 
     Returns a list of rows; a row is a list of example indices. Keeping a few bins open fills
-    rows to ~99% with short examples while keeping the order random.
+    rows almost full with short examples while keeping the order random.
     """
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)

@@ -8,7 +8,7 @@ reruns a changed stage and every stage after it that reads its output (StageReco
 
 The ablation trains the same base with the same LoRA settings and the same number of steps
 on direct answers only ('#### 7', no steps), so the report shows what the steps buy at every
-n_steps. With an `rl:` section, RL starts from the CoT adapter (reasonlm/rl.py) and its adapter
+n_steps. With an `rl:` section, RL starts from the CoT adapter (reasonlm/rl/) and its adapter
 is evaluated on the same splits (eval-rl). Every model is also run up the length ladder (below):
 fresh problems of every length from 2 to twice the longest trained chain (eval.ladder_steps), so the
 cliff past the training lengths, and how far RL moves it, shows in one table and one plot.

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from reasonlm.answer import encode_prompt
-from reasonlm.chat import Detokenizer, verify
+from reasonlm.chat import verify
+from reasonlm.chat.display import Detokenizer
 from reasonlm.config import Recipe, ServeConfig
 from reasonlm.engine import LiveRow, engine_for
 from reasonlm.model import load_adapter

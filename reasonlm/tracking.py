@@ -19,6 +19,7 @@ import json
 import os
 
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import (ProjectConfiguration, is_mlflow_available, is_tensorboard_available,
                               is_trackio_available, is_wandb_available)
 
@@ -42,8 +43,18 @@ def check_installed(report_to) -> None:
 
 
 def tracked_accelerator(report_to, run_dir: str, **kwargs) -> Accelerator:
-    """Accelerator(**kwargs) that logs to the trackers in `report_to` (none: only metrics.jsonl)."""
+    """Accelerator(**kwargs) that logs to the trackers in `report_to` (none: only metrics.jsonl),
+    with the mixed precision this stage asks for, as in a process of its own.
+
+    Accelerate keeps one AcceleratorState per process and refuses a second Accelerator with
+    another mixed precision ("AcceleratorState has already been initialized"), while `reasonlm
+    pipeline` runs its stages in one process (base in fp32, then train in bf16). So every stage's
+    Accelerator starts from a cleared AcceleratorState (the mixed precision comes from the stage,
+    else from `accelerate launch`'s environment, as in a fresh process); the PartialState (the
+    device and the process group), which the stages share, is kept. Accelerate has no public
+    reset; `_reset_state` is what its own tests and transformers' TrainingArguments call."""
     check_installed(report_to)
+    AcceleratorState._reset_state()
     if not report_to:
         return Accelerator(**kwargs)
     return Accelerator(log_with=list(report_to), **kwargs,

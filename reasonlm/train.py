@@ -46,7 +46,7 @@ from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model
                             resolve_device, set_threads)
 from reasonlm.packing import (IGNORE, PackedRows, check_packable, collate, pack, packed_forward,
                               use_packed_attention)
-from reasonlm.stats import plot_training_curves
+from reasonlm.plots import plot_training_curves
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 from reasonlm.verdict import answer_right
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from reasonlm import checkpoint, data, model as model_mod, train
+from reasonlm.export import export
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import DataConfig, Recipe, TrainConfig
 from reasonlm.engine import KVCacheEngine, SamplingParams
@@ -150,7 +151,7 @@ def test_export_with_and_without_merge(trained):
     reference = new_vocab_logits(model, tok)
     new_vocab = len(tok)
 
-    merged_dir = model_mod.export(run_dir, merge=True)
+    merged_dir = export(run_dir, merge=True)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     assert merged.config.vocab_size == new_vocab
     assert merged.config.tie_word_embeddings == trained["tied"]
@@ -161,7 +162,7 @@ def test_export_with_and_without_merge(trained):
         [encode_prompt(tok2, prompt_messages("2+3"))], SamplingParams(max_new_tokens=6))
     assert 0 < len(out[0]) <= 6
 
-    adapter_dir = model_mod.export(run_dir, merge=False)
+    adapter_dir = export(run_dir, merge=False)
     assert os.path.isfile(os.path.join(adapter_dir, "tokenizer.json"))
     base = AutoModelForCausalLM.from_pretrained(trained["base"])
     base.resize_token_embeddings(len(load_tokenizer(adapter_dir)))

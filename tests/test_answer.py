@@ -4,8 +4,10 @@ from fractions import Fraction
 from hypothesis import given, settings, strategies as st
 
 from reasonlm import answer
-from reasonlm.answer import (answers_match, check_equation, evaluate_expression, format_number, lmeval_flexible,
-                             lmeval_strict, normalize_number, parse_completion, render_completion)
+from reasonlm.answer import (answers_match, format_number, lmeval_flexible, lmeval_strict, normalize_number,
+                             parse_completion, render_completion)
+from reasonlm.tasks import expressions
+from reasonlm.tasks.expressions import check_equation, evaluate_expression
 from tests.helpers import hang_guard
 
 
@@ -120,9 +122,9 @@ _exprs = st.recursive(_numbers, lambda inner: st.tuples(inner, st.sampled_from([
 @settings(max_examples=300, deadline=None)
 @given(_exprs)
 def test_int_leaves_agree_with_fraction_arithmetic(text):
-    tree = answer.parse_expression(text)
+    tree = expressions.parse_expression(text)
     assert tree is not None
-    value = answer.tree_value(tree)
+    value = expressions.tree_value(tree)
     assert value == _fraction_value(tree)  # None (division by zero) in both, or the same exact value
     if "/" not in text and "." not in text:
         assert type(value) is int  # ints stay ints: no Fraction unless a division or a decimal needs one
@@ -135,13 +137,13 @@ def test_int_leaves_agree_with_fraction_arithmetic(text):
 @given(st.text(alphabet=st.sampled_from(list("0123456789+-*/. ")), max_size=12))
 def test_short_cuts_of_the_parser_agree_with_the_full_parse(s):
     # '(s)' never takes the bare-number / 'a op b' short cuts, so it is the general parser's answer
-    assert answer.parse_expression(s) == answer.parse_expression(f"({s})")
+    assert expressions.parse_expression(s) == expressions.parse_expression(f"({s})")
 
 
 def test_leaf_types():
-    assert answer.parse_expression("12") == 12 and type(answer.parse_expression("12")) is int
-    assert type(answer.parse_expression("2.5")) is Fraction and answer.parse_expression("-3") == -3
-    assert answer.parse_expression("3*4") == ("*", 3, 4) and answer.parse_expression("-(1+2)") == ("-", 0, ("+", 1, 2))
+    assert expressions.parse_expression("12") == 12 and type(expressions.parse_expression("12")) is int
+    assert type(expressions.parse_expression("2.5")) is Fraction and expressions.parse_expression("-3") == -3
+    assert expressions.parse_expression("3*4") == ("*", 3, 4) and expressions.parse_expression("-(1+2)") == ("-", 0, ("+", 1, 2))
     assert evaluate_expression("8/4") == 2 and type(evaluate_expression("8/4")) is int
     assert evaluate_expression("2.5*2") == 5 and format_number(evaluate_expression("2.5*2")) == "5"
-    assert answer.parse_expression("+") is None and answer.parse_expression("3 4") is None
+    assert expressions.parse_expression("+") is None and expressions.parse_expression("3 4") is None

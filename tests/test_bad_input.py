@@ -110,7 +110,7 @@ def test_a_gsm8k_file_that_is_not_utf8_names_file_and_line(tmp_path):
 
 
 def test_a_chat_session_that_is_not_utf8_names_file_and_line(tmp_path):
-    from reasonlm.chat import load_session
+    from reasonlm.chat.session import load_session
     path = tmp_path / "s.jsonl"
     path.write_bytes(b'{"messages": []}\n\x80\n')
     with pytest.raises(ValueError, match=f"^{path}:2: not UTF-8 text$"):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonlm import chat
+from reasonlm.chat import display, session
 from reasonlm.answer import encode_example, render_completion, stop_token_ids
 from reasonlm.engine import KVCacheEngine, SamplingParams
 from reasonlm.tasks import get_task, question_families
@@ -90,8 +91,8 @@ def test_repl_session(models, tmp_path):
     child = spawn("--model", models["trained"])
     send(child, QUESTION)
     # a TTY gets styling: reasoning dimmed, then the final answer line highlighted
-    child.expect(re.escape(chat.DIM) + r"\d")
-    child.expect(re.escape(chat.FINAL + "#### "))
+    child.expect(re.escape(display.DIM) + r"\d")
+    child.expect(re.escape(display.FINAL + "#### "))
     child.expect(PROMPT)
 
     send(child, "/verify")
@@ -246,7 +247,7 @@ def test_detokenizer_handles_multibyte_characters(loaded):
     _, tok = loaded
     text = "é ✓ 12×3=36\n#### 36 ünïcode 😀"
     pieces = []
-    d = chat.Detokenizer(tok, pieces.append)
+    d = display.Detokenizer(tok, pieces.append)
     for t in tok(text, add_special_tokens=False)["input_ids"]:
         d.push(t)
     d.finish()
@@ -261,13 +262,13 @@ def test_painter_dims_steps_and_highlights_the_final_line():
             pass
 
     out = Out()
-    p = chat.Painter(out, plain=False)
+    p = display.Painter(out, plain=False)
     for piece in ["8+1", "=9\n", "##", "## 9", "\n"]:
         p.feed(piece)
     p.close()
-    assert "".join(out) == f"{chat.DIM}8+1=9{chat.RESET}\n{chat.FINAL}#### 9{chat.RESET}\n"
+    assert "".join(out) == f"{display.DIM}8+1=9{display.RESET}\n{display.FINAL}#### 9{display.RESET}\n"
     out.clear()
-    p = chat.Painter(out, plain=True)
+    p = display.Painter(out, plain=True)
     p.feed("8+1=9\n#### 9")
     p.close()
     assert "".join(out) == "8+1=9\n#### 9\n"
@@ -296,9 +297,9 @@ def test_control_characters_from_the_model_are_shown_escaped(loaded, plain):
     c.command("/verify")
     c.command("/samples 2")
     shown = "".join(out)
-    for ours in (chat.DIM, chat.FINAL, chat.GOOD, chat.BAD, chat.RESET):
+    for ours in (display.DIM, display.FINAL, display.GOOD, display.BAD, display.RESET):
         shown = shown.replace(ours, "")
-    assert not [ch for ch in shown if ord(ch) in chat.CONTROL_ESCAPES]
+    assert not [ch for ch in shown if ord(ch) in display.CONTROL_ESCAPES]
     assert "\\x1b]52;c;cm0gLXJmIH4=\\x07\\x0d\\x9b2J" in shown and "\t" in shown
     assert shown.count("1+1=2\\x1b]0;owned") >= 2  # the stream and /verify's step
 
@@ -322,11 +323,11 @@ def test_settings_parse_and_name_the_bad_item():
 def test_save_and_load_round_trip(tmp_path):
     history = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "1+1=2\n#### 2"}]
     path = str(tmp_path / "s.jsonl")
-    chat.save_session(path, "be brief", history)
-    assert chat.load_session(path) == ("be brief", history)
+    session.save_session(path, "be brief", history)
+    assert session.load_session(path) == ("be brief", history)
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "assistant", "content": "x"}]}\n')
     with pytest.raises(ValueError, match="alternating user/assistant"):
-        chat.load_session(str(tmp_path / "bad.jsonl"))
+        session.load_session(str(tmp_path / "bad.jsonl"))
 
 
 def test_verify_reads_every_generated_family():
@@ -357,14 +358,14 @@ def test_input_that_is_not_utf8_is_replaced_and_the_session_goes_on(models, tmp_
                            capture_output=True, timeout=60)
     out, err = piped.stdout.decode(errors="replace"), piped.stderr.decode(errors="replace")
     assert piped.returncode == 0 and "Traceback" not in err, err
-    assert chat.NOT_UTF8 in out and "saved 2 messages" in out
-    assert chat.load_session(str(saved))[1][0]["content"] == "3+\ufffd4"
+    assert display.NOT_UTF8 in out and "saved 2 messages" in out
+    assert session.load_session(str(saved))[1][0]["content"] == "3+\ufffd4"
     one_shot = subprocess.run([sys.executable, "-m", "reasonlm", "chat", "--model", models["trained"].encode(),
                                "-p", b"3+\xff4"], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
     err = one_shot.stderr.decode(errors="replace")
-    assert one_shot.returncode == 0 and "Traceback" not in err and chat.NOT_UTF8 in err, err
-    assert chat.readable_input("caf\udce9 \udcc3\udca9") == ("caf\ufffd \u00e9", True)  # a valid pair decodes
-    assert chat.readable_input("1+1") == ("1+1", False)
+    assert one_shot.returncode == 0 and "Traceback" not in err and display.NOT_UTF8 in err, err
+    assert display.readable_input("caf\udce9 \udcc3\udca9") == ("caf\ufffd \u00e9", True)  # a valid pair decodes
+    assert display.readable_input("1+1") == ("1+1", False)
 
 
 def test_save_onto_an_existing_file_refuses_unless_forced_and_keeps_its_mode(tmp_path):
@@ -386,6 +387,6 @@ def test_save_onto_an_existing_file_refuses_unless_forced_and_keeps_its_mode(tmp
     assert mine.read_text() == "the user's own file\n"
     assert f"error: {mine} exists; /save --force {mine} replaces it (nothing was written)" in "".join(out)
     c.command(f"/save --force {mine}")
-    assert chat.load_session(str(mine))[1] == c.history and "saved 2 messages" in "".join(out)
+    assert session.load_session(str(mine))[1] == c.history and "saved 2 messages" in "".join(out)
     assert os.stat(mine).st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["notes.jsonl"]

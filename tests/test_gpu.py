@@ -18,7 +18,6 @@ import time
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState
 
 from reasonlm import cli
 from tests.helpers import ROOT, TINY_RECIPE
@@ -52,9 +51,7 @@ def cuda_allocations() -> int:
 
 
 def stage(device: str, *argv: str):
-    """`reasonlm ARGV` in this process, as a fresh `reasonlm STAGE` process would run it (Accelerate's
-    process-wide state reset first); on CUDA it must allocate GPU memory (it ran there)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
+    """`reasonlm ARGV` in this process; on CUDA it must allocate GPU memory (it ran there)."""
     before = cuda_allocations()
     t0 = time.perf_counter()
     cli.main(list(argv))

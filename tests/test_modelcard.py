@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from reasonlm import data, model as model_mod, modelcard, pipeline, train
+from reasonlm import data, modelcard, pipeline, train
+from reasonlm.export import export
 from reasonlm.config import DataConfig, Recipe, RunPaths, TrainConfig
 from tests.helpers import TINY_TASK, tiny_model_and_tokenizer
 
@@ -89,14 +90,14 @@ def test_merged_export_has_a_transformers_card_with_the_run_results(run):
     os.makedirs(run.eval("eval"), exist_ok=True)
     with open(os.path.join(run.eval("eval"), "report.json"), "w") as f:
         json.dump(report({"test": {"n": 8, "accuracy": 0.375, "chain_valid": 0.25}}), f)
-    merged = model_mod.export(run.train_run("train"), merge=True)
+    merged = export(run.train_run("train"), merge=True)
     card = os.path.join(merged, "README.md")
     meta, body = split_card(card)
     assert meta["library_name"] == "transformers" and "base_model" not in meta
     assert "AutoModelForCausalLM.from_pretrained" in body and "`../../data/README.md`" in body
     assert "format: cot" in body  # the adapter's training config travels with the export
     check_with_hub(card, {("test", "accuracy"): 0.375, ("test", "chain_valid"): 0.25})
-    adapter = model_mod.export(run.train_run("train"))  # the adapter alone: a peft card with the results
+    adapter = export(run.train_run("train"))  # the adapter alone: a peft card with the results
     meta, _ = split_card(os.path.join(adapter, "README.md"))
     assert meta["library_name"] == "peft" and meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.375
 

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from reasonlm import cli, rl
+from reasonlm.rl.pool import ProblemPool
 from reasonlm.config import CurriculumConfig, RLConfig, RunPaths, load_recipe
 from reasonlm.credit import RewardError, preflight
 from reasonlm.evaluate.report import markdown, plot
@@ -98,10 +99,10 @@ def test_rl_draws_an_importers_problems_of_the_requested_lengths():
     records = rl.imported_problems(task, cfg)
     assert records and all(ex.n_steps == 2 for ex in records)
     preflight(task, cfg, records)  # GSM8K's checker judges the equations of every step
-    pool = rl.ProblemPool(task, cfg, None, records)
+    pool = ProblemPool(task, cfg, None, records)
     first = [ex.question for ex, _ in pool.draw(len(records))]
     assert sorted(first) == sorted(ex.question for ex in records)  # one pass covers every record once
-    again = rl.ProblemPool(task, cfg, pool.state(), records)
+    again = ProblemPool(task, cfg, pool.state(), records)
     assert [ex for ex, _ in again.draw(3)] == [ex for ex, _ in pool.draw(3)]  # the order is a function of the state
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from reasonlm import credit, rl
+from reasonlm.rl import update
+from reasonlm.rl.pool import ProblemPool
 from reasonlm.credit import Rollout
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, CurriculumConfig, RLConfig, TrainConfig, load_recipe
@@ -84,19 +86,19 @@ def test_each_loss_type_against_a_hand_computed_value():
     for loss_type, expected in [("grpo", -(2.0 / 1 + 3.0 / 3) / 2),  # per-sequence mean, then mean
                                 ("dr_grpo", -(2.0 + 3.0) / (2 * 10)),  # sum / (2 sequences x 10 tokens)
                                 ("dapo", -(2.0 + 3.0) / 4)]:  # mean over the 4 tokens
-        w = torch.tensor(rl.token_weights([1, 3], loss_type, 10))[:, None] * live
-        loss, clip = rl.policy_loss(logp, logp, logp, adv, w, RLConfig(loss_type=loss_type))
+        w = torch.tensor(update.token_weights([1, 3], loss_type, 10))[:, None] * live
+        loss, clip = update.policy_loss(logp, logp, logp, adv, w, RLConfig(loss_type=loss_type))
         assert loss.item() == pytest.approx(expected) and clip["clipped_tokens"].sum() == 0
 
 
 def test_the_clip_binds_beyond_epsilon_and_the_kl_adds_beta_k3():
     cfg = RLConfig(epsilon=0.2, beta=0.0)
     w, adv = torch.ones(1, 1), torch.ones(1, 1)
-    loss, clip = rl.policy_loss(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1), torch.zeros(1, 1), adv, w, cfg)
+    loss, clip = update.policy_loss(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1), torch.zeros(1, 1), adv, w, cfg)
     assert loss.item() == pytest.approx(-1.2) and clip["clipped_tokens"].sum() == 1
     cfg = RLConfig(beta=0.5)
     logp = torch.log(torch.tensor([[0.5]]))
-    loss, _ = rl.policy_loss(logp, logp, torch.zeros(1, 1), torch.zeros(1, 1), w, cfg)  # A = 0: only the KL
+    loss, _ = update.policy_loss(logp, logp, torch.zeros(1, 1), torch.zeros(1, 1), w, cfg)  # A = 0: only the KL
     q = -logp.item()
     assert loss.item() == pytest.approx(0.5 * (2.0 - q - 1))
 
@@ -122,7 +124,7 @@ def test_num_iterations_1_has_a_ratio_of_exactly_1_and_moves_the_weights(toy):
         batch.append(credit.Rollout(prompt, ids, text, False, [], True, True, advantages=[a] * len(ids)))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    stats = rl.grpo_update(model, opt, batch, before, cfg, _Accelerator())
+    stats = update.grpo_update(model, opt, batch, before, cfg, _Accelerator())
     assert stats["ratio_min"] == 1.0 and stats["ratio_max"] == 1.0 and stats["clip_fraction"] == 0.0
     assert stats["kl"] == 0.0  # the reference is the starting weights
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
@@ -171,7 +173,7 @@ def test_a_reward_that_raises_is_not_turned_into_0():
 
 def test_pool_retires_solved_problems_retries_unsolved_ones_and_resumes():
     cfg = RLConfig(n_steps=[2, 3], retries=1, seed=3)
-    pool = rl.ProblemPool(get_task("arithmetic", **TINY_TASK), cfg)
+    pool = ProblemPool(get_task("arithmetic", **TINY_TASK), cfg)
     first = pool.draw(4)
     assert all(2 <= ex.n_steps <= 3 and n == 0 for ex, n in first)
     pool.give_back(*first[0], solved=8, group=8)  # retired
@@ -179,16 +181,16 @@ def test_pool_retires_solved_problems_retries_unsolved_ones_and_resumes():
     again = pool.draw(4)
     assert again[0] == (first[1][0], 1) and pool.retired == 1
     pool.give_back(*again[0], solved=0, group=8)  # out of retries
-    copy = rl.ProblemPool(pool.task, cfg, pool.state())
+    copy = ProblemPool(pool.task, cfg, pool.state())
     assert [ex for ex, _ in copy.draw(4)] == [ex for ex, _ in pool.draw(4)]
 
 
 def test_replay_mixes_short_problems_into_the_fresh_ones():
     cfg = RLConfig(n_steps=[6, 7], replay_fraction=0.25, replay_steps=[2, 3], seed=1)
-    drawn = [ex.n_steps for ex, _ in rl.ProblemPool(get_task("arithmetic", **TINY_TASK), cfg).draw(400)]
+    drawn = [ex.n_steps for ex, _ in ProblemPool(get_task("arithmetic", **TINY_TASK), cfg).draw(400)]
     short = sum(n <= 3 for n in drawn)
     assert set(drawn) <= {2, 3, 6, 7} and 70 <= short <= 130  # 100 expected
-    plain = [ex.n_steps for ex, _ in rl.ProblemPool(get_task("arithmetic", **TINY_TASK), RLConfig(n_steps=[6, 7])).draw(50)]
+    plain = [ex.n_steps for ex, _ in ProblemPool(get_task("arithmetic", **TINY_TASK), RLConfig(n_steps=[6, 7])).draw(50)]
     assert set(plain) <= {6, 7}
 
 
@@ -199,7 +201,7 @@ def test_the_probe_set_is_fixed_held_out_and_scored_greedily(toy):
     probe = rl.probe_set(task, tok, cfg)
     assert [ex.question for ex, _ in probe] == [ex.question for ex, _ in rl.probe_set(task, tok, cfg)]
     assert [ex.n_steps for ex, _ in probe] == [2] * 20 + [3] * 20
-    trained = {ex.question for ex, _ in rl.ProblemPool(task, cfg).draw(40)}
+    trained = {ex.question for ex, _ in ProblemPool(task, cfg).draw(40)}
     assert len(trained & {ex.question for ex, _ in probe}) < 10  # another stream (short problems can coincide)
     engine = KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
     accuracy = rl.run_probe(engine, tok, task, probe, cfg, _Accelerator())
@@ -346,7 +348,7 @@ def test_a_short_rl_run_on_a_toy_task_raises_the_mean_reward(tmp_path):
                    lr=1e-2, save_every=0, log_completions=1, flat_rounds=0)
     accelerator = Accelerator(cpu=True)
     model, opt, reference = rl.prepare(accelerator, model, cfg)
-    rl.fit(model, tok, rl.ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
+    rl.fit(model, tok, ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
     curve = [json.loads(line)["reward_mean"] for line in open(tmp_path / "metrics.jsonl")]
     assert len(curve) == 12 and sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.2, curve
     assert (tmp_path / "completions.jsonl").read_text().count("\n") == 12
@@ -380,12 +382,12 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
     batch = [credit.Rollout(prompt, ids, "", False, [1], True, True, kept=[True] * len(ids))] * 2
 
     def nll():
-        fwd = rl.collate(batch[:1], 0)
+        fwd = update.collate(batch[:1], 0)
         with torch.no_grad():
-            return -(rl.token_logprobs(model, fwd)[0] * fwd.place([[1.0] * len(ids)])).sum().item()
+            return -(update.token_logprobs(model, fwd)[0] * fwd.place([[1.0] * len(ids)])).sum().item()
     before = nll()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    stats = rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    stats = update.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
     assert stats["loss"] > 0 and nll() < before - 0.5
 
 
@@ -399,8 +401,8 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
     tails = [tok(t + end_of_turn(tok), add_special_tokens=False)["input_ids"] for t in ("1+6=8\n#### 8", "1+6=9\n#### 9")]
     batch = [Rollout(prompt, prefix + tail, "", False, [1, 0], False, False,
                      kept=[True] * len(prefix) + [False] * len(tail)) for tail in tails]
-    cut = [rl.kept_part(s) for s in batch]
-    assert all(c.completion == prefix and all(c.kept) for c in cut) and len(rl.unique(cut)[0]) == 1
+    cut = [update.kept_part(s) for s in batch]
+    assert all(c.completion == prefix and all(c.kept) for c in cut) and len(update.unique(cut)[0]) == 1
 
     cfg = RLConfig(algorithm="expert_iteration", num_iterations=1, mini_batch_size=8, grad_clip=0.0)
     whole = copy.deepcopy(model)
@@ -409,14 +411,14 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
         m.train()
     sgd = lambda m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
     opt = sgd(model)
-    forwarded, logprobs = [], rl.token_logprobs
-    monkeypatch.setattr(rl, "token_logprobs", lambda m, fwd, *a, **k: forwarded.append(fwd.ids.shape) or logprobs(m, fwd, *a, **k))
-    rl.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    forwarded, logprobs = [], update.token_logprobs
+    monkeypatch.setattr(update, "token_logprobs", lambda m, fwd, *a, **k: forwarded.append(fwd.ids.shape) or logprobs(m, fwd, *a, **k))
+    update.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
     assert forwarded == [(1, len(prompt) + len(prefix))]  # one row, cut after the prefix
-    fwd = rl.collate(batch, 0)  # the whole rows, uncut
+    fwd = update.collate(batch, 0)  # the whole rows, uncut
     keep, weight = fwd.place([[float(k) for k in s.kept] for s in batch]), fwd.place([[1 / (2 * len(prefix))] * len(s.kept) for s in batch])
     opt = sgd(whole)
-    (-(rl.token_logprobs(whole, fwd)[0] * keep * weight).sum()).backward()
+    (-(update.token_logprobs(whole, fwd)[0] * keep * weight).sum()).backward()
     opt.step()
     for (name, p), q in zip(model.named_parameters(), whole.parameters()):
         if p.requires_grad:
@@ -461,7 +463,7 @@ def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path):
         accelerator = Accelerator(cpu=True)
         model, opt, reference = rl.prepare(accelerator, model, cfg)
         start, state = try_resume(accelerator, model, str(out), None)
-        pool = rl.ProblemPool(_Stops(), cfg, state.get("pool"))
+        pool = ProblemPool(_Stops(), cfg, state.get("pool"))
         rl.fit(model, tok, pool, reference, cfg if stop_after is None else
                dataclasses.replace(cfg, rounds=stop_after, save_every=0), str(out), accelerator, opt, start,
                state.get("history"))
@@ -482,12 +484,12 @@ def test_identical_rollouts_run_once_with_their_count_as_weight(loss_type):
     """The update trains each distinct rollout once: its weight with count c equals the summed
     weights of its c copies, for every loss type, so the loss is the one of the batch as drawn."""
     lengths, counts = [3, 5, 2], [2, 1, 3]
-    drawn = rl.token_weights([k for k, c in zip(lengths, counts) for _ in range(c)], loss_type, 10)
-    merged = rl.token_weights(lengths, loss_type, 10, counts)
+    drawn = update.token_weights([k for k, c in zip(lengths, counts) for _ in range(c)], loss_type, 10)
+    merged = update.token_weights(lengths, loss_type, 10, counts)
     assert merged == pytest.approx([drawn[0] * 2, drawn[2], drawn[3] * 3])
     a = Rollout([1, 2], [3, 4], "x", False, [1], True, True, advantages=[0.5, 0.5])
     b = Rollout([1, 2], [3, 4], "x", False, [1], True, True, advantages=[-0.5, -0.5])  # same tokens, other credit
-    distinct, n = rl.unique([a, b, a, a])
+    distinct, n = update.unique([a, b, a, a])
     assert distinct == [a, b] and n == [3, 1]
 
 
@@ -518,15 +520,15 @@ def test_a_packed_update_equals_the_padded_one():
         reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         cfg = RLConfig(num_iterations=2, mini_batch_size=5, micro_batch_size=3, lr=1e-2, beta=0.1, packed_attention=packed)
-        fwd = rl.collate(batch[:3], 0, packed)
+        fwd = update.collate(batch[:3], 0, packed)
         assert fwd.ids.shape[0] == (1 if packed else 3)
         assert fwd.ids.numel() == (sum(len(s.prompt) + len(s.completion) for s in batch[:3]) if packed
                                    else 3 * max(len(s.prompt) + len(s.completion) for s in batch[:3]))
         with torch.no_grad():
-            logp = rl.token_logprobs(model, fwd)[0]
+            logp = update.token_logprobs(model, fwd)[0]
         first = [fwd.take(logp, i, len(s.completion)) for i, s in enumerate(batch[:3])]
-        stats = [rl.grpo_update(model, opt, batch, reference, cfg, _Accelerator(), seed=3),
-                 rl.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"),
+        stats = [update.grpo_update(model, opt, batch, reference, cfg, _Accelerator(), seed=3),
+                 update.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"),
                                _Accelerator(), seed=4)]
         ends.append((first, stats, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
     (padded_logp, padded_stats, padded), (packed_logp, packed_stats, packed) = ends
@@ -545,12 +547,12 @@ def test_a_packed_update_batch_built_on_the_cpu_runs_on_the_models_device():
     model, tok = toy_policy(tiny_model_and_tokenizer())
     use_packed_attention(model)
     model.to("meta")
-    fwd = rl.collate(_varied_rollouts(tok)[:3], 0, packed=True)
+    fwd = update.collate(_varied_rollouts(tok)[:3], 0, packed=True)
     with pytest.raises((RuntimeError, NotImplementedError)):
-        rl.token_logprobs(model, fwd)  # what a GPU run without the move would do
+        update.token_logprobs(model, fwd)  # what a GPU run without the move would do
     moved = fwd.to("meta")  # index_select on meta accepts a CPU index, so check the layout's place too
     assert {t.device.type for t in (moved.ids, moved.position_ids, moved.packed_rows.source, moved.packed_rows.slot)} == {"meta"}
-    logp, entropy = rl.token_logprobs(model, moved, with_entropy=True)
+    logp, entropy = update.token_logprobs(model, moved, with_entropy=True)
     assert logp.device.type == entropy.device.type == "meta"
     assert logp.shape == entropy.shape == (fwd.ids.shape[0], fwd.ids.shape[1] - 1)
 
@@ -569,8 +571,8 @@ def _updates_in_a_gloo_group(rank: int, world: int, port: int, out: str) -> None
     reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params, lr=1e-2)
     cfg = RLConfig(num_iterations=2, mini_batch_size=5, micro_batch_size=1, lr=1e-2, beta=0.1)
-    stats = [rl.grpo_update(model, opt, batch, reference, cfg, accelerator, seed=3),
-             rl.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"), accelerator, seed=4)]
+    stats = [update.grpo_update(model, opt, batch, reference, cfg, accelerator, seed=3),
+             update.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"), accelerator, seed=4)]
     if rank == 0:
         torch.save({"weights": {n: p.detach() for n, p in model.named_parameters() if p.requires_grad},
                     "stats": stats}, out)
@@ -660,7 +662,7 @@ def test_a_diverged_round_stops_rl_before_anything_is_saved(tmp_path, monkeypatc
     accelerator = Accelerator(cpu=True)
     model, opt, reference = rl.prepare(accelerator, model, cfg)
     with pytest.raises(DivergedError, match=rf"^{what} at round 1; stopped\. Last good checkpoint: none\. Lower rl\.lr"):
-        rl.fit(model, tok, rl.ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
+        rl.fit(model, tok, ProblemPool(_Stops(), cfg), reference, cfg, str(tmp_path), accelerator, opt)
     assert not list(tmp_path.glob("checkpoint-*"))
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from reasonlm import chat, cli, search
+from reasonlm.chat import display
 from reasonlm.answer import stop_token_ids
 from reasonlm.config import ConfigError, EvalConfig, SearchConfig
 from reasonlm.engine import KVCacheEngine, Unit
@@ -337,7 +338,7 @@ def test_chat_search_shows_the_rejected_line_struck_through_then_the_retry(scrip
     turn = c.ask(QUESTION)
     shown = "".join(out)
     assert turn.text == "He has 3*4=12 apples.\n#### 12" and c.history[-1]["content"] == turn.text
-    struck = f"{chat.STRUCK}He has 3*4=13 apples.   (step 1 is wrong){chat.RESET}"
+    struck = f"{display.STRUCK}He has 3*4=13 apples.   (step 1 is wrong){display.RESET}"
     assert struck in shown and shown.index(struck) < shown.index("He has 3*4=12 apples.")
     assert "1 lines resampled" in shown
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reasonlm import stats
-from reasonlm.stats import (bootstrap_ci, maj_at_k, majority_vote, mcnemar, paired_bootstrap,
-                            pass_at_k, plot_accuracy_by_steps, plot_training_curves,
+from reasonlm.plots import plot_accuracy_by_steps, plot_training_curves
+from reasonlm.stats import (bootstrap_ci, maj_at_k, majority_vote, mcnemar, paired_bootstrap, pass_at_k,
                             wilson_interval)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

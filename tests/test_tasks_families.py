@@ -7,7 +7,8 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from reasonlm.answer import format_number, normalize_number, parse_expression, render_completion
+from reasonlm.answer import format_number, normalize_number, render_completion
+from reasonlm.tasks.expressions import parse_expression
 from reasonlm.example import Example
 from reasonlm.tasks import TASKS, get_task, is_importer, known_tasks, parse_any_question, question_families
 from reasonlm.tasks.arithmetic import ArithmeticChain, rewrite_steps

@@ -12,14 +12,15 @@ import types
 
 import pytest
 import torch
+import yaml
 from accelerate import tracking as accelerate_tracking
 from accelerate.utils import LoggerType
 
-from reasonlm import tracking, train
+from reasonlm import base, cli, tracking, train
 from reasonlm.config import TrainConfig
 from reasonlm.evaluate import headline_metrics
 from reasonlm.evaluate.progress import Progress
-from tests.helpers import rows, tiny_model_and_tokenizer
+from tests.helpers import TINY_RECIPE, rows, tiny_model_and_tokenizer
 
 CFG = dict(steps=3, batch_tokens=512, seq_len=128, lr=1e-3, warmup_steps=1, eval_every=0, eval_samples=0,
            log_every=1, save_every=0, lora_r=4, lora_alpha=8)
@@ -178,3 +179,33 @@ def test_progress_in_a_terminal_is_a_tqdm_bar_and_off_on_other_processes():
     quiet = io.StringIO()
     Progress(50, stream=quiet, enabled=False).update(50)
     assert quiet.getvalue() == ""
+
+
+def test_every_stage_gets_the_mixed_precision_it_asks_for_as_in_a_process_of_its_own(tmp_path):
+    """Accelerate keeps one AcceleratorState per process; the pipeline runs its stages in one. Each
+    stage's Accelerator gets its own precision: fp32 (base), bf16 (train), then fp32 again (rl)."""
+    assert tracking.tracked_accelerator([], str(tmp_path), cpu=True).mixed_precision == "no"
+    assert tracking.tracked_accelerator([], str(tmp_path), cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+    assert tracking.tracked_accelerator([], str(tmp_path), cpu=True).mixed_precision == "no"
+
+
+def test_the_pipeline_runs_base_in_fp32_then_train_in_bf16_in_one_process(tmp_path, monkeypatch):
+    """`reasonlm pipeline` with a tiny base and train.mixed_precision bf16 stopped after the base stage
+    (`AcceleratorState has already been initialized and cannot be changed`): base then train, one
+    process, CPU bf16 autocast; train's Accelerator is bf16 and the adapter is written."""
+    precisions = []
+    made = tracking.tracked_accelerator
+
+    def spy(*args, **kwargs):
+        accelerator = made(*args, **kwargs)
+        precisions.append(accelerator.mixed_precision)
+        return accelerator
+    monkeypatch.setattr(train, "tracked_accelerator", spy)
+    monkeypatch.setattr(base, "tracked_accelerator", spy)
+    recipe = {**TINY_RECIPE, "out_dir": str(tmp_path / "run"), "direct_baseline": False,
+              "train": {**TINY_RECIPE["train"], "mixed_precision": "bf16"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli.main(["pipeline", str(path)]) in (None, 0)
+    assert precisions == ["no", "bf16"]  # base, then train
+    assert (tmp_path / "run" / "train" / "adapter" / "adapter_config.json").is_file()

@@ -46,9 +46,8 @@ class Blocklist:
     8-gram test on them would be meaningless. `hit` says why a question is blocked and by what.
 
     n-grams are taken only from text this recipe's generators did not write (imported eval splits,
-    eval suites): two draws of one template share its wording, which is not leakage. Measured on
-    a four-family mix with n=8 against 240 generated eval questions, n-grams of the generated
-    splits rejected ~30% of all draws and most short object-swap and word problems. Generated eval
+    eval suites): two draws of one template share its wording, which is not leakage, and n-grams of
+    generated splits would reject most short object-swap and word problems (docs/data.md). Generated eval
     splits are matched by exact normalized question. For the same reason an n-gram found in
     BOILERPLATE or more eval questions is an instruction or a template ('State the final answer
     to the following arithmetic problem'), not a question's content, and is dropped.

@@ -17,8 +17,9 @@ from collections import defaultdict
 from reasonlm import outputs
 from reasonlm.config import EvalConfig, resolved_yaml
 from reasonlm.evaluate.metrics import default_ks, summarize
+from reasonlm.plots import plot_accuracy_by_steps
 from reasonlm.sources import Source, fingerprint
-from reasonlm.stats import plot_accuracy_by_steps, wilson_interval
+from reasonlm.stats import wilson_interval
 
 
 def build_report(cfg: EvalConfig, sources: list[Source], skipped: dict, samples: list[dict], model_name: str,

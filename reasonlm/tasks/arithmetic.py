@@ -21,20 +21,19 @@ a direct answer must then follow every operation), `distinct_ops` (true: no oper
 `step_format` (below), and `modulus`:
 
 Step formats (`step_format`), all checked by the same replay, and mixable in one answer:
-  equation          4*8=32 / 32+7=39 / 39*2=78 / 78-5=73                   (the default)
+  equation          4*8=32 / 32+7=39 / 39*2=78 / 78-5=73                   (the knob's default)
   rewrite           (32+7)*2-5 / 39*2-5 / 78-5 / 73       (the whole expression after each step)
   equation+rewrite  4*8=32 | (32+7)*2-5 / 32+7=39 | 39*2-5 / 39*2=78 | 78-5 / 78-5=73
-The last is what lets a tiny model solve chains longer than any it was trained on: the
+The last (the default recipe's) is what lets a tiny model solve chains longer than any it was trained on: the
 next operation is always at the start of the line above, and the answer comes when nothing is
 left, so neither finding an operand nor stopping depends on counting steps (docs/experiments.md,
 "Chains longer than any trained"). Pure rewrite lines make the model compute away from the operands, which a
-1M-parameter model does badly (7% validation accuracy after 250 LoRA steps: docs/experiments.md, run L).
+1M-parameter model does badly (docs/experiments.md).
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
-They are the default tiny task because they need the steps: a bounded running total is just
-the sum of the signed operands, which a transformer can read off in one pass (our direct-answer
-ablation solved those almost as well as the chains), while a sum mod 10 of many terms is not.
+They need the steps: a bounded running total is just the sum of the signed operands, which a
+transformer can read off in one pass, while a sum mod 10 of many terms is not.
 """
 from __future__ import annotations
 
@@ -45,9 +44,10 @@ from fractions import Fraction
 
 from collections.abc import Sequence
 
-from reasonlm.answer import answers_match, evaluate_expression, format_number, is_leaf, parse_expression, tree_value
+from reasonlm.answer import answers_match, format_number
 from reasonlm.example import Example
 from reasonlm.tasks.base import Check, Family, finish_check
+from reasonlm.tasks.expressions import evaluate_expression, is_leaf, parse_expression, tree_value
 
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 STEP_FORMATS = ("equation", "rewrite", "equation+rewrite")

@@ -18,7 +18,7 @@ A line can hold zero or several annotations, so n_steps (annotations, the checka
 differ from len(steps).
 
 Rejected and counted: `bad_annotation` (an annotation that is not a true equation by
-answer.check_equation, or a rewritten line our own checker does not accept), `final_mismatch`
+expressions.check_equation, or a rewritten line our own checker does not accept), `final_mismatch`
 (the `####` value differs from the last annotation's result), `malformed` (bad JSON, missing or
 empty `question`/`answer`, no `####` line, no reasoning lines). `on_error="raise"` turns a
 malformed record into a ValueError naming file:line instead (the default, 'skip', counts it).
@@ -35,10 +35,10 @@ import os
 import re
 from collections.abc import Sequence
 
-from reasonlm.answer import (MAX_EXPR_CHARS, answers_match, check_equation, evaluate_expression, format_number,
-                             normalize_number, parse_expression, tree_value)
+from reasonlm.answer import answers_match, format_number, normalize_number
 from reasonlm.example import Example, text_lines
 from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, finish_check, new_load_report
+from reasonlm.tasks.expressions import MAX_EXPR_CHARS, check_equation, evaluate_expression, parse_expression, tree_value
 
 ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
 PRINTED_RESULT_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # the result GSM8K prints after '>>'

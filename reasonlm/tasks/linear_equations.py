@@ -248,7 +248,7 @@ class LinearEquations(Family):
 
 
 # --- a tiny exact parser for linear expressions ------------------------------------------------
-# answer.parse_expression reads 'x' as multiplication, so states get their own parser: every
+# expressions.parse_expression reads 'x' as multiplication, so states get their own parser: every
 # side becomes a pair (a, b) meaning a*x + b, with Fractions. Products of two x terms, division by
 # an x term or by zero, and anything that is not + - * / ( ) numbers and x make it return None.
 _CHARS_RE = re.compile(r"[0-9x+\-*/().\s]+")

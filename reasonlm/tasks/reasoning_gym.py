@@ -12,7 +12,7 @@ steps come from its metadata:
       gives the answer. A solution done in algebra ('2x+100=184') has no checkable equation and
       is kept with n_steps=0: only its answer is verified (about 1 in 50 records).
   chain_sum, basic_arithmetic, decimal_chain_sum, products: `metadata["expression"]`
-      ('-1515 / 5 + -( -2842 * -5436 ) * -6892') is parsed by answer.parse_expression and
+      ('-1515 / 5 + -( -2842 * -5436 ) * -6892') is parsed by expressions.parse_expression and
       traced by arithmetic.gold_steps, one reduction per line, innermost first:
           -1515/5=-303
           -2842*-5436=15449112
@@ -34,10 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reasonlm.answer import format_number, normalize_number, parse_expression, tree_value
+from reasonlm.answer import format_number, normalize_number
 from reasonlm.example import Example
 from reasonlm.tasks.arithmetic import ArithmeticChain, gold_steps
 from reasonlm.tasks.base import Check, Importer, Rejected, check_on_error, new_load_report
+from reasonlm.tasks.expressions import parse_expression, tree_value
 from reasonlm.tasks.gsm8k import check_equation_steps, find_equations
 
 COT_TASKS = ("gsm_symbolic",)

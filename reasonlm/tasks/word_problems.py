@@ -42,9 +42,10 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from reasonlm.answer import NUMBER_RE as WRITTEN_NUMBER_RE  # '$1,200', '-3.5': how people write numbers
-from reasonlm.answer import answers_match, format_number, normalize_number, parse_expression, tree_value
+from reasonlm.answer import answers_match, format_number, normalize_number
 from reasonlm.example import Example
 from reasonlm.tasks.base import Check, Family, finish_check
+from reasonlm.tasks.expressions import parse_expression, tree_value
 from reasonlm.tasks.word_problem_templates import BASES, DISTRACTORS, ITEMS, RELATIVES, STAGES, Retry, Story
 
 # One precompiled pattern each (the checker runs on every generated and model-written line).

@@ -2,8 +2,9 @@
 
     reasonlm rl recipes/tiny-cpu.yaml [rl.reward=outcome rl.rounds=40 ...]
 
-Read top to bottom: the stage (`run`) -> the loop -> problems (a difficulty pool) -> rollouts ->
-the update -> logs; the checker's verdict and the credit below are reasonlm/credit.py. No trainer classes. A round draws
+Read top to bottom: the stage (`run`) -> the loop (`fit`) -> logs; the difficulty pool is
+rl/pool.py, the rollouts rl/rollouts.py, the updates rl/update.py; the checker's verdict and the
+credit below are reasonlm/credit.py. No trainer classes. A round draws
 `prompts_per_round` problems from the task's generator, or from an importer's records (rl.task
 {name: gsm8k, args: {split: train}}: GSM8K train, those of rl.n_steps annotations), of which only
 the question and the checker are used, never the gold steps; it samples `num_generations` completions of each with the engine that
@@ -78,8 +79,6 @@ order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import json
 import os
 import random
@@ -87,21 +86,23 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from reasonlm import outputs
-from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages
+from reasonlm.answer import encode_example, encode_prompt, prompt_messages
 from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
                                  trainable_state_dict, try_resume)
 from reasonlm.config import Recipe, RLConfig, RunPaths, base_model, save_resolved
-from reasonlm.credit import Group, Rollout, assign_credit, has_signal, preflight, score
+from reasonlm.credit import Group, Rollout, preflight, score
 from reasonlm.curriculum import Curriculum, check_reach, describe
 from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.example import Example, read_dataset, render_target
 from reasonlm.model import adapter_tokenizer, check_adapter, load_adapter, model_context, resolve_device, set_threads
-from reasonlm.packing import PackedRows, check_packable, packed_forward, use_packed_attention
+from reasonlm.packing import check_packable, use_packed_attention
 from reasonlm.processes import cores_each, run_processes
-from reasonlm.sources import ladder_problems, new_problem
+from reasonlm.rl.pool import ProblemPool
+from reasonlm.rl.rollouts import collect, sample
+from reasonlm.rl.update import grpo_update, sft_update
+from reasonlm.sources import ladder_problems
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
@@ -372,385 +373,6 @@ def warn_if_stuck(history: list, zero_signal: float, cfg: RLConfig, rnd: int) ->
     recent = history[-cfg.flat_rounds:]
     if cfg.flat_rounds and len(recent) == cfg.flat_rounds and max(recent) - min(recent) < 1e-6:
         print(f"warning: the mean reward has been {recent[-1]} for {cfg.flat_rounds} rounds", file=sys.stderr)
-
-
-# --- problems: the difficulty pool -----------------------------------------------------------
-class ProblemPool:
-    """Problems for the next round: retried unsolved ones first (up to half a round), then fresh
-    ones: from the generator, or the next of an importer's `records` (a fresh seeded order every
-    pass over them). A problem every sample solved retires; others return up to `retries` times."""
-
-    def __init__(self, task, cfg: RLConfig, state: dict | None = None, records: list[Example] | None = None,
-                 curriculum: Curriculum | None = None):
-        self.task, self.cfg, self.records, self.curriculum = task, cfg, records, curriculum
-        self.rng = random.Random(cfg.seed)
-        self.queue: list[tuple[Example, int]] = []  # (problem, attempts so far)
-        self.made = self.retired = 0
-        self._order: tuple[int, list[int]] = (-1, [])  # (pass, record order): a function of the seed and `made`
-        if state:
-            version, internal, gauss = state["rng"]
-            self.rng.setstate((version, tuple(internal), gauss))
-            self.queue = [(Example.from_row(row), n) for row, n in state["queue"]]
-            self.made, self.retired = state["made"], state["retired"]
-
-    def draw(self, n: int) -> list[tuple[Example, int]]:
-        retry = min(len(self.queue), n // 2)
-        out, self.queue = self.queue[:retry], self.queue[retry:]
-        while len(out) < n:
-            out.append((self.fresh(), 0))
-        return out
-
-    def fresh(self) -> Example:
-        self.made += 1
-        if self.records is None:
-            replay = self.cfg.replay_fraction and self.rng.random() < self.cfg.replay_fraction
-            if self.curriculum and not replay:  # the curriculum's range (and its own replay) instead of rl.n_steps
-                n_steps = self.curriculum.n_steps(self.rng, self.made)
-            else:
-                n_steps = self.rng.randint(*(self.cfg.replay_steps if replay else self.cfg.n_steps))
-            return new_problem(self.task, self.rng, n_steps, f"rl-{self.made}")
-        epoch, k = divmod(self.made - 1, len(self.records))
-        if self._order[0] != epoch:
-            self._order = (epoch, random.Random(self.cfg.seed * 1_000_003 + epoch).sample(range(len(self.records)),
-                                                                                          len(self.records)))
-        example = self.records[self._order[1][k]]
-        return dataclasses.replace(example, id=example.id or f"rl-{self.made}")
-
-    def give_back(self, example: Example, attempts: int, solved: int, group: int) -> None:
-        if solved == group:
-            self.retired += 1
-        elif attempts < self.cfg.retries:
-            self.queue.append((example, attempts + 1))
-
-    def state(self) -> dict:
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss], "made": self.made, "retired": self.retired,
-                "queue": [[e.to_row(), n] for e, n in self.queue]}
-
-
-# --- rollouts --------------------------------------------------------------------------------
-def collect(engine, tokenizer, pool: ProblemPool, cfg: RLConfig, rnd: int,
-            accelerator) -> tuple[list[Group], list[Group], float]:
-    """(groups to train on, every group sampled this round, the fraction of the first draw's
-    groups without signal). With dynamic_sampling, groups without signal are replaced by groups
-    of more problems (at most max_resamples extra passes) and only groups with signal are kept."""
-    wanted, train, seen, zero_first = cfg.prompts_per_round, [], [], 0.0
-    for attempt in range(1 + (cfg.max_resamples if cfg.dynamic_sampling else 0)):
-        problems = pool.draw(wanted - len(train))
-        fresh = rollout(engine, tokenizer, pool.task, problems, cfg, (cfg.seed * 1009 + rnd) * 1009 + attempt,
-                        accelerator)
-        for g in fresh:
-            assign_credit(g, cfg, tokenizer)
-            pool.give_back(g.example, g.attempts, sum(s.valid for s in g.rollouts), len(g.rollouts))
-        signal = [g for g in fresh if has_signal(g, cfg)]
-        if attempt == 0:
-            zero_first = 1 - len(signal) / len(fresh)
-        seen += fresh
-        train += signal if cfg.dynamic_sampling else fresh
-        if len(train) >= wanted or not cfg.dynamic_sampling:
-            break
-    return train, seen, zero_first
-
-
-def rollout(engine, tokenizer, task, problems, cfg: RLConfig, seed: int, accelerator) -> list[Group]:
-    """num_generations completions of every problem, scored by the task's checker (by every
-    process, each holding every completion)."""
-    G, eot = cfg.num_generations, tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
-    prompts = [encode_prompt(tokenizer, prompt_messages(ex.question)) for ex, _ in problems]
-    params = SamplingParams(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seeds=[seed * 100_003 + k for k in range(len(problems) * G)],
-                            batch_size=cfg.sample_batch_size)
-    outs = sample(engine, [p for p in prompts for _ in range(G)], params, accelerator)
-    groups = []
-    for k, (example, attempts) in enumerate(problems):
-        rollouts = []
-        for ids in outs[k * G:(k + 1) * G]:
-            truncated = len(ids) >= cfg.max_completion_length  # the engine drops the stop token that ended a row
-            text = tokenizer.decode(ids)
-            rollouts.append(score(task, example, text, truncated, cfg.truncation_penalty,
-                                  prompts[k], ids if truncated else ids + [eot]))
-        groups.append(Group(example, attempts, rollouts))
-    return groups
-
-
-def sample(engine, prompts: list[list[int]], params: SamplingParams, accelerator) -> list[list[int]]:
-    """engine.generate sharded over the processes (each decodes the batches dealt to it), the
-    completions gathered back in prompt order on every process."""
-    outs = engine.generate(prompts, params, rank=accelerator.process_index, world=accelerator.num_processes)
-    done = dict(gathered(accelerator, [(i, ids) for i, ids in enumerate(outs) if ids is not None]))
-    return [done[i] for i in range(len(prompts))]
-
-
-# --- the update ------------------------------------------------------------------------------
-# At a low temperature many of a group's completions are the same tokens (an easy problem's G
-# samples are often one chain). Identical rollouts (same prompt, completion and credit) have
-# identical gradients, so each runs once with its count as a weight: the same loss, fewer tokens.
-def unique(batch: list[Rollout]) -> tuple[list[Rollout], list[int]]:
-    """(distinct rollouts in first-seen order, how many times each occurs)."""
-    index: dict = {}
-    for s in batch:
-        key = (tuple(s.prompt), tuple(s.completion), tuple(s.advantages or ()), tuple(s.kept or ()))
-        index.setdefault(key, [s, 0])[1] += 1
-    return [s for s, _ in index.values()], [n for _, n in index.values()]
-
-
-def token_weights(lengths: list[int], loss_type: str, max_completion_length: int,
-                  counts: list[int] | None = None) -> list[float]:
-    """What one token's loss counts in the batch's loss, per completion (see the docstring); with
-    `counts`, completion i stands for counts[i] identical ones."""
-    counts = counts or [1] * len(lengths)
-    n, total = sum(counts), sum(k * c for k, c in zip(lengths, counts))
-    if loss_type == "grpo":
-        return [c / (n * max(k, 1)) for k, c in zip(lengths, counts)]
-    if loss_type == "dr_grpo":
-        return [c / (n * max_completion_length) for c in counts]
-    return [c / max(total, 1) for c in counts]  # dapo
-
-
-@dataclasses.dataclass
-class Forward:
-    """Rollouts laid out for one forward pass, and where each one's completion is predicted.
-
-    Right-padded (the default): a row per rollout; under causal attention no real token sees a
-    pad, so no mask is passed (SDPA's causal kernel instead of a masked one). Packed
-    (rl.packed_attention): every rollout back to back in one row without padding, position ids
-    restarting at each, kept apart by packed attention (reasonlm/packing.py), as in training.
-    Per-token tensors line up with logits[:, :-1]: position p predicts token p + 1, and rollout
-    i's completion tokens are predicted at spans[i] = (row, p0), p0 + 1, ... (p0: its prompt's
-    last token). A packed row's last token of one rollout "predicts" the next one's first token:
-    that position lies in no span, so it carries no loss."""
-    ids: torch.Tensor
-    spans: list[tuple[int, int]]
-    position_ids: torch.Tensor | None = None
-    packed_rows: PackedRows | None = None
-
-    def place(self, values: list[list[float]]) -> torch.Tensor:
-        """(rows, width - 1): values[i][j] where rollout i's completion token j is predicted, else 0."""
-        out = torch.zeros((self.ids.shape[0], self.ids.shape[1] - 1))
-        for (row, p), v in zip(self.spans, values):
-            out[row, p:p + len(v)] = torch.as_tensor(v, dtype=torch.float32)
-        return out
-
-    def take(self, per_token: torch.Tensor, i: int, n: int) -> torch.Tensor:
-        """Rollout i's first n completion positions of a (rows, width - 1) tensor."""
-        row, p = self.spans[i]
-        return per_token[row, p:p + n]
-
-    def to(self, device) -> Forward:
-        if self.packed_rows is None:
-            return dataclasses.replace(self, ids=self.ids.to(device))
-        return dataclasses.replace(self, ids=self.ids.to(device), position_ids=self.position_ids.to(device),
-                                   packed_rows=self.packed_rows.to(device))
-
-
-def collate(rollouts: list[Rollout], pad_id: int, packed: bool = False) -> Forward:
-    """The rollouts' prompt + completion tokens as one Forward: right-padded rows, or packed."""
-    seqs = [s.prompt + s.completion for s in rollouts]
-    if packed:
-        starts = [0, *itertools.accumulate(len(q) for q in seqs)][:-1]
-        return Forward(torch.tensor([t for q in seqs for t in q])[None],
-                       [(0, at + len(s.prompt) - 1) for at, s in zip(starts, rollouts)],
-                       torch.cat([torch.arange(len(q)) for q in seqs])[None],
-                       PackedRows.from_lengths([len(q) for q in seqs]))
-    ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
-    for r, q in enumerate(seqs):
-        ids[r, :len(q)] = torch.tensor(q)
-    return Forward(ids, [(r, len(s.prompt) - 1) for r, s in enumerate(rollouts)])
-
-
-def token_logprobs(model, batch: Forward, with_entropy: bool = False):
-    """log p(next token) at every position of `batch` (and the entropy of its distribution)."""
-    if batch.packed_rows is None:
-        out = model(input_ids=batch.ids, use_cache=False)
-    else:
-        out = packed_forward(model, batch.ids, batch.position_ids, batch.packed_rows)
-    logp_all = F.log_softmax(out.logits[:, :-1].float(), -1)
-    logp = logp_all.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
-    return logp, entropy
-
-
-def policy_loss(logp, old_logp, ref_logp, advantages, weight, cfg: RLConfig):
-    """The weighted sum of GRPO's per-token loss, and its clip statistics (see the docstring)."""
-    ratio = torch.exp(logp - old_logp)
-    clipped = ratio.clamp(1 - cfg.epsilon, 1 + (cfg.epsilon_high or cfg.epsilon))
-    per_token = -torch.minimum(ratio * advantages, clipped * advantages)
-    if cfg.beta:
-        q = ref_logp - logp
-        per_token = per_token + cfg.beta * (torch.exp(q) - q - 1)
-    live = weight > 0
-    clipped_tokens = (clipped * advantages < ratio * advantages) & live
-    return (per_token * weight).sum(), {"clipped_tokens": clipped_tokens, "ratio_min": ratio[live].min().item(),
-                                        "ratio_max": ratio[live].max().item()}
-
-
-@torch.no_grad()
-def reference_logprobs(model, reference: dict, batch: Forward):
-    """Log-probs under the starting adapter: its weights are swapped in for one forward."""
-    params = dict(model.named_parameters())
-    current = {n: params[n].detach().clone() for n in reference}
-    for n, w in reference.items():
-        params[n].copy_(w)
-    logp, _ = token_logprobs(model, batch)
-    for n, w in current.items():
-        params[n].copy_(w)
-    return logp
-
-
-def mini_batches(counts: list[int], size: int, rng: random.Random) -> list[list[int]]:
-    """A shuffled pass over distinct rollouts (by index), cut where a mini-batch holds `size` drawn
-    rollouts (a rollout drawn c times counts c)."""
-    out, filled = [[]], 0
-    for i in rng.sample(range(len(counts)), len(counts)):
-        if filled >= size:
-            out, filled = out + [[]], 0
-        out[-1].append(i)
-        filled += counts[i]
-    return out
-
-
-# With N processes every process holds the whole round (the same rollouts, the same shuffles);
-# each runs every N-th rollout of a length-sorted mini-batch (an even share of its tokens), in
-# micro-batches, weighted as a part of the whole mini-batch, and the gradients are summed over
-# processes before the step: the mini-batch's gradient, up to the order of the float sums. The
-# forward runs on the unwrapped model: DDP's hooks would expect every process to run the same
-# number of backward passes.
-def share(indices: list[int], accelerator, size: int) -> list[list[int]]:
-    """This process's every-N-th of `indices`, cut into micro-batches of `size`."""
-    mine = indices[accelerator.process_index::accelerator.num_processes]
-    return [mine[j:j + size] for j in range(0, len(mine), size)]
-
-
-def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RLConfig, accelerator,
-                seed: int = 0) -> dict:
-    """num_iterations shuffled passes over the round's rollouts in mini-batches of mini_batch_size
-    drawn rollouts, one optimizer step each. The old (and reference) log-probs of every rollout are
-    computed first, by the same model in the same precision, so the first step's ratio is exactly 1."""
-    if not batch:
-        return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
-    net = accelerator.unwrap_model(model)
-    net.train()
-    device = next(net.parameters()).device
-    tokens = sum(len(s.completion) for s in batch)
-    distinct, counts = unique(batch)
-    pad = net.config.pad_token_id or 0
-    before = []  # (distinct rollout, log-probs of its completion tokens before any step, reference's)
-    for idx in share(list(range(len(distinct))), accelerator, cfg.micro_batch_size):
-        part = [distinct[i] for i in idx]
-        fwd = collate(part, pad, cfg.packed_attention).to(device)
-        with torch.no_grad():
-            logp = token_logprobs(net, fwd)[0]
-        logp_ref = reference_logprobs(net, reference, fwd)
-        for r, (i, s) in enumerate(zip(idx, part)):
-            n = len(s.completion)  # not views: a view would pickle (gather) its whole micro-batch buffer
-            before.append((i, fwd.take(logp, r, n).cpu().clone(), fwd.take(logp_ref, r, n).cpu().clone()))
-    before = sorted(gathered(accelerator, before), key=lambda x: x[0])
-    old, ref = [x[1] for x in before], [x[2] for x in before]
-    rng = random.Random(seed)
-    # summed over this process's micro-batches: [loss of the last pass, clipped tokens of the last
-    # pass, kl, entropy] (kl and entropy: per-token means of the first pass), ratio min and max
-    sums, ratio_min, ratio_max = [0.0] * 4, 1.0, 1.0
-    for it in range(cfg.num_iterations):
-        sums[0] = sums[1] = 0.0
-        minis = mini_batches(counts, cfg.mini_batch_size, rng)
-        for mini in minis:
-            mini.sort(key=lambda i: len(distinct[i].prompt) + len(distinct[i].completion))  # micro-batches pad less
-            weights = dict(zip(mini, token_weights([len(distinct[i].completion) for i in mini], cfg.loss_type,
-                                                   cfg.max_completion_length, [counts[i] for i in mini])))
-            for idx in share(mini, accelerator, cfg.micro_batch_size):
-                part = [distinct[i] for i in idx]
-                fwd = collate(part, pad, cfg.packed_attention)
-                adv, weight, old_m, ref_m, multiplicity = (fwd.place(v).to(device) for v in (
-                    [s.advantages for s in part], [[weights[i]] * len(s.completion) for i, s in zip(idx, part)],
-                    [old[i] for i in idx], [ref[i] for i in idx],
-                    [[counts[i]] * len(s.completion) for i, s in zip(idx, part)]))
-                logp, entropy = token_logprobs(net, fwd.to(device), with_entropy=it == 0)
-                loss, clip = policy_loss(logp, old_m, ref_m, adv, weight, cfg)
-                accelerator.backward(loss)
-                sums[0] += loss.item()
-                sums[1] += (clip["clipped_tokens"] * multiplicity).sum().item()
-                ratio_min, ratio_max = min(ratio_min, clip["ratio_min"]), max(ratio_max, clip["ratio_max"])
-                if it == 0:  # per-token means over the batch as drawn (duplicates counted)
-                    live, q = weight > 0, ref_m - logp.detach()
-                    sums[2] += ((torch.exp(q) - q - 1) * multiplicity * live).sum().item() / tokens
-                    sums[3] += (entropy * multiplicity * live).sum().item() / tokens
-            step(net, optimizer, cfg, accelerator)
-    loss, hits, kl, entropy = across(accelerator, sums, "sum")
-    stats = {"loss": loss / len(minis), "kl": kl, "entropy": entropy, "clip_fraction": hits / tokens,
-             "ratio_min": across(accelerator, [ratio_min], "min")[0], "ratio_max": across(accelerator, [ratio_max], "max")[0]}
-    return {k: round(v, 6) for k, v in stats.items()}
-
-
-def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerator, seed: int) -> dict:
-    """Expert iteration: num_iterations shuffled passes over the kept samples with the SFT loss
-    (minus the mean log-likelihood of a mini-batch's kept tokens). A mini-batch holds
-    mini_batch_size kept samples; identical ones run as one row weighted by their count."""
-    net = accelerator.unwrap_model(model)
-    net.train()
-    device = next(net.parameters()).device
-    pad = net.config.pad_token_id or 0
-    rng, loss_sum, steps = random.Random(seed), 0.0, 0
-    distinct, counts = unique([kept_part(s) for s in batch])
-    for _ in range(cfg.num_iterations if batch else 0):
-        for mini in mini_batches(counts, cfg.mini_batch_size, rng):
-            mini.sort(key=lambda i: len(distinct[i].prompt) + len(distinct[i].completion))  # micro-batches pad less
-            total = sum(counts[i] * sum(distinct[i].kept) for i in mini)
-            for idx in share(mini, accelerator, cfg.micro_batch_size):
-                part = [distinct[i] for i in idx]
-                fwd = collate(part, pad, cfg.packed_attention)
-                keep, weight = (fwd.place(v).to(device) for v in (
-                    [[float(k) for k in s.kept] for s in part],
-                    [[counts[i] / total] * len(s.kept) for i, s in zip(idx, part)]))
-                loss = -(token_logprobs(net, fwd.to(device))[0] * keep * weight).sum()
-                accelerator.backward(loss)
-                loss_sum += loss.item()
-            step(net, optimizer, cfg, accelerator)
-            steps += 1
-    loss = across(accelerator, [loss_sum], "sum")[0] / max(1, steps)
-    return {"loss": round(loss, 6), "kl": None, "entropy": None, "clip_fraction": None}
-
-
-def kept_part(s: Rollout) -> Rollout:
-    """`s` ending at its last kept token. Under causal attention no kept token's logit sees a later
-    token, so the loss is the same, and a failed sample's valid prefix is often half its
-    completion: on the default recipe's first round this forwards ~46% fewer (padded) tokens.
-    Samples that differ only after their kept prefix become one row, weighted by their count."""
-    end = max(t for t, k in enumerate(s.kept) if k) + 1
-    return dataclasses.replace(s, completion=s.completion[:end], kept=s.kept[:end])
-
-
-def step(net, optimizer, cfg: RLConfig, accelerator) -> None:
-    """Sum the gradients over processes (see above), clip, step."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    if accelerator.num_processes > 1:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        for p, g in zip(params, flat.split([p.numel() for p in params])):
-            p.grad = g.view_as(p).clone()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def gathered(accelerator, items: list) -> list:
-    """Every process's items (picklable), in process order, on every process."""
-    if accelerator.num_processes == 1:
-        return items
-    parts: list = [None] * accelerator.num_processes
-    torch.distributed.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
-def across(accelerator, values: list[float], op: str) -> list[float]:
-    """Per-process statistics combined over processes (sum, min or max)."""
-    if accelerator.num_processes == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN,
-                                        "max": torch.distributed.ReduceOp.MAX}[op])
-    return t.tolist()
 
 
 # --- logs ------------------------------------------------------------------------------------

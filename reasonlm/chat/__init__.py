@@ -12,8 +12,10 @@ How it fits together:
     sequence whose KV cache outlives the turn: turn n+1's prompt starts with turn n's prompt and
     answer, so only the tokens after the shared prefix are fed ("prefix reuse"). `/samples K`
     runs the K answers as one batch through `engine.generate`.
-  - Display: text is decoded incrementally (only new characters are printed), reasoning lines
-    dimmed and the '#### N' line highlighted; plain when --plain, -p, or stdout is not a TTY.
+  - Display (chat/display.py): text is decoded incrementally (only new characters are printed),
+    reasoning lines dimmed and the '#### N' line highlighted; plain when --plain, -p, or stdout
+    is not a TTY.
+  - Sessions (chat/session.py): /save and /load write and read chat-messages JSONL.
   - Checking: `/verify` finds a task family whose question format this is, rebuilds the
     example from the question text and runs that task's checker on every step.
   - Search: `/search METHOD` answers with a checker-guided search (reasonlm/search.py) judged
@@ -22,7 +24,6 @@ How it fits together:
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -33,11 +34,12 @@ from transformers.utils import logging as hf_logging
 
 from reasonlm.answer import FINAL_MARK, answer_key, encode_prompt, parse_completion, prompt_messages
 from reasonlm import search
+from reasonlm.chat.display import (BAD, BOLD, DIM, FINAL, GOOD, NOT_UTF8, RESET, STRUCK, Detokenizer, Painter,
+                                   printable, readable_input)
+from reasonlm.chat.session import load_session, save_session
 from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, ChatConfig, SearchConfig, load_recipe
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult, engine_for
-from reasonlm.example import text_lines
 from reasonlm.model import load_adapter
-from reasonlm.outputs import atomic_write
 from reasonlm.stats import majority_vote
 from reasonlm.tasks import parse_any_question, question_families
 from reasonlm.verdict import judge
@@ -107,114 +109,6 @@ def parse_settings(text: str, current: Settings) -> Settings:
     return Settings(**values)
 
 
-# --- display -----------------------------------------------------------------------------------
-DIM, FINAL, GOOD, BAD, BOLD, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[32m", "\x1b[1;31m", "\x1b[1m", "\x1b[0m"
-STRUCK = "\x1b[2;9m"  # dimmed and struck through: a line the search threw away
-
-# A model (an adapter from the internet, say) can emit escape sequences that set the window title,
-# write the clipboard (OSC 52) or move the cursor over earlier lines. Every control character but
-# newline and tab (C0, DEL and C1: 0x9b is a one-byte CSI on some terminals) is shown escaped.
-CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
-
-
-def readable_input(text: str) -> tuple[str, bool]:
-    """(text, whether it changed): a line typed, piped or passed with -p, whose bytes that are not
-    UTF-8 (which Python hands over as lone surrogates) become U+FFFD; the tokenizer cannot encode
-    a lone surrogate, and the session would end with a traceback."""
-    try:
-        text.encode("utf-8")
-        return text, False
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "surrogateescape" if all(
-            not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text) else "replace")
-        return raw.decode("utf-8", "replace"), True
-
-
-NOT_UTF8 = "[your input had bytes that are not UTF-8: each is shown as \ufffd]"
-
-
-def printable(text: str) -> str:
-    """`text` with every control character except newline and tab written as a visible \\xNN."""
-    return text.translate(CONTROL_ESCAPES)
-
-
-class Painter:
-    """Writes streamed answer text: reasoning lines dimmed, the '#### N' line highlighted.
-
-    A line's style is known once its first non-blank characters are (or cannot become) the
-    final-answer mark, so at most len('####') characters are held back at the start of a line.
-    """
-
-    def __init__(self, out, plain: bool):
-        self.out, self.plain = out, plain
-        self.pending, self.style, self.column = "", None, 0  # style None = start of a line
-
-    def _write(self, text: str):
-        self.out.write(text)
-        self.out.flush()
-
-    def _start_line(self, style: str):
-        self.style = style
-        self._write(("" if self.plain else style) + self.pending)
-        self.pending = ""
-
-    def feed(self, text: str):
-        for ch in printable(text):
-            if ch == "\n":
-                if self.pending:
-                    self._start_line(DIM)
-                self._write(("" if self.plain or self.style is None else RESET) + "\n")
-                self.style, self.column = None, 0
-            elif self.style is None:
-                self.pending += ch
-                head = self.pending.lstrip()
-                if head.startswith(FINAL_MARK):
-                    self._start_line(FINAL)
-                elif not FINAL_MARK.startswith(head):
-                    self._start_line(DIM)
-                self.column += 1
-            else:
-                self._write(ch)
-                self.column += 1
-
-    def close(self):
-        """End the answer: flush held-back text, reset the style, finish the line."""
-        if self.pending:
-            self._start_line(DIM)
-        if self.column:
-            self._write(("" if self.plain else RESET) + "\n")
-        self.style, self.column = None, 0
-
-
-class Detokenizer:
-    """Token ids -> new text, incrementally. Decodes a short window of recent tokens (the
-    prefix/read offsets of HF text-generation-inference) so the cost per token is constant,
-    sentencepiece leading spaces survive, and half a UTF-8 character ('\\ufffd') waits for the
-    rest of its bytes."""
-
-    def __init__(self, tokenizer, emit):
-        self.tokenizer, self.emit = tokenizer, emit
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
-
-    def _decode(self, ids):
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def push(self, token_id: int):
-        self.ids.append(token_id)
-        before = self._decode(self.ids[self.prefix:self.read])
-        now = self._decode(self.ids[self.prefix:])
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.emit(now[len(before):])
-            self.prefix, self.read = self.read, len(self.ids)
-
-    def finish(self):
-        before = self._decode(self.ids[self.prefix:self.read])
-        now = self._decode(self.ids[self.prefix:])
-        if len(now) > len(before):
-            self.emit(now[len(before):])
-
-
 # --- the context window ---------------------------------------------------------------------
 class ContextError(ValueError):
     """A prompt that does not fit in the model's context window."""
@@ -232,41 +126,6 @@ def verify(question: str, text: str):
     reference = example if example.answer else replace(example, answer=parse_completion(text).answer or "")
     verdict = judge(task, reference, text)
     return task.name, example, verdict.parsed, verdict.check
-
-
-# --- saving and loading sessions ----------------------------------------------------------------
-def save_session(path: str, system: str, history: list[dict]):
-    """One line of chat-messages JSONL ({"messages": [...]}), the SFT data format; atomic (a path
-    that cannot be written is one OutputError naming it)."""
-    messages = ([{"role": "system", "content": system}] if system else []) + history
-    atomic_write(path, json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    return len(messages)
-
-
-def load_session(path: str) -> tuple[str, list[dict]]:
-    """(system, history) from the last conversation in a chat-messages JSONL file."""
-    try:
-        lines = [ln for _, ln in text_lines(path) if ln.strip()]  # not UTF-8: one error naming path:line
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    if not lines:
-        raise ValueError(f"{path} is empty")
-    try:
-        record = json.loads(lines[-1])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{len(lines)}: not valid JSON ({e.msg})") from None
-    messages = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise ValueError(f'{path}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
-    system = ""
-    if messages and messages[0]["role"] == "system":
-        system, messages = messages[0]["content"], messages[1:]
-    roles = [m["role"] for m in messages]
-    if roles != ["user", "assistant"] * (len(roles) // 2):
-        raise ValueError(f"{path}: expected alternating user/assistant messages after an optional system one")
-    return system, [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 # --- the session ------------------------------------------------------------------------------

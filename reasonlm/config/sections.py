@@ -1,93 +1,17 @@
-"""Settings: one flat dataclass per stage, loaded strictly from a recipe YAML.
-
-A recipe has one section per stage (`data`, `base`, `train`, `eval`, `chat`) plus a few
-top-level keys. Every field has a docstring right under it: that is the documentation.
-Unknown keys are an error that names the key and lists the valid ones, and every dataclass
-checks its own values in `__post_init__`, right under its fields (also after
-`dataclasses.replace`): a bad value is one ConfigError naming section.field, the value and the
-valid range. Command-line overrides use dotted paths: `train.lr=1e-3 out_dir=/tmp/run`.
-An eval suite is the flat `eval` section in a file of its own (`load_suite`).
-"""
+"""The settings: one flat dataclass per stage and the Recipe that holds them. Every field has a
+docstring right under it (`field_docs` reads them from this file: that is the documentation), and
+every dataclass checks its own values in `__post_init__`."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import inspect
-import json
-import math
-import os
-import re
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-import yaml
-
-from reasonlm.example import FORMATS, ExampleError, text_lines
-from reasonlm.outputs import atomic_write
-
-
-class ConfigError(ValueError):
-    """A recipe problem, reported to the user as one line."""
-
-
-TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
-DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")  # what `device` accepts
-DEDUP_MODES = ("none", "exact", "normalized")
-SEARCH_METHODS = ("greedy", "majority", "best_of_n", "step_retry", "step_beam")
-CHECKED_METHODS = ("best_of_n", "step_retry", "step_beam")  # need a checker that works without the gold
-ON_FAIL = ("continue", "stop")
-
-
-# --- value checks (used by the dataclasses' __post_init__) ------------------------------------
-def _choices(options) -> str:
-    quoted = [repr(o) for o in options]
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _check(cfg, section: str, ok, valid: str, *names: str) -> None:
-    """Every named field of `cfg` passes `ok`, else one line: section.field, the value, what is valid."""
-    for name in names:
-        value = getattr(cfg, name)
-        if not ok(value):
-            if isinstance(value, float) and not math.isfinite(value):  # `.inf` passes `>= 0` on its face
-                valid = f"finite and {valid}"
-            raise ConfigError(f"{section + '.' if section else ''}{name} must be {valid}, got {value!r}")
-
-
-def _is_number(v) -> bool:
-    """An int or a finite float (never a bool, a NaN or an infinity)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _at_least(cfg, section: str, lo, *names: str) -> None:
-    _check(cfg, section, lambda v: _is_number(v) and v >= lo, f">= {lo}", *names)
-
-
-def _above(cfg, section: str, lo, *names: str) -> None:
-    _check(cfg, section, lambda v: _is_number(v) and v > lo, f"> {lo}", *names)
-
-
-def _one_of(cfg, section: str, name: str, options) -> None:
-    _check(cfg, section, lambda v: v in options, _choices(options), name)
-
-
-def _steps_range(cfg, section: str, *names: str) -> None:
-    ok = lambda v: (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-                    and 1 <= v[0] <= v[1])
-    _check(cfg, section, ok, "[lo, hi] with 1 <= lo <= hi", *names)
-
-
-def _batch_holds_a_row(cfg, section: str) -> None:
-    # a step is batch_tokens // seq_len packed rows: fewer tokens than one row would be rounded
-    # up to a whole row, silently training on a bigger batch than the recipe says
-    _check(cfg, section, lambda v: v >= cfg.seq_len, f">= {section}.seq_len ({cfg.seq_len})", "batch_tokens")
-
-
-def _strings(cfg, section: str, *names: str) -> None:
-    _check(cfg, section, lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
-           "a list of non-empty strings", *names)
+from reasonlm.config.checks import (CHECKED_METHODS, DEDUP_MODES, DEVICE, ON_FAIL, SEARCH_METHODS, TRACKERS,
+                                     ConfigError, _above, _at_least, _batch_holds_a_row, _check, _choices,
+                                     _is_number, _one_of, _steps_range, _strings)
+from reasonlm.example import FORMATS
 
 
 @dataclass
@@ -538,7 +462,7 @@ class CurriculumConfig:
 
 @dataclass
 class RLConfig:
-    """Reinforcement learning from the task's checker (reasonlm/rl.py). Names follow TRL's GRPOConfig."""
+    """Reinforcement learning from the task's checker (reasonlm/rl/). Names follow TRL's GRPOConfig."""
     model: str = ""
     """Base model (Hub id or path); empty = base.model (<out_dir>/base for the tiny one)."""
     adapter: str = ""
@@ -601,9 +525,9 @@ class RLConfig:
     packed_attention: bool = False
     """The update forwards a micro-batch's sequences back to back in one row, without padding,
     with attention confined to each (train.packed_attention's path) instead of right-padded rows:
-    the same loss without the pad tokens' compute, which is most of it when lengths vary (the
-    default recipe's kept prefixes: 24% less update time, docs/benchmarks.md). On a GPU,
-    compare with padded rows, whose SDPA does not materialise the scores."""
+    the same loss without the pad tokens' compute, which is most of it when lengths vary (as
+    the kept prefixes of expert iteration do; docs/benchmarks.md). On a GPU, compare with padded
+    rows, whose SDPA does not materialise the scores."""
     sample_batch_size: int = 128
     """Rows the sampler decodes together."""
     lr: float = 1e-4
@@ -642,8 +566,8 @@ class RLConfig:
     up as the frontier is learnt (needs probe_every and a generated family); absent = rl.n_steps throughout."""
     processes: int = 1
     """CPU processes the stage starts for itself (reasonlm/processes.py), each with its share of the
-    cores: samples and updates are shared out, the results equal one process's (docs/rl.md). On a
-    2-core machine 2 runs a round ~1.5x faster: sampling is per-token Python as much as arithmetic.
+    cores: samples and updates are shared out, the results equal one process's (docs/rl.md). It
+    pays on a CPU because sampling is per-token Python as much as arithmetic (docs/benchmarks.md).
     Ignored when CUDA is available or the stage was launched in several processes already."""
 
     def __post_init__(self):
@@ -703,332 +627,6 @@ class Recipe:
         _strings(self, "", "task_files")
         _check(self, "", lambda v: isinstance(v, str) and DEVICE.fullmatch(v), "auto, cpu, cuda, cuda:N or mps",
                "device")
-
-
-DIRECT_RUN = "train-direct"  # the direct-answer ablation's training run (pipeline, `reasonlm train train.format=direct`)
-# The eval folder of each training run's held-out report (the pipeline's layout).
-EVAL_OF_RUN = {"train": "eval", DIRECT_RUN: "eval-direct", "rl": "eval-rl"}
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where every stage of a run reads and writes, under the recipe's out_dir (the one place
-    that knows the layout)."""
-    out_dir: str
-
-    def _join(self, *parts: str) -> str:
-        return os.path.join(self.out_dir, *parts)
-
-    @property
-    def data(self) -> str:
-        """The dataset the data stage writes."""
-        return self._join("data")
-
-    @property
-    def base(self) -> str:
-        """The base model (and tokenizer) the base stage writes."""
-        return self._join("base")
-
-    @property
-    def base_run(self) -> str:
-        """The base stage's training run (checkpoints, metrics)."""
-        return self._join("base-run")
-
-    @property
-    def stages(self) -> str:
-        """The pipeline's record of its stages (stages.json)."""
-        return self._join("stages.json")
-
-    def train_run(self, name: str = "train") -> str:
-        """A training run's directory ('train', DIRECT_RUN, 'rl')."""
-        return self._join(name)
-
-    def adapter(self, name: str = "train") -> str:
-        """The adapter a training run writes."""
-        return self._join(name, "adapter")
-
-    def weights(self, name: str = "train", full_finetune: bool = False) -> str:
-        """The final weights a training run writes: its adapter, or (a full fine-tune) model/."""
-        return self._join(name, "model") if full_finetune else self.adapter(name)
-
-    def eval(self, name: str = "eval") -> str:
-        """An eval run's output folder ('eval', 'eval-direct', 'eval-<suite>')."""
-        return self._join(name)
-
-    def eval_of(self, run: str) -> str | None:
-        """The eval folder holding the held-out report of training run `run` (EVAL_OF_RUN), or None."""
-        folder = EVAL_OF_RUN.get(run)
-        return self.eval(folder) if folder else None
-
-    def report(self, name: str = "eval") -> str:
-        """An eval run's report.json."""
-        return os.path.join(self.eval(name), "report.json")
-
-
-def base_model(recipe: Recipe, model: str = "") -> str:
-    """The base model a stage loads: `model` (the stage's own setting: train.model, rl.model,
-    eval.model) when set, else base.model when it names a pretrained model (a Hub id or a path),
-    else the tiny base the base stage writes (<out_dir>/base)."""
-    if model:
-        return model
-    return recipe.base.model if recipe.base.model != "tiny" else RunPaths(recipe.out_dir).base
-
-
-# --- loading ---------------------------------------------------------------------------------
-def load_recipe(path: str | None, overrides: list[str] = ()) -> Recipe:
-    """The recipe at `path` (None: the defaults) with dotted `key=value` overrides."""
-    raw = read_settings(path, "recipe") if path else {}
-    empty = path is not None and not sets_anything(raw)  # only empty sections: `train:`, `eval: {}`
-    if path:
-        resolve_task_files(raw, path)
-        resolve_task_files(raw.get("eval"), path)
-    for item in overrides:
-        key, value = split_override(item, "train.lr=1e-3")
-        *parents, leaf = key.split(".")
-        node = raw
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        node[leaf] = value
-    recipe = from_dict(Recipe, raw, "")  # unknown keys first: `trian: {}` is a typo, not an empty recipe
-    recipe.task_files = [os.path.abspath(p) for p in recipe.task_files]  # an override's: from the working directory
-    recipe.eval.task_files = [os.path.abspath(p) for p in recipe.eval.task_files]
-    if empty:
-        raise ConfigError(empty_file(path, "recipe"))
-    return recipe
-
-
-# Keys only a recipe has: a suite's keys are EvalConfig's, and a recipe's `data` is a section
-# where a suite's `data` is a dataset path.
-RECIPE_KEYS = frozenset(f.name for f in fields(Recipe)) - frozenset(f.name for f in fields(EvalConfig))
-
-
-def is_suite(path: str) -> bool:
-    """A recipe has stage sections (or a data section); a suite is a flat eval section."""
-    raw = read_settings(path, "settings file")
-    return not (RECIPE_KEYS & set(raw) or isinstance(raw.get("data"), dict))
-
-
-def load_suite(path: str, overrides=()) -> EvalConfig:
-    """A suite YAML (the keys of a recipe's eval section) with `key=value` overrides; the data
-    stage (decontamination) and the eval stage both read suites through here."""
-    raw = read_settings(path, "suite")
-    empty = not sets_anything(raw)
-    resolve_task_files(raw, path)
-    for item in overrides:
-        key, value = split_override(item, "samples=8")
-        *parents, leaf = key.removeprefix("eval.").split(".")
-        node = raw
-        for p in parents:  # search.method=step_retry
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        node[leaf] = value
-    try:
-        cfg = from_dict(EvalConfig, raw, "")
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if empty:
-        raise ConfigError(empty_file(path, "suite"))
-    if not cfg.name:
-        cfg = dataclasses.replace(cfg, name=os.path.splitext(os.path.basename(path))[0])
-    cfg = dataclasses.replace(cfg, task_files=[os.path.abspath(p) for p in cfg.task_files])
-    return cfg
-
-
-def resolve_task_files(raw, path: str) -> None:
-    """A settings file's `task_files` are relative to the file (as a conftest.py is to its folder);
-    made absolute in place. Anything but a list of strings is left for validation to name."""
-    files = raw.get("task_files") if isinstance(raw, dict) else None
-    if isinstance(files, list) and all(isinstance(f, str) and f for f in files):
-        raw["task_files"] = [os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(f)) for f in files]
-
-
-def read_settings(path: str, kind: str) -> dict:
-    """A recipe or suite file as a non-empty mapping; every problem is one ConfigError line."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{kind} not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.load(f, Loader=StrictLoader)
-    except UnicodeDecodeError:
-        try:
-            for _ in text_lines(path):  # raises naming the first line that is not UTF-8
-                pass
-        except ExampleError as e:
-            raise ConfigError(str(e)) from None
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except ConfigError as e:  # a key written twice
-        raise ConfigError(f"{path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if raw is None or raw == {}:
-        raise ConfigError(empty_file(path, kind))
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a {kind} is a mapping of settings, got {type(raw).__name__}")
-    return raw
-
-
-def empty_file(path: str, kind: str) -> str:
-    return f"{path}: the {kind} is empty (an empty file would silently run on the defaults)"
-
-
-def sets_anything(node) -> bool:
-    """Whether parsed YAML sets a value: a file of empty sections (`train:`, `eval: {}`) does not."""
-    if isinstance(node, dict):
-        return any(sets_anything(v) for v in node.values())
-    return node is not None
-
-
-def split_override(item: str, example: str) -> tuple[str, object]:
-    """'key=value' -> (key, value read as YAML; '' when empty)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not key=value (e.g. {example})")
-    key, text = item.split("=", 1)
-    try:
-        return key, yaml.load(text, Loader=StrictLoader) if text else ""
-    except ConfigError as e:
-        raise ConfigError(f"override {item!r}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: not valid YAML ({str(e).splitlines()[0]})") from None
-
-
-class StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
-    without a word, so the first setting would be silently ignored), and a document that expands,
-    through its aliases, to more than MAX_VALUES values anywhere in it: aliases of aliases (a
-    "billion laughs" bomb) parse into a small graph, which copying the settings (dataclasses.asdict,
-    the stage hashes, config.yaml) would expand without end."""
-
-    MAX_VALUES = 100_000
-
-    def construct_document(self, node):
-        size = expanded_size(node, {})
-        if size > self.MAX_VALUES:
-            what = "a structure that contains itself" if size == math.inf else f"{size:,} values"
-            raise ConfigError(f"the YAML expands through its aliases (*name) to {what}, more than the "
-                              f"{self.MAX_VALUES:,} a settings file may hold (a YAML alias bomb?)")
-        return super().construct_document(node)
-
-    def construct_mapping(self, node, deep=False):
-        first_line: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override keys: that is its point
-                continue
-            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
-            try:
-                seen = first_line.get(key)
-            except TypeError:  # an unhashable key: SafeLoader reports it below
-                continue
-            if seen is not None:
-                raise ConfigError(f"key {key!r} is written twice (lines {seen} and {line})")
-            first_line[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def expanded_size(node, memo: dict) -> float:
-    """How many values `node` stands for once every alias is copied out (an alias counts as often
-    as it is used; a node that contains itself is infinite). Linear in the parsed graph."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    memo[key] = math.inf  # reached again while counting its children: it contains itself
-    if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(expanded_size(v, memo) for v in node.value)
-    else:
-        size = 1
-    memo[key] = size
-    return size
-
-
-# Keys that were replaced: the unknown-key error says what to write instead.
-RENAMED = {"train.tensorboard": "train.report_to: [tensorboard]"}
-
-
-def from_dict(cls, raw: dict, where: str):
-    """Dataclass from a dict, rejecting unknown keys and values of the wrong type; the
-    dataclass's __post_init__ then checks the values."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'recipe'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        name = f"{where}.{key}" if where else key
-        if key not in known and name in RENAMED:
-            raise ConfigError(f"{name!r} was replaced: write {RENAMED[name]} instead")
-        if key not in known:
-            raise ConfigError(f"unknown key {name!r}; valid keys{' in ' + where if where else ''}: {', '.join(sorted(known))}")
-        kind = hints[key]
-        if typing.get_origin(kind) is types.UnionType:  # an optional section (`rl: RLConfig | None`)
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-            if value is None:  # `rl: null` (what `reasonlm config` prints for a recipe without one): no section
-                kwargs[key] = None
-                continue
-        if dataclasses.is_dataclass(kind):
-            kwargs[key] = from_dict(kind, value or {}, name)
-        else:
-            kwargs[key] = coerce(value, kind, name)
-    return cls(**kwargs)
-
-
-def coerce(value, kind, name):
-    origin = typing.get_origin(kind) or kind
-    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if origin is float and isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if origin is str and isinstance(value, bool):  # YAML 1.1 reads a bare no/yes as a bool
-        return "yes" if value else "no"
-    if origin is str and isinstance(value, (int, float)):
-        return str(value)
-    if origin in (bool, int, float, str, list, dict) and not isinstance(value, origin):
-        raise ConfigError(f"{name}: expected {origin.__name__}, got {value!r}")
-    if origin is int and isinstance(value, bool):
-        raise ConfigError(f"{name}: expected int, got {value!r}")
-    return value
-
-
-def save_resolved(cfg, directory: str, name: str = "config.yaml") -> None:
-    """Write the resolved settings next to a stage's output (atomically)."""
-    os.makedirs(directory, exist_ok=True)
-    atomic_write(os.path.join(directory, name), resolved_yaml(cfg))
-
-
-def resolved_yaml(cfg) -> str:
-    """The resolved settings as YAML (what save_resolved writes)."""
-    return yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False)
-
-
-# --- the resolved recipe, documented ---------------------------------------------------------
-def render_recipe(recipe: Recipe) -> str:
-    """The recipe as YAML, every field preceded by its docstring as a comment. Valid YAML that
-    load_recipe reads back to the same recipe (`reasonlm config RECIPE [key=value ...]`)."""
-    lines: list[str] = []
-    _render_section(recipe, 0, lines)
-    return "\n".join(lines) + "\n"
-
-
-def _render_section(cfg, indent: int, lines: list[str]) -> None:
-    docs, pad = field_docs(type(cfg)), " " * indent
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            lines += ["", f"{pad}{f.name}:"]
-            _render_section(value, indent + 2, lines)
-            continue
-        lines += [f"{pad}# {line}".rstrip() for line in docs.get(f.name, "").splitlines()]
-        # one field at a time through safe_dump, so quoting ('no', '1e-3', '') is YAML's own; lists
-        # and mappings of plain values stay on one line ([1, 6])
-        flow = None if isinstance(value, (list, dict)) else False
-        text = yaml.safe_dump({f.name: value}, sort_keys=False, default_flow_style=flow, width=100, allow_unicode=True)
-        lines += [pad + line for line in text.rstrip("\n").splitlines()]
 
 
 def field_docs(cls) -> dict[str, str]:
