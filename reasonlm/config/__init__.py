@@ -16,10 +16,10 @@ from reasonlm.config.checks import (CHECKED_METHODS, DEDUP_MODES, DEVICE, ON_FAI
 from reasonlm.config.loader import (RECIPE_KEYS, is_suite, load_recipe, load_suite, render_recipe, resolved_yaml,
                                     save_resolved)
 from reasonlm.config.paths import DIRECT_RUN, EVAL_OF_RUN, RunPaths, base_model
-from reasonlm.config.sections import (BaseConfig, ChatConfig, DataConfig, EvalConfig, Recipe, RLConfig, SearchConfig,
-                                      ServeConfig, TrainConfig, field_docs)
+from reasonlm.config.sections import (BaseConfig, ChatConfig, CurriculumConfig, DataConfig, EvalConfig, Recipe,
+                                      RLConfig, SearchConfig, ServeConfig, TrainConfig, field_docs)
 
 __all__ = ["CHECKED_METHODS", "DEDUP_MODES", "DEVICE", "ON_FAIL", "SEARCH_METHODS", "TRACKERS", "ConfigError",
            "RECIPE_KEYS", "is_suite", "load_recipe", "load_suite", "render_recipe", "resolved_yaml", "save_resolved",
-           "DIRECT_RUN", "EVAL_OF_RUN", "RunPaths", "base_model", "BaseConfig", "ChatConfig", "DataConfig",
+           "DIRECT_RUN", "EVAL_OF_RUN", "RunPaths", "base_model", "BaseConfig", "ChatConfig", "CurriculumConfig", "DataConfig",
            "EvalConfig", "Recipe", "RLConfig", "SearchConfig", "ServeConfig", "TrainConfig", "field_docs"]
