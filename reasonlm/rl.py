@@ -90,8 +90,8 @@ import torch.nn.functional as F
 
 from reasonlm import outputs
 from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages
-from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
-                                 trainable_state_dict, try_resume)
+from reasonlm.checkpoint import (keep_metrics_until, made_from, resume_or_start, save_checkpoint, save_weights,
+                                 stop_if_diverged, trainable_state_dict)
 from reasonlm.config import Recipe, RLConfig, RunPaths, base_model, save_resolved
 from reasonlm.credit import Group, Rollout, assign_credit, has_signal, preflight, score
 from reasonlm.engine import SamplingParams, engine_for
@@ -102,6 +102,9 @@ from reasonlm.processes import cores_each, run_processes
 from reasonlm.sources import ladder_problems, new_problem
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
+
+
+RL_FILES = ("config.yaml", "metrics.jsonl", "completions.jsonl", "rl_stats.json", "recipe.yaml")  # rl/'s own files
 
 
 class RLError(ValueError):
@@ -149,9 +152,14 @@ def run(recipe: Recipe) -> str:
                 raise RLError(f"rl.packed_attention: {e}") from None
             use_packed_attention(model)  # the update's forward only: sampling never passes packed rows
         if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
+            outputs.claim(run_dir, "rl", RL_FILES)  # a folder of the user's: stop before writing into it
             save_resolved(cfg, run_dir)
         model, optimizer, reference = prepare(accelerator, model, cfg)
-        start, state = try_resume(accelerator, model, run_dir, None) if cfg.resume == "auto" else (0, {})  # no schedule
+        # what the checkpoints record they were made from (the data only when replay_sft reads it)
+        record = made_from(dataclasses.replace(cfg, model=base), recipe.out_dir, {
+            "base": base, "adapter": adapter, **({"data": recipe.train.data or paths.data} if cfg.replay_sft else {})})
+        start, state = resume_or_start(accelerator, model, run_dir, None, cfg.resume, record,  # no schedule
+                                       "set rl.resume=never to start over (its checkpoints are then removed)")
         if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
             for log in ("metrics.jsonl", "completions.jsonl"):
                 keep_metrics_until(os.path.join(run_dir, log), start, key="round")
@@ -160,7 +168,7 @@ def run(recipe: Recipe) -> str:
         start_tracking(accelerator, run_dir, cfg)
         try:
             stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start,
-                        state.get("history"), state.get("samples_total", 0), sft_rows)
+                        state.get("history"), state.get("samples_total", 0), sft_rows, record)
         finally:
             finish_tracking(accelerator)
         final = paths.adapter("rl")
@@ -177,7 +185,8 @@ def start_processes(recipe: Recipe, run_dir: str) -> None:
     on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one."""
     n = recipe.rl.processes
     with outputs.lock(run_dir):  # a busy run directory stops here, before anything is written (the
-        save_resolved(recipe, run_dir, "recipe.yaml")  # processes' main one then holds the lock)
+        outputs.claim(run_dir, "rl", RL_FILES)  # processes' main one then holds the lock)
+        save_resolved(recipe, run_dir, "recipe.yaml")
     per_process = cores_each(n, recipe.threads)
     print(f"rl: starting {n} processes ({per_process} thread(s) each)", flush=True)
     code = run_processes(n, ["rl", os.path.join(run_dir, "recipe.yaml"), f"threads={per_process}"], per_process)
@@ -252,8 +261,9 @@ def sft_replay(rows, tokenizer, cfg: RLConfig, rnd: int) -> list[Rollout]:
 
 # --- the loop --------------------------------------------------------------------------------
 def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
-        start: int = 0, history: list | None = None, samples_done: int = 0, sft_rows=None) -> dict:
-    """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
+        start: int = 0, history: list | None = None, samples_done: int = 0, sft_rows=None, record=None) -> dict:
+    """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir;
+    checkpoints record `record` (checkpoint.made_from)."""
     # the update recomputes every log-prob: sampling needn't be bitwise the model's forward
     engine = engine_for(accelerator.unwrap_model(model), tokenizer, fold_lora=True)
     history = list(history or [])  # mean reward per round, for the flat-reward warning
@@ -307,7 +317,8 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {"pool": pool.state(), "history": history,
-                                                                       "samples_total": samples_total})
+                                                                       "samples_total": samples_total,
+                                                                       "made_from": record})
     return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None}
 
