@@ -131,9 +131,22 @@ def check_made_from(ckpt: str, state: dict, expected: dict, fresh: str) -> None:
         changed = (["settings"] if recorded.get("settings") != expected["settings"] else []) + [
             k for k in sorted(set(expected["inputs"]) | set(recorded.get("inputs") or {}))
             if (recorded.get("inputs") or {}).get(k) != expected["inputs"].get(k)]
-        what = f"was made from another {' and '.join(changed) or 'record'} than this run's"
+        what = f"was made from other {' and '.join(changed) or 'inputs'} than this run's"
     raise ResumeError(f"{ckpt} {what}, so it will not be resumed (that would mix two runs): {fresh}, "
                       f"or restore the settings and inputs it was made from")
+
+
+def check_resumable(run_dir: str, record: dict, resume: str, fresh: str) -> None:
+    """Before a run writes anything (its config.yaml first): with resume 'auto', stop in one line
+    (check_made_from) when the checkpoint it would resume was made from anything but `record`."""
+    for ckpt in reversed(checkpoints(run_dir) if resume == "auto" else []):
+        try:
+            with open(os.path.join(ckpt, "train_state.json")) as f:
+                state = json.load(f)
+        except (OSError, ValueError):  # unreadable: try_resume skips it, and checks the next one it loads
+            continue
+        check_made_from(ckpt, state if isinstance(state, dict) else {}, record, fresh)
+        return
 
 
 def resume_or_start(accelerator, model, run_dir: str, scheduler, resume: str, record: dict, fresh: str):

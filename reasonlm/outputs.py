@@ -83,24 +83,32 @@ def claim(directory: str, stage: str, files: tuple[str, ...] = ()) -> None:
     wrote (marked folders, lock files: a run directory the stages made one by one). Anything else, a
     folder of the user's or one another stage marked, stops the run with one line naming the first
     of `files` there (else the first entry reasonlm did not write), before anything is written."""
+    if check_claimable(directory, stage, files):
+        return
+    os.makedirs(directory, exist_ok=True)
+    mark(directory, stage)
+
+
+def check_claimable(directory: str, stage: str, files: tuple[str, ...] = ()) -> bool:
+    """Stop (OutputError) unless `claim` may take `directory`, writing nothing: True when `stage`
+    marked it already, False when it is absent or may be taken (empty, or only reasonlm's in it)."""
     if os.path.isdir(directory) and not os.path.islink(directory):
         who = written_by(directory)
         if who == f"reasonlm {stage}":
-            return
+            return True
         foreign = sorted(e for e in os.listdir(directory) if not reasonlm_entry(directory, e))
         if who is None and not foreign:
-            mark(directory, stage)
-            return
+            return False
         owner = f"was written by {who}" if who else "was not written by reasonlm"
         mine = [f for f in files if os.path.lexists(os.path.join(directory, f))]
-        what = f"{os.path.join(directory, mine[0])} exists" if mine else f"{directory} holds {foreign[0]}"
+        what = (f"{os.path.join(directory, mine[0])} exists" if mine else
+                f"{directory} holds {foreign[0]}" if foreign else f"{directory} exists")
         raise OutputError(f"{what} and {directory} {owner}, so reasonlm {stage} will not write into it: "
                           f"choose another output path, or move it away yourself (nothing was changed)")
     if os.path.lexists(directory):
         raise OutputError(f"{directory} exists and is not a directory, so reasonlm {stage} will not write into it: "
                           f"choose another output path (nothing was changed)")
-    os.makedirs(directory)
-    mark(directory, stage)
+    return False
 
 
 def reasonlm_entry(directory: str, name: str) -> bool:

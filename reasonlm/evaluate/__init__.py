@@ -115,10 +115,12 @@ def evaluate(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: st
                   f"longer than the model's context ({context} tokens); counted as too_long in the report",
                   file=sys.stderr)
 
+    if state.is_main_process:  # refused before the lock: no lock file left beside a folder of the user's
+        outputs.check_claimable(directory, "eval", OUTPUT_FILES)
     # one run per output folder (only the main process writes files); a full disk is one line
     with outputs.lock(directory, enabled=state.is_main_process), outputs.writing(directory):
         if state.is_main_process:
-            outputs.claim(directory, "eval", OUTPUT_FILES)  # a folder of the user's (or a model's): stop, writing nothing
+            outputs.claim(directory, "eval", OUTPUT_FILES)  # again, holding the lock
             prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
         state.wait_for_everyone()
         done = read_partial(directory, jobs)
