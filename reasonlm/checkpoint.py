@@ -60,7 +60,7 @@ def stop_if_diverged(loss: float, where: str, run_dir: str, hint: str, params=()
 # rl.processes; recipe.threads and recipe.device are not stage settings at all).
 OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
                             "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
-                            "ladder_per_steps",  # eval: the ladder's own config holds it in its source
+                            "ladder_per_steps", "ladder_steps",  # eval: the ladder's own config holds them in its source
                             "processes"})  # rl: N processes sample and train what one does
 
 
@@ -72,6 +72,8 @@ def config_hash(cfg, out_dir: str = "") -> str:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
     if settings.get("search") == dataclasses.asdict(SearchConfig()):  # greedy, as before eval.search existed:
         del settings["search"]  # a finished eval stage stays finished
+    if "curriculum" in settings and settings["curriculum"] is None:  # rl without one, as before rl.curriculum existed
+        del settings["curriculum"]
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     if out_dir:
         inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string
