@@ -22,7 +22,7 @@ import os
 from accelerate.utils import set_seed
 
 from reasonlm import outputs, train
-from reasonlm.checkpoint import save_weights
+from reasonlm.checkpoint import RUN_FILES, check_resumable, made_from, save_weights
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import build_tiny, count_parameters, load_tokenizer, resolve_device, set_threads, train_tokenizer
@@ -67,16 +67,19 @@ def run(recipe: Recipe, resume: str = "auto") -> str:
                        resume=resume)
     run_dir, final = paths.base_run, paths.base
     main = accelerator.is_main_process
+    origin = made_from(cfg, recipe.out_dir, {"data": paths.data})  # what its checkpoints record
+    fresh = f"move {run_dir}/checkpoint-* away to start over"
     # one run per base; a full disk anywhere in it is one line
     with outputs.lock(final, enabled=main), outputs.writing(run_dir):
         if main:
             outputs.check_replaceable(final, "base")  # someone else's folder: stop now, not after pretraining
-            os.makedirs(run_dir, exist_ok=True)
+            outputs.claim(run_dir, "base", RUN_FILES)
+            check_resumable(run_dir, origin, resume, fresh)
             save_resolved(cfg, run_dir)
         probe = dataset["base"].select(range(min(200, len(dataset["base"]))))
         start_tracking(accelerator, run_dir, cfg)
         try:
-            stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator)
+            stats = train.fit(model, tokenizer, dataset["base"], probe, tcfg, run_dir, accelerator, origin, fresh)
         finally:
             finish_tracking(accelerator)
         save_weights(accelerator, model, tokenizer, final, tcfg, stage="base")

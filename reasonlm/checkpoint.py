@@ -7,6 +7,8 @@ checkpoint to the same final weights. Nothing here knows what is being trained o
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -21,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from reasonlm import modelcard, outputs
-from reasonlm.config import save_resolved
+from reasonlm.config import SearchConfig, save_resolved
 
 
 def checkpoints(run_dir: str) -> list[str]:
@@ -49,6 +51,118 @@ def stop_if_diverged(loss: float, where: str, run_dir: str, hint: str, params=()
         return
     last = checkpoints(run_dir)
     raise DivergedError(f"{what} at {where}; stopped. Last good checkpoint: {last[-1] if last else 'none'}. {hint}")
+
+
+# --- what a checkpoint was made from -----------------------------------------------------------
+# Settings that change how a stage runs or reports, never what it writes: changing one reruns no
+# pipeline stage, and a checkpoint made under other values of them is resumed (a resumed run ends
+# bitwise where an uninterrupted one does, whatever save_every, keep_last, log_every or
+# rl.processes; recipe.threads and recipe.device are not stage settings at all).
+OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
+                            "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
+                            "ladder_per_steps", "ladder_steps",  # eval: the ladder's own config holds them in its source
+                            "processes"})  # rl: N processes sample and train what one does
+
+
+def config_hash(cfg, out_dir: str = "") -> str:
+    """sha256 of a stage's resolved settings (less OUTPUT_NEUTRAL ones) as canonical JSON. Paths
+    inside out_dir (the tiny base, the data a ladder excludes) count relative to it: what is there
+    is another stage's output, hashed as that stage, so a run directory moved or copied elsewhere
+    is still up to date."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
+    if settings.get("search") == dataclasses.asdict(SearchConfig()):  # greedy, as before eval.search existed:
+        del settings["search"]  # a finished eval stage stays finished
+    if "curriculum" in settings and settings["curriculum"] is None:  # rl without one, as before rl.curriculum existed
+        del settings["curriculum"]
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    if out_dir:
+        inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string
+        text = text.replace('"' + inside, '"<out_dir>/')
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "loss.png", "train_stats.json")  # a training run directory's own files
+
+
+class ResumeError(ValueError):
+    """A checkpoint made from other settings or inputs than the run that would resume it."""
+
+
+def made_from(cfg, out_dir: str, inputs: dict[str, str]) -> dict:
+    """What a run's checkpoints record they were made from: the stage's settings hash (config_hash,
+    the pipeline's own) and a content hash of each input (`inputs`: name -> the dataset, the base
+    model, the starting adapter). try_resume refuses a checkpoint whose record differs."""
+    return {"settings": config_hash(cfg, out_dir), "inputs": {k: input_hash(v) for k, v in sorted(inputs.items())}}
+
+
+INPUT_NEUTRAL = {"README.md", outputs.MARKER}  # the card the pipeline rewrites with eval results; the marker
+
+
+def input_hash(path: str) -> str:
+    """sha256 of an input: a folder's files (relative names and bytes, every subfolder, less
+    INPUT_NEUTRAL), a file's bytes, or, for a name that is no local path (a Hub id), the name. A
+    copied or moved input hashes the same; a dataset or model made again with other settings does not."""
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for d, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                if name in INPUT_NEUTRAL and d == path:
+                    continue
+                h.update(os.path.relpath(os.path.join(d, name), path).encode() + b"\0")
+                with open(os.path.join(d, name), "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+    elif os.path.isfile(path):
+        with open(path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    else:
+        h.update(f"name:{path}".encode())
+    return h.hexdigest()
+
+
+def check_made_from(ckpt: str, state: dict, expected: dict, fresh: str) -> None:
+    """Refuse to resume `ckpt` (its train_state.json: `state`) unless it records being made from
+    `expected` (made_from); `fresh` says how to start over instead (set rl.resume=never ...)."""
+    recorded = state.get("made_from")
+    if recorded == expected:
+        return
+    if not isinstance(recorded, dict):
+        what = "records nothing of what it was made from (an older reasonlm)"
+    else:
+        changed = (["settings"] if recorded.get("settings") != expected["settings"] else []) + [
+            k for k in sorted(set(expected["inputs"]) | set(recorded.get("inputs") or {}))
+            if (recorded.get("inputs") or {}).get(k) != expected["inputs"].get(k)]
+        what = f"was made from other {' and '.join(changed) or 'inputs'} than this run's"
+    raise ResumeError(f"{ckpt} {what}, so it will not be resumed (that would mix two runs): {fresh}, "
+                      f"or restore the settings and inputs it was made from")
+
+
+def check_resumable(run_dir: str, record: dict, resume: str, fresh: str) -> None:
+    """Before a run writes anything (its config.yaml first): with resume 'auto', stop in one line
+    (check_made_from) when the checkpoint it would resume was made from anything but `record`."""
+    for ckpt in reversed(checkpoints(run_dir) if resume == "auto" else []):
+        try:
+            with open(os.path.join(ckpt, "train_state.json")) as f:
+                state = json.load(f)
+        except (OSError, ValueError):  # unreadable: try_resume skips it, and checks the next one it loads
+            continue
+        check_made_from(ckpt, state if isinstance(state, dict) else {}, record, fresh)
+        return
+
+
+def resume_or_start(accelerator, model, run_dir: str, scheduler, resume: str, record: dict, fresh: str):
+    """(step, state) to continue from: with resume 'auto' the newest checkpoint that loads, refused
+    unless it was made from `record` (check_made_from); with 'never' none, and the run's earlier
+    checkpoints are removed (this stage's own, in its own run directory), so that none of them is
+    resumed later or outlives the new run's under keep_last."""
+    if resume == "auto":
+        return try_resume(accelerator, model, run_dir, scheduler, record, fresh)
+    if accelerator.is_main_process:
+        for old in checkpoints(run_dir):
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return 0, {}
 
 
 # A checkpoint is checkpoint-<step>/ holding: Accelerate's save_state (the trainable weights as
@@ -117,13 +231,17 @@ def load_rng_state(directory: str, rank: int) -> bool:
     return True
 
 
-def try_resume(accelerator, model, run_dir: str, scheduler) -> tuple[int, dict]:
+def try_resume(accelerator, model, run_dir: str, scheduler, record: dict | None = None,
+               fresh: str = "start over with resume=never") -> tuple[int, dict]:
     """Load the newest checkpoint that loads (`scheduler` None: a loop without a schedule); skip
-    (and say so) any that is corrupt."""
+    (and say so) any that is corrupt. Given `record` (made_from), a checkpoint made from anything
+    else is refused in one line (check_made_from), never loaded."""
     for ckpt in reversed(checkpoints(run_dir)):
         try:
             with open(os.path.join(ckpt, "train_state.json")) as f:
                 state = json.load(f)
+            if record is not None:
+                check_made_from(ckpt, state, record, fresh)
             schedule = None
             if scheduler is not None:
                 with open(os.path.join(ckpt, SCHEDULER_STATE)) as f:
@@ -132,6 +250,8 @@ def try_resume(accelerator, model, run_dir: str, scheduler) -> tuple[int, dict]:
             load_weights_unwrapped(accelerator.unwrap_model(model), ckpt)
             if scheduler is not None:
                 scheduler.load_state_dict(schedule)
+        except ResumeError:
+            raise
         except Exception as e:  # a half-written, damaged or foreign checkpoint: fall back to an older one
             accelerator.print(f"warning: skipping unreadable checkpoint {ckpt}: {type(e).__name__}: {str(e)[:100]}")
             continue

@@ -14,6 +14,9 @@ Three rules, one function each:
     replaces a directory only when it carries that stage's marker (or is empty); anything else, a
     folder of the user's or another stage's output, stops the run with one line and is left as it
     was.
+    The files a stage writes beside such folders (a run directory's config.yaml and metrics.jsonl,
+    an eval folder's report, the pipeline's recipe.yaml) follow the same rule: they go only into a
+    folder that stage marked (`claim`).
   - One run per output. `lock` takes an exclusive advisory lock (flock) on a hidden file beside the
     output directory (beside, not inside, because the data stage and export swap the whole
     directory by renaming it). The kernel drops the lock when the process dies, however it dies, so
@@ -70,6 +73,52 @@ def check_replaceable(path: str, stage: str) -> None:
         owner = "it is not a directory reasonlm wrote"
     raise OutputError(f"{path} exists and {owner}, so reasonlm {stage} will not replace it: "
                       f"choose another output path, or move it away yourself (nothing was changed)")
+
+
+def claim(directory: str, stage: str, files: tuple[str, ...] = ()) -> None:
+    """Make `directory` a folder of `stage`'s own, one it writes single files into (a run directory:
+    its config.yaml, metrics.jsonl, report.md, the pipeline's recipe.yaml and stages.json; `files`
+    names them). The rule is the one for whole-folder outputs: a folder `stage` marked is its own;
+    an absent or empty one is created and marked, and so is one holding nothing but what reasonlm
+    wrote (marked folders, lock files: a run directory the stages made one by one). Anything else, a
+    folder of the user's or one another stage marked, stops the run with one line naming the first
+    of `files` there (else the first entry reasonlm did not write), before anything is written."""
+    if check_claimable(directory, stage, files):
+        return
+    os.makedirs(directory, exist_ok=True)
+    mark(directory, stage)
+
+
+def check_claimable(directory: str, stage: str, files: tuple[str, ...] = ()) -> bool:
+    """Stop (OutputError) unless `claim` may take `directory`, writing nothing: True when `stage`
+    marked it already, False when it is absent or may be taken (empty, or only reasonlm's in it)."""
+    if os.path.isdir(directory) and not os.path.islink(directory):
+        who = written_by(directory)
+        if who == f"reasonlm {stage}":
+            return True
+        foreign = sorted(e for e in os.listdir(directory) if not reasonlm_entry(directory, e))
+        if who is None and not foreign:
+            return False
+        owner = f"was written by {who}" if who else "was not written by reasonlm"
+        mine = [f for f in files if os.path.lexists(os.path.join(directory, f))]
+        what = (f"{os.path.join(directory, mine[0])} exists" if mine else
+                f"{directory} holds {foreign[0]}" if foreign else f"{directory} exists")
+        raise OutputError(f"{what} and {directory} {owner}, so reasonlm {stage} will not write into it: "
+                          f"choose another output path, or move it away yourself (nothing was changed)")
+    if os.path.lexists(directory):
+        raise OutputError(f"{directory} exists and is not a directory, so reasonlm {stage} will not write into it: "
+                          f"choose another output path (nothing was changed)")
+    return False
+
+
+def reasonlm_entry(directory: str, name: str) -> bool:
+    """Whether an entry of `directory` is reasonlm's: a folder a stage marked, or a lock file."""
+    path = os.path.join(directory, name)
+    if os.path.islink(path):
+        return False
+    if os.path.isdir(path):
+        return written_by(path) is not None
+    return name.startswith(".") and name.endswith(".lock")
 
 
 def remove_owned(path: str, stage: str) -> None:

@@ -3,7 +3,8 @@
     reasonlm pipeline recipes/tiny-cpu.yaml [out_dir=DIR] [--force]
 
 Run again on a finished run, it skips every stage whose settings (and inputs) are unchanged and
-reruns a changed stage and every stage after it that reads its output (StageRecord below);
+reruns a changed stage and every stage after it that reads its output (StageRecord below; a
+stage's settings hash is checkpoint.config_hash, the one a checkpoint records);
 `--force` reruns them all.
 
 The ablation trains the same base with the same LoRA settings and the same number of steps
@@ -23,8 +24,9 @@ import json
 import os
 import time
 
-from reasonlm import base, data, evaluate, modelcard, rl, train
-from reasonlm.config import DIRECT_RUN, EvalConfig, Recipe, RunPaths, SearchConfig, base_model, save_resolved
+from reasonlm import base, data, evaluate, modelcard, outputs, rl, train
+from reasonlm.checkpoint import config_hash
+from reasonlm.config import DIRECT_RUN, EvalConfig, Recipe, RunPaths, base_model, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
 from reasonlm.outputs import atomic_write
@@ -52,7 +54,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
     load_plugins(recipe.task_files + recipe.eval.task_files)  # the CLI has; a Python caller may not have
     out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
     record = StageRecord(out, force)  # an unreadable stages.json stops here, before anything is written
-    os.makedirs(out, exist_ok=True)
+    outputs.claim(out, "pipeline", ("recipe.yaml", "stages.json"))  # so does a folder of the user's
     save_resolved(recipe, out, "recipe.yaml")
 
     def eval_stage(name: str, cfg: EvalConfig, fmt: str, adapter: str, folder: str, trained_by: str) -> str:
@@ -151,30 +153,6 @@ def ladder_config(recipe: Recipe, eval_cfg: EvalConfig, paths: RunPaths) -> Eval
               "n_per_steps": eval_cfg.ladder_per_steps, "name": LADDER, "exclude_from": paths.data}
     return dataclasses.replace(eval_cfg, sources=[source], max_new_tokens=0, max_problems=0, temperature=0.0,
                                samples=1, ks=[], shots=0, min_accuracy=0.0, thresholds={}, baseline="")
-
-
-# Settings that change how a stage runs or reports, never what it writes: changing one reruns nothing.
-OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
-                            "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
-                            "ladder_per_steps", "ladder_steps",  # eval: the ladder's own config holds them in its source
-                            "processes"})  # rl: N processes sample and train what one does
-
-
-def config_hash(cfg, out_dir: str = "") -> str:
-    """sha256 of a stage's resolved settings (less OUTPUT_NEUTRAL ones) as canonical JSON. Paths
-    inside out_dir (the tiny base, the data a ladder excludes) count relative to it: what is there
-    is another stage's output, hashed as that stage, so a run directory moved or copied elsewhere
-    is still up to date."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
-    if settings.get("search") == dataclasses.asdict(SearchConfig()):  # greedy, as before eval.search existed:
-        del settings["search"]  # a finished eval stage stays finished
-    if "curriculum" in settings and settings["curriculum"] is None:  # rl without one, as before rl.curriculum existed
-        del settings["curriculum"]
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    if out_dir:
-        inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string
-        text = text.replace('"' + inside, '"<out_dir>/')
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class PipelineError(ValueError):

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from reasonlm import outputs
 from reasonlm.answer import encode_example, encode_prompt, parse_completion, prompt_messages
-from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
-                                 trainable_state_dict, try_resume)
+from reasonlm.checkpoint import (RUN_FILES, check_resumable, keep_metrics_until, made_from, resume_or_start,
+                                 save_checkpoint, save_weights, stop_if_diverged, trainable_state_dict)
 from reasonlm.config import DIRECT_RUN, Recipe, RunPaths, TrainConfig, base_model, save_resolved
 from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.example import Example, answer_budget, read_dataset, render_target
@@ -128,8 +128,14 @@ def lr_lambda(cfg: TrainConfig):
 
 
 # --- the loop --------------------------------------------------------------------------------
-def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator):
-    """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics."""
+FRESH = "set train.resume=never to start over (its checkpoints are then removed)"  # how to start a train run over
+
+
+def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, accelerator, origin=None,
+        fresh: str = FRESH):
+    """Train `model` on `train_rows`; checkpoints and metrics go to run_dir. Returns metrics.
+    `origin` (checkpoint.made_from): what the checkpoints record they were made from; a resume
+    from one made from anything else is refused, saying `fresh`: how to start over instead."""
     if cfg.packed_attention and cfg.compile:  # the groups change every step: the graph would be rebuilt each time
         raise TrainError("train.compile and train.packed_attention cannot be combined; turn one off")
     check_packable(model.config)
@@ -163,7 +169,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
                 weights[i] = trainable_state_dict(accelerator.unwrap_model(m))
         accelerator.register_save_state_pre_hook(keep_trainable)
 
-    start, state = (try_resume(accelerator, model, run_dir, scheduler) if cfg.resume == "auto" else (0, {}))
+    start, state = resume_or_start(accelerator, model, run_dir, scheduler, cfg.resume, origin, fresh)
     best, stale = state.get("best"), state.get("stale", 0)  # stale: evaluations since the best one
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if accelerator.is_main_process:
@@ -253,7 +259,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
             break
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, scheduler,
-                            {"best": best, "stale": stale, "loss": loss_value})
+                            {"best": best, "stale": stale, "loss": loss_value, "made_from": origin})
     bar.close()
     if accelerator.is_main_process:
         plot_metrics(metrics_path, os.path.join(run_dir, "loss.png"), os.path.basename(os.path.normpath(run_dir)))
@@ -374,17 +380,19 @@ def run(recipe: Recipe, name: str | None = None) -> str:
                       f"format={cfg.format}, {accelerator.num_processes} process(es)")
     final = paths.weights(name, cfg.full_finetune)
     main = accelerator.is_main_process
+    origin = made_from(cfg, recipe.out_dir, {"data": data_dir, "base": model_name})  # what its checkpoints record
     # one run per run directory; a full disk anywhere in it (metrics, checkpoints, weights) is one line
     with outputs.lock(run_dir, enabled=main), outputs.writing(run_dir):
         if main:
+            outputs.claim(run_dir, "train", RUN_FILES)  # a folder of the user's: stop now, writing nothing
+            check_resumable(run_dir, origin, cfg.resume, FRESH)  # another run's checkpoints: the same
             for path in (final, os.path.join(run_dir, "best")):  # someone else's folder: stop now, not after training
                 outputs.check_replaceable(path, "train")
-            os.makedirs(run_dir, exist_ok=True)
             save_resolved(cfg, run_dir)
         val_rows = dataset["validation"] if "validation" in dataset else []
         start_tracking(accelerator, run_dir, cfg)
         try:
-            stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator)
+            stats = fit(model, tokenizer, dataset["train"], val_rows, cfg, run_dir, accelerator, origin)
         finally:
             finish_tracking(accelerator)
         save_weights(accelerator, model, tokenizer, final, cfg, data_dir=data_dir)

@@ -253,3 +253,77 @@ def test_a_second_rl_run_on_a_busy_folder_stops_naming_the_holder(tmp_path, caps
         assert not rl_dir.exists() or os.listdir(rl_dir) == []
     finally:
         holder.communicate("")
+
+
+# --- issue 30, fault 1: a stage's single files go only into a folder that stage marked -------------
+def tiny_recipe(tmp_path, out, **settings) -> str:
+    import yaml
+    from tests.helpers import TINY_RECIPE
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "out_dir": str(out), **settings}))
+    return str(recipe)
+
+
+def plant(folder, files: dict) -> dict:
+    """A folder of the user's holding `files` (name -> text); returns its tree."""
+    for name, text in files.items():
+        os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    return tree(folder)
+
+
+@pytest.mark.parametrize("mine,named", [
+    ({"recipe.yaml": "my recipe", "eval/report.md": "# my report", "stages.txt": "notes"}, "{out}/recipe.yaml exists"),
+    ({"eval/report.md": "# my report"}, "{out} holds eval"),
+])
+def test_a_pipeline_into_a_folder_of_the_users_changes_nothing(tmp_path, capsys, mine, named):
+    """`reasonlm pipeline RECIPE out_dir=DIR`, DIR holding the user's files: one line naming the
+    file, exit 2, nothing written (it once overwrote recipe.yaml, stages.json, eval/report.*, ...)."""
+    out = tmp_path / "mine"
+    before = plant(out, mine)
+    code, err = run_cli(capsys, "pipeline", tiny_recipe(tmp_path, out))
+    line = one_line_error(err)
+    assert code == 2 and named.format(out=out) in line and f"and {out} was not written by reasonlm" in line, line
+    assert tree(out) == before and not [p for p in os.listdir(tmp_path) if p.endswith(".lock")]
+
+
+@pytest.mark.slow
+def test_every_stage_writes_its_files_only_into_a_folder_it_wrote(tmp_path, capsys):
+    """Stage by stage on the tiny recipe: a folder of the user's where a stage's run directory goes
+    (base-run, train, rl, an eval --out folder, or a model: --out RUN/base, RUN/train/adapter) is one
+    line naming the file, exit 2, and stays as it was; the stage's own folders are written and
+    written again, and the pipeline takes over a run directory its stages made one by one."""
+    out = tmp_path / "run"
+    recipe = tiny_recipe(tmp_path, out, rl={"rounds": 1, "n_steps": [1, 3], "prompts_per_round": 2,
+                                            "num_generations": 2, "max_completion_length": 16, "preflight_problems": 2})
+    assert run_cli(capsys, "data", recipe)[0] == 0
+    for i, (stage, folder, name, extra) in enumerate((
+            ("base", "base-run", "metrics.jsonl", ()), ("train", "train", "loss.png", ()),
+            ("rl", "rl", "completions.jsonl", ()), ("rl", "rl", "config.yaml", ("rl.processes=2",)))):
+        mine = out / folder
+        if mine.exists():  # the stage's own, from the case before
+            os.rename(mine, tmp_path / f"own-{i}")
+        before = plant(mine, {name: "mine", "notes/x.txt": "mine"})
+        code, err = run_cli(capsys, stage, recipe, *extra)
+        line = one_line_error(err)
+        assert code == 2 and f"{mine / name} exists and {mine} was not written by reasonlm" in line, line
+        assert tree(mine) == before
+        os.rename(mine, tmp_path / f"mine-{i}")  # moved away by its owner: the stage runs
+        assert run_cli(capsys, stage, recipe, *extra)[0] == 0
+        assert outputs.written_by(str(mine)) == f"reasonlm {stage}"
+    assert run_cli(capsys, "train", recipe)[0] == 0  # its own run directory, written again
+    for target in ("base", "train/adapter", "train", ".", "mine"):  # eval --out into a model, a run, a user's folder
+        plant(out / "mine", {"report.md": "# my report"})
+        before = tree(out)
+        code, err = run_cli(capsys, "eval", recipe, "--out", os.path.normpath(out / target))
+        line = one_line_error(err)
+        assert code == 2 and "so reasonlm eval will not write into it" in line, line
+        assert tree(out) == before
+    assert "config.yaml exists and" in run_cli(capsys, "eval", recipe, "--out", str(out / "base"))[1]
+    os.rename(out / "mine", tmp_path / "mine")
+    for _ in range(2):
+        assert run_cli(capsys, "eval", recipe)[0] == 0
+    assert outputs.written_by(str(out / "eval")) == "reasonlm eval"
+    assert run_cli(capsys, "pipeline", recipe)[0] == 0
+    assert outputs.written_by(str(out)) == "reasonlm pipeline"

@@ -313,3 +313,102 @@ def test_sigkill_mid_curriculum_then_resume_gives_bitwise_identical_weights(tmp_
     assert a.keys() == b.keys() and any(not torch.equal(a[k], start[k]) for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# --- issue 30, fault 2 and the RL fault injection ----------------------------------------------
+def rl_run(tmp_path, capsys):
+    """A tiny run's data, base and SFT adapter; returns (recipe, run directory)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "run")}))
+    for stage in ("data", "base", "train"):
+        cli.main([stage, str(recipe)])
+    capsys.readouterr()
+    return str(recipe), tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_rl_never_resumes_a_checkpoint_made_from_other_settings_or_another_adapter(tmp_path, capsys):
+    """After an RL run, `reasonlm rl` with another rl.lr, or after SFT was trained again, once
+    resumed the old rl/checkpoint-* (the old adapter, the old rate) while rl/config.yaml claimed the
+    new one: now one line, exit 2, rl/ as it was; rl.resume=never starts over."""
+    from tests.test_outputs import one_line_error, run_cli, tree
+    recipe, run = rl_run(tmp_path, capsys)
+    args = ["rl", recipe, "rl.rounds=3", "rl.save_every=1"]
+    assert run_cli(capsys, *args)[0] == 0  # checkpoints after rounds 1 and 2
+    before, newest = tree(run / "rl"), run / "rl" / "checkpoint-0000002"
+    code, err = run_cli(capsys, *args, "rl.lr=1e-3")
+    assert code == 2 and f"error: {newest} was made from other settings than this run's" in one_line_error(err)
+    assert tree(run / "rl") == before
+    assert run_cli(capsys, "train", recipe, "train.lr=1e-3")[0] == 0  # SFT trained again: another adapter
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and f"error: {newest} was made from other adapter than this run's" in one_line_error(err)
+    assert "set rl.resume=never to start over" in err and tree(run / "rl") == before
+    code, err = run_cli(capsys, *args, "rl.processes=2")  # refused before rl/recipe.yaml is written
+    assert code == 2 and f"{newest} was made from other adapter" in one_line_error(err) and tree(run / "rl") == before
+    cli.main([*args, "rl.resume=never"])
+    assert "resuming" not in capsys.readouterr().out
+    cli.main(args)  # the new run's checkpoints: resumed
+    assert f"resuming from {newest}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_rl_killed_anywhere_in_a_round_resumes_to_the_same_adapter_bit_for_bit(tmp_path, capsys):
+    """SIGKILL `reasonlm rl` while it writes a checkpoint and at random points of later rounds
+    (sampling, the update), resume each time: the final adapter equals an uninterrupted run's bit
+    for bit, each round is logged once, and nothing half-written is left (no *.tmp, no checkpoint
+    without its train_state.json)."""
+    import random
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from safetensors.torch import load_file
+    recipe, run = rl_run(tmp_path, capsys)
+    rounds = 6
+    args = [sys.executable, "-m", "reasonlm", "rl", recipe, f"rl.rounds={rounds}", "rl.save_every=1", "rl.keep_last=2",
+            "rl.prompts_per_round=4", "rl.num_generations=4", "rl.max_completion_length=32", "rl.reward=outcome"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    shutil.copytree(run, tmp_path / "ref")
+    ref = subprocess.run([*args, f"out_dir={tmp_path / 'ref'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    rl_dir, rng = run / "rl", random.Random(0)
+
+    def checkpoints():
+        return sorted(p.name for p in rl_dir.iterdir() if p.name.startswith("checkpoint-")) if rl_dir.exists() else []
+
+    def kill(when: str) -> str | None:
+        """Start the run and SIGKILL it: 'write' while a checkpoint-*.tmp exists; 'round' a random
+        0-300 ms after a new checkpoint appears (inside the next round). Returns where it was
+        killed ('write', 'round', 'elsewhere'), None when it finished first."""
+        hit = "elsewhere"
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen, deadline = set(checkpoints()), time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            names = checkpoints()
+            if when == "write" and any(n.endswith(".tmp") for n in names):
+                hit = "write"
+                break
+            if when == "round" and [n for n in names if not n.endswith(".tmp") and n not in seen]:
+                time.sleep(rng.uniform(0, 0.3))
+                hit = "round"
+                break
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGKILL)
+        return hit if proc.wait() == -signal.SIGKILL else None
+
+    killed = [kill(when) for when in ("write", "round", "write", "round", "round")]
+    print("killed:", killed)
+    assert "write" in killed and "round" in killed, killed
+    final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    a = load_file(tmp_path / "ref" / "rl" / "adapter" / "adapter_model.safetensors")
+    b = load_file(rl_dir / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stale = [os.path.join(d, n) for d, dirs, files in os.walk(run) for n in dirs + files if n.endswith(".tmp")]
+    assert not stale, stale
+    assert all((rl_dir / c / "train_state.json").exists() for c in checkpoints())
+    for log in ("metrics.jsonl", "completions.jsonl"):
+        logged = [json.loads(line)["round"] for line in (rl_dir / log).read_text().splitlines()]
+        assert sorted(set(logged)) == list(range(1, rounds + 1)) and len(logged) == len(set(logged)) * (
+            1 if log == "metrics.jsonl" else len(logged) // rounds), (log, logged)

@@ -129,7 +129,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(run_dir, tmp_path):
     for f in newest.iterdir():
         if f.suffix in (".safetensors", ".bin"):
             f.write_bytes(b"garbage")
-    result = subprocess.run(train_cmd(out, "train.save_every=5", "train.steps=14"), env=env(), check=True,
+    result = subprocess.run(train_cmd(out, "train.save_every=5", "train.steps=12"), env=env(), check=True,
                             capture_output=True, text=True)
     text = result.stdout + result.stderr
     assert "skipping unreadable checkpoint" in text and "checkpoint-0000005" in text

@@ -85,7 +85,7 @@ def test_a_planted_pickle_in_a_checkpoint_never_runs(toy_run, tmp_path, capsys):
     plant(run / "checkpoint-0000006" / "custom_checkpoint_0.pkl", marker)
     plant(run / "checkpoint-0000004" / "optimizer.bin", marker)
     plant(run / "checkpoint-0000002" / "random_states_0.pkl", marker)
-    code, printed, err = train(capsys, out, "train.steps=10")
+    code, printed, err = train(capsys, out, "train.steps=8")  # the same run: a new step count is another run
     assert code == 0, err
     assert not marker.exists()
     for skipped in ("checkpoint-0000006: RuntimeError", "checkpoint-0000004: UnpicklingError"):
@@ -193,3 +193,36 @@ def test_train_run_alone_loads_a_pretrained_base_model_not_out_dir_base(toy_run,
     adapter = train.run(recipe)
     assert adapter == str(tmp_path / "train" / "adapter")
     assert modelcard.recorded_base(adapter) == str(toy_run / "base")
+
+
+# --- issue 30, fault 2: a checkpoint is resumed only by the run it was made from ------------------
+def test_a_checkpoint_made_from_other_settings_or_inputs_is_never_resumed(toy_run, tmp_path, capsys):
+    """`reasonlm train` after a change of train.lr (or of its base) once resumed the old run's
+    checkpoint and trained on at the new rate; now it stops in one line before writing anything,
+    and with train.resume=never it starts over."""
+    from tests.test_outputs import tree
+    out = fresh_run(toy_run, tmp_path)
+    assert train(capsys, out)[0] == 0  # checkpoints at 2 and 4 of 6
+    run = out / "train"
+    before = tree(run)
+    newest = run / "checkpoint-0000004"
+    code, _, err = train(capsys, out, "train.lr=1e-4")
+    assert code == 2 and one_line_error(err) == (
+        f"error: {newest} was made from other settings than this run's, so it will not be resumed (that would mix "
+        f"two runs): set train.resume=never to start over (its checkpoints are then removed), or restore the "
+        f"settings and inputs it was made from")
+    assert tree(run) == before  # config.yaml, metrics, checkpoints and adapter as they were
+    model, tok = tiny_model_and_tokenizer(seed=1)  # the base made again, otherwise
+    model.save_pretrained(out / "base")
+    code, _, err = train(capsys, out)
+    assert code == 2 and f"{newest} was made from other base than this run's" in one_line_error(err)
+    assert tree(run) == before
+    shutil.copytree(toy_run / "base", out / "base", dirs_exist_ok=True)  # the same base again (a copy): resumed
+    code, printed, _ = train(capsys, out)
+    assert code == 0 and f"resuming from {newest} (step 4)" in printed
+    code, printed, _ = train(capsys, out, "train.lr=1e-4", "train.resume=never")
+    assert code == 0 and "resuming" not in printed
+    # the new run's checkpoints replaced the old ones: the new settings resume them, the old are refused
+    code, printed, _ = train(capsys, out, "train.lr=1e-4")
+    assert code == 0 and f"resuming from {newest} (step 4)" in printed
+    assert train(capsys, out)[0] == 2

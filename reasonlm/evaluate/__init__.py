@@ -56,7 +56,7 @@ from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.gate import check_gate, load_baseline, make_baseline
 from reasonlm.evaluate.metrics import summarize
 from reasonlm.evaluate.progress import Progress
-from reasonlm.evaluate.report import build_report, markdown, write_outputs, write_report
+from reasonlm.evaluate.report import OUTPUT_FILES, build_report, markdown, write_outputs, write_report
 from reasonlm.evaluate.runner import (build_prompt, check_search_sources, is_main_process, make_batches, partial_path,
                                       plan_jobs, prepare_partial, process_state, read_partial, remove_partial,
                                       run_batch, run_id)
@@ -115,9 +115,12 @@ def evaluate(cfg: EvalConfig, out_dir: str | None, fmt: str = "cot", adapter: st
                   f"longer than the model's context ({context} tokens); counted as too_long in the report",
                   file=sys.stderr)
 
+    if state.is_main_process:  # refused before the lock: no lock file left beside a folder of the user's
+        outputs.check_claimable(directory, "eval", OUTPUT_FILES)
     # one run per output folder (only the main process writes files); a full disk is one line
     with outputs.lock(directory, enabled=state.is_main_process), outputs.writing(directory):
         if state.is_main_process:
+            outputs.claim(directory, "eval", OUTPUT_FILES)  # again, holding the lock
             prepare_partial(directory, run_id(cfg, model_name, adapter, fmt), cfg.resume)
         state.wait_for_everyone()
         done = read_partial(directory, jobs)

@@ -55,6 +55,9 @@ def _version(package: str) -> str | None:
         return None
 
 
+OUTPUT_FILES = ("report.json", "report.md", "samples.jsonl", "config.yaml", "accuracy_by_steps.png")  # write_outputs'
+
+
 def write_outputs(directory: str, report: dict, samples: list[dict], cfg) -> None:
     """report.json, report.md, samples.jsonl, config.yaml and accuracy_by_steps.png (all or none)."""
     write_together(directory, report, {"samples.jsonl": "".join(json.dumps(s) + "\n" for s in samples),

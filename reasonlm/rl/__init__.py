@@ -79,6 +79,7 @@ order of float sums (tests/test_pipeline_rl.py, tests/test_rl.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -89,8 +90,8 @@ import torch
 
 from reasonlm import outputs
 from reasonlm.answer import encode_example, encode_prompt, prompt_messages
-from reasonlm.checkpoint import (keep_metrics_until, save_checkpoint, save_weights, stop_if_diverged,
-                                 trainable_state_dict, try_resume)
+from reasonlm.checkpoint import (check_resumable, keep_metrics_until, made_from, resume_or_start, save_checkpoint,
+                                 save_weights, stop_if_diverged, trainable_state_dict)
 from reasonlm.config import Recipe, RLConfig, RunPaths, base_model, save_resolved
 from reasonlm.credit import Group, Rollout, preflight, score
 from reasonlm.curriculum import Curriculum, check_reach, describe
@@ -105,6 +106,10 @@ from reasonlm.rl.update import grpo_update, sft_update
 from reasonlm.sources import ladder_problems
 from reasonlm.tasks import get_task, is_importer
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
+
+
+RL_FILES = ("config.yaml", "metrics.jsonl", "completions.jsonl", "rl_stats.json", "recipe.yaml")  # rl/'s own files
+FRESH = "set rl.resume=never to start over (its checkpoints are then removed)"  # how to start an RL run over
 
 
 class RLError(ValueError):
@@ -138,11 +143,14 @@ def run(recipe: Recipe) -> str:
     if not cfg.adapter and not os.path.isdir(adapter):
         raise RLError(f"no LoRA adapter at {adapter} (run `reasonlm train` first or set rl.adapter)")
     adapter = check_adapter(base, adapter)  # before any process starts or model loads
+    # what the checkpoints record they were made from (the data only when replay_sft reads it)
+    origin = made_from(dataclasses.replace(cfg, model=base), recipe.out_dir, {
+        "base": base, "adapter": adapter, **({"data": recipe.train.data or paths.data} if cfg.replay_sft else {})})
     if cfg.curriculum:  # so must the longest chains the curriculum may reach fit
         check_reach(task, adapter_tokenizer(base, adapter), model_context(base), cfg)
     os.makedirs(run_dir, exist_ok=True)
     if cfg.processes > 1 and accelerator.num_processes == 1 and not torch.cuda.is_available():
-        start_processes(recipe, run_dir)
+        start_processes(recipe, run_dir, origin)
         return paths.adapter("rl")
     # one run per run directory (a second `reasonlm rl` on it stops in one line, as train's does);
     # a full disk anywhere in it is one line
@@ -157,9 +165,11 @@ def run(recipe: Recipe) -> str:
                 raise RLError(f"rl.packed_attention: {e}") from None
             use_packed_attention(model)  # the update's forward only: sampling never passes packed rows
         if accelerator.is_main_process:  # the other processes write nothing but their checkpoint parts
+            outputs.claim(run_dir, "rl", RL_FILES)  # a folder of the user's: stop before writing into it
+            check_resumable(run_dir, origin, cfg.resume, FRESH)  # another run's checkpoints: the same
             save_resolved(cfg, run_dir)
         model, optimizer, reference = prepare(accelerator, model, cfg)
-        start, state = try_resume(accelerator, model, run_dir, None) if cfg.resume == "auto" else (0, {})  # no schedule
+        start, state = resume_or_start(accelerator, model, run_dir, None, cfg.resume, origin, FRESH)  # no schedule
         if accelerator.is_main_process:  # rounds after the checkpoint are run again: logged once
             for log in ("metrics.jsonl", "completions.jsonl"):
                 keep_metrics_until(os.path.join(run_dir, log), start, key="round")
@@ -169,7 +179,7 @@ def run(recipe: Recipe) -> str:
         start_tracking(accelerator, run_dir, cfg)
         try:
             stats = fit(model, tokenizer, pool, reference, cfg, run_dir, accelerator, optimizer, start,
-                        state.get("history"), state.get("samples_total", 0), sft_rows)
+                        state.get("history"), state.get("samples_total", 0), sft_rows, origin)
         finally:
             finish_tracking(accelerator)
         final = paths.adapter("rl")
@@ -181,12 +191,15 @@ def run(recipe: Recipe) -> str:
     return final
 
 
-def start_processes(recipe: Recipe, run_dir: str) -> None:
+def start_processes(recipe: Recipe, run_dir: str, origin: dict) -> None:
     """This stage as rl.processes CPU processes of one group, each with its share of the cores,
-    on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one."""
+    on the resolved recipe (kept as <run_dir>/recipe.yaml); a failed process's exit code ends this one.
+    `origin`: what the run's checkpoints record they were made from (check_resumable)."""
     n = recipe.rl.processes
     with outputs.lock(run_dir):  # a busy run directory stops here, before anything is written (the
-        save_resolved(recipe, run_dir, "recipe.yaml")  # processes' main one then holds the lock)
+        outputs.claim(run_dir, "rl", RL_FILES)  # processes' main one then holds the lock)
+        check_resumable(run_dir, origin, recipe.rl.resume, FRESH)
+        save_resolved(recipe, run_dir, "recipe.yaml")
     per_process = cores_each(n, recipe.threads)
     print(f"rl: starting {n} processes ({per_process} thread(s) each)", flush=True)
     code = run_processes(n, ["rl", os.path.join(run_dir, "recipe.yaml"), f"threads={per_process}"], per_process)
@@ -261,8 +274,9 @@ def sft_replay(rows, tokenizer, cfg: RLConfig, rnd: int) -> list[Rollout]:
 
 # --- the loop --------------------------------------------------------------------------------
 def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, accelerator, optimizer,
-        start: int = 0, history: list | None = None, samples_done: int = 0, sft_rows=None) -> dict:
-    """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir."""
+        start: int = 0, history: list | None = None, samples_done: int = 0, sft_rows=None, origin=None) -> dict:
+    """`cfg.rounds` rounds of sample -> score -> update; metrics and completions go to run_dir;
+    checkpoints record `origin` (checkpoint.made_from: what they were made from)."""
     # the update recomputes every log-prob: sampling needn't be bitwise the model's forward
     engine = engine_for(accelerator.unwrap_model(model), tokenizer, fold_lora=True)
     history = list(history or [])  # mean reward per round, for the flat-reward warning
@@ -320,7 +334,7 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         done = rnd + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.rounds:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_last, None, {
-                "pool": pool.state(), "history": history, "samples_total": samples_total,
+                "pool": pool.state(), "history": history, "samples_total": samples_total, "made_from": origin,
                 **({"curriculum": pool.curriculum.state()} if pool.curriculum else {})})
     return {"rounds": cfg.rounds, "samples": samples_total, "seconds": round(time.time() - t_start, 1),
             "final_reward_mean": history[-1] if history else None,
