@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from reasonlm import cli
-from reasonlm.pipeline import StageRecord, config_hash
+from reasonlm.checkpoint import config_hash
+from reasonlm.pipeline import StageRecord
 from reasonlm.config import TrainConfig
 from tests.helpers import TINY_RECIPE as TINY
 
