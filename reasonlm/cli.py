@@ -87,7 +87,7 @@ def cmd_pipeline(args):
 
 def cmd_config(args):
     """print the resolved recipe (overrides applied) as YAML, each setting with its documentation"""
-    text = render_recipe(_recipe(args))
+    text = render_recipe(load_recipe(args.recipe, list(args.overrides)))  # read, not run: no task file is imported
     print(f"# {args.recipe}{' ' + ' '.join(args.overrides) if args.overrides else ''}, resolved by reasonlm "
           f"{reasonlm.__version__}")
     print(text, end="")

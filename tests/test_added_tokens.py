@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reasonlm import checkpoint, data, model as model_mod, train
+from reasonlm import checkpoint, data, model as model_mod, outputs, train
 from reasonlm.export import export
 from reasonlm.answer import encode_prompt, end_of_turn, prompt_messages, stop_token_ids
 from reasonlm.config import DataConfig, Recipe, TrainConfig
@@ -178,6 +178,7 @@ def test_resume_restores_the_trained_embeddings(trained, data_dir, tmp_path):
     ckpts = checkpoint.checkpoints(str(src / "train"))
     assert [os.path.basename(c) for c in ckpts] == ["checkpoint-0000002"]
     shutil.copytree(ckpts[0], tmp_path / "train" / os.path.basename(ckpts[0]))
+    shutil.copy(src / "train" / outputs.MARKER, tmp_path / "train")  # the run folder train wrote, moved
     train.run(Recipe(out_dir=str(tmp_path), threads=1, train=train_cfg(tmp_path / "base", data_dir)), "train")
     first, resumed = adapter_tensors(src / "train" / "adapter"), adapter_tensors(tmp_path / "train" / "adapter")
     assert sorted(first) == sorted(resumed)

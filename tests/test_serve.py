@@ -353,7 +353,7 @@ def test_lm_eval_scores_the_test_split_through_the_server_as_reasonlm_eval_does(
                             max_tokens=TINY_RECIPE["eval"]["max_new_tokens"], system=load_recipe(recipe).chat.system),
                 model, tok)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    task = yaml.safe_load(open(os.path.join(ROOT, "eval", "lmeval", "reasonlm_test.yaml")))
+    task = yaml.safe_load(open(os.path.join(ROOT, "docs", "examples", "lmeval", "reasonlm_test.yaml")))
     task["dataset_kwargs"]["data_files"]["test"] = str(run / "data" / "jsonl" / "test.jsonl")
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "reasonlm_test.yaml").write_text(yaml.safe_dump(task))
