@@ -63,11 +63,10 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
 
 import reasonlm
 from reasonlm import outputs
-from reasonlm.config import DataConfig, Recipe, RunPaths, save_resolved
+from reasonlm.config import DataConfig, Recipe, RunPaths, config_hash, save_resolved
 from reasonlm.data.card import print_stats, write_card
 from reasonlm.data.decontaminate import Blocklist, Removed, suite_questions
 from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generated_rows, interleave, resolve_workers,
@@ -248,13 +247,6 @@ def entry_info(entry: MixEntry, import_reports: list[dict]) -> dict:
         info.update(weight=entry.weight, steps=list(entry.steps) if entry.steps else None,
                     splits=list(entry.splits) if entry.splits else None)
     return info
-
-
-def config_hash(cfg: DataConfig) -> str:
-    """sha256 of the resolved data config as canonical JSON: the dataset's identity. `workers` is
-    left out: it changes how fast the files are written, never a byte of them."""
-    settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def stats_tokenizer(name: str):
