@@ -50,7 +50,7 @@ def direct_batch_tokens(cot_cfg, base_name: str, paths: RunPaths) -> int:
 
 
 def run(recipe: Recipe, force: bool = False) -> dict:
-    load_plugins(recipe.task_files + recipe.eval.task_files)  # the CLI has; a Python caller may not have
+    load_plugins(recipe.all_task_files)  # the stages do too; the pipeline names families itself (ladder_config)
     out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
     record = StageRecord(out, force)  # an unreadable stages.json stops here, before anything is written
     outputs.claim(out, "pipeline", ("recipe.yaml", "stages.json"))  # so does a folder of the user's

@@ -74,7 +74,7 @@ from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generat
 from reasonlm.data.imports import load_imports, take_imported
 from reasonlm.data.mix import EVAL_SPLITS, SPLITS, DataError, MixEntry, mix_entries
 from reasonlm.data.writer import SplitStats, SplitWriter, disk_templates
-from reasonlm.tasks import BUILT_IN, ORIGINS
+from reasonlm.tasks import BUILT_IN, ORIGINS, load_plugins
 
 TOKEN_SAMPLE = 20_000  # rows per split that are tokenized for the token-length statistics
 
@@ -84,6 +84,7 @@ __all__ = ["run", "write_dataset", "print_stats", "DataError"]
 def run(recipe: Recipe) -> str:
     """Build the dataset of recipe.data into <out_dir>/data atomically; returns the path. An
     existing <out_dir>/data is replaced only if the data stage wrote it (outputs.py)."""
+    load_plugins(recipe.all_task_files)
     cfg, final = recipe.data, RunPaths(recipe.out_dir).data
     with outputs.lock(final):
         outputs.check_replaceable(final, "data")
