@@ -115,7 +115,7 @@ def run_method(engine, tok, jobs, settings, batch_size):
     problems = [search.Problem(j.ids, j.budget, j.seed, runner.search_checker(j.source, j.example)) for j in jobs]
     stats: dict = {}
     t0 = time.perf_counter()
-    outcomes = search.run(engine, engine.decode, problems, cfg, batch_size=batch_size, stats=stats)
+    outcomes = search.run(engine, problems, cfg, batch_size=batch_size, stats=stats)
     wall = time.perf_counter() - t0
     rows = []
     for job, o in zip(jobs, outcomes):

@@ -26,6 +26,7 @@ from reasonlm.checkpoint import RUN_FILES, check_resumable, made_from, save_weig
 from reasonlm.config import Recipe, RunPaths, TrainConfig, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import build_tiny, count_parameters, load_tokenizer, resolve_device, set_threads, train_tokenizer
+from reasonlm.tasks import load_plugins
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
 
@@ -37,6 +38,7 @@ def run(recipe: Recipe, resume: str = "auto") -> str:
     """The base model's path (or Hub id). resume: 'auto' continues from base-run's newest
     checkpoint, 'never' starts over (the pipeline's choice when the base settings changed).
     Pretraining reports to the trackers in recipe.train.report_to."""
+    load_plugins(recipe.all_task_files)
     cfg, paths = recipe.base, RunPaths(recipe.out_dir)
     if cfg.model != "tiny":
         load_tokenizer(cfg.model)  # fail early, in one line, if it is not reachable

@@ -7,7 +7,6 @@ checkpoint to the same final weights. Nothing here knows what is being trained o
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from reasonlm import modelcard, outputs
-from reasonlm.config import SearchConfig, save_resolved
+from reasonlm.config import config_hash, save_resolved
 
 
 def checkpoints(run_dir: str) -> list[str]:
@@ -53,35 +52,7 @@ def stop_if_diverged(loss: float, where: str, run_dir: str, hint: str, params=()
     raise DivergedError(f"{what} at {where}; stopped. Last good checkpoint: {last[-1] if last else 'none'}. {hint}")
 
 
-# --- what a checkpoint was made from -----------------------------------------------------------
-# Settings that change how a stage runs or reports, never what it writes: changing one reruns no
-# pipeline stage, and a checkpoint made under other values of them is resumed (a resumed run ends
-# bitwise where an uninterrupted one does, whatever save_every, keep_last, log_every or
-# rl.processes; recipe.threads and recipe.device are not stage settings at all).
-OUTPUT_NEUTRAL = frozenset({"report_to", "resume", "log_every", "save_every", "keep_last",  # train
-                            "min_accuracy", "metrics", "thresholds", "baseline",  # eval: the gate runs every time
-                            "ladder_per_steps", "ladder_steps",  # eval: the ladder's own config holds them in its source
-                            "processes"})  # rl: N processes sample and train what one does
-
-
-def config_hash(cfg, out_dir: str = "") -> str:
-    """sha256 of a stage's resolved settings (less OUTPUT_NEUTRAL ones) as canonical JSON. Paths
-    inside out_dir (the tiny base, the data a ladder excludes) count relative to it: what is there
-    is another stage's output, hashed as that stage, so a run directory moved or copied elsewhere
-    is still up to date."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OUTPUT_NEUTRAL}
-    if settings.get("search") == dataclasses.asdict(SearchConfig()):  # greedy, as before eval.search existed:
-        del settings["search"]  # a finished eval stage stays finished
-    if "curriculum" in settings and settings["curriculum"] is None:  # rl without one, as before rl.curriculum existed
-        del settings["curriculum"]
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    if out_dir:
-        inside = json.dumps(os.path.join(out_dir, ""))[1:-1]  # as it is written inside a JSON string
-        text = text.replace('"' + inside, '"<out_dir>/')
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-
+# --- what a checkpoint was made from (settings: config.config_hash) -------------------------------
 RUN_FILES = ("config.yaml", "metrics.jsonl", "loss.png", "train_stats.json")  # a training run directory's own files
 
 

@@ -21,9 +21,7 @@ from reasonlm.processes import cores_each, follow_launcher, run_processes
 
 
 def _recipe(args):
-    recipe = load_recipe(args.recipe, list(args.overrides))
-    tasks.load_plugins(recipe.task_files + recipe.eval.task_files)
-    return recipe
+    return load_recipe(args.recipe, list(args.overrides))  # each stage's run(recipe) loads its task files
 
 
 def cmd_data(args):

@@ -8,7 +8,7 @@ import shutil
 
 from reasonlm import modelcard, outputs
 from reasonlm.gguf import export_gguf
-from reasonlm.model import ModelError, check_adapter_weights, load_adapter
+from reasonlm.model import ModelError, check_adapter, load_adapter
 from reasonlm.modelcard import recorded_base
 from reasonlm.ondevice import export_onnx
 
@@ -25,11 +25,8 @@ def export(run_dir: str, merge: bool = False, out: str | None = None, onnx: bool
     if onnx and gguf:
         raise ModelError("export: --onnx and --gguf write different folders; choose one")
     adapter = os.path.join(run_dir, "adapter") if os.path.isdir(os.path.join(run_dir, "adapter")) else run_dir
-    config_path = os.path.join(adapter, "adapter_config.json")
-    if not os.path.isfile(config_path):
-        raise ModelError(f"no LoRA adapter in {run_dir} (expected {config_path})")
+    adapter = check_adapter("", adapter, recorded=False)  # the base is the one it records
     base_name = recorded_base(adapter) or None
-    check_adapter_weights(adapter)
     kind = "onnx" if onnx else "gguf" if gguf else "merged" if merge else None
     out = out or os.path.join(run_dir, kind or "exported-adapter")
     for what, path in (("the adapter", adapter), ("the base model the adapter was trained on", base_name)):

@@ -4,7 +4,7 @@
 
 Run again on a finished run, it skips every stage whose settings (and inputs) are unchanged and
 reruns a changed stage and every stage after it that reads its output (StageRecord below; a
-stage's settings hash is checkpoint.config_hash, the one a checkpoint records);
+stage's settings hash is config.config_hash, the one a checkpoint records);
 `--force` reruns them all.
 
 The ablation trains the same base with the same LoRA settings and the same number of steps
@@ -25,8 +25,7 @@ import os
 import time
 
 from reasonlm import base, data, evaluate, modelcard, outputs, rl, train
-from reasonlm.checkpoint import config_hash
-from reasonlm.config import DIRECT_RUN, EvalConfig, Recipe, RunPaths, base_model, save_resolved
+from reasonlm.config import DIRECT_RUN, EvalConfig, Recipe, RunPaths, base_model, config_hash, save_resolved
 from reasonlm.example import read_dataset
 from reasonlm.model import load_tokenizer
 from reasonlm.outputs import atomic_write
@@ -51,7 +50,7 @@ def direct_batch_tokens(cot_cfg, base_name: str, paths: RunPaths) -> int:
 
 
 def run(recipe: Recipe, force: bool = False) -> dict:
-    load_plugins(recipe.task_files + recipe.eval.task_files)  # the CLI has; a Python caller may not have
+    load_plugins(recipe.all_task_files)  # the stages do too; the pipeline names families itself (ladder_config)
     out, paths = recipe.out_dir, RunPaths(recipe.out_dir)
     record = StageRecord(out, force)  # an unreadable stages.json stops here, before anything is written
     outputs.claim(out, "pipeline", ("recipe.yaml", "stages.json"))  # so does a folder of the user's
@@ -65,7 +64,7 @@ def run(recipe: Recipe, force: bool = False) -> dict:
                                                 adapter, folder))
         return report
 
-    record.stage("data", data.config_hash(recipe.data), [], paths.data, lambda fresh: data.run(recipe))
+    record.stage("data", config_hash(recipe.data), [], paths.data, lambda fresh: data.run(recipe))
     base_name = base_model(recipe)
     record.stage("base", config_hash(recipe.base, out), ["data"],
                  paths.base if recipe.base.model == "tiny" else None,

@@ -1,10 +1,11 @@
 """Checker-guided decoding: spend compute at answer time where a checker can tell a wrong step.
 
-    outcomes = search.run(engine, decode, problems, SearchConfig(method="step_retry"), batch_size=64)
+    outcomes = search.run(engine, problems, SearchConfig(method="step_retry"), batch_size=64)
 
 A Problem is a prompt (token ids), a token budget, a seed and a `Checker`: a function of (steps,
 final answer) built from the question alone (`checker_for`, `checker_for_question`), so no method
-here ever sees the gold answer. The methods (docs/search.md):
+here ever sees the gold answer. Lines are judged by verdict.judge_lines (a checker error lets the
+line pass unjudged: verdict.py); text is the engine's `decode`. The methods (docs/search.md):
 
   greedy      one answer, argmax.
   majority    k samples; the most common final answer (self-consistency); no checker.
@@ -22,28 +23,25 @@ here ever sees the gold answer. The methods (docs/search.md):
               fully valid chain wins.
 
 Every Outcome counts the tokens generated for its problem, rejected ones included (the compute a
-user pays), the lines resampled, and keeps each rejected line with the checker's reason.
+user pays), the lines resampled, and keeps each rejected line (a Rejected: step, text and the
+checker's reason). `check_methods` is the one rule on which methods a problem allows.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from reasonlm.answer import answer_key, parse_completion
 from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, SearchConfig
 from reasonlm.engine import SamplingParams, Unit
 from reasonlm.example import Example
-from reasonlm.stats import majority_vote
+from reasonlm.stats import draw_seed, majority_vote
 from reasonlm.tasks import parse_any_question
-from reasonlm.tasks.base import Check, Task
+from reasonlm.tasks.base import Task
 from reasonlm.tasks.gsm8k import check_equation_steps
-
-Checker = Callable[[list, "str | None"], Check]
-"""(steps, final answer or None) -> the verdict, judged without the gold answer."""
+from reasonlm.verdict import Checker, LineVerdict, check_solution, judge_lines, own_answer
 
 
-# --- the gold-free checker: the one place that calls the tasks' checkers -----------------------
+# --- the gold-free checker: the tasks' checkers, through verdict.check_solution -----------------
 def strip_gold(example: Example) -> Example:
     """The example without its gold answer and gold steps (what a search may see)."""
     return replace(example, answer="", steps=())
@@ -52,15 +50,13 @@ def strip_gold(example: Example) -> Example:
 def checker_for(task: Task, example: Example, kind: str | None = None) -> Checker | None:
     """The checker of `example` that needs no gold, or None for an answer-only task. `kind` is
     task.gold_free(example) (GOLD_FREE), which the caller may take before stripping the gold.
-    As chat's /verify does, the chain is checked against the model's own final answer, so
-    chain_valid means "every step is right and the steps lead to the final answer"."""
+    The chain is checked against the model's own final answer (verdict.own_answer)."""
     kind = kind or task.gold_free(example)
     if kind == "answer":
         return None
     question_only = strip_gold(example)
-    if kind == "calculator":
-        return lambda steps, answer: check_equation_steps(replace(question_only, answer=answer or ""), steps, answer)
-    return lambda steps, answer: task.check(replace(question_only, answer=answer or ""), steps, answer)
+    checking = _CALCULATOR if kind == "calculator" else task
+    return lambda steps, answer: check_solution(checking, own_answer(question_only, answer), steps, answer)
 
 
 def checker_for_question(question: str) -> Checker:
@@ -74,9 +70,13 @@ def checker_for_question(question: str) -> Checker:
 
 class _Calculator:
     """Any text: every `a op b = c` in a line must be true."""
+    name = "calculator"
 
     def gold_free(self, example):
         return "calculator"
+
+    def check(self, example, steps, answer):
+        return check_equation_steps(example, steps, answer)
 
 
 _CALCULATOR = _Calculator()
@@ -85,6 +85,15 @@ _CALCULATOR = _Calculator()
 def methods_for(checker: Checker | None) -> tuple[str, ...]:
     """The methods a problem with this checker allows (answer-only: greedy and majority)."""
     return SEARCH_METHODS if checker is not None else tuple(m for m in SEARCH_METHODS if m not in CHECKED_METHODS)
+
+
+def check_methods(method: str, answer_only: str | None, setting: str = "search.method") -> None:
+    """The one rule on methods: one that checks steps (CHECKED_METHODS) needs every problem to be
+    checkable without the gold. `answer_only` names a problem that is not (None: all are); then
+    ValueError names it, the methods it allows and the `setting` that asked for `method`."""
+    if method in CHECKED_METHODS and answer_only is not None:
+        allowed = " and ".join(methods_for(None))
+        raise ValueError(f"{answer_only} is answer-only: it supports search methods {allowed}, not {setting}={method!r}")
 
 
 # --- problems and outcomes ---------------------------------------------------------------------
@@ -97,6 +106,14 @@ class Problem:
 
 
 @dataclass
+class Rejected:
+    """A line the search threw away (dataclasses.asdict: samples.jsonl's rejected_steps entry)."""
+    step: int  # the line's number in the answer, from 1
+    text: str
+    why: str  # the checker's reason
+
+
+@dataclass
 class Outcome:
     tokens: list[int]
     """The answer's token ids."""
@@ -104,55 +121,21 @@ class Outcome:
     """Tokens generated for the problem, every rejected line and discarded sample included."""
     retried: int = 0
     """Lines resampled (step_retry) or candidate lines beyond the first per beam (step_beam)."""
-    rejected: list[dict] = field(default_factory=list)
-    """Lines the search threw away: {step, text, why}."""
+    rejected: list[Rejected] = field(default_factory=list)
+    """Lines the search threw away."""
     gave_up: int = 0
     """Lines the search could not fix."""
     samples: int = 1
     """Complete answers drawn (majority, best_of_n) or beams started (step_beam)."""
 
 
-@dataclass
-class Verdict:
-    ok: bool
-    valid: int  # leading valid steps
-    chain_valid: bool
-    why: str = ""
-
-
-def judge(checker: Checker, text: str, final: bool) -> Verdict:
-    """The checker's verdict on the finished lines of `text` (all of it when `final`)."""
-    body = text if final else text[:text.rfind("\n") + 1]
-    parsed = parse_completion(body)
-    try:
-        check = checker(parsed.steps, parsed.answer)
-    except Exception as e:  # a checker bug must not end a search: the line passes unjudged
-        return Verdict(True, 0, False, f"checker error {type(e).__name__}")
-    valid = next((i for i, ok in enumerate(check.step_ok) if not ok), len(check.step_ok))
-    if valid < len(parsed.steps):
-        return Verdict(False, valid, False, f"step {valid + 1} is wrong")
-    if parsed.answer is not None:
-        return Verdict(check.chain_valid, valid, check.chain_valid,
-                       "" if check.chain_valid else "the steps do not lead to the final answer")
-    if final:
-        return Verdict(False, valid, False, "no final answer")
-    return Verdict(True, valid, False)
-
-
-def draw_seed(*parts) -> int:
-    """A sampling seed from a problem's seed and where a draw happens (line, attempt, candidate)."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "big")
-
-
 # --- the entry point ---------------------------------------------------------------------------
-def run(engine, decode: Callable[[list[int]], str], problems: list[Problem], cfg: SearchConfig,
-        batch_size: int = 64, top_p: float = 1.0, stop_strings: tuple[str, ...] = (),
-        stats: dict | None = None) -> list[Outcome]:
-    """One Outcome per problem, in order. `decode`: token ids -> text (the tokenizer's). `stats`, when
+def run(engine, problems: list[Problem], cfg: SearchConfig, batch_size: int = 64, top_p: float = 1.0,
+        stop_strings: tuple[str, ...] = (), stats: dict | None = None) -> list[Outcome]:
+    """One Outcome per problem, in order; text is `engine.decode` (token ids -> text). `stats`, when
     given, sums the step methods' RowSession.stats (prefills, prefilled tokens, decode steps)."""
-    if cfg.method in CHECKED_METHODS and any(p.checker is None for p in problems):
-        raise ValueError(f"search method {cfg.method!r} needs a checker for every problem (answer-only problems "
-                         "allow greedy and majority)")
+    check_methods(cfg.method, next((f"problem {i}" for i, p in enumerate(problems) if p.checker is None), None))
+    decode = engine.decode
     method = {"greedy": _greedy, "majority": _sampled, "best_of_n": _sampled, "step_retry": _step_retry,
               "step_beam": _step_beam}[cfg.method]
     out: list[Outcome] = []
@@ -192,7 +175,7 @@ def _sampled(engine, decode, problems, cfg, top_p, stops, stats):
         texts = [decode(o) for o in samples]
         pool = list(range(m))
         if cfg.method == "best_of_n":  # a valid chain first, then the longest valid prefix
-            scores = [judge(problem.checker, t, final=True) for t in texts]
+            scores = [judge_lines(problem.checker, t, final=True) for t in texts]
             best = max((s.chain_valid, s.valid) for s in scores)
             pool = [i for i in pool if (scores[i].chain_valid, scores[i].valid) == best]
         answers = [parse_completion(texts[i]).answer for i in pool]
@@ -253,14 +236,14 @@ def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit
             passed.append((unit.logprob, row))
             continue
         if text in s.dead.get(line, ()):
-            verdict = Verdict(False, 0, False, "repeats a line that was rejected here")
+            verdict = LineVerdict(False, 0, False, "repeats a line that was rejected here")
         else:
-            verdict = judge(problem.checker, decode(session.tokens(row)), final=unit.end == "stop")
+            verdict = judge_lines(problem.checker, decode(session.tokens(row)), final=unit.end == "stop")
         if verdict.ok:
             passed.append((unit.logprob, row))
         else:
             s.dead.setdefault(line, set()).add(text)
-            s.outcome.rejected.append({"step": line + 1, "text": text, "why": verdict.why})
+            s.outcome.rejected.append(Rejected(line + 1, text, verdict.why))
     if passed:  # keep the valid line the model finds most likely
         _, best = max(passed)
         for row in s.rows:
@@ -345,10 +328,10 @@ def _step_beam(engine, decode, problems, cfg, top_p, stops, stats):
             outcome.retried += c > 0
             text = decode(session.tokens(row))
             final = unit.end in ("stop", "budget")
-            verdict = judge(problems[j].checker, text, final) if parent.valid else Verdict(False, 0, False)
+            verdict = judge_lines(problems[j].checker, text, final) if parent.valid else LineVerdict(False, 0, False)
             if parent.valid and not verdict.ok:
                 start = len(text) - len(decode(unit.tokens))
-                outcome.rejected.append({"step": parent.lines + 1, "text": text[max(start, 0):], "why": verdict.why})
+                outcome.rejected.append(Rejected(parent.lines + 1, text[max(start, 0):], verdict.why))
             beam = _Beam(row, parent.logprob + unit.logprob, parent.valid and verdict.ok, parent.lines + 1)
             seen = candidates.setdefault(j, {})
             if text in seen and seen[text][0].logprob >= beam.logprob:  # the same text twice: one beam

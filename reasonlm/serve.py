@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from reasonlm.answer import encode_prompt
-from reasonlm.chat import verify
-from reasonlm.chat.display import Detokenizer
 from reasonlm.config import Recipe, ServeConfig
+from reasonlm.detokenizer import Detokenizer
 from reasonlm.engine import LiveRow, engine_for
 from reasonlm.model import load_adapter
+from reasonlm.verdict import judge_question
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
 ROLES = ("system", "user", "assistant")
@@ -63,11 +63,13 @@ class RequestError(Exception):
 
 # --- the verdict: the one call site of the checker ------------------------------------------------
 def step_verdict(question: str | None, text: str) -> dict:
-    """The checker's verdict on an answer's steps, from the question alone (chat's /verify path)."""
-    found = verify(question, text) if question else None
+    """The checker's verdict on an answer's steps, from the question alone (verdict.judge_question,
+    chat's /verify path)."""
+    found = judge_question(question, text) if question else None
     if found is None:
         return {"family": None}
-    family, example, parsed, check = found
+    family, example, verdict = found
+    parsed, check = verdict.parsed, verdict.check
     out = {"family": family, "steps": [{"text": s, "ok": bool(ok)} for s, ok in zip(parsed.steps, check.step_ok)],
            "answer": parsed.answer, "chain_valid": bool(check.chain_valid), "first_bad_step": check.first_bad_step}
     if example.answer and parsed.answer is not None:

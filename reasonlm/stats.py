@@ -12,11 +12,13 @@ for a given seed, so two runs of the evaluator on the same outputs print the sam
     maj_at_k           expected majority-vote accuracy of k samples, from n >= k samples
     paired_bootstrap   difference of two systems on the same problems, with interval and p
     mcnemar            exact McNemar test for paired 0/1 outcomes
+    draw_seed          a sampling seed from a run's seed and where a draw happens (eval, search)
 
 The plots of these numbers are reasonlm/plots.py.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from statistics import NormalDist
@@ -298,3 +300,9 @@ def mcnemar(a, b) -> dict:
     tail = sum(math.comb(m, i) for i in range(low + 1))
     p_value = min(1.0, 2 * tail / 2**m)  # int / int is correctly rounded even for huge m
     return {"b01": b01, "b10": b10, "statistic": low, "p_value": p_value}
+
+
+def draw_seed(*parts) -> int:
+    """A sampling seed (56 bits) from a seed and where a draw happens, joined by ':': eval's
+    (run seed, 'source/id#sample'), search's (problem seed, 'line', line, attempt, candidate)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "big")

@@ -47,6 +47,7 @@ from reasonlm.model import (attach_lora, count_parameters, fit_vocab, load_model
 from reasonlm.packing import (IGNORE, PackedRows, check_packable, collate, pack, packed_forward,
                               use_packed_attention)
 from reasonlm.plots import plot_training_curves
+from reasonlm.tasks import load_plugins
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 from reasonlm.verdict import answer_right
 
@@ -340,6 +341,7 @@ def run(recipe: Recipe, name: str | None = None) -> str:
     (`name`: default 'train', or DIRECT_RUN for train.format=direct); the logged metrics also go to
     the trackers in train.report_to (reasonlm/tracking.py).
     """
+    load_plugins(recipe.all_task_files)
     cfg = dataclasses.replace(recipe.train, model=base_model(recipe, recipe.train.model))
     name = name or ("train" if cfg.format == "cot" else DIRECT_RUN)
     threads, device = recipe.threads, recipe.device

@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "reasonlm"
 # Low to high. A module may import its own layer or lower ones; stages may call each other's
 # public functions (base uses train.fit) as long as no cycle appears.
 LAYERS = [
-    ["reasonlm", "reasonlm.answer", "reasonlm.outputs"],
+    ["reasonlm", "reasonlm.answer", "reasonlm.outputs", "reasonlm.detokenizer"],
     ["reasonlm.example"],
     ["reasonlm.config"],
     ["reasonlm.stats", "reasonlm.plots", "reasonlm.tracking", "reasonlm.packing"],

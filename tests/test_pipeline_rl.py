@@ -22,7 +22,7 @@ from reasonlm.rl.pool import ProblemPool
 from reasonlm.config import CurriculumConfig, RLConfig, RunPaths, load_recipe
 from reasonlm.credit import RewardError, preflight
 from reasonlm.evaluate.report import markdown, plot
-from reasonlm.checkpoint import OUTPUT_NEUTRAL, config_hash
+from reasonlm.config import OUTPUT_NEUTRAL, config_hash
 from reasonlm.pipeline import ladder_config
 from reasonlm.tasks import get_task
 from tests.helpers import ROOT, TINY_RECIPE

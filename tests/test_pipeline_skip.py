@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from reasonlm import cli
-from reasonlm.checkpoint import config_hash
+from reasonlm.config import config_hash
 from reasonlm.pipeline import StageRecord
 from reasonlm.config import TrainConfig
 from tests.helpers import TINY_RECIPE as TINY

@@ -17,6 +17,7 @@ from reasonlm.evaluate import runner
 from reasonlm.example import Example
 from reasonlm.sources import Source
 from reasonlm.tasks import get_task
+from reasonlm.verdict import judge_lines
 from tests.eval_helpers import toy_dir, write_suite  # noqa: F401 (fixtures)
 from tests.helpers import TINY_TASK
 from tests.test_engine import random_model
@@ -131,10 +132,10 @@ def test_a_false_equation_is_resampled_and_a_true_one_kept(scripted):
                                         ["He has 12-2=10 left.", "He has 12-2=11 left."], ["#### 10"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
     cfg = SearchConfig(method="step_retry", retries=2)
-    [out] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, checker)], cfg)
+    [out] = search.run(scripted, [problem(scripted, QUESTION, checker)], cfg)
     assert text(scripted, out) == "He has 3*4=12 apples.\nHe has 12-2=10 left.\n#### 10"
     assert out.retried == 1 and out.gave_up == 0
-    assert out.rejected == [{"step": 1, "text": "He has 3*4=13 apples.\n", "why": "step 1 is wrong"}]
+    assert out.rejected == [search.Rejected(1, "He has 3*4=13 apples.\n", "step 1 is wrong")]
     greedy_lines = len(scripted.encode("He has 3*4=13 apples.\n"))
     assert out.generated == len(out.tokens) + greedy_lines  # the rejected line is paid for
 
@@ -144,13 +145,13 @@ def test_retries_exhausted_keeps_the_greedy_line_or_stops(scripted):
                                         ["He has 12-2=9 left.", "He has 12-2=8 left."], ["#### 9"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
     go_on = SearchConfig(method="step_retry", retries=1, backup=0)
-    [out] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, checker)], go_on)
+    [out] = search.run(scripted, [problem(scripted, QUESTION, checker)], go_on)
     assert text(scripted, out) == "He has 3*4=12 apples.\nHe has 12-2=9 left.\n#### 9"  # greedy from the failure on
     assert out.gave_up == 1 and out.retried == 1 and len(out.rejected) == 2
-    [stop] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, checker)], replace(go_on, on_fail="stop"))
+    [stop] = search.run(scripted, [problem(scripted, QUESTION, checker)], replace(go_on, on_fail="stop"))
     assert text(scripted, stop) == "He has 3*4=12 apples.\n"
     # backing up resamples the line before (never its old text) and tries the failing line again
-    [back] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, checker)], replace(go_on, backup=1))
+    [back] = search.run(scripted, [problem(scripted, QUESTION, checker)], replace(go_on, backup=1))
     assert text(scripted, back) == "He has 3*4=12 apples in all.\nHe has 12-2=9 left.\n#### 9"
     assert back.retried == 3 and back.gave_up == 1  # line 2 again, its resample, then the backed-up line
 
@@ -160,9 +161,9 @@ def test_candidates_keep_the_valid_line_the_model_finds_most_likely(scripted):
                                         ["#### 12"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
     cfg = SearchConfig(method="step_retry", retries=1, candidates=3)
-    [out] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, checker)], cfg)
+    [out] = search.run(scripted, [problem(scripted, QUESTION, checker)], cfg)
     assert text(scripted, out) == "So 3*4=12.\n#### 12"  # logprob -2 beats -3
-    assert out.retried == 1 and [r["text"] for r in out.rejected] == ["He has 3*4=13 apples.\n", "He has 3*4=14.\n"]
+    assert out.retried == 1 and [r.text for r in out.rejected] == ["He has 3*4=13 apples.\n", "He has 3*4=14.\n"]
 
 
 def test_best_of_n_prefers_a_valid_chain_and_majority_the_common_answer(scripted):
@@ -171,8 +172,8 @@ def test_best_of_n_prefers_a_valid_chain_and_majority_the_common_answer(scripted
     ScriptedEngine.script = {QUESTION: [["x", "3*4=12", "3*4=13", "3*4=13"], ["", "#### 12", "#### 13", "#### 13"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
     p = [problem(scripted, QUESTION, checker)]
-    [best] = search.run(scripted, scripted.decode, p, SearchConfig(method="best_of_n", n=6))
-    [majority] = search.run(scripted, scripted.decode, p, SearchConfig(method="majority", k=6))
+    [best] = search.run(scripted, p, SearchConfig(method="best_of_n", n=6))
+    [majority] = search.run(scripted, p, SearchConfig(method="majority", k=6))
     assert text(scripted, best) == "3*4=12\n#### 12"
     assert text(scripted, majority) == "3*4=13\n#### 13"
     assert majority.samples == best.samples == 6 and majority.generated == best.generated == 6 * len(best.tokens)
@@ -182,10 +183,10 @@ def test_step_beam_finds_the_valid_chain(scripted):
     ScriptedEngine.script = {"2+3+1": [["2+3=6", "2+3=5"], ["5+1=6", "5+1=7"], ["#### 6"]]}
     example = Example("2+3+1", "")
     checker = search.checker_for(ARITH, example)
-    [out] = search.run(scripted, scripted.decode, [problem(scripted, "2+3+1", checker)],
+    [out] = search.run(scripted, [problem(scripted, "2+3+1", checker)],
                        SearchConfig(method="step_beam", width=2, expand=2))
     assert text(scripted, out) == "2+3=5\n5+1=6\n#### 6"
-    assert any(r["why"] == "step 1 is wrong" for r in out.rejected)
+    assert any(r.why == "step 1 is wrong" for r in out.rejected)
 
 
 def run_jobs(examples, tok, cfg, model, monkeypatch):
@@ -230,8 +231,8 @@ def test_step_retry_without_retries_is_greedy_on_the_real_engine(toy):
         engine = KVCacheEngine(model, tok.pad_token_id, stop_token_ids(tok), decode=decode, fast=fast)
         problems = [search.Problem(tok(f"Q: {ex.question}\nA:", add_special_tokens=False)["input_ids"], 24 + 4 * i,
                                    i, search.checker_for(ARITH, ex)) for i, ex in enumerate(examples)]
-        greedy = search.run(engine, decode, problems, SearchConfig())
-        stepped = search.run(engine, decode, problems, SearchConfig(method="step_retry", retries=0, backup=0),
+        greedy = search.run(engine, problems, SearchConfig())
+        stepped = search.run(engine, problems, SearchConfig(method="step_retry", retries=0, backup=0),
                              batch_size=4)
         assert [o.tokens for o in stepped] == [o.tokens for o in greedy]
 
@@ -372,7 +373,7 @@ def test_a_checker_that_raises_lets_the_line_pass_and_the_search_go_on(scripted)
 
     def broken(steps, answer):
         raise KeyError("meta")
-    [out] = search.run(scripted, scripted.decode, [problem(scripted, QUESTION, broken)],
+    [out] = search.run(scripted, [problem(scripted, QUESTION, broken)],
                        SearchConfig(method="step_retry"))
     assert scripted.decode(out.tokens) == "He has 3*4=13 apples.\n#### 13" and out.retried == 0
-    assert search.judge(broken, "1+1=3\n", final=False).why == "checker error KeyError"
+    assert judge_lines(broken, "1+1=3\n", final=False).why == "checker error KeyError"

@@ -1,14 +1,15 @@
 """One verdict on a completion (reasonlm/verdict.py): eval's scoring, RL's reward, chat's /verify
 and training's check read the same thing, and a checker error means the same everywhere."""
 import random
+import re
 
 import pytest
 
-from reasonlm import chat, credit
+from reasonlm import credit
 from reasonlm.answer import render_completion
 from reasonlm.evaluate.scoring import score as eval_score
-from reasonlm.tasks import get_task
-from reasonlm.verdict import answer_right, judge
+from reasonlm.tasks import get_task, question_families
+from reasonlm.verdict import answer_right, judge, judge_question
 
 
 def completions(ex):
@@ -30,8 +31,8 @@ def test_eval_rl_and_chat_give_one_verdict(seed):
         assert graded["steps_ok"] == sum(v.check.step_ok) and rollout.ok == v.valid_prefix
         assert graded["first_bad_step"] == v.check.first_bad_step
         assert rollout.reward == float(v.check.answer_correct)
-        family, _, parsed, check = chat.verify(ex.question, text)
-        assert family == task.name and parsed == v.parsed and check == v.check
+        family, _, asked = judge_question(ex.question, text)
+        assert family == task.name and asked.parsed == v.parsed and asked.check == v.check
     assert [judge(task, ex, t).check.chain_valid for t in completions(ex)] == [True, False, False, False, False]
 
 
@@ -54,3 +55,21 @@ def test_a_checker_error_is_recorded_by_eval_and_stops_rl():
         judge(Broken(), ex, text)
     with pytest.raises(KeyError):
         credit.score(Broken(), ex, text, truncated=False)
+
+
+def test_judge_question_reads_every_generated_family():
+    """chat's /verify and serve: each family's generated question is recognised and its gold solution checks out; a wrong
+    step is marked where it is (word problems, whose true answer is unknown, included)."""
+    for name in question_families():
+        task, rng = get_task(name), random.Random(0)
+        for i in range(20):
+            ex = task.generate(rng, 1 if name == "arithmetic_step" else rng.randint(1, 3))
+            family, example, verdict = judge_question(ex.question, render_completion(ex.steps, ex.answer))
+            check = verdict.check
+            assert family == name and check.chain_valid, ex
+            assert example.answer in (ex.answer, "")
+            if name != "object_swaps":  # a number one off in the first step
+                first = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), ex.steps[0], count=1)
+                verdict = judge_question(ex.question, render_completion([first, *ex.steps[1:]], ex.answer))[2]
+                assert verdict.check.first_bad_step == 1, (ex, first)
+    assert judge_question("hello there", "#### 1") is None

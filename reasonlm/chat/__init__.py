@@ -12,12 +12,13 @@ How it fits together:
     sequence whose KV cache outlives the turn: turn n+1's prompt starts with turn n's prompt and
     answer, so only the tokens after the shared prefix are fed ("prefix reuse"). `/samples K`
     runs the K answers as one batch through `engine.generate`.
-  - Display (chat/display.py): text is decoded incrementally (only new characters are printed),
-    reasoning lines dimmed and the '#### N' line highlighted; plain when --plain, -p, or stdout
-    is not a TTY.
+  - Display (chat/display.py): text is decoded incrementally (reasonlm/detokenizer.py: only new
+    characters are printed), reasoning lines dimmed and the '#### N' line highlighted; plain when
+    --plain, -p, or stdout is not a TTY.
   - Sessions (chat/session.py): /save and /load write and read chat-messages JSONL.
   - Checking: `/verify` finds a task family whose question format this is, rebuilds the
-    example from the question text and runs that task's checker on every step.
+    example from the question text and runs that task's checker on every step
+    (verdict.judge_question, what serve's step verdict calls too).
   - Search: `/search METHOD` answers with a checker-guided search (reasonlm/search.py) judged
     from the question alone; a line the checker rejected is shown dimmed and struck through,
     then the line that replaced it.
@@ -28,21 +29,22 @@ import os
 import signal
 import sys
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 from transformers.utils import logging as hf_logging
 
 from reasonlm.answer import FINAL_MARK, answer_key, encode_prompt, parse_completion, prompt_messages
 from reasonlm import search
-from reasonlm.chat.display import (BAD, BOLD, DIM, FINAL, GOOD, NOT_UTF8, RESET, STRUCK, Detokenizer, Painter,
-                                   printable, readable_input)
+from reasonlm.chat.display import (BAD, BOLD, DIM, FINAL, GOOD, NOT_UTF8, RESET, STRUCK, Painter, printable,
+                                   readable_input)
 from reasonlm.chat.session import load_session, save_session
 from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, ChatConfig, SearchConfig, load_recipe
+from reasonlm.detokenizer import Detokenizer
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult, engine_for
 from reasonlm.model import load_adapter
 from reasonlm.stats import majority_vote
-from reasonlm.tasks import parse_any_question, question_families
-from reasonlm.verdict import judge
+from reasonlm.tasks import question_families
+from reasonlm.verdict import judge_question
 
 # --- settings ----------------------------------------------------------------------------------
 
@@ -112,20 +114,6 @@ def parse_settings(text: str, current: Settings) -> Settings:
 # --- the context window ---------------------------------------------------------------------
 class ContextError(ValueError):
     """A prompt that does not fit in the model's context window."""
-
-
-# --- /verify: rebuild a task example from the question text, run the family's checker ---------
-def verify(question: str, text: str):
-    """(family, example, steps, Check) for an answer, or None when no family reads the question."""
-    found = parse_any_question(question)
-    if found is None:
-        return None
-    task, example = found
-    # The true answer unknown (example.answer ''): check the chain against the model's own answer
-    # instead, so chain_valid still means "every step is right and the steps lead to the final answer".
-    reference = example if example.answer else replace(example, answer=parse_completion(text).answer or "")
-    verdict = judge(task, reference, text)
-    return task.name, example, verdict.parsed, verdict.check
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -221,30 +209,31 @@ class Chat:
         """Answer with the /search method, then show it line by line, each rejected line (struck
         through) before the line that replaced it."""
         checker = search.checker_for_question(question)
-        if self.search in CHECKED_METHODS and checker is None:
+        try:
+            search.check_methods(self.search, None if checker else "this question")
+        except ValueError:
             notes(f"cannot {self.search}: nothing in this question can be checked; use /search majority", BAD)
             return None
         cfg = SearchConfig(method=self.search, temperature=self.settings.temperature or 0.7)
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
         self.sample_calls += 1
         problem = search.Problem(prompt, self.budget(prompt), self.settings.seed * 1000 + self.sample_calls, checker)
         try:
-            [outcome] = search.run(self.engine, decode, [problem], cfg, top_p=self.settings.top_p)
+            [outcome] = search.run(self.engine, [problem], cfg, top_p=self.settings.top_p)
         except KeyboardInterrupt:
             notes("[interrupted; this turn is not kept]", BAD)
             return None
-        text = decode(outcome.tokens)
-        rejected: dict[int, list] = {}
+        text = self.tokenizer.decode(outcome.tokens, skip_special_tokens=True)
+        rejected: dict[int, list[search.Rejected]] = {}
         for r in outcome.rejected:
-            rejected.setdefault(r["step"], []).append(r)
+            rejected.setdefault(r.step, []).append(r)
         painter = Painter(self.out, self.plain)
         for i, line in enumerate(text.split("\n"), 1):
             for r in rejected.pop(i, []):
-                self.say(f"{r['text'].rstrip()}   ({r['why']})", STRUCK)
+                self.say(f"{r.text.rstrip()}   ({r.why})", STRUCK)
             painter.feed(line + "\n")
         for step in sorted(rejected):  # lines thrown away where the answer stopped
             for r in rejected[step]:
-                self.say(f"{r['text'].rstrip()}   ({r['why']})", STRUCK)
+                self.say(f"{r.text.rstrip()}   ({r.why})", STRUCK)
         painter.close()
         notes(f"[{self.search}: {outcome.generated} tokens generated, {len(outcome.tokens)} kept, "
               f"{outcome.retried} lines resampled" + (f", {outcome.gave_up} could not be fixed" if outcome.gave_up else "")
@@ -336,11 +325,12 @@ class Chat:
     def cmd_verify(self, arg):
         if self.last is None:
             raise ValueError("no answer to verify yet")
-        result = verify(self.last.question, self.last.text)
+        result = judge_question(self.last.question, self.last.text)
         if result is None:
             raise ValueError("cannot verify: the question is not in the format of a task family I can check "
                              f"({', '.join(question_families())})")
-        family, example, parsed, check = result
+        family, example, verdict = result
+        parsed, check = verdict.parsed, verdict.check
         self.say(f"checked as {family}" + (f" (true answer {example.answer})" if example.answer else ""), DIM)
         if not parsed.steps:
             self.say("  no reasoning steps to check")
@@ -394,10 +384,10 @@ class Chat:
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             parsed = parse_completion(text)
             answers.append(parsed.answer)
-            verdict = verify(question, text)
+            found = judge_question(question, text)
             note = ""
-            if verdict and parsed.steps:
-                check = verdict[3]
+            if found and parsed.steps:
+                check = found[2].check
                 note = (f"  (steps ok {sum(check.step_ok)}/{len(check.step_ok)}"
                         + (f", first wrong step {check.first_bad_step})" if check.first_bad_step else ")"))
             shown = f"{FINAL_MARK} {parsed.answer}" if parsed.answer is not None else "(no final answer)"

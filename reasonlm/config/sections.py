@@ -621,6 +621,12 @@ class Recipe:
     rl: RLConfig | None = None
     """Reinforcement learning after SFT (`reasonlm rl`); absent = no RL stage."""
 
+    @property
+    def all_task_files(self) -> list:
+        """Every task file the recipe names (task_files, then eval.task_files): what each stage's
+        run(recipe) loads (tasks.load_plugins, once per process) before it names a family."""
+        return self.task_files + self.eval.task_files
+
     def __post_init__(self):
         _check(self, "", lambda v: isinstance(v, str) and v, "a directory", "out_dir")
         _at_least(self, "", 0, "threads")

@@ -63,11 +63,10 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
 
 import reasonlm
 from reasonlm import outputs
-from reasonlm.config import DataConfig, Recipe, RunPaths, save_resolved
+from reasonlm.config import DataConfig, Recipe, RunPaths, config_hash, save_resolved
 from reasonlm.data.card import print_stats, write_card
 from reasonlm.data.decontaminate import Blocklist, Removed, suite_questions
 from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generated_rows, interleave, resolve_workers,
@@ -75,7 +74,7 @@ from reasonlm.data.generate import (GENERATOR_VERSION, Runner, by_steps, generat
 from reasonlm.data.imports import load_imports, take_imported
 from reasonlm.data.mix import EVAL_SPLITS, SPLITS, DataError, MixEntry, mix_entries
 from reasonlm.data.writer import SplitStats, SplitWriter, disk_templates
-from reasonlm.tasks import BUILT_IN, ORIGINS
+from reasonlm.tasks import BUILT_IN, ORIGINS, load_plugins
 
 TOKEN_SAMPLE = 20_000  # rows per split that are tokenized for the token-length statistics
 
@@ -85,6 +84,7 @@ __all__ = ["run", "write_dataset", "print_stats", "DataError"]
 def run(recipe: Recipe) -> str:
     """Build the dataset of recipe.data into <out_dir>/data atomically; returns the path. An
     existing <out_dir>/data is replaced only if the data stage wrote it (outputs.py)."""
+    load_plugins(recipe.all_task_files)
     cfg, final = recipe.data, RunPaths(recipe.out_dir).data
     with outputs.lock(final):
         outputs.check_replaceable(final, "data")
@@ -248,13 +248,6 @@ def entry_info(entry: MixEntry, import_reports: list[dict]) -> dict:
         info.update(weight=entry.weight, steps=list(entry.steps) if entry.steps else None,
                     splits=list(entry.splits) if entry.splits else None)
     return info
-
-
-def config_hash(cfg: DataConfig) -> str:
-    """sha256 of the resolved data config as canonical JSON: the dataset's identity. `workers` is
-    left out: it changes how fast the files are written, never a byte of them."""
-    settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def stats_tokenizer(name: str):

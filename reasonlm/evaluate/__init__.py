@@ -63,6 +63,7 @@ from reasonlm.evaluate.runner import (build_prompt, check_search_sources, is_mai
 from reasonlm.model import load_adapter, set_threads
 from reasonlm.outputs import atomic_write
 from reasonlm.sources import load_sources
+from reasonlm.tasks import load_plugins
 from reasonlm.tracking import check_installed, finish_tracking, start_tracking, tracked_accelerator
 
 __all__ = ["run", "evaluate", "run_suite", "EvalError", "is_suite", "load_suite", "compare", "compare_markdown",
@@ -76,6 +77,7 @@ def run(recipe: Recipe, cfg: EvalConfig | None = None, fmt: str | None = None, a
     (config.base_model, or eval.model) with `adapter` (default eval.adapter, else the train run's),
     in format `fmt` (eval.format, else this, else train.format); writes <out_dir>/<name>/ (or
     `directory`) with the recipe's threads, device and trackers (train.report_to). See `evaluate`."""
+    load_plugins(recipe.all_task_files)
     cfg = cfg or recipe.eval
     return evaluate(cfg, recipe.out_dir, fmt or recipe.train.format, adapter, name, recipe.threads, directory,
                     recipe.train.report_to, recipe.device, model=base_model(recipe, cfg.model))

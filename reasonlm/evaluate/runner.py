@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from accelerate import PartialState
 
 from reasonlm import search
 from reasonlm.answer import cut_at_stop, prompt_messages, render_prompt
-from reasonlm.config import CHECKED_METHODS, EvalConfig
+from reasonlm.config import EvalConfig
 from reasonlm.engine import SamplingParams, engine_for, plan_batches
 from reasonlm.evaluate.errors import EvalError
 from reasonlm.evaluate.scoring import score
@@ -32,6 +31,7 @@ from reasonlm.example import Example, answer_budget, render_target
 from reasonlm.model import resolve_device
 from reasonlm.outputs import atomic_write
 from reasonlm.sources import Source, task_for
+from reasonlm.stats import draw_seed
 
 
 @dataclass
@@ -68,7 +68,7 @@ def plan_jobs(sources: list[Source], tokenizer, cfg: EvalConfig, fmt: str, conte
             budget = answer_budget(tokenizer, example.question, len(ids), context, cfg.max_new_tokens)
             for s in range(cfg.samples):
                 key = f"{source.name}/{example.id}#{s}"
-                jobs.append(Job(source, example, s, text, ids, budget, sample_seed(cfg.seed, key)))
+                jobs.append(Job(source, example, s, text, ids, budget, draw_seed(cfg.seed, key)))
         if context:
             source.info["too_long"] = too_long
     if context and not jobs:
@@ -90,10 +90,6 @@ def build_prompt(tokenizer, question: str, style: str = "chat", system: str = ""
     return text, tokenizer(text)["input_ids"]
 
 
-def sample_seed(seed: int, key: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "big")
-
-
 def make_batches(jobs: list[Job], batch_size: int, rank: int = 0, world: int = 1) -> list[list[Job]]:
     """The jobs' batches (engine.plan_batches: sorted by prompt length, then budget; the same for
     any process count), those dealt to process `rank` of `world`."""
@@ -112,16 +108,19 @@ def search_checker(source: Source, example: Example):
 
 
 def check_search_sources(sources: list[Source], cfg: EvalConfig) -> None:
-    """A search method that checks steps needs every problem to be checkable without the gold."""
+    """A search method that checks steps needs every problem to be checkable without the gold
+    (search.check_methods)."""
     method = cfg.search.method
-    if method not in CHECKED_METHODS:
+    if method in search.methods_for(None):  # every problem allows it: no need to look at them
         return
-    for source in sources:
-        for example in source.examples:
-            task = source.task or task_for(example.family)
-            if task.gold_free(example) == "answer":
-                raise EvalError(f"source {source.name!r} (task {task.name}, problem {example.id!r}) is answer-only: it "
-                                f"supports search methods greedy and majority, not eval.search.method={method!r}")
+    answer_only = next((f"source {source.name!r} (task {task.name}, problem {example.id!r})"
+                        for source in sources for example in source.examples
+                        for task in [source.task or task_for(example.family)] if task.gold_free(example) == "answer"),
+                       None)
+    try:
+        search.check_methods(method, answer_only, "eval.search.method")
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]:
@@ -136,7 +135,7 @@ def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]
     else:
         t0 = time.perf_counter()
         problems = [search.Problem(j.ids, j.budget, j.seed, search_checker(j.source, j.example)) for j in batch]
-        found = search.run(engine, engine.decode, problems, cfg.search, batch_size=len(batch), top_p=cfg.top_p,
+        found = search.run(engine, problems, cfg.search, batch_size=len(batch), top_p=cfg.top_p,
                            stop_strings=tuple(stops))
         seconds = (time.perf_counter() - t0) / len(batch)
         outputs = [o.tokens for o in found]
@@ -154,7 +153,7 @@ def run_batch(model, tokenizer, batch: list[Job], cfg: EvalConfig) -> list[dict]
         if found is not None:
             o = found[n]
             samples[-1].update(search=cfg.search.method, generated_tokens=o.generated, steps_retried=o.retried,
-                               gave_up=o.gave_up, search_samples=o.samples, rejected_steps=o.rejected,
+                               gave_up=o.gave_up, search_samples=o.samples, rejected_steps=[dataclasses.asdict(r) for r in o.rejected],
                                search_seconds=round(seconds, 4))
     return samples
 

@@ -104,7 +104,7 @@ from reasonlm.rl.pool import ProblemPool
 from reasonlm.rl.rollouts import collect, sample
 from reasonlm.rl.update import grpo_update, sft_update
 from reasonlm.sources import ladder_problems
-from reasonlm.tasks import get_task, is_importer
+from reasonlm.tasks import get_task, is_importer, load_plugins
 from reasonlm.tracking import finish_tracking, start_tracking, tracked_accelerator
 
 
@@ -123,6 +123,7 @@ def run(recipe: Recipe) -> str:
     train.report_to; writes <out_dir>/rl/adapter and returns it."""
     from accelerate.utils import set_seed  # heavy (pulls in the distributed stack): only training stages pay for it
 
+    load_plugins(recipe.all_task_files)
     cfg, paths = recipe.rl, RunPaths(recipe.out_dir)
     if cfg is None:
         raise RLError("the recipe has no rl: section")

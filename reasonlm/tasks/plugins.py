@@ -14,7 +14,6 @@ This module reads and checks classes; reasonlm/tasks/__init__.py registers them 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -116,25 +115,21 @@ def entry_point_families() -> list[tuple[type, str]]:
 
 def capabilities(cls) -> dict:
     """What a family supports, for `reasonlm tasks`: makes problems by generate or load; judges
-    steps without a gold solution (its checker needs only the question and meta: what chat's
-    /verify, `reasonlm serve` and RL rely on); reads a typed question (parse_question)."""
+    steps without a gold solution (what it declares, task.gold_free, for a typical problem: what
+    chat's /verify, `reasonlm serve`, search and RL rely on); reads a typed question (parse_question)."""
     importer = kind_of(cls) is Importer
-    return {"makes": "load" if importer else "generate", "steps_without_gold": _judges_steps_alone(cls),
+    return {"makes": "load" if importer else "generate", "steps_without_gold": _gold_free_steps(cls),
             "parses_questions": not importer and getattr(cls, "parse_question", None) is not Family.parse_question}
 
 
-def _judges_steps_alone(cls) -> bool:
-    """Whether a checker built with default knobs gives step verdicts for an example whose gold
-    steps are removed: a generated problem of 2 steps, or for an importer a one-equation problem."""
+def _gold_free_steps(cls) -> bool:
+    """Whether the family's gold_free (GOLD_FREE) says its checker judges steps ('steps' or
+    'calculator', not 'answer') for a typical problem: a generated one of 2 steps, or for an
+    importer an answer-only record (what any importer may hold)."""
     try:
         task = cls()
-        if kind_of(cls) is Importer:
-            ex, steps, answer = Example("What is 2+3?", "5", (), 1, task.name), ["2+3=5"], "5"
-        else:
-            gold = _first_problem(task)
-            ex, steps, answer = dataclasses.replace(gold, steps=()), list(gold.steps), gold.answer
-        check = task.check(ex, steps, answer)
-        return bool(steps) and check.steps_checkable and len(check.step_ok) == len(steps) and all(check.step_ok)
+        example = Example("What is 2+3?", "5", (), 1, task.name) if kind_of(cls) is Importer else _first_problem(task)
+        return task.gold_free(example) != "answer"
     except Exception:  # a family that cannot make or judge such a problem: not supported
         return False
 
