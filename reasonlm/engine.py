@@ -458,6 +458,30 @@ def dealt_to(batch: int, world: int) -> int:
     return k if lap % 2 == 0 else world - 1 - k
 
 
+def generate_greedily(prompts: list[list[int]], params: SamplingParams, continuation, stop_ids: set[int],
+                      on_token=None, error: type[Exception] = ValueError, runner: str = "this runner") -> list[list[int]]:
+    """Engine.generate for a greedy runner that decodes one prompt at a time (the ONNX and llama.cpp
+    runners): `continuation(prompt)` yields the prompt's greedy tokens one by one and is asked for no
+    more than a row needs. A row ends at a stop token (left out) or at its budget; sampling and stop
+    strings are refused with `error`."""
+    if params.temperature > 0 or params.stop_strings:
+        raise error(f"{runner} decodes greedily (temperature 0, no stop strings)")
+    results = []
+    for i, (prompt, budget) in enumerate(zip(prompts, params.budgets(len(prompts)))):
+        new = []
+        if budget > 0:
+            for token in continuation(prompt):
+                if token in stop_ids:
+                    break
+                new.append(token)
+                if on_token:
+                    on_token(i, token)
+                if len(new) == budget:
+                    break
+        results.append(new)
+    return results
+
+
 def engine_for(model: torch.nn.Module, tokenizer, **kwargs) -> KVCacheEngine:
     """The KVCacheEngine of `model`, with what it needs read off the tokenizer object: its pad id
     (0 without one: padding is masked), the ids that end an answer (answer.stop_token_ids) and
