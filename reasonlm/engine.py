@@ -60,7 +60,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from reasonlm.answer import stop_token_ids
+from reasonlm.answer import pad_token_id, stop_token_ids
 from reasonlm.llama_decoder import LlamaDecoder, pad_left
 
 
@@ -486,8 +486,7 @@ def engine_for(model: torch.nn.Module, tokenizer, **kwargs) -> KVCacheEngine:
     """The KVCacheEngine of `model`, with what it needs read off the tokenizer object: its pad id
     (0 without one: padding is masked), the ids that end an answer (answer.stop_token_ids) and
     `decode` for stop strings (special tokens skipped). kwargs: KVCacheEngine's (fast, fold_lora)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return KVCacheEngine(model, pad, stop_token_ids(tokenizer),
+    return KVCacheEngine(model, pad_token_id(tokenizer), stop_token_ids(tokenizer),
                          decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), **kwargs)
 
 
