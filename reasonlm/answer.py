@@ -206,6 +206,12 @@ def stop_token_ids(tokenizer) -> set[int]:
     return {i for i in ids if isinstance(i, int) and i >= 0}
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, 0 without one (padding is masked, or
+    sits after every real token under causal attention, so its value never reaches an output)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def cut_at_stop(text: str, stop_strings) -> str:
     """The text before the first stop string (the engine keeps it in the output; scoring must not)."""
     cuts = [text.find(s) for s in stop_strings if s and s in text]

@@ -60,8 +60,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from reasonlm.answer import stop_token_ids
-from reasonlm.llama_decoder import LlamaDecoder
+from reasonlm.answer import pad_token_id, stop_token_ids
+from reasonlm.llama_decoder import LlamaDecoder, pad_left
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,13 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def budgets(self, n: int) -> list[int]:
+        """The budget of each of `n` prompts (max_new_tokens, one for all or one per prompt)."""
+        budgets = self.max_new_tokens if isinstance(self.max_new_tokens, list) else [self.max_new_tokens] * n
+        if len(budgets) != n:
+            raise ValueError("max_new_tokens, when a list, needs one entry per prompt")
+        return budgets
 
 
 class Engine(Protocol):
@@ -166,6 +173,14 @@ class KVCacheEngine:
         """A batch that rows join and leave between steps (continuous batching; the server's)."""
         return LiveBatch(self)
 
+    def _fast_decoder(self) -> "LlamaDecoder | None":
+        """The fast path's decoder for this model, or None when the general path must run it."""
+        return LlamaDecoder.for_model(self.model, self.fold_lora) if self.fast else None
+
+    def _decoder(self) -> "LlamaDecoder | HFDecoder":
+        """A fresh decoder for one batch: the fast path's where it covers the model, else HFDecoder."""
+        return self._fast_decoder() or HFDecoder(self.model)
+
     @torch.no_grad()
     def generate(self, prompts, params: SamplingParams, on_token=None, rank: int = 0,
                  world: int = 1) -> list[list[int] | None]:
@@ -175,9 +190,9 @@ class KVCacheEngine:
         result does not depend on the process count. The model decodes in eval mode (no dropout)
         and gets its training flag back afterwards."""
         n = len(prompts)
-        budgets = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * n
-        if len(budgets) != n or (params.seeds is not None and len(params.seeds) != n):
-            raise ValueError("max_new_tokens and seeds, when lists, need one entry per prompt")
+        budgets = params.budgets(n)
+        if params.seeds is not None and len(params.seeds) != n:
+            raise ValueError("seeds, when given, need one entry per prompt")
         if not 0 <= rank < world:
             raise ValueError(f"rank must be in 0..world-1, got rank {rank} of world {world}")
         if world > 1 and params.temperature > 0 and params.seeds is None:
@@ -202,16 +217,8 @@ class KVCacheEngine:
 
     def _run_batch(self, prompts, idx, budgets, params, gens, stop_strings, results, on_token):
         device = next(self.model.parameters()).device
-        window = 4 * max(map(len, stop_strings)) + 4 if stop_strings else 0  # tokens that can hold a stop string
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(idx), width), dtype=torch.long, device=device)
-        for r, i in enumerate(idx):  # left padding keeps every prompt's last token at the end
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, width - len(prompts[i]):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoder = (LlamaDecoder.for_model(self.model, self.fold_lora) if self.fast else None) or HFDecoder(self.model)
-        logits = decoder.prefill(ids, mask, positions)
+        decoder = self._decoder()
+        logits = decoder.prefill(*left_padded([prompts[i] for i in idx], self.pad_id, device))
         # rows[r]: the problem (position in idx) in cache row r, None once it finished; a finished row
         # keeps being decoded (its tokens ignored) until few enough rows live to make dropping pay
         rows: list[int | None] = list(range(len(idx)))
@@ -236,8 +243,7 @@ class KVCacheEngine:
                     if on_token:
                         on_token(i, t)
                     if stop_strings:
-                        tail = self.decode(results[i][-window:])
-                        done = any(s in tail for s in stop_strings)
+                        done = holds_stop(self.decode, results[i], stop_strings)
                 if done or steps >= budgets[i]:
                     rows[r] = None
                     live -= 1
@@ -291,8 +297,7 @@ class RowSession:
         self.closed: set[int] = set()
         self.stats = {"prefills": 0, "prefill_tokens": 0, "steps": 0, "row_steps": 0}
         self.device = next(engine.model.parameters()).device
-        model = engine.model
-        self.decoder = LlamaDecoder.for_model(model, engine.fold_lora) if engine.fast else None
+        self.decoder = engine._fast_decoder()
         # tokens of a row's prompt + output in the cache: the rest (a re-fed token after a rewind,
         # tokens given by extend) is fed before the row picks again
         self.cached: dict[int, int] = {}
@@ -345,15 +350,9 @@ class RowSession:
 
     # --- internals ---
     def _prefill(self, decoder, prompts: list[list[int]]) -> torch.Tensor:
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self.engine.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for r, p in enumerate(prompts):  # left padding, as generate does
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
         self.stats["prefills"] += 1
         self.stats["prefill_tokens"] += sum(map(len, prompts))
-        return decoder.prefill(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)).float()
+        return decoder.prefill(*left_padded(prompts, self.engine.pad_id, self.device)).float()
 
     def _sync(self) -> None:
         """Materialise forks and drop closed rows from the cache when that pays (one index_select)."""
@@ -385,7 +384,6 @@ class RowSession:
                 open_rows.append((r, s))
         keys = {r: row_keys([seed])[0] for r, seed in zip(rows, seeds)}
         temp = dict(zip(rows, temperatures))
-        window = 4 * max(map(len, self.stop_strings)) + 4 if self.stop_strings else 0
         fed = dict.fromkeys(rows, 0)  # tokens picked this call, per row (the noise's step)
         while open_rows:
             feed = torch.full((n_slots,), engine.pad_id, dtype=torch.long, device=self.device)
@@ -410,7 +408,7 @@ class RowSession:
                 self.out[r].append(token)
                 feed[s], advance[s] = token, True
                 text = engine.decode(unit.tokens)
-                if self.stop_strings and any(x in engine.decode(self.out[r][-window:]) for x in self.stop_strings):
+                if holds_stop(engine.decode, self.out[r], self.stop_strings):
                     unit.end = "stop"
                 elif "\n" in text:
                     unit.end = "line"
@@ -431,19 +429,15 @@ class RowSession:
         return units
 
     def _pick(self, picking, logits, temp, keys, fed):
-        """(row, slot, token, its log-probability) for every picking row: greedy rows by argmax,
-        the others from their own noise, grouped by (temperature, step) into one draw each."""
-        groups: dict = {}
-        for r, s in picking:
-            groups.setdefault((temp[r], fed[r] if temp[r] > 0 else 0), []).append((r, s))
-        for (t, step), members in groups.items():
-            sel = torch.tensor([s for _, s in members], device=logits.device)
-            rows_logits = logits[sel]
-            gens = torch.stack([keys[r] for r, _ in members])
-            tokens = pick(rows_logits, t, self.top_p, gens, step=step)
-            logp = torch.log_softmax(rows_logits, -1).gather(-1, tokens[:, None])[:, 0]
-            for (r, s), tok, lp in zip(members, tokens.tolist(), logp.tolist()):
-                yield r, s, tok, lp
+        """(row, slot, token, its log-probability) for every picking row (pick_rows: greedy rows by
+        argmax, the others from their own noise at their `fed`-th draw of this call)."""
+        if not picking:
+            return
+        rows_logits = logits[torch.tensor([s for _, s in picking], device=logits.device)]
+        tokens = pick_rows(rows_logits, [temp[r] for r, _ in picking], [self.top_p] * len(picking),
+                           torch.stack([keys[r] for r, _ in picking]), [fed[r] for r, _ in picking])
+        logp = torch.log_softmax(rows_logits, -1).gather(-1, tokens[:, None])[:, 0]
+        yield from ((r, s, tok, lp) for (r, s), tok, lp in zip(picking, tokens.tolist(), logp.tolist()))
 
 
 def plan_batches(prompts: list[list[int]], budgets: list[int], batch_size: int, rank: int = 0,
@@ -464,12 +458,35 @@ def dealt_to(batch: int, world: int) -> int:
     return k if lap % 2 == 0 else world - 1 - k
 
 
+def generate_greedily(prompts: list[list[int]], params: SamplingParams, continuation, stop_ids: set[int],
+                      on_token=None, error: type[Exception] = ValueError, runner: str = "this runner") -> list[list[int]]:
+    """Engine.generate for a greedy runner that decodes one prompt at a time (the ONNX and llama.cpp
+    runners): `continuation(prompt)` yields the prompt's greedy tokens one by one and is asked for no
+    more than a row needs. A row ends at a stop token (left out) or at its budget; sampling and stop
+    strings are refused with `error`."""
+    if params.temperature > 0 or params.stop_strings:
+        raise error(f"{runner} decodes greedily (temperature 0, no stop strings)")
+    results = []
+    for i, (prompt, budget) in enumerate(zip(prompts, params.budgets(len(prompts)))):
+        new = []
+        if budget > 0:
+            for token in continuation(prompt):
+                if token in stop_ids:
+                    break
+                new.append(token)
+                if on_token:
+                    on_token(i, token)
+                if len(new) == budget:
+                    break
+        results.append(new)
+    return results
+
+
 def engine_for(model: torch.nn.Module, tokenizer, **kwargs) -> KVCacheEngine:
     """The KVCacheEngine of `model`, with what it needs read off the tokenizer object: its pad id
     (0 without one: padding is masked), the ids that end an answer (answer.stop_token_ids) and
     `decode` for stop strings (special tokens skipped). kwargs: KVCacheEngine's (fast, fold_lora)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return KVCacheEngine(model, pad, stop_token_ids(tokenizer),
+    return KVCacheEngine(model, pad_token_id(tokenizer), stop_token_ids(tokenizer),
                          decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), **kwargs)
 
 
@@ -507,9 +524,9 @@ class HFDecoder:
         logits = new.prefill(ids, mask, positions)
         width = max(self.mask.shape[1], new.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, new.cache.layers):
-            mine.keys, mine.values = (torch.cat([_pad_left(a, width - a.shape[2], 2), _pad_left(b, width - b.shape[2], 2)])
+            mine.keys, mine.values = (torch.cat([pad_left(a, width - a.shape[2]), pad_left(b, width - b.shape[2])])
                                       for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
-        self.mask = torch.cat([_pad_left(m, width - m.shape[1], 1) for m in (self.mask, new.mask)])
+        self.mask = torch.cat([pad_left(m, width - m.shape[1]) for m in (self.mask, new.mask)])
         self.last_pos = torch.cat([self.last_pos, new.last_pos])
         return logits
 
@@ -532,12 +549,6 @@ class HFDecoder:
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.last_pos[:, None],
                          cache=self.cache, use_cache=True)
         return out.logits[:, -1]
-
-
-def _pad_left(t: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
-    shape = list(t.shape)
-    shape[dim] = pad
-    return torch.cat([t.new_zeros(shape), t], dim=dim) if pad else t
 
 
 @dataclass
@@ -585,7 +596,7 @@ class LiveBatch:
     @property
     def accepts_rows(self) -> bool:
         """False while a running batch's cache cannot take new rows (admit then waits for it to empty)."""
-        return self.decoder is None or not isinstance(self.decoder, HFDecoder) or self.decoder.can_join()
+        return self.decoder is None or self.decoder.can_join()
 
     def admit(self, prompts: list[list[int]], rows: list[LiveRow]) -> None:
         """Prefill `prompts` together (left-padded) and add them as `rows`; their first tokens are
@@ -596,17 +607,9 @@ class LiveBatch:
             self._drop()
         if not self.accepts_rows:
             raise ValueError("this batch cannot take rows until it empties")
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self.engine.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if self.decoder is None:
-            self.decoder = ((LlamaDecoder.for_model(self.engine.model, self.engine.fold_lora) if self.engine.fast
-                             else None) or HFDecoder(self.engine.model))
-        logits = self.decoder.join(ids, mask, positions)
+            self.decoder = self.engine._decoder()
+        logits = self.decoder.join(*left_padded(prompts, self.engine.pad_id, self.device))
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         self.rows += rows
 
@@ -619,18 +622,12 @@ class LiveBatch:
     def step(self) -> None:
         """Draw one token for every live row, then feed them (one decode step)."""
         token = torch.zeros(len(self.rows), dtype=torch.long, device=self.device)
-        groups: dict[tuple, list[int]] = {}
-        for r, row in enumerate(self.rows):
-            if not row.done:
-                groups.setdefault((row.temperature, row.top_p), []).append(r)
-        for (temperature, top_p), members in groups.items():
-            sel = torch.tensor(members, device=self.device)
-            if temperature <= 0:  # greedy: no noise to build
-                token[sel] = pick(self.logits[sel], temperature, top_p, None)
-                continue
-            keys = torch.stack([self.rows[r].key for r in members])
-            draws = torch.tensor([self.rows[r].draws for r in members])  # per row: its own noise index
-            token[sel] = pick(self.logits[sel], temperature, top_p, keys, step=draws)
+        live = [r for r, row in enumerate(self.rows) if not row.done]
+        sel = torch.tensor(live, device=self.device)
+        rows = [self.rows[r] for r in live]
+        if rows:
+            token[sel] = pick_rows(self.logits[sel], [row.temperature for row in rows], [row.top_p for row in rows],
+                                   torch.stack([row.key for row in rows]), [row.draws for row in rows])
         picked = token.tolist()
         for r, row in enumerate(self.rows):
             if row.done:
@@ -740,6 +737,46 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int 
         u = row_noise(gen, step, probs.shape[-1])
         return (probs.double().log() - (-u.log()).log()).argmax(-1)  # log 0 = -inf: never drawn
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def pick_rows(logits: torch.Tensor, temperatures: list[float], top_ps: list[float], keys: torch.Tensor,
+              steps: list[int]) -> torch.Tensor:
+    """Next token per row, each row with its own temperature, top_p and noise (row r draws its
+    `steps[r]`-th token of its key, as `pick` does): rows that share (temperature, top_p) are drawn
+    in one call, greedy ones by argmax. `keys` is [rows, 2] (row_keys), on the CPU as row_keys makes it."""
+    token = torch.zeros(len(temperatures), dtype=torch.long, device=logits.device)
+    groups: dict[tuple, list[int]] = {}
+    for r, settings in enumerate(zip(temperatures, top_ps)):
+        groups.setdefault(settings, []).append(r)
+    for (temperature, top_p), members in groups.items():
+        sel = torch.tensor(members, device=logits.device)
+        if temperature <= 0:  # greedy: no noise to build
+            token[sel] = pick(logits[sel], temperature, top_p, None)
+        else:
+            token[sel] = pick(logits[sel], temperature, top_p, keys[torch.tensor(members)],
+                              step=torch.tensor([steps[r] for r in members]))
+    return token
+
+
+def left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) of `prompts` as one batch, left-padded with `pad_id` so
+    every prompt's last token sits at the end (what a decoder's prefill and join take)."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def holds_stop(decode: Callable[[list[int]], str], tokens: list[int], stop_strings) -> bool:
+    """Whether the decoded tail of `tokens` holds one of `stop_strings`: the tail is the last
+    4 tokens per character of the longest stop string, plus 4 (enough tokens to spell any of them)."""
+    if not stop_strings:
+        return False
+    tail = decode(tokens[-(4 * max(map(len, stop_strings)) + 4):])
+    return any(s in tail for s in stop_strings)
 
 
 MASK32 = 0xFFFFFFFF

@@ -33,6 +33,7 @@ import os
 import numpy as np
 
 from reasonlm.answer import end_of_turn
+from reasonlm.engine import generate_greedily
 
 GGUF_FILE = "model.gguf"
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
@@ -280,20 +281,5 @@ class GgufEngine:
                          if k in meta}
 
     def generate(self, prompts: list[list[int]], params, on_token=None) -> list[list[int]]:
-        if params.temperature > 0 or params.stop_strings:
-            raise GgufError("the llama.cpp runner decodes greedily (temperature 0, no stop strings)")
-        budgets = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * len(prompts)
-        results = []
-        for i, (prompt, budget) in enumerate(zip(prompts, budgets)):
-            new = []
-            if budget > 0:
-                for token in self.llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-                    if token in self.stop_ids:
-                        break
-                    new.append(token)
-                    if on_token:
-                        on_token(i, token)
-                    if len(new) == budget:
-                        break
-            results.append(new)
-        return results
+        return generate_greedily(prompts, params, lambda prompt: self.llm.generate(prompt, temp=0.0, top_k=1, reset=True),
+                                 self.stop_ids, on_token, GgufError, "the llama.cpp runner")

@@ -192,6 +192,10 @@ class LlamaDecoder:
         self.pads, self.length = self.pads + new.pads, width
         return logits
 
+    def can_join(self) -> bool:
+        """Rows can join this cache between steps (join): always, its layers are full attention."""
+        return True
+
     def trim(self) -> None:
         """Drop the leading cache columns that are padding in every row (after rows left)."""
         cut = min(self.pads, default=0)
@@ -320,9 +324,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def pad_left(t: torch.Tensor, pad: int, extra: int) -> torch.Tensor:
+def pad_left(t: torch.Tensor, pad: int, extra: int = 0) -> torch.Tensor:
     """`t` (keys/values [rows, heads, len, dim] or a mask [rows, len]) with `pad` masked-out positions
-    before it and `extra` free ones after it (a mask's padding is False, its free positions True)."""
+    before it and `extra` free ones after it (a mask's padding is 0/False, its free positions 1/True);
+    both decoders' join pad with it."""
+    if not pad and not extra:
+        return t
     dim = 2 if t.dim() == 4 else 1
     before, after = list(t.shape), list(t.shape)
     before[dim], after[dim] = pad, extra

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
-from reasonlm.engine import SamplingParams
+from reasonlm.engine import SamplingParams, generate_greedily
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -93,22 +93,16 @@ class OnnxEngine:
         return int(logits[0].argmax())
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, on_token=None) -> list[list[int]]:
-        if params.temperature > 0 or params.stop_strings:
-            raise OnnxError("the ONNX runner decodes greedily (temperature 0, no stop strings)")
-        budgets = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * len(prompts)
-        results = []
-        for i, (prompt, budget) in enumerate(zip(prompts, budgets)):
-            ids, new = list(prompt), []
-            while len(new) < budget:
-                token = self.next_token(ids)
-                if token in self.stop_ids:
-                    break
-                new.append(token)
-                ids.append(token)
-                if on_token:
-                    on_token(i, token)
-            results.append(new)
-        return results
+        return generate_greedily(prompts, params, self.continuation, self.stop_ids, on_token, OnnxError,
+                                 "the ONNX runner")
+
+    def continuation(self, prompt: list[int]):
+        """The prompt's greedy tokens, one graph run each (the whole sequence fed every time)."""
+        ids = list(prompt)
+        while True:
+            token = self.next_token(ids)
+            yield token
+            ids.append(token)
 
     def answer(self, question: str, max_new_tokens: int = 256) -> str:
         prompt = encode_prompt(self.tokenizer, prompt_messages(question))

@@ -37,7 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reasonlm.answer import encode_prompt
+from reasonlm.answer import cut_at_stop, encode_prompt
 from reasonlm.config import Recipe, ServeConfig
 from reasonlm.detokenizer import Detokenizer
 from reasonlm.engine import LiveRow, engine_for
@@ -390,8 +390,8 @@ class Handler(BaseHTTPRequestHandler):
             new = "".join(pieces)
             pieces.clear()
             if new and not stopped:
-                cut = cut_at(text + new, ask.stop)
-                if cut is not None:
+                cut = cut_at_stop(text + new, ask.stop)
+                if len(cut) < len(text + new):  # a stop string (never empty) was found
                     new, stopped = cut[len(text):], True
                     job.cancel()
                 text += new
@@ -427,12 +427,6 @@ class Handler(BaseHTTPRequestHandler):
     def event(self, obj: dict) -> None:
         self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         self.wfile.flush()
-
-
-def cut_at(text: str, stop: list[str]) -> str | None:
-    """The text before its first stop string, or None when it holds none."""
-    cuts = [text.find(s) for s in stop if s in text]
-    return text[:min(cuts)] if cuts else None
 
 
 # --- entry point --------------------------------------------------------------------------------

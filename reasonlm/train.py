@@ -36,7 +36,7 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from reasonlm import outputs
-from reasonlm.answer import encode_example, encode_prompt, parse_completion, prompt_messages
+from reasonlm.answer import encode_example, encode_prompt, pad_token_id, parse_completion, prompt_messages
 from reasonlm.checkpoint import (RUN_FILES, check_resumable, keep_metrics_until, made_from, resume_or_start,
                                  save_checkpoint, save_weights, stop_if_diverged, trainable_state_dict)
 from reasonlm.config import DIRECT_RUN, Recipe, RunPaths, TrainConfig, base_model, save_resolved
@@ -175,7 +175,7 @@ def fit(model, tokenizer, train_rows, val_rows, cfg: TrainConfig, run_dir: str, 
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if accelerator.is_main_process:
         keep_metrics_until(metrics_path, start)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     line_break_id = None
     if cfg.line_jitter:
         ids = tokenizer.encode("\n", add_special_tokens=False)
@@ -288,7 +288,7 @@ def validation_metrics(model, tokenizer, val_examples, val_rows, cfg, accelerato
         rows = pack(val_examples, cfg.seq_len, seed=0)
         total, count = 0.0, 0
         for i in range(0, len(rows), 32):
-            ids, labels, pos, _ = collate(val_examples, rows[i:i + 32], cfg.seq_len, tokenizer.pad_token_id or 0)
+            ids, labels, pos, _ = collate(val_examples, rows[i:i + 32], cfg.seq_len, pad_token_id(tokenizer))
             loss_sum, n = token_losses(model, ids, labels, pos)
             total, count = total + loss_sum.item(), count + n
         out["val_loss"] = round(total / max(count, 1), 5)

@@ -124,8 +124,7 @@ class ScriptedEngine:
 
     def generate(self, prompts, params, on_token=None, rank=0, world=1):
         if prompts and isinstance(prompts[0], list):  # a batch; rows dealt to other processes are None
-            budgets = params.max_new_tokens
-            budgets = budgets if isinstance(budgets, list) else [budgets] * len(prompts)
+            budgets = params.budgets(len(prompts))
             mine = {i for b in plan_batches(prompts, budgets, params.batch_size, rank, world) for i in b}
             return [self.tokens(prompt)[:budget] if i in mine else None
                     for i, (prompt, budget) in enumerate(zip(prompts, budgets))]

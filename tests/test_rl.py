@@ -12,7 +12,7 @@ from reasonlm import credit, rl
 from reasonlm.rl import update
 from reasonlm.rl.pool import ProblemPool
 from reasonlm.credit import Rollout
-from reasonlm.answer import encode_example, encode_prompt, end_of_turn, prompt_messages, stop_token_ids
+from reasonlm.answer import encode_example, encode_prompt, end_of_turn, pad_token_id, prompt_messages, stop_token_ids
 from reasonlm.config import ConfigError, CurriculumConfig, RLConfig, TrainConfig, load_recipe
 from reasonlm.curriculum import Curriculum, CurriculumError, check_reach, longest
 from reasonlm.engine import KVCacheEngine, dealt_to
@@ -124,7 +124,7 @@ def test_num_iterations_1_has_a_ratio_of_exactly_1_and_moves_the_weights(toy):
         batch.append(credit.Rollout(prompt, ids, text, False, [], True, True, advantages=[a] * len(ids)))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    stats = update.grpo_update(model, opt, batch, before, cfg, _Accelerator())
+    stats = update.grpo_update(model, opt, batch, before, cfg, _Accelerator(), pad_id=pad_token_id(tok))
     assert stats["ratio_min"] == 1.0 and stats["ratio_max"] == 1.0 and stats["clip_fraction"] == 0.0
     assert stats["kl"] == 0.0  # the reference is the starting weights
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
@@ -387,7 +387,7 @@ def test_expert_iteration_update_raises_the_likelihood_of_the_kept_tokens():
             return -(update.token_logprobs(model, fwd)[0] * fwd.place([[1.0] * len(ids)])).sum().item()
     before = nll()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    stats = update.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    stats = update.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0, pad_id=pad_token_id(tok))
     assert stats["loss"] > 0 and nll() < before - 0.5
 
 
@@ -413,7 +413,7 @@ def test_expert_iteration_forwards_only_up_to_the_last_kept_token_with_the_same_
     opt = sgd(model)
     forwarded, logprobs = [], update.token_logprobs
     monkeypatch.setattr(update, "token_logprobs", lambda m, fwd, *a, **k: forwarded.append(fwd.ids.shape) or logprobs(m, fwd, *a, **k))
-    update.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0)
+    update.sft_update(model, opt, batch, cfg, _Accelerator(), seed=0, pad_id=pad_token_id(tok))
     assert forwarded == [(1, len(prompt) + len(prefix))]  # one row, cut after the prefix
     fwd = update.collate(batch, 0)  # the whole rows, uncut
     keep, weight = fwd.place([[float(k) for k in s.kept] for s in batch]), fwd.place([[1 / (2 * len(prefix))] * len(s.kept) for s in batch])
@@ -527,9 +527,9 @@ def test_a_packed_update_equals_the_padded_one():
         with torch.no_grad():
             logp = update.token_logprobs(model, fwd)[0]
         first = [fwd.take(logp, i, len(s.completion)) for i, s in enumerate(batch[:3])]
-        stats = [update.grpo_update(model, opt, batch, reference, cfg, _Accelerator(), seed=3),
+        stats = [update.grpo_update(model, opt, batch, reference, cfg, _Accelerator(), seed=3, pad_id=pad_token_id(tok)),
                  update.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"),
-                               _Accelerator(), seed=4)]
+                               _Accelerator(), seed=4, pad_id=pad_token_id(tok))]
         ends.append((first, stats, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
     (padded_logp, padded_stats, padded), (packed_logp, packed_stats, packed) = ends
     for a, b in zip(padded_logp, packed_logp):
@@ -571,8 +571,9 @@ def _updates_in_a_gloo_group(rank: int, world: int, port: int, out: str) -> None
     reference = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params, lr=1e-2)
     cfg = RLConfig(num_iterations=2, mini_batch_size=5, micro_batch_size=1, lr=1e-2, beta=0.1)
-    stats = [update.grpo_update(model, opt, batch, reference, cfg, accelerator, seed=3),
-             update.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"), accelerator, seed=4)]
+    stats = [update.grpo_update(model, opt, batch, reference, cfg, accelerator, seed=3, pad_id=pad_token_id(tok)),
+             update.sft_update(model, opt, batch, dataclasses.replace(cfg, algorithm="expert_iteration"), accelerator, seed=4,
+                               pad_id=pad_token_id(tok))]
     if rank == 0:
         torch.save({"weights": {n: p.detach() for n, p in model.named_parameters() if p.requires_grad},
                     "stats": stats}, out)

@@ -291,11 +291,13 @@ def fit(model, tokenizer, pool, reference: dict, cfg: RLConfig, run_dir: str, ac
         t_sample = time.time() - t0
         if cfg.algorithm == "grpo":
             batch = [s for g in groups for s in g.rollouts if any(s.advantages)]
-            update = grpo_update(model, optimizer, batch, reference, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
+            update = grpo_update(model, optimizer, batch, reference, cfg, accelerator, seed=cfg.seed * 7919 + rnd,
+                                 pad_id=engine.pad_id)
         else:
             batch = [s for g in groups for s in g.rollouts if s.kept]
             batch += sft_replay(sft_rows, tokenizer, cfg, rnd) if cfg.replay_sft else []
-            update = sft_update(model, optimizer, batch, cfg, accelerator, seed=cfg.seed * 7919 + rnd)
+            update = sft_update(model, optimizer, batch, cfg, accelerator, seed=cfg.seed * 7919 + rnd,
+                                pad_id=engine.pad_id)
         samples = [s for g in seen for s in g.rollouts]
         drawn = len(samples)
         samples_total += drawn

@@ -156,10 +156,11 @@ def share(indices: list[int], accelerator, size: int) -> list[list[int]]:
 
 
 def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RLConfig, accelerator,
-                seed: int = 0) -> dict:
+                seed: int = 0, *, pad_id: int) -> dict:
     """num_iterations shuffled passes over the round's rollouts in mini-batches of mini_batch_size
     drawn rollouts, one optimizer step each. The old (and reference) log-probs of every rollout are
-    computed first, by the same model in the same precision, so the first step's ratio is exactly 1."""
+    computed first, by the same model in the same precision, so the first step's ratio is exactly 1.
+    pad_id: the tokenizer's (answer.pad_token_id), as sampling and SFT pad with."""
     if not batch:
         return {"loss": 0.0, "kl": 0.0, "entropy": None, "clip_fraction": 0.0}
     net = accelerator.unwrap_model(model)
@@ -167,11 +168,10 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     device = next(net.parameters()).device
     tokens = sum(len(s.completion) for s in batch)
     distinct, counts = unique(batch)
-    pad = net.config.pad_token_id or 0
     before = []  # (distinct rollout, log-probs of its completion tokens before any step, reference's)
     for idx in share(list(range(len(distinct))), accelerator, cfg.micro_batch_size):
         part = [distinct[i] for i in idx]
-        fwd = collate(part, pad, cfg.packed_attention).to(device)
+        fwd = collate(part, pad_id, cfg.packed_attention).to(device)
         with torch.no_grad():
             logp = token_logprobs(net, fwd)[0]
         logp_ref = reference_logprobs(net, reference, fwd)
@@ -193,7 +193,7 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
                                                    cfg.max_completion_length, [counts[i] for i in mini])))
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                fwd = collate(part, pad, cfg.packed_attention)
+                fwd = collate(part, pad_id, cfg.packed_attention)
                 adv, weight, old_m, ref_m, multiplicity = (fwd.place(v).to(device) for v in (
                     [s.advantages for s in part], [[weights[i]] * len(s.completion) for i, s in zip(idx, part)],
                     [old[i] for i in idx], [ref[i] for i in idx],
@@ -215,14 +215,14 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     return {k: round(v, 6) for k, v in stats.items()}
 
 
-def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerator, seed: int) -> dict:
+def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerator, seed: int, *,
+               pad_id: int) -> dict:
     """Expert iteration: num_iterations shuffled passes over the kept samples with the SFT loss
     (minus the mean log-likelihood of a mini-batch's kept tokens). A mini-batch holds
     mini_batch_size kept samples; identical ones run as one row weighted by their count."""
     net = accelerator.unwrap_model(model)
     net.train()
     device = next(net.parameters()).device
-    pad = net.config.pad_token_id or 0
     rng, loss_sum, steps = random.Random(seed), 0.0, 0
     distinct, counts = unique([kept_part(s) for s in batch])
     for _ in range(cfg.num_iterations if batch else 0):
@@ -231,7 +231,7 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
             total = sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                fwd = collate(part, pad, cfg.packed_attention)
+                fwd = collate(part, pad_id, cfg.packed_attention)
                 keep, weight = (fwd.place(v).to(device) for v in (
                     [[float(k) for k in s.kept] for s in part],
                     [[counts[i] / total] * len(s.kept) for i, s in zip(idx, part)]))
