@@ -1,7 +1,7 @@
 """GGUF export (`reasonlm export RUN --gguf`, reasonlm/gguf.py): the file's tensors, metadata and
 tokenizer read back with the `gguf` package; the rope reordering checked against both rope
 layouts; the pre-tokenizer llama.cpp is told to use checked to give our token ids. The slow tests
-load the file in llama.cpp itself (llama-cpp-python, the `gguf-test` extra) and check its greedy
+load the file in llama.cpp itself (llama-cpp-python, in the `dev` extra) and check its greedy
 answers are PyTorch's, token for token."""
 import json
 import os
