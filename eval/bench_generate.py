@@ -156,7 +156,7 @@ def main(argv=None):
     p.add_argument("--allow-mismatch", action="store_true", help="report differing outputs but exit 0")
     args = p.parse_args(argv)
     from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
-    from reasonlm.engine import KVCacheEngine, SamplingParams
+    from reasonlm.engine import SamplingParams, engine_for
     from reasonlm.example import answer_budget
 
     torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
@@ -164,25 +164,25 @@ def main(argv=None):
     prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in rows]
     stop_ids = stop_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    temperature, budgets = 0.6, [answer_budget(tok, r["question"], len(p), KVCacheEngine(model, pad).context_size)
+    temperature, budgets = 0.6, [answer_budget(tok, r["question"], len(p), engine_for(model, tok).context_size)
                                  for r, p in zip(rows, prompts)]  # as eval
     if rl is not None:  # as RL samples
         temperature, budgets = rl.temperature, [rl.max_completion_length] * len(prompts)
     methods = {  # name -> run all prompts; the first is the reference every other one must equal
         "HF generate, batched": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size),
         "HF generate, one at a time": lambda ps, bs: hf_one_at_a_time(model, ps, bs, stop_ids, pad),
-        "engine, general path": lambda ps, bs: KVCacheEngine(model, pad, stop_ids, fast=False).generate(
+        "engine, general path": lambda ps, bs: engine_for(model, tok, fast=False).generate(
             ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
-        "engine": lambda ps, bs: KVCacheEngine(model, pad, stop_ids).generate(
+        "engine": lambda ps, bs: engine_for(model, tok).generate(
             ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
-        "engine, folded (RL's sampler)": lambda ps, bs: KVCacheEngine(model, pad, stop_ids, fold_lora=True).generate(
+        "engine, folded (RL's sampler)": lambda ps, bs: engine_for(model, tok, fold_lora=True).generate(
             ps, SamplingParams(max_new_tokens=bs, batch_size=args.batch_size)),
     }
     sampling = {  # outputs differ by nature, so only the speed is compared
         "HF generate, batched, sampling": lambda ps, bs: hf_batched(model, ps, bs, stop_ids, pad, args.batch_size,
                                                                     temperature),
-        "engine, folded, sampling (per-row seeds)": lambda ps, bs: KVCacheEngine(
-            model, pad, stop_ids, fold_lora=True).generate(ps, SamplingParams(
+        "engine, folded, sampling (per-row seeds)": lambda ps, bs: engine_for(
+            model, tok, fold_lora=True).generate(ps, SamplingParams(
                 max_new_tokens=bs, batch_size=args.batch_size, temperature=temperature, seeds=list(range(len(ps))))),
     }
     if args.skip_one_at_a_time:

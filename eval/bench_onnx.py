@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from reasonlm.answer import answers_match, encode_prompt, parse_completion, prompt_messages, stop_token_ids
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.answer import answers_match, encode_prompt, parse_completion, prompt_messages
+from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.example import Example, answer_budget, read_dataset
 from reasonlm.gguf import GGUF_FILE, GgufEngine, export_gguf
 from reasonlm.model import load_adapter
@@ -65,7 +65,7 @@ def main():
     prompts = [encode_prompt(tok, prompt_messages(e.question)) for e in examples]
     context = model.config.max_position_embeddings
     budgets = [answer_budget(tok, e.question, len(p), context) for e, p in zip(examples, prompts)]
-    engine = KVCacheEngine(model, tok.pad_token_id, stop_token_ids(tok))
+    engine = engine_for(model, tok)
     onnx_engine = OnnxEngine(onnx_dir, threads=args.threads)
     with torch.inference_mode():
         one, one_s = timed(lambda: engine.generate(prompts, SamplingParams(max_new_tokens=budgets, batch_size=1)))

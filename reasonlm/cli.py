@@ -134,8 +134,7 @@ def gate(report, min_accuracy, cfg=None, baseline=None):
 COMMANDS = {"data": cmd_data, "base": cmd_base, "train": cmd_train, "rl": cmd_rl, "eval": cmd_eval,
             "pipeline": cmd_pipeline, "config": cmd_config, "chat": cmd_chat, "export": cmd_export,
             "serve": cmd_serve, "tasks": cmd_tasks}
-SERVE_OPTIONS = ("model", "adapter", "merged", "host", "port", "max_body_bytes", "max_tokens", "max_concurrent",
-                 "max_batch", "name")
+SERVE_OPTIONS = tuple(f.name for f in dataclasses.fields(ServeConfig))  # serve's flags are ServeConfig's fields
 
 # What each subcommand's --help says after its options: the recipe sections it reads, one example.
 EPILOGS = {

@@ -571,7 +571,8 @@ class LiveBatch:
     finish, so a row admitted while others decode starts at the next step (reasonlm serve).
 
         batch = engine.live_batch()
-        row = batch.admit(prompt_ids, budget=64, temperature=0, top_p=1, seed=0, on_token=print)
+        row = batch.new_row(64, temperature=0, top_p=1, seed=0, on_token=print)
+        batch.admit([prompt_ids], [row])
         while batch.live: batch.step()
 
     A row's tokens are those `generate` gives it alone with `seeds=[seed]`: its prompt is

@@ -85,7 +85,7 @@ class GgufError(ValueError):
 
 def export_gguf(model, tokenizer, out: str, name: str = "reasonlm") -> str:
     """Write `model` (a plain causal LM, adapter merged) with `tokenizer` as out/model.gguf, into
-    the folder `out` (created if missing; model.export builds it under a temporary name it owns
+    the folder `out` (created if missing; export.export builds it under a temporary name it owns
     and renames it), `name` as the model's name in the file. Returns the file's path."""
     try:
         import gguf  # lazy: the `gguf` extra, needed only to export
@@ -263,8 +263,8 @@ def tokenizer_arrays(tokenizer, rows: int) -> dict:
 
 # --- running it ----------------------------------------------------------------------------------
 class GgufEngine:
-    """Greedy decoding of a GGUF file in llama.cpp (llama-cpp-python, built from source: the
-    `gguf-test` extra); `generate` has the signature of engine.Engine.generate, and stops at the
+    """Greedy decoding of a GGUF file in llama.cpp (llama-cpp-python, built from source: in the
+    `dev` extra, or alone as the `gguf-test` extra); `generate` has the signature of engine.Engine.generate, and stops at the
     end-of-turn and end-of-sequence tokens the file names (answer.stop_token_ids, written by
     export_gguf). One problem at a time, with llama.cpp's KV cache."""
 

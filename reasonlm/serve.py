@@ -27,6 +27,7 @@ server a 500 with the same shape, never a traceback, and the server keeps servin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -40,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from reasonlm.answer import cut_at_stop, encode_prompt
 from reasonlm.config import Recipe, ServeConfig
 from reasonlm.detokenizer import Detokenizer
-from reasonlm.engine import LiveRow, engine_for
+from reasonlm.engine import LiveRow, SamplingParams, engine_for
 from reasonlm.model import load_adapter
 from reasonlm.verdict import judge_question
 
@@ -126,9 +127,15 @@ class Scheduler(threading.Thread):
             for job in [j for j in waiting if j.cancelled]:  # its client left while it waited
                 job.tokens.put(DONE)
             waiting = [j for j in waiting if not j.cancelled]
+            rows = []
+            for job in list(waiting):  # one row per job: settings the engine refuses fail that job alone
+                try:
+                    rows.append(batch.new_row(job.max_tokens, job.temperature, job.top_p, job.seed, job.tokens.put))
+                except ValueError as e:
+                    job.tokens.put(e)
+                    waiting.remove(job)
             try:
                 if waiting:
-                    rows = [batch.new_row(j.max_tokens, j.temperature, j.top_p, j.seed, j.tokens.put) for j in waiting]
                     batch.admit([j.prompt for j in waiting], rows)
                     for job, row in zip(waiting, rows):
                         job.row = row
@@ -237,7 +244,13 @@ def read_request(body, cfg: ServeConfig, tokenizer, context: int | None, chat: b
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, f"stream must be true or false, got {stream!r}", "stream", "invalid_value")
-    return Ask(prompt, question, max_tokens, _number(body, "temperature", 0.0, 0, 2), _number(body, "top_p", 1.0, 0, 1),
+    temperature, top_p = _number(body, "temperature", 0.0, 0, 2), _number(body, "top_p", 1.0, 0, 1)
+    try:  # the engine's own checks (top_p 0 is in [0, 1] but no distribution): refused here, not mid-batch
+        SamplingParams(temperature=temperature, top_p=top_p)
+    except ValueError as e:
+        param = str(e).split()[0]
+        raise RequestError(400, str(e), param if param in ("temperature", "top_p") else None, "invalid_value") from None
+    return Ask(prompt, question, max_tokens, temperature, top_p,
                _number(body, "seed", 0, -2**63, 2**63 - 1, integer=True), _stop(body), stream, chat)
 
 
@@ -438,7 +451,7 @@ def start(cfg: ServeConfig, model, tokenizer) -> Server:
 
 def main(cfg: ServeConfig, recipe: Recipe | None = None) -> None:
     if recipe is not None and not cfg.system:
-        cfg.system = recipe.chat.system
+        cfg = dataclasses.replace(cfg, system=recipe.chat.system)
     print(f"loading {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else "") + " ...", file=sys.stderr)
     model, tokenizer = load_adapter(cfg.model, cfg.adapter or None, merged=cfg.merged,
                                     device=recipe.device if recipe else "auto")

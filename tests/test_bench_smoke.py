@@ -42,7 +42,7 @@ def check_bench_train(argv: list[str], out: str):
 
 # --- every command of docs/benchmarks.md ---------------------------------------------------------
 def documented_commands() -> list[list[str]]:
-    """Each `python eval/bench_*.py ...` of docs/benchmarks.md (inline or in a code block, `\`
+    """Each `python eval/bench_*.py ...` of docs/benchmarks.md (inline or in a code block, backslash
     continuations joined, a trailing `# comment` dropped), as argv after `python`, once each."""
     text = open(os.path.join(ROOT, "docs", "benchmarks.md")).read().replace("\\\n", " ")
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.S | re.M)
@@ -55,8 +55,9 @@ def documented_commands() -> list[list[str]]:
     return found
 
 
-# Per script: flag -> the tiny value the smoke run uses instead of the documented one (a flag not
-# documented is added). A benchmark whose script is not here fails the test: add its tiny size.
+# Per script: flag -> the tiny value the smoke run uses instead of the documented one (a list for a
+# flag of several values; a flag not documented is added). A benchmark whose script is not here
+# fails the test: add its tiny size.
 SHRINK = {
     "bench_generate.py": {"--n": "4", "--repeat": "1", "--batch-size": "4", "--threads": "1"},
     "bench_scale.py": {"--seq": "32", "--steps": "1", "--warmup": "0"},
@@ -66,37 +67,47 @@ SHRINK = {
     "bench_rl.py": {"--rounds": "1", "--threads": "1", "--held-out": "2", "rl.prompts_per_round": "2",
                     "rl.mini_batch_size": "4"},
     "bench_onnx.py": {"--n": "4", "--threads": "1"},
+    # every --adapter becomes the SFT one (the tiny run has no rl stage): one adapter, one curve per method
+    "bench_search.py": {"--adapter": "SFT=out/tiny-cpu/train/adapter", "--steps": ["2", "3"], "--per-steps": "2",
+                        "--methods": "greedy,majority@4,retry r2,beam w2e2", "--batch-size": "8", "--threads": "1"},
+    "bench_serve.py": {"--clients": "2", "--seconds": "1", "--max-tokens": "8", "--max-batch": "2",
+                       "--eval-batch": "4"},
 }
 # what each script prints when it ran to the end
 PRINTS = {"bench_generate.py": "| method |", "bench_scale.py": "|", "bench_data.py": "| examples |",
-          "bench_train.py": "| side |", "bench_rl.py": "| trainer |", "bench_onnx.py": "| runtime |"}
+          "bench_train.py": "| side |", "bench_rl.py": "| trainer |", "bench_onnx.py": "| runtime |",
+          "bench_search.py": "| SFT | beam w2e2 |", "bench_serve.py": "| serve, 2 clients"}
 
 
 def shrink(argv: list[str], run: str, recipe: str, scratch: str) -> list[str]:
-    """The documented argv with SHRINK's sizes, the default run's folders replaced by `run` and the
-    default recipe by `recipe`, and the scratch folders of bench_rl/bench_onnx under `scratch`."""
+    """The documented argv with SHRINK's sizes, the default run's folders (out/tiny-cpu, or RUN as
+    the doc writes any run) replaced by `run` and the default recipe by `recipe`, and the scratch
+    folders of bench_rl/bench_onnx under `scratch`."""
     script, args = os.path.basename(argv[0]), argv[1:]
-    sizes = SHRINK[script]
+    sizes = {flag: value if isinstance(value, list) else [value] for flag, value in SHRINK[script].items()}
+
+    def local(a: str) -> str:
+        return a.replace("recipes/tiny-cpu.yaml", recipe).replace("out/tiny-cpu", run).replace("RUN/", run + "/")
+
     out, i, seen = [os.path.join(ROOT, argv[0])], 0, set()
     while i < len(args):
         a = args[i]
         key, eq, _ = a.partition("=")
         if a in sizes and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            out += [a, sizes[a]]
+            out += [a, *map(local, sizes[a])]
             seen.add(a)
-            i += 2
+            i += 1 + len(sizes[a])
             continue
         if eq and key in sizes:  # an rl.* override
-            out.append(f"{key}={sizes[key]}")
+            out.append(f"{key}={sizes[key][0]}")
         elif "" in sizes and a.isdigit():  # the positional size
-            out.append(sizes[""])
+            out += sizes[""]
         else:
-            out.append(a.replace("recipes/tiny-cpu.yaml", recipe).replace("out/tiny-cpu", run)
-                       .replace("/work/refout", run))
+            out.append(local(a))
         i += 1
     for flag, value in sizes.items():
         if flag.startswith("--") and flag not in seen:
-            out += [flag, value]
+            out += [flag, *map(local, value)]
     if script in ("bench_rl.py", "bench_onnx.py"):  # their scratch folders default to /tmp and ./out
         out += ["--out", scratch]
     if script == "bench_onnx.py" and "--base" not in out:  # its defaults: the default run's (out/tiny-cpu)

@@ -4,6 +4,7 @@ Two toy models are saved to a tmp dir once: `trained`, fine-tuned for a few seco
 'a+b=c' lines and a '#### N' line, then stops; and `endless`, an untrained toy whose end-of-turn
 embedding is zero (so greedy decoding never picks it) with a huge context, for Ctrl-C tests.
 """
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pexpect
 import pytest
@@ -19,9 +21,9 @@ import torch.nn.functional as F
 
 from reasonlm import chat
 from reasonlm.chat import display, session
-from reasonlm.answer import encode_example, render_completion, stop_token_ids
+from reasonlm.answer import encode_example, render_completion
 from reasonlm.detokenizer import Detokenizer
-from reasonlm.engine import KVCacheEngine, SamplingParams
+from reasonlm.engine import SamplingParams, engine_for
 from tests.helpers import ROOT, ScriptedEngine, rows, tiny_model_and_tokenizer
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -213,7 +215,7 @@ def loaded(models):
 def test_prefix_reuse_gives_the_same_answer_as_a_fresh_prefill(loaded):
     model, tok = loaded
     settings = chat.Settings(max_new_tokens=30)
-    warm = chat.Chat(engine_for(model, tok), tok, settings, out=open(os.devnull, "w"))
+    warm = chat.Chat(engine_for(model, tok), tok, settings, out=io.StringIO())
     warm.ask(QUESTION, notes=lambda *a: None)
     second = warm.ask("6-1+2", notes=lambda *a: None).reply
     assert second.reused_tokens > 0
@@ -222,22 +224,11 @@ def test_prefix_reuse_gives_the_same_answer_as_a_fresh_prefill(loaded):
     assert fresh.reused_tokens == 0 and fresh.tokens == second.tokens
 
 
-def engine_for(model, tok):
-    return KVCacheEngine(model, tok.pad_token_id or 0, stop_token_ids(tok))
-
-
 def test_answers_stream_token_by_token(loaded):
     model, tok = loaded
-    writes = []
-
-    class Out:
-        def write(self, text):
-            writes.append(text)
-
-        def flush(self):
-            pass
-
-    c = chat.Chat(engine_for(model, tok), tok, chat.Settings(max_new_tokens=40), plain=True, out=Out())
+    writes = []  # every write call: a token streams as its own write
+    out = SimpleNamespace(write=writes.append, flush=lambda: None)
+    c = chat.Chat(engine_for(model, tok), tok, chat.Settings(max_new_tokens=40), plain=True, out=out)
     turn = c.ask(QUESTION)
     assert len(writes) > 5 and "".join(writes) == turn.text + "\n"
 
@@ -254,23 +245,17 @@ def test_detokenizer_handles_multibyte_characters(loaded):
 
 
 def test_painter_dims_steps_and_highlights_the_final_line():
-    class Out(list):
-        write = list.append
-
-        def flush(self):
-            pass
-
-    out = Out()
+    out = io.StringIO()
     p = display.Painter(out, plain=False)
     for piece in ["8+1", "=9\n", "##", "## 9", "\n"]:
         p.feed(piece)
     p.close()
-    assert "".join(out) == f"{display.DIM}8+1=9{display.RESET}\n{display.FINAL}#### 9{display.RESET}\n"
-    out.clear()
+    assert out.getvalue() == f"{display.DIM}8+1=9{display.RESET}\n{display.FINAL}#### 9{display.RESET}\n"
+    out = io.StringIO()
     p = display.Painter(out, plain=True)
     p.feed("8+1=9\n#### 9")
     p.close()
-    assert "".join(out) == "8+1=9\n#### 9\n"
+    assert out.getvalue() == "8+1=9\n#### 9\n"
 
 
 HOSTILE = "1+1=2\x1b]0;owned\x07 \x1b]52;c;cm0gLXJmIH4=\x07\r\x9b2J\x08\n#### 2\x1b[8m"
@@ -282,20 +267,12 @@ def test_control_characters_from_the_model_are_shown_escaped(loaded, plain):
     model reaches the terminal (window titles, OSC 52 clipboard writes, cursor moves); newline
     and tab do, and our own colours still do."""
     _, tok = loaded
-    out = []
-
-    class Out:
-        def write(self, text):
-            out.append(text)
-
-        def flush(self):
-            pass
-
-    c = chat.Chat(ScriptedEngine(tok, HOSTILE + "\tx"), tok, chat.Settings(), plain=plain, out=Out())
+    out = io.StringIO()
+    c = chat.Chat(ScriptedEngine(tok, HOSTILE + "\tx"), tok, chat.Settings(), plain=plain, out=out)
     assert c.ask("1+1").text == HOSTILE + "\tx"  # the history keeps what the model said
     c.command("/verify")
     c.command("/samples 2")
-    shown = "".join(out)
+    shown = out.getvalue()
     for ours in (display.DIM, display.FINAL, display.GOOD, display.BAD, display.RESET):
         shown = shown.replace(ours, "")
     assert not [ch for ch in shown if ord(ch) in display.CONTROL_ESCAPES]
@@ -351,24 +328,16 @@ def test_input_that_is_not_utf8_is_replaced_and_the_session_goes_on(models, tmp_
 
 
 def test_save_onto_an_existing_file_refuses_unless_forced_and_keeps_its_mode(tmp_path):
-    out = []
-
-    class Out:
-        def write(self, text):
-            out.append(text)
-
-        def flush(self):
-            pass
-
-    c = chat.Chat(ScriptedEngine.__new__(ScriptedEngine), None, chat.Settings(), out=Out())
+    out = io.StringIO()
+    c = chat.Chat(ScriptedEngine.__new__(ScriptedEngine), None, chat.Settings(), out=out)
     c.history = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "#### 2"}]
     mine = tmp_path / "notes.jsonl"
     mine.write_text("the user's own file\n")
     os.chmod(mine, 0o600)
     c.command(f"/save {mine}")
     assert mine.read_text() == "the user's own file\n"
-    assert f"error: {mine} exists; /save --force {mine} replaces it (nothing was written)" in "".join(out)
+    assert f"error: {mine} exists; /save --force {mine} replaces it (nothing was written)" in out.getvalue()
     c.command(f"/save --force {mine}")
-    assert session.load_session(str(mine))[1] == c.history and "saved 2 messages" in "".join(out)
+    assert session.load_session(str(mine))[1] == c.history and "saved 2 messages" in out.getvalue()
     assert os.stat(mine).st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["notes.jsonl"]

@@ -1,7 +1,7 @@
 """GGUF export (`reasonlm export RUN --gguf`, reasonlm/gguf.py): the file's tensors, metadata and
 tokenizer read back with the `gguf` package; the rope reordering checked against both rope
 layouts; the pre-tokenizer llama.cpp is told to use checked to give our token ids. The slow tests
-load the file in llama.cpp itself (llama-cpp-python, the `gguf-test` extra) and check its greedy
+load the file in llama.cpp itself (llama-cpp-python, in the `dev` extra) and check its greedy
 answers are PyTorch's, token for token."""
 import json
 import os
@@ -18,7 +18,7 @@ import gguf  # noqa: E402 (the `gguf` extra, in `dev`)
 from reasonlm import modelcard  # noqa: E402
 from reasonlm.answer import (encode_prompt, end_of_turn, prompt_messages, render_completion, render_prompt,  # noqa: E402
                              stop_token_ids)
-from reasonlm.engine import KVCacheEngine, SamplingParams  # noqa: E402
+from reasonlm.engine import SamplingParams, engine_for  # noqa: E402
 from reasonlm.example import read_dataset  # noqa: E402
 from reasonlm.gguf import (CONTROL, GGUF_FILE, NORMAL, UNUSED, GgufEngine, GgufError, export_gguf,  # noqa: E402
                            interleave_rope_rows, tokenizer_arrays)
@@ -258,7 +258,7 @@ def compare_with_pytorch(model, tok, path, examples, budget):
         [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     prompts = [encode_prompt(tok, prompt_messages(r["question"])) for r in examples]
     params = SamplingParams(max_new_tokens=budget, batch_size=16)
-    torch_ids = KVCacheEngine(model.eval(), tok.pad_token_id, stop_token_ids(tok)).generate(prompts, params)
+    torch_ids = engine_for(model.eval(), tok).generate(prompts, params)
     assert engine.stop_ids == stop_token_ids(tok)
     assert engine.generate(prompts, params) == torch_ids
     for prompt, answer in list(zip(prompts, torch_ids))[:4]:

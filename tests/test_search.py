@@ -1,6 +1,7 @@
 """Checker-guided decoding (reasonlm/search.py): the gold is never seen, a rejected line is resampled
 and a right one kept, step_retry without retries is greedy, the prompt is prefilled once, bad
 settings are one line."""
+import io
 import json
 import random
 from dataclasses import replace
@@ -10,9 +11,8 @@ import torch
 
 from reasonlm import chat, cli, search
 from reasonlm.chat import display
-from reasonlm.answer import stop_token_ids
 from reasonlm.config import ConfigError, EvalConfig, SearchConfig
-from reasonlm.engine import KVCacheEngine, Unit
+from reasonlm.engine import KVCacheEngine, Unit, engine_for
 from reasonlm.evaluate import runner
 from reasonlm.example import Example
 from reasonlm.sources import Source
@@ -224,11 +224,10 @@ def test_poisoned_gold_answers_give_identical_search_outputs(toy, method, monkey
 
 def test_step_retry_without_retries_is_greedy_on_the_real_engine(toy):
     model, tok = toy
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
     rng = random.Random(2)
     examples = [ARITH.generate(rng, rng.randint(1, 4)) for _ in range(6)]
     for fast in (True, False):
-        engine = KVCacheEngine(model, tok.pad_token_id, stop_token_ids(tok), decode=decode, fast=fast)
+        engine = engine_for(model, tok, fast=fast)
         problems = [search.Problem(tok(f"Q: {ex.question}\nA:", add_special_tokens=False)["input_ids"], 24 + 4 * i,
                                    i, search.checker_for(ARITH, ex)) for i, ex in enumerate(examples)]
         greedy = search.run(engine, problems, SearchConfig())
@@ -323,21 +322,13 @@ def test_eval_with_search_writes_compute_and_rejected_steps(toy, toy_dir, tmp_pa
 
 def test_chat_search_shows_the_rejected_line_struck_through_then_the_retry(scripted, toy):
     ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples.", "He has 3*4=12 apples."], ["#### 12"]]}
-    out = []
-
-    class Out:
-        def write(self, text):
-            out.append(text)
-
-        def flush(self):
-            pass
-
-    c = chat.Chat(scripted, toy[1], chat.Settings(), out=Out())
+    out = io.StringIO()
+    c = chat.Chat(scripted, toy[1], chat.Settings(), out=out)
     c.command("/search nope")
-    assert "usage: /search METHOD" in "".join(out)
+    assert "usage: /search METHOD" in out.getvalue()
     c.command("/search step_retry")
     turn = c.ask(QUESTION)
-    shown = "".join(out)
+    shown = out.getvalue()
     assert turn.text == "He has 3*4=12 apples.\n#### 12" and c.history[-1]["content"] == turn.text
     struck = f"{display.STRUCK}He has 3*4=13 apples.   (step 1 is wrong){display.RESET}"
     assert struck in shown and shown.index(struck) < shown.index("He has 3*4=12 apples.")

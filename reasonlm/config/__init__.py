@@ -1,7 +1,7 @@
 """Settings: one flat dataclass per stage, loaded strictly from a recipe YAML.
 
-A recipe has one section per stage (`data`, `base`, `train`, `eval`, `chat`) plus a few
-top-level keys. Every field has a docstring right under it: that is the documentation.
+A recipe has one section per stage (`data`, `base`, `train`, `rl`, `eval`, `chat`; `rl` is
+optional: without it there is no RL stage) plus a few top-level keys. Every field has a docstring right under it: that is the documentation.
 Unknown keys are an error that names the key and lists the valid ones, and every dataclass
 checks its own values in `__post_init__`, right under its fields (also after
 `dataclasses.replace`): a bad value is one ConfigError naming section.field, the value and the

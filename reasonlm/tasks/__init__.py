@@ -1,11 +1,10 @@
 """Task families. One file per family; each holds its generator (or importer), gold steps,
-checker, reward and, for generated families, the parser chat's /verify uses.
+checker and, for generated families, the parser chat's /verify uses.
 
 A task is a small object (nanochat style) that every stage reuses; the protocol it follows is
 written out in tasks/base.py:
   - the data stage calls `generate(rng, n_steps)` (generated families) or `load()` (importers),
-  - the evaluator and the chat REPL call `check(example, steps, answer)` on model output,
-  - training/eval may call `reward(example, completion)`.
+  - the verdict (reasonlm/verdict.py: eval, RL, chat) calls `check(example, steps, answer)` on model output.
 
 Problems are `reasonlm.example.Example`s; `meta` holds whatever the checker needs beyond the
 question. Adding a family touches its own file plus one line in `TASKS` below; a family in a

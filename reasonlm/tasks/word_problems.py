@@ -21,7 +21,7 @@ The templates themselves (the story builder, BASES and STAGES) are the data tabl
 tasks/word_problem_templates.py; this module combines them, and checks solutions.
 
 The checker does not compare against the gold text. For every line it pulls out the equation(s)
-`a op b=c` (answer.py's parser does the arithmetic), and requires that each is true, that every
+`a op b=c` (tasks/expressions.py's parser does the arithmetic), and requires that each is true, that every
 operand is a number the question gives (`meta["given"]`, which also lists the implicit
 constants a template relies on: 100 for percent, 60 minutes, 7 days, 12 in a dozen, ...) or a
 result of an earlier correct line, and that every other number in the sentence is one of those
