@@ -222,6 +222,17 @@ def pre_tokenizer_steps(spec: dict | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def inert_merge(tokens: list[str], types: list[int]) -> str:
+    """A merge that can never fire, for a tokenizer with none (bytes only: a vocabulary too small
+    to learn a merge). llama.cpp refuses a gpt2 vocabulary without the merges key and gguf-py
+    cannot write an empty array. BPE starts from single characters and only merges make longer
+    symbols, so a merge whose left side is a multi-character control token never matches."""
+    controls = [t for t, kind in zip(tokens, types) if kind == CONTROL and len(t) > 1 and " " not in t]
+    if not controls:
+        raise GgufError("export --gguf: the tokenizer has no BPE merges and no special token to write an inert one")
+    return f"{controls[0]} {controls[0]}"
+
+
 def tokenizer_arrays(tokenizer, rows: int) -> dict:
     """What GGUF holds of a byte-level BPE tokenizer for a model with `rows` embedding rows:
     tokens and types in id order, merges as "a b", the pre-tokenizer's llama.cpp name and the
@@ -255,6 +266,8 @@ def tokenizer_arrays(tokenizer, rows: int) -> dict:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     if any(m.count(" ") != 1 for m in merges):
         raise GgufError("export --gguf: a merge has a token with a space in it, which GGUF's 'a b' merges cannot hold")
+    if not merges:
+        merges = [inert_merge(tokens, types)]
     eot = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
     return {"pre": PRE_TOKENIZERS[steps], "tokens": tokens, "types": types, "merges": merges,
             "eos": tokenizer.eos_token_id, "eot": eot if isinstance(eot, int) and eot >= 0 else None,

@@ -22,7 +22,7 @@ from reasonlm.engine import SamplingParams, engine_for  # noqa: E402
 from reasonlm.example import read_dataset  # noqa: E402
 from reasonlm.gguf import (CONTROL, GGUF_FILE, NORMAL, UNUSED, GgufEngine, GgufError, export_gguf,  # noqa: E402
                            interleave_rope_rows, tokenizer_arrays)
-from reasonlm.model import CHAT_TEMPLATE, ensure_chat_tokens, fit_vocab, load_adapter, train_tokenizer  # noqa: E402
+from reasonlm.model import CHAT_TEMPLATE, build_tiny, ensure_chat_tokens, fit_vocab, load_adapter, train_tokenizer  # noqa: E402
 from tests.helpers import chatless_model_and_tokenizer, rows, tiny_model_and_tokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,7 +270,7 @@ def compare_with_pytorch(model, tok, path, examples, budget):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("make", ["llama", "qwen2", "smollm-tokenizer"])
+@pytest.mark.parametrize("make", ["llama", "qwen2", "smollm-tokenizer", "bytes-only-tokenizer"])
 def test_llama_cpp_decodes_a_random_model_like_pytorch(tmp_path, make):
     if make == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -281,8 +281,12 @@ def test_llama_cpp_decodes_a_random_model_like_pytorch(tmp_path, make):
                                              max_position_embeddings=256, tie_word_embeddings=True))
     elif make == "llama":
         model, tok = tiny_model_and_tokenizer()
-    else:
+    elif make == "smollm-tokenizer":
         model, tok = real_base_like()
+    else:  # a vocabulary too small to learn a merge: the file carries an inert one
+        tok = train_tokenizer(["user", "assistant"] + texts_of(tiny_model_and_tokenizer()[1], rows(50)), vocab_size=259)
+        assert not json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+        model = build_tiny(tok, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, max_position=256)
     compare_with_pytorch(model, tok, export_gguf(model, tok, str(tmp_path)), rows(6), 24)
 
 
