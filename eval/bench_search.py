@@ -53,6 +53,12 @@ GRID = [
     ("retry r4 stop", {"method": "step_retry", "retries": 4, "on_fail": "stop"}),
     ("retry r4 budget6", {"method": "step_retry", "retries": 4, "retry_budget": 6}),
     ("retry r4 t1.0", {"method": "step_retry", "retries": 4, "temperature": 1.0}),
+    ("branch r2", {"method": "step_retry", "retries": 2, "propose": "branch"}),
+    ("branch r4", {"method": "step_retry", "retries": 4, "propose": "branch"}),
+    ("branch r8", {"method": "step_retry", "retries": 8, "propose": "branch"}),
+    ("branch r16", {"method": "step_retry", "retries": 16, "propose": "branch"}),
+    ("branch r16 b3", {"method": "step_retry", "retries": 16, "propose": "branch", "backup": 3}),
+    ("branch r4 c2", {"method": "step_retry", "retries": 4, "propose": "branch", "candidates": 2}),
     ("beam w2e2", {"method": "step_beam", "width": 2, "expand": 2}),
     ("beam w3e2", {"method": "step_beam", "width": 3, "expand": 2}),
 ]

@@ -259,6 +259,9 @@ class KVCacheEngine:
             logits = decoder.step(token)
 
 
+OTHERS = 3  # other tokens a Unit keeps per pick
+
+
 @dataclass
 class Unit:
     """What one row wrote in one RowSession.decode call."""
@@ -267,24 +270,32 @@ class Unit:
     """Sum of the model's log-probabilities (temperature 1) of the tokens it picked, a stop token's included."""
     end: str = "line"
     """'line' (its text now ends with a finished line), 'stop' (a stop token or stop string) or 'budget'."""
+    picks: list = field(default_factory=list)
+    """Per token picked (a stop token's included): (its log-probability, [(log-probability, token) of
+    the model's OTHERS best other tokens, best first]): where the model was unsure, and what it would
+    have written instead (search's `propose: branch`)."""
 
 
 class RowSession:
     """Rows (one per prompt, ids from 0; forks get new ids) that continue a line at a time.
 
     decode(rows, temperatures, seeds)  continue each row until its new text holds a newline, a stop
-                                       token or stop string, or the row's budget is used; other rows wait
+      [, until="any"]                  token or stop string, or the row's budget is used; other rows wait
+                                       (with until="any" the call returns when some row's line ends)
     rewind(row, length)                drop the row's generated tokens after the first `length`
     extend(row, tokens)                append tokens as if the row had written them (fed on the next decode)
     fork(row) -> new row               a copy of the row, cache included
+    add(prompts, budgets) -> rows      new rows join the session (continuous batching)
     close(row)                         the row is finished; its cache slot is freed
     tokens(row)                        its generated tokens
+    ends_line(token)                   whether the token's text holds a newline
 
-    A row's k-th token of a decode call is drawn with the noise of (its seed for that call, k), so
-    outputs do not depend on which rows share the batch. `stats` counts prefills, prefilled tokens
+    A row's k-th token of a line is drawn with the noise of (its seed for that line, k), so outputs do
+    not depend on which rows share the batch. `stats` counts prefills, prefilled tokens
     and decode steps (what cache reuse saves is visible there, not only in time).
     """
 
+    @torch.no_grad()
     def __init__(self, engine: KVCacheEngine, prompts: list[list[int]], budgets: list[int], top_p: float = 1.0,
                  stop_strings: tuple[str, ...] = ()):
         if engine.decode is None:
@@ -295,6 +306,8 @@ class RowSession:
         self.prompts, self.budgets = [list(p) for p in prompts], list(budgets)
         self.out: list[list[int]] = [[] for _ in prompts]
         self.closed: set[int] = set()
+        self.pending: dict[int, tuple] = {}  # row -> (its Unit so far, temperature, noise key, picks) mid-line
+        self._newline: dict[int, bool] = {}  # token -> its text holds a newline (ends_line)
         self.stats = {"prefills": 0, "prefill_tokens": 0, "steps": 0, "row_steps": 0}
         self.device = next(engine.model.parameters()).device
         self.decoder = engine._fast_decoder()
@@ -312,6 +325,26 @@ class RowSession:
     def tokens(self, row: int) -> list[int]:
         return self.out[row]
 
+    @torch.no_grad()
+    def add(self, prompts: list[list[int]], budgets: list[int]) -> list[int]:
+        """New rows for `prompts`, joining the running ones between two decodes (continuous
+        batching: a search admits problems as others finish); their row ids."""
+        if len(budgets) != len(prompts) or any(not p for p in prompts):
+            raise ValueError("one budget per prompt, and no empty prompt")
+        rows = list(range(len(self.out), len(self.out) + len(prompts)))
+        self.prompts += [list(p) for p in prompts]
+        self.budgets += list(budgets)
+        self.out += [[] for _ in prompts]
+        if self.decoder is not None:
+            self._sync()
+            self.stats["prefills"] += 1
+            self.stats["prefill_tokens"] += sum(map(len, prompts))
+            logits = self.decoder.join(*left_padded(prompts, self.engine.pad_id, self.device)).float()
+            self.logits = torch.cat([self.logits, logits])
+            self.order += rows
+            self.cached.update({r: len(p) for r, p in zip(rows, prompts)})
+        return rows
+
     def fork(self, row: int) -> int:
         new = len(self.out)
         self.prompts.append(self.prompts[row])
@@ -324,12 +357,15 @@ class RowSession:
 
     def close(self, row: int) -> None:
         self.closed.add(row)
+        self.pending.pop(row, None)
 
+    @torch.no_grad()
     def rewind(self, row: int, length: int) -> None:
         """Keep the first `length` generated tokens of `row`; the next decode goes on from there."""
         if not 0 <= length <= len(self.out[row]):
             raise ValueError(f"row {row} has {len(self.out[row])} tokens, cannot rewind to {length}")
         del self.out[row][length:]
+        self.pending.pop(row, None)  # a line it was writing is dropped
         if self.decoder is None:
             return
         self._sync()
@@ -340,13 +376,27 @@ class RowSession:
     def extend(self, row: int, tokens: list[int]) -> None:
         self.out[row] += tokens
 
-    def decode(self, rows: list[int], temperatures: list[float], seeds: list[int]) -> dict[int, Unit]:
-        """Continue every row in `rows` by one line (see the class docstring)."""
+    @torch.no_grad()
+    def decode(self, rows: list[int], temperatures: list[float], seeds: list[int],
+               until: str = "all") -> dict[int, Unit]:
+        """Continue every row in `rows` by one line (see the class docstring); the Units of the rows
+        that ended one. until='any' returns at the first step that ends some row's line: the others
+        keep their place mid-line and go on at the next call that names them (their temperature and
+        seed there are not read), so no row waits for the longest line of the batch. The general
+        path (no KV cache kept between calls) always runs every row to its line's end."""
         if self.decoder is None:
             return self._decode_replay(rows, temperatures, seeds)
         self._sync()
         slot = {r: i for i, r in enumerate(self.order)}
-        return self._decode(self.decoder, [slot[r] for r in rows], rows, temperatures, seeds, self.logits)
+        return self._decode(self.decoder, [slot[r] for r in rows], rows, temperatures, seeds, self.logits, until)
+
+    def ends_line(self, token: int) -> bool:
+        """Whether `token`'s text holds a newline (a line ends at it: no token before it in the line
+        held one, and a newline byte decodes to a newline even where the token's other bytes are
+        part of a character). Remembered per token: the decode is the cost, not the test."""
+        if token not in self._newline:
+            self._newline[token] = "\n" in self.engine.decode([token])
+        return self._newline[token]
 
     # --- internals ---
     def _prefill(self, decoder, prompts: list[list[int]]) -> torch.Tensor:
@@ -372,20 +422,23 @@ class RowSession:
         self.cached = {r: len(self.prompts[r]) + len(self.out[r]) for r in rows}
         return self._decode(decoder, list(range(len(rows))), rows, temperatures, seeds, logits)
 
-    def _decode(self, decoder, slots, rows, temperatures, seeds, logits) -> dict[int, Unit]:
+    def _decode(self, decoder, slots, rows, temperatures, seeds, logits, until="all") -> dict[int, Unit]:
         engine, n_slots = self.engine, logits.shape[0]
-        units = {r: Unit([]) for r in rows}
+        units, temp, keys, fed = {}, {}, {}, {}  # fed: tokens picked in this line so far (the noise's step)
         open_rows = []
         cached = self.cached
-        for r, s in zip(rows, slots):
+        for r, s, t, seed in zip(rows, slots, temperatures, seeds):
+            if r in self.pending:
+                units[r], temp[r], keys[r], fed[r] = self.pending.pop(r)
+                open_rows.append((r, s))
+                continue
+            units[r], temp[r], keys[r], fed[r] = Unit([]), t, row_keys([seed])[0], 0
             if len(self.out[r]) >= self.budgets[r] and cached[r] == len(self.prompts[r]) + len(self.out[r]):
                 units[r].end = "budget"
             else:
                 open_rows.append((r, s))
-        keys = {r: row_keys([seed])[0] for r, seed in zip(rows, seeds)}
-        temp = dict(zip(rows, temperatures))
-        fed = dict.fromkeys(rows, 0)  # tokens picked this call, per row (the noise's step)
-        while open_rows:
+        ended = len(open_rows) < len(rows)
+        while open_rows and not (until == "any" and ended):
             feed = torch.full((n_slots,), engine.pad_id, dtype=torch.long, device=self.device)
             advance = [False] * n_slots
             picking = []
@@ -397,9 +450,10 @@ class RowSession:
                 else:
                     picking.append((r, s))
             still = [(r, s) for r, s in open_rows if (r, s) not in picking]
-            for r, s, token, logp in self._pick(picking, logits, temp, keys, fed):
+            for r, s, token, logp, other in self._pick(picking, logits, temp, keys, fed):
                 unit = units[r]
                 unit.logprob += logp
+                unit.picks.append((logp, other))
                 fed[r] += 1
                 if token in engine.stop_ids:
                     unit.end = "stop"
@@ -407,15 +461,15 @@ class RowSession:
                 unit.tokens.append(token)
                 self.out[r].append(token)
                 feed[s], advance[s] = token, True
-                text = engine.decode(unit.tokens)
                 if holds_stop(engine.decode, self.out[r], self.stop_strings):
                     unit.end = "stop"
-                elif "\n" in text:
+                elif self.ends_line(token):
                     unit.end = "line"
                 elif len(self.out[r]) >= self.budgets[r]:
                     unit.end = "budget"
                 else:
                     still.append((r, s))
+            ended = ended or len(still) < len(open_rows)
             if any(advance):
                 new = decoder.step_rows(feed, advance) if decoder is self.decoder else decoder.step(feed)
                 self.stats["steps"] += 1
@@ -426,18 +480,24 @@ class RowSession:
                     if advance[s]:
                         cached[r] += 1
             open_rows = sorted(still, key=lambda rs: rs[1])
+        for r, _ in open_rows:  # mid-line: they go on at the next call
+            self.pending[r] = (units.pop(r), temp[r], keys[r], fed[r])
         return units
 
     def _pick(self, picking, logits, temp, keys, fed):
-        """(row, slot, token, its log-probability) for every picking row (pick_rows: greedy rows by
-        argmax, the others from their own noise at their `fed`-th draw of this call)."""
+        """(row, slot, token, its log-probability, [(log-probability, token) of the OTHERS most likely
+        other tokens]) for every picking row (pick_rows: greedy rows by argmax, the others from their
+        own noise at their `fed`-th draw of this call)."""
         if not picking:
             return
         rows_logits = logits[torch.tensor([s for _, s in picking], device=logits.device)]
         tokens = pick_rows(rows_logits, [temp[r] for r, _ in picking], [self.top_p] * len(picking),
                            torch.stack([keys[r] for r, _ in picking]), [fed[r] for r, _ in picking])
-        logp = torch.log_softmax(rows_logits, -1).gather(-1, tokens[:, None])[:, 0]
-        yield from ((r, s, tok, lp) for (r, s), tok, lp in zip(picking, tokens.tolist(), logp.tolist()))
+        logps = torch.log_softmax(rows_logits, -1)
+        logp = logps.gather(-1, tokens[:, None])[:, 0]
+        top_lp, top = logps.topk(min(OTHERS + 1, logps.shape[-1]), dim=-1)
+        for (r, s), tok, lp, olps, os_ in zip(picking, tokens.tolist(), logp.tolist(), top_lp.tolist(), top.tolist()):
+            yield r, s, tok, lp, [(olp, o) for olp, o in zip(olps, os_) if o != tok][:OTHERS]
 
 
 def plan_batches(prompts: list[list[int]], budgets: list[int], batch_size: int, rank: int = 0,

@@ -178,6 +178,9 @@ class LlamaDecoder:
             return self.prefill(ids, mask, positions)
         new = LlamaDecoder(self.model, self.lm, self.layers)
         logits = new.prefill(ids, mask, positions)
+        if self.at is not None:
+            self._join_ragged(new)
+            return logits
         width = max(self.length, new.length)
         keys, values, masks = [], [], []
         for part in (self, new):
@@ -191,6 +194,21 @@ class LlamaDecoder:
         self.mask, self.pos = torch.cat(masks), torch.cat([self.pos, new.pos])
         self.pads, self.length = self.pads + new.pads, width
         return logits
+
+    def _join_ragged(self, new: "LlamaDecoder") -> None:
+        """join after ragged(): every row keeps its own columns, so the new rows' prefilled cache is
+        appended as it is, both sides given free (masked) columns on the right to the same capacity."""
+        new.ragged()
+        capacity = max(self.keys[0].shape[2], new.keys[0].shape[2])
+
+        def fit(t: torch.Tensor, fill) -> torch.Tensor:
+            extra = capacity - t.shape[2 if t.dim() == 4 else 1]
+            return grow(t, extra, fill) if extra else t
+        self.keys = [torch.cat([fit(a, 0), fit(b, 0)]) for a, b in zip(self.keys, new.keys)]
+        self.values = [torch.cat([fit(a, 0), fit(b, 0)]) for a, b in zip(self.values, new.values)]
+        self.mask = torch.cat([fit(self.mask, False), fit(new.mask, False)])
+        self.pos, self.at = torch.cat([self.pos, new.pos]), torch.cat([self.at, new.at])
+        self.pads, self.even = self.pads + new.pads, False
 
     def can_join(self) -> bool:
         """Rows can join this cache between steps (join): always, its layers are full attention."""

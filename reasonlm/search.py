@@ -14,7 +14,9 @@ line pass unjudged: verdict.py); text is the engine's `decode`. The methods (doc
   step_retry  a line at a time (engine.RowSession: the prompt is prefilled once, a rejected line is a
               pointer move back in the KV cache); a line's first try is greedy, a rejected line is
               resampled up to `retries` times (with `candidates` > 1, several at once and the valid
-              one the model finds most likely kept). A line that cannot be fixed: back up one line
+              one the model finds most likely kept), or with `propose: branch` replaced by the model's
+              next most likely lines: a tried line with its least sure token swapped for the model's
+              second choice there, greedy to the line's end (no sampling, no line tried twice). A line that cannot be fixed: back up one line
               (`backup`), then give up on it: keep its greedy version and go on greedily unchecked
               (`on_fail: continue`, since every line after a broken one fails) or end the answer
               (`on_fail: stop`). A resampled line that repeats a rejected text is rejected unchecked.
@@ -28,6 +30,8 @@ checker's reason). `check_methods` is the one rule on which methods a problem al
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field, replace
 
 from reasonlm.answer import answer_key, parse_completion
@@ -138,10 +142,7 @@ def run(engine, problems: list[Problem], cfg: SearchConfig, batch_size: int = 64
     decode = engine.decode
     method = {"greedy": _greedy, "majority": _sampled, "best_of_n": _sampled, "step_retry": _step_retry,
               "step_beam": _step_beam}[cfg.method]
-    out: list[Outcome] = []
-    for start in range(0, len(problems), batch_size):
-        out += method(engine, decode, problems[start:start + batch_size], cfg, top_p, tuple(stop_strings), stats)
-    return out
+    return method(engine, decode, problems, cfg, top_p, tuple(stop_strings), stats, batch_size) if problems else []
 
 
 def _open(engine, problems, top_p, stops):
@@ -154,21 +155,21 @@ def _tally(stats: dict | None, session) -> None:
             stats[key] = stats.get(key, 0) + value
 
 
-def _greedy(engine, decode, problems, cfg, top_p, stops, stats):
+def _greedy(engine, decode, problems, cfg, top_p, stops, stats, batch_size):
     outs = engine.generate([p.prompt for p in problems],
                            SamplingParams(max_new_tokens=[p.budget for p in problems], stop_strings=stops,
-                                          batch_size=len(problems)))
+                                          batch_size=batch_size))
     return [Outcome(o, generated=len(o)) for o in outs]
 
 
-def _sampled(engine, decode, problems, cfg, top_p, stops, stats):
+def _sampled(engine, decode, problems, cfg, top_p, stops, stats, batch_size):
     """majority and best_of_n: m complete samples per problem, then one is chosen."""
     m = cfg.k if cfg.method == "majority" else cfg.n
     outs = engine.generate([p.prompt for p in problems for _ in range(m)],
                            SamplingParams(max_new_tokens=[p.budget for p in problems for _ in range(m)],
                                           temperature=cfg.temperature, top_p=top_p, stop_strings=stops,
                                           seeds=[draw_seed(p.seed, "sample", i) for p in problems for i in range(m)],
-                                          batch_size=len(problems) * m))
+                                          batch_size=batch_size * m))
     results = []
     for j, problem in enumerate(problems):
         samples = outs[j * m:(j + 1) * m]
@@ -200,30 +201,67 @@ class _Retry:
     backups: int = 0
     done: bool = False
     outcome: Outcome = field(default_factory=lambda: Outcome([]))
+    # propose: branch
+    forced: dict = field(default_factory=dict)  # row -> (tokens of its line it was given, their log-probability)
+    branches: dict = field(default_factory=dict)  # line index -> heap of (-log-probability, n, prefix) to try
+    tried: dict = field(default_factory=dict)  # line index -> prefixes already given
 
 
-def _step_retry(engine, decode, problems, cfg, top_p, stops, stats):
-    session = _open(engine, problems, top_p, stops)
-    states = [_Retry(row=i, rows=[i], backups=cfg.backup) for i in range(len(problems))]
+def _push_branches(s: _Retry, line: int, row: int, unit: Unit, stop_ids, ends_line) -> None:
+    """Every place of this try of the line where another likely token (engine.OTHERS per place)
+    could go instead: the prefix up to that token plus the other token, scored by the prefix's
+    log-probability. An other token that ends the answer or the line is left out (the try would
+    not be a whole line)."""
+    prefix, score = s.forced.get(row, ((), 0.0))
+    heap = s.branches.setdefault(line, [])
+    for k, (logp, others) in enumerate(unit.picks):
+        for other_logp, other in others:
+            if other not in stop_ids and not ends_line(other):
+                heapq.heappush(heap, (-(score + other_logp), next(_ORDER), prefix + tuple(unit.tokens[:k]) + (other,)))
+        score += logp
+
+
+_ORDER = itertools.count()  # ties in a branch heap go first come, first served
+
+
+def _step_retry(engine, decode, problems, cfg, top_p, stops, stats, batch_size):
+    """Up to `batch_size` problems decode together; as they finish, the next ones join the session
+    (a problem that retries many lines does not hold the others' compute idle)."""
+    first = problems[:batch_size]
+    session = _open(engine, first, top_p, stops)
+    states: list[_Retry] = [_Retry(row=i, rows=[i], backups=cfg.backup) for i in range(len(first))]
+    refill = max(1, batch_size // 4)  # join new problems in groups: every join copies the cache once
+    sampled = cfg.propose == "sample"
+    ended: dict[int, Unit] = {}  # rows that ended their line, waiting for the problem's other rows
     while True:
         live = [(j, s) for j, s in enumerate(states) if not s.done]
+        waiting = len(problems) - len(states)
+        if waiting and len(live) <= batch_size - refill:
+            joining = problems[len(states):len(states) + min(waiting, batch_size - len(live))]
+            rows = session.add([p.prompt for p in joining], [p.budget for p in joining])
+            live += [(len(states) + i, _Retry(row=r, rows=[r], backups=cfg.backup)) for i, r in enumerate(rows)]
+            states += [s for _, s in live[-len(rows):]]
         if not live:
             break
         rows, temps, seeds = [], [], []
         for j, s in live:
             line = len(s.starts) - 1
             for c, row in enumerate(s.rows):
-                rows.append(row)
-                temps.append(0.0 if s.attempts == 0 else cfg.temperature)
-                seeds.append(draw_seed(problems[j].seed, "line", line, s.attempts, c))
-        units = session.decode(rows, temps, seeds)
+                if row not in ended:
+                    rows.append(row)
+                    temps.append(cfg.temperature if s.attempts and sampled else 0.0)
+                    seeds.append(draw_seed(problems[j].seed, "line", line, s.attempts, c))
+        ended.update(session.decode(rows, temps, seeds, until="any"))  # no problem waits for another's line
         for j, s in live:
-            _retry_after_line(session, decode, problems[j], s, units, cfg)
+            if all(row in ended for row in s.rows):
+                units = {row: ended.pop(row) for row in s.rows}
+                _retry_after_line(session, decode, problems[j], s, units, cfg, engine.stop_ids)
     _tally(stats, session)
     return [replace(s.outcome, tokens=list(session.tokens(s.row))) for s in states]
 
 
-def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit], cfg: SearchConfig) -> None:
+def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit], cfg: SearchConfig,
+                      stop_ids) -> None:
     line, start = len(s.starts) - 1, s.starts[-1]
     drawn = [(row, units[row]) for row in s.rows]
     s.outcome.generated += sum(len(u.tokens) for _, u in drawn)
@@ -244,34 +282,38 @@ def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit
         else:
             s.dead.setdefault(line, set()).add(text)
             s.outcome.rejected.append(Rejected(line + 1, text, verdict.why))
+        if cfg.propose == "branch":
+            _push_branches(s, line, row, unit, stop_ids, session.ends_line)
     if passed:  # keep the valid line the model finds most likely
         _, best = max(passed)
         for row in s.rows:
             if row != best:
                 session.close(row)
-        s.row, s.rows, s.attempts = best, [best], 0
+        s.row, s.rows, s.attempts, s.forced = best, [best], 0, {}
         if units[best].end in ("stop", "budget"):
             s.done = True
             session.close(best)
         else:
             s.starts.append(len(session.tokens(best)))
+            s.branches.pop(line + 1, None)
+            s.tried.pop(line + 1, None)
         return
     for row in s.rows[1:]:
         session.close(row)
-    s.row = s.rows[0]
+    s.row, s.rows, s.forced = s.rows[0], [s.rows[0]], {}
     budget_left = not cfg.retry_budget or s.outcome.retried < cfg.retry_budget
-    if s.attempts < cfg.retries and budget_left:
-        _resample(session, s, start, cfg)
+    if s.attempts < cfg.retries and budget_left and _resample(session, s, line, start, cfg):
         return
     if s.backups and line > 0 and budget_left:  # back up: resample the line before, never its old text again
-        s.backups -= 1
         s.starts.pop()
         previous = s.starts[-1]
         s.dead.setdefault(line - 1, set()).add(decode(session.tokens(s.row)[previous:start]))
-        s.first.pop(line, None)
         s.attempts = 0
-        _resample(session, s, previous, cfg)
-        return
+        if _resample(session, s, line - 1, previous, cfg):
+            s.backups -= 1
+            s.first.pop(line, None)
+            return
+        s.starts.append(start)  # nothing left to try on the line before either
     s.outcome.gave_up += 1
     session.rewind(s.row, start)
     tokens, end = s.first[line]
@@ -288,11 +330,33 @@ def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit
         s.starts.append(len(session.tokens(s.row)))
 
 
-def _resample(session, s: _Retry, start: int, cfg: SearchConfig) -> None:
+def _resample(session, s: _Retry, line: int, start: int, cfg: SearchConfig) -> bool:
+    """Set up the next try of `line` (which starts at token `start`): `candidates` rows, resampled or
+    given their branch prefixes; False when branching has nothing left to try there."""
+    if cfg.propose == "branch":
+        tried, heap, prefixes = s.tried.setdefault(line, set()), s.branches.get(line, []), []
+        while heap and len(prefixes) < cfg.candidates:
+            logp, _, prefix = heapq.heappop(heap)
+            if prefix not in tried:
+                tried.add(prefix)
+                prefixes.append((prefix, -logp))
+        if not prefixes:
+            return False
     s.attempts += 1
     s.outcome.retried += 1
-    session.rewind(s.row, start)
-    s.rows = [s.row] + [session.fork(s.row) for _ in range(cfg.candidates - 1)]
+    if cfg.propose == "sample":
+        session.rewind(s.row, start)
+        s.rows = [s.row] + [session.fork(s.row) for _ in range(cfg.candidates - 1)]
+        return True
+    s.rows = [s.row] + [session.fork(s.row) for _ in prefixes[1:]]
+    for row, (prefix, logp) in zip(s.rows, prefixes):
+        written = session.tokens(row)[start:]
+        same = next((i for i, (a, b) in enumerate(zip(written, prefix)) if a != b), min(len(written), len(prefix)))
+        session.rewind(row, start + same)  # what the row wrote up to the branch stays in its cache
+        session.extend(row, list(prefix[same:]))
+        s.forced[row] = (prefix, logp)
+        s.outcome.generated += 1  # the second choice is a new token; the rest of the prefix was written before
+    return True
 
 
 # --- step_beam -------------------------------------------------------------------------------
@@ -304,7 +368,12 @@ class _Beam:
     lines: int = 0
 
 
-def _step_beam(engine, decode, problems, cfg, top_p, stops, stats):
+def _step_beam(engine, decode, problems, cfg, top_p, stops, stats, batch_size):
+    return [o for start in range(0, len(problems), batch_size)
+            for o in _beam_batch(engine, decode, problems[start:start + batch_size], cfg, top_p, stops, stats)]
+
+
+def _beam_batch(engine, decode, problems, cfg, top_p, stops, stats):
     session = _open(engine, problems, top_p, stops)
     beams = [[_Beam(i)] for i in range(len(problems))]
     finished: list[list] = [[] for _ in problems]  # (valid, chain_valid, valid steps, logprob, row)

@@ -12,7 +12,7 @@ import torch
 from reasonlm import chat, cli, search
 from reasonlm.chat import display
 from reasonlm.config import ConfigError, EvalConfig, SearchConfig
-from reasonlm.engine import KVCacheEngine, Unit, engine_for
+from reasonlm.engine import OTHERS, KVCacheEngine, Unit, engine_for
 from reasonlm.evaluate import runner
 from reasonlm.example import Example
 from reasonlm.sources import Source
@@ -20,7 +20,8 @@ from reasonlm.tasks import get_task
 from reasonlm.verdict import judge_lines
 from tests.eval_helpers import toy_dir, write_suite  # noqa: F401 (fixtures)
 from tests.helpers import TINY_TASK
-from tests.test_engine import random_model
+from reasonlm.tasks.base import Check
+from tests.test_engine import prompts, random_model
 
 torch.set_num_threads(1)
 GSM = get_task("gsm8k", path="unused.jsonl")
@@ -40,6 +41,7 @@ class ScriptedEngine:
 
     def __init__(self, model=None, pad_id=0, stop_ids=(), decode=None):
         self.tok = ScriptedEngine.tokenizer
+        self.stop_ids = set(stop_ids)
         self.decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)
 
     def encode(self, text):
@@ -91,7 +93,10 @@ class ScriptedSession:
     def extend(self, row, tokens):
         self.out[row] += tokens
 
-    def decode(self, rows, temperatures, seeds):
+    def ends_line(self, token):
+        return "\n" in self.engine.decode([token])
+
+    def decode(self, rows, temperatures, seeds, until="all"):
         units = {}
         for row, t in zip(rows, temperatures):
             q = self.questions[row]
@@ -199,7 +204,7 @@ def run_jobs(examples, tok, cfg, model, monkeypatch):
     return runner.run_batch(model, tok, jobs, cfg)
 
 
-@pytest.mark.parametrize("method", ["best_of_n", "step_retry", "step_beam"])
+@pytest.mark.parametrize("method", ["best_of_n", "step_retry", "step_retry_branch", "step_beam"])
 def test_poisoned_gold_answers_give_identical_search_outputs(toy, method, monkeypatch):
     """Every gold answer and gold step replaced with a poisoned value: the same outputs, on a
     scripted engine (whose lines the checker rejects and accepts) and on the real toy model."""
@@ -210,8 +215,10 @@ def test_poisoned_gold_answers_give_identical_search_outputs(toy, method, monkey
     poisoned = [replace(ex, answer="31337", steps=("1+1=3",)) for ex in clean]
     ScriptedEngine.script = {ex.question: [[f"{s.split('=')[0]}={int(s.split('=')[1]) + 1}", s] for s in ex.steps]
                              + [[f"#### {ex.answer}"]] for ex in clean}
-    cfg = EvalConfig(search=SearchConfig(method=method, retries=2, n=3), max_new_tokens=40)
-    for engine_model in (None, model):
+    propose = "branch" if method.endswith("_branch") else "sample"  # branching reads the real model's picks
+    cfg = EvalConfig(search=SearchConfig(method=method.removesuffix("_branch"), propose=propose, retries=2, n=3),
+                     max_new_tokens=40)
+    for engine_model in (None, model) if propose == "sample" else (model,):
         a = run_jobs(clean, tok, cfg, engine_model, monkeypatch)
         b = run_jobs(poisoned, tok, cfg, engine_model, monkeypatch)
         keys = ("output", "generated_tokens", "steps_retried", "rejected_steps", "gave_up")
@@ -234,6 +241,71 @@ def test_step_retry_without_retries_is_greedy_on_the_real_engine(toy):
         stepped = search.run(engine, problems, SearchConfig(method="step_retry", retries=0, backup=0),
                              batch_size=4)
         assert [o.tokens for o in stepped] == [o.tokens for o in greedy]
+
+
+def test_a_units_picks_are_the_models_own_probabilities():
+    """Unit.picks: per token, its log-probability and the engine.OTHERS most likely other tokens,
+    as the model's forward gives them."""
+    model = random_model("llama-gqa")
+    decode = lambda ids: "".join("\n" if t % 7 == 0 else "x" for t in ids)
+    prompt = prompts(1, seed=3)[0]
+    engine = KVCacheEngine(model, 0, set(), decode=decode)  # no stop token: the line ends at a newline
+    unit = engine.rows([prompt], [40]).decode([0], [0.0], [0])[0]
+    assert len(unit.tokens) > 1 and len(unit.picks) == len(unit.tokens) + (unit.end == "stop")
+    with torch.no_grad():
+        logps = torch.log_softmax(model(torch.tensor([prompt + unit.tokens])).logits[0, len(prompt) - 1:].float(), -1)
+    for k, (logp, others) in enumerate(unit.picks[:len(unit.tokens)]):
+        top = logps[k].topk(OTHERS + 1)
+        assert top.indices[0] == unit.tokens[k] and logp == pytest.approx(top.values[0].item(), abs=1e-4)
+        assert [o for _, o in others] == top.indices[1:].tolist()
+        assert [lp for lp, _ in others] == pytest.approx(top.values[1:].tolist(), abs=1e-4)
+
+
+def test_branch_tries_the_models_next_most_likely_line_first():
+    """propose: branch: the first retry of a rejected line is the greedy line with the token where the
+    model's other choice is most likely swapped for it, greedy to the line's end (computed here
+    from the engine), not a sample; and no line is tried twice."""
+    engine = KVCacheEngine(random_model("llama-gqa"), 0, set(), decode=lambda ids: "".join(
+        "\n" if t % 7 == 0 else f"<{t}>" for t in ids))
+    prompt = prompts(1, seed=3)[0]
+    session = engine.rows([prompt], [40])
+    first = session.decode([0], [0.0], [0])[0]
+    assert first.end == "line"
+    k, alt = max(((k, o) for k, (_, others) in enumerate(first.picks) for o in others[:1]
+                  if o[1] not in engine.stop_ids and not session.ends_line(o[1])),
+                 key=lambda ko: sum(lp for lp, _ in first.picks[:ko[0]]) + ko[1][0])
+    session.rewind(0, k)
+    session.extend(0, [alt[1]])
+    session.decode([0], [0.0], [0])
+    wanted = engine.decode(session.tokens(0))
+    greedy_line = engine.decode(first.tokens)
+
+    def checker(steps, answer):  # line 1 must be the branch; anything after it passes
+        return Check(False, [s + "\n" == wanted for s in steps[:1]] + [True] * len(steps[1:]))
+    cfg = SearchConfig(method="step_retry", propose="branch", retries=1, backup=0)
+    [out] = search.run(engine, [search.Problem(prompt, 40, 0, checker)], cfg)
+    assert engine.decode(out.tokens).startswith(wanted) and out.retried == 1 and out.gave_up == 0
+    assert [r.text for r in out.rejected] == [greedy_line]
+    [many] = search.run(engine, [search.Problem(prompt, 40, 0, lambda steps, answer: Check(False, [False] * len(steps)))],
+                        replace(cfg, retries=6))
+    tried = [r.text for r in many.rejected if r.step == 1]
+    assert len(tried) == 7 and len(set(tried)) == 7 and many.gave_up == 1
+
+
+@pytest.mark.parametrize("propose", ["sample", "branch"])
+def test_step_retry_outputs_do_not_depend_on_the_batch_size(propose):
+    """Problems join the session as others finish (batch_size 2 of 7 problems); every output is the
+    one it gets in a batch of all of them."""
+    engine = KVCacheEngine(random_model("llama-gqa"), 0, set(), decode=lambda ids: "".join(
+        "\n" if t % 7 == 0 else f"<{t}>" for t in ids))
+    checker = lambda steps, answer: Check(False, ["<3" not in line for line in steps])  # noqa: E731
+    problems = [search.Problem(p, 30 + 3 * i, i, checker) for i, p in enumerate(prompts(7, seed=4))]
+    cfg = SearchConfig(method="step_retry", propose=propose, retries=2)
+    together = search.run(engine, problems, cfg, batch_size=64)
+    stats: dict = {}
+    joined = search.run(engine, problems, cfg, batch_size=2, stats=stats)
+    assert [(o.tokens, o.generated, o.retried) for o in joined] == [(o.tokens, o.generated, o.retried) for o in together]
+    assert any(o.retried for o in together) and stats["prefills"] > 1  # retries happened, and problems joined
 
 
 def test_the_prompt_is_prefilled_once_and_a_rewind_feeds_one_token():

@@ -16,6 +16,7 @@ DEDUP_MODES = ("none", "exact", "normalized")
 SEARCH_METHODS = ("greedy", "majority", "best_of_n", "step_retry", "step_beam")
 CHECKED_METHODS = ("best_of_n", "step_retry", "step_beam")  # need a checker that works without the gold
 ON_FAIL = ("continue", "stop")
+PROPOSE = ("sample", "branch")
 
 
 # --- value checks (used by the dataclasses' __post_init__) ------------------------------------

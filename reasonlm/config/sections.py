@@ -8,7 +8,7 @@ import functools
 import inspect
 from dataclasses import dataclass, field
 
-from reasonlm.config.checks import (CHECKED_METHODS, DEDUP_MODES, DEVICE, ON_FAIL, SEARCH_METHODS, TRACKERS,
+from reasonlm.config.checks import (CHECKED_METHODS, DEDUP_MODES, DEVICE, ON_FAIL, PROPOSE, SEARCH_METHODS, TRACKERS,
                                      ConfigError, _above, _at_least, _batch_holds_a_row, _check, _choices,
                                      _is_number, _one_of, _steps_range, _strings)
 from reasonlm.example import FORMATS
@@ -256,6 +256,11 @@ class SearchConfig:
     candidate (a line's first try is greedy)."""
     retries: int = 4
     """step_retry: resamples of a rejected line before the search gives up on it."""
+    propose: str = "sample"
+    """step_retry, how a rejected line's next tries are drawn: 'sample' (the line resampled at
+    `temperature`) or 'branch' (the model's next most likely line: at a token of a tried line, the
+    model's second choice instead, then greedy to the line's end; the branch whose changed prefix the
+    model finds most likely first, so tries go where the model was unsure and none repeats another)."""
     candidates: int = 1
     """step_retry: lines drawn together for each resample; the valid one the model finds most likely is
     kept (1 = one at a time, stopping at the first valid line)."""
@@ -275,6 +280,7 @@ class SearchConfig:
     def __post_init__(self):
         _one_of(self, "eval.search", "method", SEARCH_METHODS)
         _one_of(self, "eval.search", "on_fail", ON_FAIL)
+        _one_of(self, "eval.search", "propose", PROPOSE)
         _at_least(self, "eval.search", 0, "retries", "retry_budget", "backup", "temperature")
         _at_least(self, "eval.search", 1, "k", "n", "candidates", "width", "expand")
 
