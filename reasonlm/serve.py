@@ -7,6 +7,14 @@ Routes (what vLLM, llama.cpp's llama-server and Ollama expose; docs/serving.md h
   POST /v1/completions        {prompt, ...the same}: the prompt text as it is, no chat template
   GET  /v1/models, GET /health, GET / (serve_page.html: streamed chat with every step marked)
 
+A request may ask for checker-guided decoding with the extra field `search` (reasonlm/search.py):
+a method name or {method, ...eval.search's settings}, e.g. {"method": "step_retry", "retries": 8};
+the answer's `reasonlm` field then also holds {search: {method, generated_tokens, steps_retried,
+gave_up, rejected: [{step, text, why}]}}. A search decodes apart from the shared batch, one
+request at a time, and its answer is sent once found (streamed requests get it in chunks then).
+Settings a server must bound (retries, k, n, candidates, backup, retry_budget, width, expand) are
+at most SEARCH_LIMIT each.
+
 Every answer carries the task checker's verdict on its steps in an extra field, `reasonlm`, next to
 the standard ones: {family, steps: [{text, ok}], answer, answer_correct, chain_valid,
 first_bad_step}, or {family: null} when no task family reads the question. The verdict needs no
@@ -38,8 +46,9 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from reasonlm import search
 from reasonlm.answer import cut_at_stop, encode_prompt
-from reasonlm.config import Recipe, ServeConfig
+from reasonlm.config import ConfigError, Recipe, SearchConfig, ServeConfig
 from reasonlm.detokenizer import Detokenizer
 from reasonlm.engine import LiveRow, SamplingParams, engine_for
 from reasonlm.model import load_adapter
@@ -48,6 +57,8 @@ from reasonlm.verdict import judge_question
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
 ROLES = ("system", "user", "assistant")
 DONE = object()  # the end of a request's token queue
+SEARCH_LIMIT = 16  # the most retries, samples, candidates, beams... one request's search may ask for
+SEARCH_BOUNDED = ("retries", "k", "n", "candidates", "backup", "retry_budget", "width", "expand")
 
 
 class RequestError(Exception):
@@ -200,6 +211,8 @@ class Ask:
     stop: list[str]
     stream: bool
     chat: bool
+    search: SearchConfig | None = None  # None: the shared batch's decoding
+    checker: search.Checker | None = None  # the search's, from the question alone
 
 
 def read_request(body, cfg: ServeConfig, tokenizer, context: int | None, chat: bool) -> Ask:
@@ -250,8 +263,41 @@ def read_request(body, cfg: ServeConfig, tokenizer, context: int | None, chat: b
     except ValueError as e:
         param = str(e).split()[0]
         raise RequestError(400, str(e), param if param in ("temperature", "top_p") else None, "invalid_value") from None
-    return Ask(prompt, question, max_tokens, temperature, top_p,
-               _number(body, "seed", 0, -2**63, 2**63 - 1, integer=True), _stop(body), stream, chat)
+    ask = Ask(prompt, question, max_tokens, temperature, top_p,
+              _number(body, "seed", 0, -2**63, 2**63 - 1, integer=True), _stop(body), stream, chat)
+    ask.search, ask.checker = _search(body, question)
+    return ask
+
+
+def _search(body: dict, question: str) -> tuple[SearchConfig | None, search.Checker | None]:
+    """The request's `search` field: (its settings, the checker from the question), or (None, None)
+    for plain decoding."""
+    spec = body.get("search")
+    if spec is None or spec == "greedy":
+        return None, None
+    spec = {"method": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, dict):
+        raise RequestError(400, "search must be a method name or an object {method, ...}", "search", "invalid_value")
+    try:
+        cfg = SearchConfig(**spec)
+    except TypeError:
+        known = ", ".join(f.name for f in dataclasses.fields(SearchConfig))
+        raise RequestError(400, f"search takes {known}; got {', '.join(sorted(map(str, spec)))}", "search",
+                           "invalid_value") from None
+    except ConfigError as e:
+        raise RequestError(400, str(e), "search", "invalid_value") from None
+    for key in SEARCH_BOUNDED:
+        if getattr(cfg, key) > SEARCH_LIMIT:
+            raise RequestError(400, f"search.{key} must be at most {SEARCH_LIMIT} on this server, got "
+                                    f"{getattr(cfg, key)}", "search", "invalid_value")
+    if cfg.method == "greedy":
+        return None, None
+    checker = search.checker_for_question(question)
+    try:
+        search.check_methods(cfg.method, None if checker else "this question", "search.method")
+    except ValueError as e:
+        raise RequestError(400, str(e), "search", "invalid_value") from None
+    return cfg, checker
 
 
 # --- the server ----------------------------------------------------------------------------------
@@ -267,6 +313,19 @@ class Server(ThreadingHTTPServer):
         self.scheduler = Scheduler(engine, cfg.max_batch)
         self.scheduler.start()
         self.slots = threading.BoundedSemaphore(cfg.max_concurrent)
+        self.search_lock = threading.Lock()  # one search at a time (each decodes a batch of its own)
+
+    def run_search(self, ask: Ask) -> tuple[Job, dict]:
+        """A searched answer as a finished Job (its tokens, then DONE) and what the search did."""
+        with self.search_lock:
+            [out] = search.run(self.scheduler.engine, [search.Problem(ask.prompt, ask.max_tokens, ask.seed, ask.checker)],
+                               ask.search, top_p=ask.top_p)
+        job = Job(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, ask.seed)
+        for token in out.tokens:
+            job.tokens.put(token)
+        job.tokens.put(DONE)
+        return job, {"method": ask.search.method, "generated_tokens": out.generated, "steps_retried": out.retried,
+                     "gave_up": out.gave_up, "rejected": [dataclasses.asdict(r) for r in out.rejected]}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -354,16 +413,20 @@ class Handler(BaseHTTPRequestHandler):
                 held[0] = False
                 self.server.slots.release()
         try:
-            job = self.server.scheduler.submit(Job(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, ask.seed))
+            searched = None
+            if ask.search is not None:
+                job, searched = self.server.run_search(ask)
+            else:
+                job = self.server.scheduler.submit(Job(ask.prompt, ask.max_tokens, ask.temperature, ask.top_p, ask.seed))
             try:
-                self.answer(ask, job, free)
+                self.answer(ask, job, free, searched)
             finally:
                 job.cancel()  # no-op when it finished; frees the row when the client went away
         finally:
             free()
 
     # --- an answer, streamed or whole ---
-    def answer(self, ask: Ask, job: Job, free) -> None:
+    def answer(self, ask: Ask, job: Job, free, searched: dict | None = None) -> None:
         ident = f"{'chatcmpl' if ask.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "chat.completion" if ask.chat else "text_completion",
                 "created": int(time.time()), "model": self.server.name}
@@ -418,6 +481,8 @@ class Handler(BaseHTTPRequestHandler):
                 break
         finish = "length" if n_tokens >= ask.max_tokens and not stopped else "stop"
         verdict = step_verdict(ask.question, text)
+        if searched is not None:
+            verdict["search"] = searched
         usage = {"prompt_tokens": len(ask.prompt), "completion_tokens": n_tokens,
                  "total_tokens": len(ask.prompt) + n_tokens}
         if ask.stream:

@@ -328,6 +328,13 @@ def test_qwen25_recipe_end_to_end(tmp_path):
     model_dir, out, result = run_recipe(recipe, tmp_path, steps=4, seq_len=192, grad_accum=1)  # affordable on CPU
     adapter = check_run(out, model_dir, 4, result)
     chat_once(recipe, model_dir, adapter, tmp_path)
+    # checker-guided decoding through the CLI: the calculator check on GSM8K, the step check on the
+    # word problems, each problem's rejected lines and compute in samples.jsonl
+    cli("eval", recipe, *result.overrides, "--search", "step_retry", "eval.search.propose=branch",
+        "eval.max_new_tokens=24", "--out", tmp_path / "eval-search")
+    samples = [json.loads(line) for line in open(tmp_path / "eval-search" / "samples.jsonl")]
+    assert {s["split"] for s in samples} == {"gsm8k_test", "word_problems", "word_problems_ood"}
+    assert all(s["search"] == "step_retry" and s["generated_tokens"] >= s["tokens"] for s in samples)
 
 
 def test_grpo_recipe_is_the_lora_recipe_plus_grpo_on_gsm8k_train():

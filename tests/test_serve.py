@@ -21,9 +21,9 @@ import pytest
 import torch
 import yaml
 
-from reasonlm import cli
+from reasonlm import cli, search
 from reasonlm.answer import encode_prompt, prompt_messages, stop_token_ids
-from reasonlm.config import ConfigError, ServeConfig, load_recipe
+from reasonlm.config import ConfigError, SearchConfig, ServeConfig, load_recipe
 from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.model import load_adapter
 from reasonlm.serve import DONE, Job, Scheduler, start, step_verdict
@@ -122,6 +122,11 @@ def test_completions_take_the_prompt_as_it_is(server, toy):
     (json.dumps({"messages": [{"role": "robot", "content": "1+1"}]}).encode(), 400, "invalid_value"),
     (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "stream": "yes"}).encode(), 400, "invalid_value"),
     (json.dumps([1, 2]).encode(), 400, "invalid_body"),
+    (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "search": "beam"}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "search": {"method": "step_retry", "retries": 99}}
+                ).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "1+1"}], "search": {"method": "step_retry", "tries": 2}}
+                ).encode(), 400, "invalid_value"),
     (json.dumps({"messages": [{"role": "user", "content": "1" * 5000}]}).encode(), 413, "body_too_large"),
 ])
 def test_bad_requests_get_a_4xx_error_body_and_the_server_stays_up(server, raw, status, code):
@@ -130,6 +135,29 @@ def test_bad_requests_get_a_4xx_error_body_and_the_server_stays_up(server, raw, 
     assert got == status and error["code"] == code and error["message"] and error["type"]
     assert "Traceback" not in text
     assert get(server, "/health")[0] == 200
+
+
+def test_a_request_can_ask_for_checker_guided_search(server, toy):
+    """`search` in a request: the answer is search.run's on the same problem, and the `reasonlm` field
+    says what the search did (stream and not)."""
+    model, tok = toy
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 24,
+            "search": {"method": "step_retry", "retries": 2}}
+    status, text = post(server, "/v1/chat/completions", body)
+    answer = json.loads(text)
+    searched = answer["reasonlm"]["search"]
+    prompt = encode_prompt(tok, prompt_messages(QUESTION))
+    [expected] = search.run(engine_for(model, tok), [search.Problem(prompt, 24, 0, search.checker_for_question(QUESTION))],
+                            SearchConfig(method="step_retry", retries=2))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == tok.decode(expected.tokens,
+                                                                                       skip_special_tokens=True)
+    assert searched["method"] == "step_retry" and searched["generated_tokens"] == expected.generated
+    assert searched["steps_retried"] == expected.retried and len(searched["rejected"]) == len(expected.rejected)
+    status, text = post(server, "/v1/chat/completions", {**body, "stream": True})
+    chunks = events(text)
+    assert status == 200 and "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) \
+        == answer["choices"][0]["message"]["content"]
+    assert chunks[-1]["reasonlm"]["search"] == searched
 
 
 def test_unknown_route_and_a_prompt_longer_than_the_context_are_refused(server):
