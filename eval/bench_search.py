@@ -42,6 +42,7 @@ from reasonlm.tasks import get_task  # noqa: E402
 # (label, settings): the budgets compared; every label is one curve point per adapter
 GRID = [
     ("greedy", {}),
+    ("majority@2", {"method": "majority", "k": 2}),
     ("majority@4", {"method": "majority", "k": 4}),
     ("majority@8", {"method": "majority", "k": 8}),
     ("best_of_n@4", {"method": "best_of_n", "n": 4}),

@@ -226,21 +226,28 @@ _ORDER = itertools.count()  # ties in a branch heap go first come, first served
 
 def _step_retry(engine, decode, problems, cfg, top_p, stops, stats, batch_size):
     """Up to `batch_size` problems decode together; as they finish, the next ones join the session
-    (a problem that retries many lines does not hold the others' compute idle)."""
-    first = problems[:batch_size]
-    session = _open(engine, first, top_p, stops)
-    states: list[_Retry] = [_Retry(row=i, rows=[i], backups=cfg.backup) for i in range(len(first))]
-    refill = max(1, batch_size // 4)  # join new problems in groups: every join copies the cache once
+    (a problem that retries many lines does not hold the others' compute idle). The problems with
+    the largest budgets go first, so the short ones fill the session's end instead of long ones
+    running on alone."""
+    order = sorted(range(len(problems)), key=lambda i: (-problems[i].budget, i))
+    states: dict[int, _Retry] = {}
+    session = None
+    refill = max(1, batch_size // 8)  # join new problems in groups: every join copies the cache once
     sampled = cfg.propose == "sample"
     ended: dict[int, Unit] = {}  # rows that ended their line, waiting for the problem's other rows
     while True:
-        live = [(j, s) for j, s in enumerate(states) if not s.done]
-        waiting = len(problems) - len(states)
-        if waiting and len(live) <= batch_size - refill:
-            joining = problems[len(states):len(states) + min(waiting, batch_size - len(live))]
-            rows = session.add([p.prompt for p in joining], [p.budget for p in joining])
-            live += [(len(states) + i, _Retry(row=r, rows=[r], backups=cfg.backup)) for i, r in enumerate(rows)]
-            states += [s for _, s in live[-len(rows):]]
+        live = [(j, s) for j, s in states.items() if not s.done]
+        waiting = order[len(states):]
+        if waiting and (session is None or len(live) <= batch_size - refill):
+            joining = waiting[:batch_size - len(live)]
+            if session is None:
+                session = _open(engine, [problems[j] for j in joining], top_p, stops)
+                rows = list(range(len(joining)))
+            else:
+                rows = session.add([problems[j].prompt for j in joining], [problems[j].budget for j in joining])
+            for j, r in zip(joining, rows):
+                states[j] = _Retry(row=r, rows=[r], backups=cfg.backup)
+                live.append((j, states[j]))
         if not live:
             break
         rows, temps, seeds = [], [], []
@@ -257,7 +264,7 @@ def _step_retry(engine, decode, problems, cfg, top_p, stops, stats, batch_size):
                 units = {row: ended.pop(row) for row in s.rows}
                 _retry_after_line(session, decode, problems[j], s, units, cfg, engine.stop_ids)
     _tally(stats, session)
-    return [replace(s.outcome, tokens=list(session.tokens(s.row))) for s in states]
+    return [replace(states[j].outcome, tokens=list(session.tokens(states[j].row))) for j in range(len(problems))]
 
 
 def _retry_after_line(session, decode, problem, s: _Retry, units: dict[int, Unit], cfg: SearchConfig,

@@ -136,7 +136,7 @@ def test_a_false_equation_is_resampled_and_a_true_one_kept(scripted):
     ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples.", "He has 3*4=12 apples."],
                                         ["He has 12-2=10 left.", "He has 12-2=11 left."], ["#### 10"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
-    cfg = SearchConfig(method="step_retry", retries=2)
+    cfg = SearchConfig(method="step_retry", propose="sample", retries=2)
     [out] = search.run(scripted, [problem(scripted, QUESTION, checker)], cfg)
     assert text(scripted, out) == "He has 3*4=12 apples.\nHe has 12-2=10 left.\n#### 10"
     assert out.retried == 1 and out.gave_up == 0
@@ -149,7 +149,7 @@ def test_retries_exhausted_keeps_the_greedy_line_or_stops(scripted):
     ScriptedEngine.script = {QUESTION: [["He has 3*4=12 apples.", "He has 3*4=12 apples in all."],
                                         ["He has 12-2=9 left.", "He has 12-2=8 left."], ["#### 9"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
-    go_on = SearchConfig(method="step_retry", retries=1, backup=0)
+    go_on = SearchConfig(method="step_retry", propose="sample", retries=1, backup=0)
     [out] = search.run(scripted, [problem(scripted, QUESTION, checker)], go_on)
     assert text(scripted, out) == "He has 3*4=12 apples.\nHe has 12-2=9 left.\n#### 9"  # greedy from the failure on
     assert out.gave_up == 1 and out.retried == 1 and len(out.rejected) == 2
@@ -165,7 +165,7 @@ def test_candidates_keep_the_valid_line_the_model_finds_most_likely(scripted):
     ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples.", "He has 3*4=14.", "So 3*4=12.", "He has 3*4=12."],
                                         ["#### 12"]]}
     checker = search.checker_for(GSM, Example(QUESTION, ""))
-    cfg = SearchConfig(method="step_retry", retries=1, candidates=3)
+    cfg = SearchConfig(method="step_retry", propose="sample", retries=1, candidates=3)
     [out] = search.run(scripted, [problem(scripted, QUESTION, checker)], cfg)
     assert text(scripted, out) == "So 3*4=12.\n#### 12"  # logprob -2 beats -3
     assert out.retried == 1 and [r.text for r in out.rejected] == ["He has 3*4=13 apples.\n", "He has 3*4=14.\n"]
@@ -381,7 +381,8 @@ def test_eval_with_search_writes_compute_and_rejected_steps(toy, toy_dir, tmp_pa
     path.write_text(json.dumps({"question": QUESTION, "answer": "10", "steps": ["3*4=12", "12-2=10"]}) + "\n")
     ScriptedEngine.script = {QUESTION: [["He has 3*4=13 apples.", "He has 3*4=12 apples."], ["12-2=10"], ["#### 10"]]}
     suite = write_suite(tmp_path / "s.yaml", sources=[{"file": str(path), "name": "worked"}], max_new_tokens=60)
-    cli.main(["eval", suite, "--model", toy_dir, "--out", str(tmp_path / "out"), "--search", "step_retry"])
+    cli.main(["eval", suite, "--model", toy_dir, "--out", str(tmp_path / "out"), "--search", "step_retry",
+              "search.propose=sample"])  # the scripted engine's lines are sampled, not branched
     report = json.load(open(tmp_path / "out" / "report.json"))
     worked = report["splits"]["worked"]
     assert report["search"] == "step_retry" and worked["accuracy"] == 1.0 and worked["steps_retried_per_problem"] == 1
@@ -389,7 +390,7 @@ def test_eval_with_search_writes_compute_and_rejected_steps(toy, toy_dir, tmp_pa
     assert sample["rejected_steps"] == [{"step": 1, "text": "He has 3*4=13 apples.\n", "why": "step 1 is wrong"}]
     assert worked["tokens_per_problem"] == sample["generated_tokens"] > sample["tokens"]
     md = open(tmp_path / "out" / "report.md").read()
-    assert "search: step_retry (retries 4" in md and "tokens/problem" in md and "steps retried/problem" in md
+    assert "search: step_retry (propose sample, retries 8" in md and "tokens/problem" in md and "steps retried/problem" in md
 
 
 def test_chat_search_shows_the_rejected_line_struck_through_then_the_retry(scripted, toy):
@@ -398,7 +399,9 @@ def test_chat_search_shows_the_rejected_line_struck_through_then_the_retry(scrip
     c = chat.Chat(scripted, toy[1], chat.Settings(), out=out)
     c.command("/search nope")
     assert "usage: /search METHOD" in out.getvalue()
-    c.command("/search step_retry")
+    c.command("/search step_retry retries=nope")
+    assert "eval.search.retries must be" in out.getvalue()
+    c.command("/search step_retry propose=sample")  # the scripted engine's lines are sampled, not branched
     turn = c.ask(QUESTION)
     shown = out.getvalue()
     assert turn.text == "He has 3*4=12 apples.\n#### 12" and c.history[-1]["content"] == turn.text

@@ -38,7 +38,7 @@ from reasonlm import search
 from reasonlm.chat.display import (BAD, BOLD, DIM, FINAL, GOOD, NOT_UTF8, RESET, STRUCK, Painter, printable,
                                    readable_input)
 from reasonlm.chat.session import load_session, save_session
-from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, ChatConfig, SearchConfig, load_recipe
+from reasonlm.config import CHECKED_METHODS, SEARCH_METHODS, ChatConfig, ConfigError, SearchConfig, load_recipe
 from reasonlm.detokenizer import Detokenizer
 from reasonlm.engine import KVCacheEngine, SamplingParams, StreamResult, engine_for
 from reasonlm.model import load_adapter
@@ -111,6 +111,26 @@ def parse_settings(text: str, current: Settings) -> Settings:
     return Settings(**values)
 
 
+def parse_search(method: str, items: list[str]) -> SearchConfig:
+    """'/search step_retry retries=4 propose=sample' -> SearchConfig; a bad item raises ValueError."""
+    names = {f.name for f in fields(SearchConfig)} - {"method"}
+    values: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if key not in names or not eq or not raw:
+            raise ValueError(f"/search takes key=value settings ({', '.join(sorted(names))}), got {item!r}")
+        for kind in (int, float, str):
+            try:
+                values[key] = kind(raw)
+                break
+            except ValueError:
+                continue
+    try:
+        return SearchConfig(method=method, **values)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
 # --- the context window ---------------------------------------------------------------------
 class ContextError(ValueError):
     """A prompt that does not fit in the model's context window."""
@@ -124,7 +144,8 @@ HELP = {
     "/greedy": "temperature=0: always the most likely token",
     "/samples": "K [QUESTION]  K sampled answers to the last (or a new) question, then the majority",
     "/verify": "check every step of the last answer with the task checker",
-    "/search": "METHOD  answer with " + ", ".join(SEARCH_METHODS) + " (checked from the question; greedy = off)",
+    "/search": "METHOD [key=value ...]  answer with " + ", ".join(SEARCH_METHODS)
+               + " (checked from the question; greedy = off; settings as eval.search's)",
     "/save": "[--force] FILE  write the conversation as chat-messages JSONL (--force: replace FILE)",
     "/load": "FILE  continue a saved conversation",
     "/stats": "time to first token and tokens/s of the last answer",
@@ -152,7 +173,7 @@ class Chat:
     history: list[dict] = field(default_factory=list)
     last: Turn | None = None
     sample_calls: int = 0
-    search: str = "greedy"  # /search METHOD
+    search: SearchConfig = field(default_factory=SearchConfig)  # /search METHOD [key=value ...]
 
     def __post_init__(self):
         self.stream = self.engine.stream(self.settings.seed)
@@ -182,7 +203,7 @@ class Chat:
         notes = notes or self.say
         prompt = self.prompt_ids(question, self.history)
         self.check_fits(prompt)
-        if self.search != "greedy":
+        if self.search.method != "greedy":
             return self.ask_with_search(question, prompt, notes)
         painter = Painter(self.out, self.plain)
         stream = Detokenizer(self.tokenizer, painter.feed)
@@ -210,11 +231,11 @@ class Chat:
         through) before the line that replaced it."""
         checker = search.checker_for_question(question)
         try:
-            search.check_methods(self.search, None if checker else "this question")
+            search.check_methods(self.search.method, None if checker else "this question")
         except ValueError:
-            notes(f"cannot {self.search}: nothing in this question can be checked; use /search majority", BAD)
+            notes(f"cannot {self.search.method}: nothing in this question can be checked; use /search majority", BAD)
             return None
-        cfg = SearchConfig(method=self.search, temperature=self.settings.temperature or 0.7)
+        cfg = self.search
         self.sample_calls += 1
         problem = search.Problem(prompt, self.budget(prompt), self.settings.seed * 1000 + self.sample_calls, checker)
         try:
@@ -235,7 +256,7 @@ class Chat:
             for r in rejected[step]:
                 self.say(f"{r.text.rstrip()}   ({r.why})", STRUCK)
         painter.close()
-        notes(f"[{self.search}: {outcome.generated} tokens generated, {len(outcome.tokens)} kept, "
+        notes(f"[{cfg.method}: {outcome.generated} tokens generated, {len(outcome.tokens)} kept, "
               f"{outcome.retried} lines resampled" + (f", {outcome.gave_up} could not be fixed" if outcome.gave_up else "")
               + "]", DIM)
         reply = StreamResult(tokens=list(outcome.tokens), prompt_tokens=len(prompt), stopped=True)
@@ -286,10 +307,13 @@ class Chat:
         self.cmd_set("temperature=0")
 
     def cmd_search(self, arg):
-        if arg not in SEARCH_METHODS:
-            raise ValueError(f"usage: /search METHOD with METHOD one of {', '.join(SEARCH_METHODS)} (now: {self.search})")
-        self.search = arg
-        self.say(f"answers now use {arg}" + (" (checked from the question alone)" if arg in CHECKED_METHODS else ""), DIM)
+        method, *items = arg.split() or [""]
+        if method not in SEARCH_METHODS:
+            raise ValueError(f"usage: /search METHOD [key=value ...] with METHOD one of {', '.join(SEARCH_METHODS)} "
+                             f"(now: {self.search.method})")
+        self.search = parse_search(method, items)
+        self.say(f"answers now use {method}" + (" (checked from the question alone)" if method in CHECKED_METHODS else ""),
+                 DIM)
 
     def cmd_stats(self, arg):
         r = self.last.reply if self.last else None

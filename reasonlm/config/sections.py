@@ -254,9 +254,9 @@ class SearchConfig:
     temperature: float = 0.7
     """Sampling temperature of majority's and best_of_n's samples, and of every resampled line or beam
     candidate (a line's first try is greedy)."""
-    retries: int = 4
-    """step_retry: resamples of a rejected line before the search gives up on it."""
-    propose: str = "sample"
+    retries: int = 8
+    """step_retry: further tries of a rejected line before the search gives up on it."""
+    propose: str = "branch"
     """step_retry, how a rejected line's next tries are drawn: 'sample' (the line resampled at
     `temperature`) or 'branch' (the model's next most likely line: at a token of a tried line, the
     model's second choice instead, then greedy to the line's end; the branch whose changed prefix the

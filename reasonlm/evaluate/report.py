@@ -237,7 +237,7 @@ def _searched(splits: dict) -> bool:
 def _search_settings(report: dict) -> str:
     s = (report.get("config") or {}).get("search") or {}
     keys = {"majority": ("k", "temperature"), "best_of_n": ("n", "temperature"),
-            "step_retry": ("retries", "candidates", "backup", "on_fail", "retry_budget", "temperature"),
+            "step_retry": ("propose", "retries", "candidates", "backup", "on_fail", "retry_budget", "temperature"),
             "step_beam": ("width", "expand", "temperature")}.get(report.get("search"), ())
     return ", ".join(f"{k} {s[k]}" for k in keys if k in s)
 
