@@ -1,10 +1,12 @@
 """Clock arithmetic, a task family in a file of its own (docs/data.md, "A task family in a file of your own").
 
-    A clock shows 3. What does it show after +5h -4h +9h?   ->   3+5=8 / 8-4=4 / 4+9=1 / #### 1
+    A clock shows 3. What does it show after +5h -4h +9h?   ->   3+5=8 | -4h +9h / 8-4=4 | +9h / 4+9=1 / #### 1
 
-One step per move: the hour before it, the move, the hour after it (1..12). A checker can replay
-every line from the question alone, so it needs no gold solution: chat's /verify, `reasonlm serve`
-and RL's step credit judge the model's own lines. Load it with `task_files: [clock.py]` in a
+One step per move: the hour before it, the move, the hour after it (1..12), then the moves left
+(as the arithmetic family writes what is left to compute: the next move is then at hand, not to be
+counted out of the question, which a tiny model cannot do). A checker can replay every line from
+the question alone, so it needs no gold solution: chat's /verify, `reasonlm serve` and RL's step
+credit judge the model's own lines. Load it with `task_files: [clock.py]` in a
 recipe or a suite, or `--task-files docs/examples/clock.py` on the command line.
 """
 from __future__ import annotations
@@ -34,9 +36,10 @@ class Clock(Family):
         return solve(rng.randint(1, 12), moves)
 
     def check(self, example: Example, steps: Sequence[str], answer: str | None) -> Check:
-        """Line i must be the true hour before move i, the move, and the true hour after it."""
+        """Line i must be the true hour before move i, the move, the true hour after it and the moves left."""
         gold = self.parse_question(example.question)
-        step_ok = [i < len(gold.steps) and step.replace(" ", "") == gold.steps[i] for i, step in enumerate(steps)]
+        step_ok = [i < len(gold.steps) and step.replace(" ", "") == gold.steps[i].replace(" ", "")
+                   for i, step in enumerate(steps)]
         complete = len(steps) == len(gold.steps) and answers_match(answer, gold.answer)
         return finish_check(answers_match(answer, gold.answer), step_ok, complete)
 
@@ -50,9 +53,10 @@ class Clock(Family):
 def solve(start: int, moves: list[tuple[str, int]]) -> Example:
     """The problem with its gold steps: the hour after every move, on a 12-hour dial."""
     hour, steps = start, []
-    for sign, hours in moves:
+    for i, (sign, hours) in enumerate(moves):
         after = (hour + (hours if sign == "+" else -hours) - 1) % 12 + 1
-        steps.append(f"{hour}{sign}{hours}={after}")
+        left = " ".join(f"{s}{h}h" for s, h in moves[i + 1:])
+        steps.append(f"{hour}{sign}{hours}={after}" + (f" | {left}" if left else ""))
         hour = after
     question = f"A clock shows {start}. What does it show after {' '.join(f'{s}{h}h' for s, h in moves)}?"
     return Example(question, str(hour), tuple(steps), len(steps), Clock.name,
