@@ -14,12 +14,13 @@ line pass unjudged: verdict.py); text is the engine's `decode`. The methods (doc
   step_retry  a line at a time (engine.RowSession: the prompt is prefilled once, a rejected line is a
               pointer move back in the KV cache); a line's first try is greedy, a rejected line is
               resampled up to `retries` times (with `candidates` > 1, several at once and the valid
-              one the model finds most likely kept), or with `propose: branch` replaced by the model's
-              next most likely lines: a tried line with its least sure token swapped for the model's
-              second choice there, greedy to the line's end (no sampling, no line tried twice). A line that cannot be fixed: back up one line
-              (`backup`), then give up on it: keep its greedy version and go on greedily unchecked
-              (`on_fail: continue`, since every line after a broken one fails) or end the answer
-              (`on_fail: stop`). A resampled line that repeats a rejected text is rejected unchecked.
+              one the model finds most likely kept), or with `propose: branch` (the default) replaced
+              by the model's next most likely lines: a tried line up to one of its tokens, one of the
+              model's next choices there instead, greedy to the line's end, best first by the changed
+              prefix's log-probability (no sampling, no line tried twice). Problems join the session as
+              others finish. A line that cannot be fixed: back up one line (`backup`), then give up
+              on it: keep its greedy version and go on greedily unchecked (`on_fail: continue`, since
+              every line after a broken one fails) or end the answer (`on_fail: stop`). A resampled line that repeats a rejected text is rejected unchecked.
   step_beam   `width` beams per problem, each expanded by `expand` candidate lines per step (the first
               greedy), ranked by valid prefix, then the model's log-probability; the first finished
               fully valid chain wins.
@@ -362,7 +363,7 @@ def _resample(session, s: _Retry, line: int, start: int, cfg: SearchConfig) -> b
         session.rewind(row, start + same)  # what the row wrote up to the branch stays in its cache
         session.extend(row, list(prefix[same:]))
         s.forced[row] = (prefix, logp)
-        s.outcome.generated += 1  # the second choice is a new token; the rest of the prefix was written before
+        s.outcome.generated += 1  # the swapped-in token is new; the rest of the prefix was written before
     return True
 
 
