@@ -1,10 +1,11 @@
 """Clock arithmetic, a task family in a file of its own (docs/data.md, "A task family in a file of your own").
 
-    A clock shows 3. What does it show after +5h -4h +9h?   ->   3+5=8 | -4h +9h / 8-4=4 | +9h / 4+9=1 / #### 1
+    A clock shows 3. What does it show after +5h -4h +9h?   ->   3+5=8 | -4h +9h / 8-4=4 | +9h / 4+9=13-12=1 / #### 1
 
-One step per move: the hour before it, the move, the hour after it (1..12), then the moves left
-(as the arithmetic family writes what is left to compute: the next move is then at hand, not to be
-counted out of the question, which a tiny model cannot do). A checker can replay every line from
+One step per move: the hour before it, the move, the sum, brought back onto the dial when it falls
+off (-12 or +12), then the moves left. Small steps are what a tiny model learns: the wrap written
+out turns 264 clock facts into plain sums and one rule, and the moves left put the next move at
+hand instead of to be counted out of the question (the first version, without both, got 21%). A checker can replay every line from
 the question alone, so it needs no gold solution: chat's /verify, `reasonlm serve` and RL's step
 credit judge the model's own lines. Load it with `task_files: [clock.py]` in a
 recipe or a suite, or `--task-files docs/examples/clock.py` on the command line.
@@ -54,9 +55,11 @@ def solve(start: int, moves: list[tuple[str, int]]) -> Example:
     """The problem with its gold steps: the hour after every move, on a 12-hour dial."""
     hour, steps = start, []
     for i, (sign, hours) in enumerate(moves):
-        after = (hour + (hours if sign == "+" else -hours) - 1) % 12 + 1
+        total = hour + (hours if sign == "+" else -hours)
+        after = (total - 1) % 12 + 1
+        wrap = "" if total == after else f"{'-' if total > 12 else '+'}12={after}"
         left = " ".join(f"{s}{h}h" for s, h in moves[i + 1:])
-        steps.append(f"{hour}{sign}{hours}={after}" + (f" | {left}" if left else ""))
+        steps.append(f"{hour}{sign}{hours}={total}{wrap}" + (f" | {left}" if left else ""))
         hour = after
     question = f"A clock shows {start}. What does it show after {' '.join(f'{s}{h}h' for s, h in moves)}?"
     return Example(question, str(hour), tuple(steps), len(steps), Clock.name,
