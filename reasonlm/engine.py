@@ -15,23 +15,19 @@ Two decoders run the steps, with the same outputs: Llama-family models (Llama, S
 decided from the model class, see reasonlm/llama_decoder.py) decode on a preallocated KV cache
 with the layers' arithmetic called directly, bitwise what the model's forward computes but
 without its per-token overhead; every other causal LM runs its own forward per token on a
-transformers DynamicCache (HFDecoder, the general path; `fast=False` forces it).
+transformers DynamicCache (reasonlm/hf_decoder.py, the general path; `fast=False` forces it).
 
 Sharding over processes: `generate(..., rank=r, world=N)` decodes only the batches dealt to
 process r (`dealt_to`: back and forth over the processes, so each gets an even share of the long
 prompts) and leaves the other rows None; the caller gathers them. The batches are the ones one
 process decodes, and each row samples from its own seed, so N processes produce what one does.
 
-Sampling is reproducible per row: with `seeds` the k-th token of a row is drawn with noise that
-is a hash of (the row's seed, k, token id) (`row_noise`), so a row's output does not depend on
-which rows share its batch (batching, sharding and resuming never change a sample), and a whole
-batch is drawn in a few tensor operations rather than one generator call per row. Greedy
-(temperature 0) needs no seed.
+Sampling is reproducible per row (reasonlm/sampling.py): with `seeds` the k-th token of a row is
+drawn with noise that is a hash of (the row's seed, k, token id), so a row's output does not
+depend on which rows share its batch.
 
 Chat decodes one sequence at a time and streams it: `engine.stream(seed)` gives a `KVCacheStream`
-that keeps its KV cache between calls. Turn n+1's prompt starts with turn n's prompt and answer,
-so only the tokens after the longest common prefix are fed ("prefix reuse"); the rest of the
-cache is cropped away.
+(reasonlm/stream.py) that keeps its KV cache between calls and reuses the common prefix of turns.
 
 Checker-guided search (reasonlm/search.py) decodes a line at a time: `engine.rows(prompts, budgets)`
 gives a `RowSession` whose rows continue until the end of a line (or a stop), can be moved back to
@@ -54,49 +50,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-import time
-
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from reasonlm.answer import pad_token_id, stop_token_ids
-from reasonlm.llama_decoder import LlamaDecoder, pad_left
+from reasonlm.hf_decoder import HFDecoder, context_size, left_padded
+from reasonlm.llama_decoder import LlamaDecoder
+from reasonlm.sampling import SamplingParams, holds_stop, pick, pick_rows, row_keys
+from reasonlm.stream import KVCacheStream, StreamResult
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to continue a batch of prompts."""
-    max_new_tokens: int | list[int] = 256
-    """Budget of new tokens: one for every prompt, or a list with one per prompt."""
-    temperature: float = 0.0
-    """0 = greedy (argmax); > 0 samples from softmax(logits / temperature)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1 = the whole distribution)."""
-    seed: int = 0
-    """Seed of the one stream shared by all rows when `seeds` is not given."""
-    seeds: list[int] | None = None
-    """One seed per prompt: every row samples from its own stream (reproducible under any batching)."""
-    stop_strings: tuple[str, ...] = ()
-    """A row also stops once its decoded tail contains one of these (needs the engine's `decode`);
-    the string's tokens stay in the output: cut the text with answer.cut_at_stop."""
-    batch_size: int = 64
-    """Rows decoded together."""
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    def budgets(self, n: int) -> list[int]:
-        """The budget of each of `n` prompts (max_new_tokens, one for all or one per prompt)."""
-        budgets = self.max_new_tokens if isinstance(self.max_new_tokens, list) else [self.max_new_tokens] * n
-        if len(budgets) != n:
-            raise ValueError("max_new_tokens, when a list, needs one entry per prompt")
-        return budgets
+__all__ = ["Engine", "Stream", "KVCacheEngine", "RowSession", "Unit", "OTHERS", "LiveBatch", "LiveRow",
+           "plan_batches", "dealt_to", "generate_greedily", "engine_for",
+           # the engine's settings, results and sampling, defined beside it and used through it
+           "SamplingParams", "StreamResult", "KVCacheStream", "context_size", "pick", "row_keys"]
 
 
 class Engine(Protocol):
@@ -111,23 +76,6 @@ class Engine(Protocol):
     def stream(self, seed: int = 0) -> "Stream":
         """A single-sequence decoder that keeps its cache between calls (chat)."""
         ...
-
-
-@dataclass
-class StreamResult:
-    """One streamed continuation and what it took."""
-    tokens: list[int]
-    prompt_tokens: int = 0
-    reused_tokens: int = 0  # prompt tokens whose keys/values came from the previous call's cache
-    first_token_s: float = 0.0  # time to first token (includes feeding the prompt)
-    total_s: float = 0.0
-    stopped: bool = False  # ended by a stop token (not by the token budget)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode speed: tokens after the first, over the time after the first."""
-        decode_s = self.total_s - self.first_token_s
-        return (len(self.tokens) - 1) / decode_s if len(self.tokens) > 1 and decode_s > 0 else 0.0
 
 
 class Stream(Protocol):
@@ -550,67 +498,6 @@ def engine_for(model: torch.nn.Module, tokenizer, **kwargs) -> KVCacheEngine:
                          decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), **kwargs)
 
 
-class HFDecoder:
-    """The general path: the model's own forward per token on a transformers DynamicCache (any
-    causal LM transformers can cache)."""
-    keep_below = 1.0  # drop a finished row at once: the cache's batch_select is cheaper than its step
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.cache = DynamicCache()
-        self.mask = self.last_pos = None
-
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # logits_to_keep=1: only the last position's logits (a 150k vocab x long prompts is GBs otherwise).
-        # `cache=` is the forward's name for the KV cache since transformers 5.24 (`past_key_values`
-        # warns and goes in 5.40); pyproject.toml requires transformers >= 5.24 for it.
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
-                         use_cache=True, logits_to_keep=1)
-        self.mask, self.last_pos = mask, positions[:, -1]
-        return out.logits[:, -1]
-
-    def keep(self, rows: list[int]) -> None:
-        sel = torch.tensor(rows, device=self.mask.device)
-        self.cache.batch_select_indices(sel)
-        self.mask, self.last_pos = self.mask[sel], self.last_pos[sel]
-
-    def join(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """LlamaDecoder.join on a DynamicCache: new rows prefilled on their own, appended left-padded."""
-        if self.mask is None:
-            return self.prefill(ids, mask, positions)
-        if not self.can_join():
-            raise ValueError("this model's cache cannot take rows mid-batch")
-        new = HFDecoder(self.model)
-        logits = new.prefill(ids, mask, positions)
-        width = max(self.mask.shape[1], new.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, new.cache.layers):
-            mine.keys, mine.values = (torch.cat([pad_left(a, width - a.shape[2]), pad_left(b, width - b.shape[2])])
-                                      for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
-        self.mask = torch.cat([pad_left(m, width - m.shape[1]) for m in (self.mask, new.mask)])
-        self.last_pos = torch.cat([self.last_pos, new.last_pos])
-        return logits
-
-    def can_join(self) -> bool:
-        """Rows can join only a cache of plain full-attention layers (a sliding window cannot be padded)."""
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
-
-    def trim(self) -> None:
-        """Drop the leading cache columns that are padding in every row."""
-        used = self.mask.any(0).nonzero()
-        cut = int(used[0]) if len(used) else 0
-        if cut and self.can_join():
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
-            self.mask = self.mask[:, cut:]
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
-        self.last_pos = self.last_pos + 1
-        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.last_pos[:, None],
-                         cache=self.cache, use_cache=True)
-        return out.logits[:, -1]
-
-
 @dataclass
 class LiveRow:
     """One sequence of a LiveBatch: its settings, the tokens it produced, where they go."""
@@ -722,153 +609,3 @@ class LiveBatch:
     def fail(self) -> None:
         """Forget every row (after the model raised): the next admit starts a fresh batch."""
         self.rows, self.decoder, self.logits = [], None, None
-
-
-class KVCacheStream:
-    """One sequence at a time, streamed, with prefix reuse of the KV cache across calls."""
-
-    def __init__(self, model: torch.nn.Module, stop_ids: set[int], seed: int = 0):
-        self.model, self.stop_ids = model, stop_ids
-        self.rng = torch.Generator().manual_seed(seed)
-        self.cache, self.cached = None, []  # cached: the token ids whose keys/values are in cache
-
-    def reseed(self, seed: int) -> None:
-        self.rng.manual_seed(seed)
-
-    @torch.no_grad()
-    def generate(self, prompt: list[int], params: SamplingParams, on_token=None) -> StreamResult:
-        reuse = 0
-        while reuse < min(len(self.cached), len(prompt) - 1) and self.cached[reuse] == prompt[reuse]:
-            reuse += 1  # keep >= 1 prompt token to feed: its logits give the first new token
-        cache = self.cache if reuse else None
-        if cache is not None and len(self.cached) > reuse:
-            try:  # crop(-k) drops the last k positions (transformers 4.x and 5.x agree on negatives)
-                cache.crop(reuse - len(self.cached))
-            except (RuntimeError, ValueError):  # e.g. a sliding-window layer that cannot roll back
-                cache = None
-        if cache is None:
-            cache, reuse = DynamicCache(), 0
-        # Until this call returns the cache is mid-update; a Ctrl-C then leaves no cache behind.
-        self.cache, self.cached = None, []
-        result = StreamResult(tokens=[], prompt_tokens=len(prompt), reused_tokens=reuse)
-        fed, feed = list(prompt[:reuse]), list(prompt[reuse:])
-        t0 = time.perf_counter()
-        while True:
-            positions = torch.arange(len(fed), len(fed) + len(feed))[None]
-            out = self.model(input_ids=torch.tensor([feed]), position_ids=positions, cache=cache,
-                             use_cache=True, logits_to_keep=1)  # no vocab-sized logits for every prompt token
-            fed += feed
-            token = int(pick(out.logits[:, -1], params.temperature, params.top_p, self.rng)[0])
-            if not result.first_token_s:
-                result.first_token_s = time.perf_counter() - t0
-            if token in self.stop_ids:
-                result.stopped = True
-                break
-            result.tokens.append(token)
-            if on_token:
-                on_token(token)
-            if len(result.tokens) >= params.max_new_tokens:
-                break
-            feed = [token]
-        result.total_s = time.perf_counter() - t0
-        self.cache, self.cached = cache, fed
-        return result
-
-
-def context_size(model: torch.nn.Module) -> int | None:
-    """Tokens a `transformers` model can attend to (prompt + answer), when its config says."""
-    n = getattr(model.config, "max_position_embeddings", None)
-    return n if isinstance(n, int) and n > 0 else None
-
-
-def pick(logits: torch.Tensor, temperature: float, top_p: float, gen, step: int | torch.Tensor = 0) -> torch.Tensor:
-    """Next token per row: argmax, or a (nucleus) sample, from one shared torch.Generator or, when
-    `gen` is a row_keys tensor, from each row's own noise for its `step`-th token (Gumbel-max:
-    argmax(log p + Gumbel noise) is an exact draw from p). `step` may be one index per row
-    (LiveBatch: rows that joined at different steps)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
-    if isinstance(gen, torch.Tensor):
-        u = row_noise(gen, step, probs.shape[-1])
-        return (probs.double().log() - (-u.log()).log()).argmax(-1)  # log 0 = -inf: never drawn
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-
-def pick_rows(logits: torch.Tensor, temperatures: list[float], top_ps: list[float], keys: torch.Tensor,
-              steps: list[int]) -> torch.Tensor:
-    """Next token per row, each row with its own temperature, top_p and noise (row r draws its
-    `steps[r]`-th token of its key, as `pick` does): rows that share (temperature, top_p) are drawn
-    in one call, greedy ones by argmax. `keys` is [rows, 2] (row_keys), on the CPU as row_keys makes it."""
-    token = torch.zeros(len(temperatures), dtype=torch.long, device=logits.device)
-    groups: dict[tuple, list[int]] = {}
-    for r, settings in enumerate(zip(temperatures, top_ps)):
-        groups.setdefault(settings, []).append(r)
-    for (temperature, top_p), members in groups.items():
-        sel = torch.tensor(members, device=logits.device)
-        if temperature <= 0:  # greedy: no noise to build
-            token[sel] = pick(logits[sel], temperature, top_p, None)
-        else:
-            token[sel] = pick(logits[sel], temperature, top_p, keys[torch.tensor(members)],
-                              step=torch.tensor([steps[r] for r in members]))
-    return token
-
-
-def left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention mask, position ids) of `prompts` as one batch, left-padded with `pad_id` so
-    every prompt's last token sits at the end (what a decoder's prefill and join take)."""
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def holds_stop(decode: Callable[[list[int]], str], tokens: list[int], stop_strings) -> bool:
-    """Whether the decoded tail of `tokens` holds one of `stop_strings`: the tail is the last
-    4 tokens per character of the longest stop string, plus 4 (enough tokens to spell any of them)."""
-    if not stop_strings:
-        return False
-    tail = decode(tokens[-(4 * max(map(len, stop_strings)) + 4):])
-    return any(s in tail for s in stop_strings)
-
-
-MASK32 = 0xFFFFFFFF
-
-
-def row_keys(seeds: list[int]) -> torch.Tensor:
-    """[rows, 2] 32-bit keys of the rows' seeds (splitmix64, so nearby seeds share nothing)."""
-    keys = []
-    for seed in seeds:
-        z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        z ^= z >> 31
-        keys.append((z & MASK32, z >> 32))
-    return torch.tensor(keys, dtype=torch.long)
-
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values below 2**32; a product's
-    low 32 bits are exact even where the int64 product wraps."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & MASK32
-    return x ^ (x >> 16)
-
-
-def row_noise(keys: torch.Tensor, step: int | torch.Tensor, vocab: int) -> torch.Tensor:
-    """[rows, vocab] uniforms in (0, 1): a hash of (row key, step, token id), the same for a row
-    whichever rows share its batch."""
-    per_row = mix32((keys[:, 0] + mix32(keys[:, 1] ^ step)) & MASK32)
-    token = torch.arange(vocab, device=keys.device)
-    bits = mix32(mix32(per_row[:, None] ^ token[None, :]) ^ keys[:, 1:2])
-    return (bits.double() + 0.5) / 2.0 ** 32
