@@ -6,6 +6,12 @@
 
     python eval/bench_rl.py compare --run "SFT=out/sft" --run "GRPO process=out/p0,out/p1" --plot rl.png
     python eval/bench_rl.py pool out/seed0 out/seed1 out/seed2      # pipeline runs of several seeds, pooled
+    python eval/bench_rl.py ladders --run "SFT=out/tiny-cpu-long/eval-sft" \
+        --run "long recipe=out/tiny-cpu-long/eval,out/tiny-cpu-long-s1/eval" --trained 6 --plot ladder.png
+
+`ladders` reads eval folders (`reasonlm eval` on a recipe with a length ladder, e.g.
+recipes/tiny-cpu-long.yaml) and prints each run's accuracy per length, the folders of one label
+(its seeds) pooled, with 95% Wilson intervals; with `--plot`, the same as one picture.
 
 `compare` reads the `ladder.json` of each run directory (written by `ladder --json DIR/ladder.json`)
 and prints one markdown row per method: accuracy at 2-6, 7-8, 9-10 and 11-12 steps with the
@@ -39,6 +45,7 @@ from reasonlm.answer import encode_prompt, prompt_messages
 from reasonlm.config import RLConfig, RunPaths, base_model, load_recipe
 from reasonlm.engine import SamplingParams, engine_for
 from reasonlm.model import load_adapter, set_threads
+from reasonlm.plots import plot_accuracy_by_steps
 from reasonlm.credit import score
 from reasonlm.rl import problem_family
 from reasonlm.sources import ladder_problems
@@ -207,6 +214,27 @@ def pool(run_dirs: list[str], buckets: list[tuple[int, int]]) -> None:
         print(f"| {label} | {len(run_dirs)} | " + " | ".join(cells) + " |")
 
 
+def ladders(runs: list[str], trained: int | None, plot: str | None) -> None:
+    """Accuracy per length of eval folders ("label=dir[,dir...]", a folder's samples.jsonl; the
+    folders of a label pooled), as a markdown table and, with `plot`, one line per label."""
+    series = {}
+    for spec in runs:
+        label, _, dirs = spec.partition("=")
+        hits: dict[int, list[bool]] = {}
+        for d in (d for d in dirs.split(",") if d):
+            with open(os.path.join(d, "samples.jsonl")) as f:
+                for row in (json.loads(line) for line in f if line.strip()):
+                    hits.setdefault(row["n_steps"], []).append(bool(row["correct"]))
+        series[label] = {steps: wilson_interval(sum(h), len(h)) for steps, h in sorted(hits.items())}
+    lengths = sorted({steps for points in series.values() for steps in points})
+    print("| run | " + " | ".join(str(steps) for steps in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
+    for label, points in series.items():
+        print(f"| {label} | " + " | ".join(f"{points[s][0]:.0%}" if s in points else "" for s in lengths) + " |")
+    if plot:
+        print(f"wrote {plot_accuracy_by_steps(series, plot, 'accuracy by number of steps (fresh problems, greedy)', trained)}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,6 +253,10 @@ def main(argv=None):
     s = sub.add_parser("pool", help="SFT+RL accuracy of several pipeline runs (seeds), pooled per bucket of lengths")
     s.add_argument("run_dirs", nargs="+", help="pipeline run directories (out_dir of each seed)")
     s.add_argument("--buckets", default="2-6,7-8,9-10,11-12", help="lo-hi lengths, comma-separated")
+    s = sub.add_parser("ladders", help="accuracy per length of eval folders (seeds pooled), a table and a picture")
+    s.add_argument("--run", action="append", required=True, help='"label=eval_dir[,eval_dir...]" (one folder per seed)')
+    s.add_argument("--trained", type=int, default=None, help="the longest trained chain (a mark after it)")
+    s.add_argument("--plot", default=None, help="write the picture here (png)")
     s = sub.add_parser("trl", help="reasonlm's GRPO step vs TRL's GRPOTrainer: samples/s and reward")
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*", help="rl.* overrides, e.g. rl.prompts_per_round=8")
@@ -237,6 +269,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.command == "compare":
         return compare(args.run, args.plot)
+    if args.command == "ladders":
+        return ladders(args.run, args.trained, args.plot)
     if args.command == "pool":
         return pool(args.run_dirs, [tuple(int(x) for x in b.split("-")) for b in args.buckets.split(",")])
     set_threads(args.threads)

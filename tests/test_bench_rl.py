@@ -20,3 +20,18 @@ def test_pool_counts_every_seeds_samples_per_bucket(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("| held-out split | 2 | 50.0% (") and lines[2].endswith("| - |")  # 4 of 8
     assert lines[3].startswith("| ladder | 2 | - | 75.0% (")  # 2 + 1 of 4
+
+
+def test_ladders_pool_a_labels_folders_per_length_and_draw_them(tmp_path, capsys):
+    for name, right in (("s0", 2), ("s1", 0), ("sft", 0)):  # 2 problems of 9 and of 12 steps each
+        (tmp_path / name).mkdir()
+        rows = [{"n_steps": steps, "correct": i < right} for steps in (9, 12) for i in range(2)]
+        (tmp_path / name / "samples.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    png = tmp_path / "ladder.png"
+    bench_rl.main(["ladders", "--run", f"SFT={tmp_path / 'sft'}", "--run", f"RL={tmp_path / 's0'},{tmp_path / 's1'}",
+                   "--trained", "6", "--plot", str(png)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | 9 | 12 |"
+    assert lines[2] == "| SFT | 0% | 0% |"
+    assert lines[3] == "| RL | 50% | 50% |"  # 2 of 2 and 0 of 2, pooled
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
