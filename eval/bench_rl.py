@@ -196,6 +196,16 @@ def compare(runs: list[str], plot: str | None) -> None:
     print(f"wrote {plot}")
 
 
+def hits_by_steps(folders: list[str]) -> dict[int, list[bool]]:
+    """Whether each answer in the folders' samples.jsonl (eval outputs) was right, per n_steps."""
+    hits: dict[int, list[bool]] = {}
+    for folder in folders:
+        with open(os.path.join(folder, "samples.jsonl")) as f:
+            for row in (json.loads(line) for line in f if line.strip()):
+                hits.setdefault(row["n_steps"], []).append(bool(row["correct"]))
+    return hits
+
+
 def pool(run_dirs: list[str], buckets: list[tuple[int, int]]) -> None:
     """The pipeline's own scores of several run directories (one per seed), pooled per bucket of
     lengths with a 95% Wilson interval: SFT+RL on the held-out split (eval-rl) and on the ladder
@@ -203,13 +213,10 @@ def pool(run_dirs: list[str], buckets: list[tuple[int, int]]) -> None:
     print("| eval | runs | " + " | ".join(f"{lo}-{hi} steps" for lo, hi in buckets) + " |")
     print("|---|---|" + "---|" * len(buckets))
     for label, folder in (("held-out split", "eval-rl"), ("ladder", "eval-ladder-rl")):
-        rows = []
-        for d in run_dirs:
-            with open(os.path.join(d, folder, "samples.jsonl")) as f:
-                rows += [json.loads(line) for line in f if line.strip()]
+        by_steps = hits_by_steps([os.path.join(d, folder) for d in run_dirs])
         cells = []
         for lo, hi in buckets:
-            hits = [r["correct"] for r in rows if lo <= r["n_steps"] <= hi]
+            hits = [h for steps, hs in by_steps.items() if lo <= steps <= hi for h in hs]
             cells.append(cell(sum(hits), len(hits)))
         print(f"| {label} | {len(run_dirs)} | " + " | ".join(cells) + " |")
 
@@ -220,11 +227,7 @@ def ladders(runs: list[str], trained: int | None, plot: str | None) -> None:
     series = {}
     for spec in runs:
         label, _, dirs = spec.partition("=")
-        hits: dict[int, list[bool]] = {}
-        for d in (d for d in dirs.split(",") if d):
-            with open(os.path.join(d, "samples.jsonl")) as f:
-                for row in (json.loads(line) for line in f if line.strip()):
-                    hits.setdefault(row["n_steps"], []).append(bool(row["correct"]))
+        hits = hits_by_steps([d for d in dirs.split(",") if d])
         series[label] = {steps: wilson_interval(sum(h), len(h)) for steps, h in sorted(hits.items())}
     lengths = sorted({steps for points in series.values() for steps in points})
     print("| run | " + " | ".join(str(steps) for steps in lengths) + " |")
