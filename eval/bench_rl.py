@@ -8,10 +8,14 @@
     python eval/bench_rl.py pool out/seed0 out/seed1 out/seed2      # pipeline runs of several seeds, pooled
     python eval/bench_rl.py ladders --run "SFT=out/tiny-cpu-long/eval-sft" \
         --run "long recipe=out/tiny-cpu-long/eval,out/tiny-cpu-long-s1/eval" --trained 6 --plot ladder.png
+    python eval/bench_rl.py breaks out/tiny-cpu/eval-ladder-rl --steps 9-12   # where wrong answers break
 
 `ladders` reads eval folders (`reasonlm eval` on a recipe with a length ladder, e.g.
 recipes/tiny-cpu-long.yaml) and prints each run's accuracy per length, the folders of one label
 (its seeds) pooled, with 95% Wilson intervals; with `--plot`, the same as one picture.
+
+`breaks` reads the same folders and counts, per length, the wrong answers that ended before a
+line per step, those cut off by the budget, and the step the checker first rejected in each.
 
 `compare` reads the `ladder.json` of each run directory (written by `ladder --json DIR/ladder.json`)
 and prints one markdown row per method: accuracy at 2-6, 7-8, 9-10 and 11-12 steps with the
@@ -38,6 +42,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 
 import torch
 
@@ -196,14 +201,36 @@ def compare(runs: list[str], plot: str | None) -> None:
     print(f"wrote {plot}")
 
 
-def hits_by_steps(folders: list[str]) -> dict[int, list[bool]]:
-    """Whether each answer in the folders' samples.jsonl (eval outputs) was right, per n_steps."""
-    hits: dict[int, list[bool]] = {}
+def rows_by_steps(folders: list[str]) -> dict[int, list[dict]]:
+    """The folders' samples.jsonl rows (eval outputs: one answer each), per n_steps."""
+    rows: dict[int, list[dict]] = {}
     for folder in folders:
         with open(os.path.join(folder, "samples.jsonl")) as f:
             for row in (json.loads(line) for line in f if line.strip()):
-                hits.setdefault(row["n_steps"], []).append(bool(row["correct"]))
-    return hits
+                rows.setdefault(row["n_steps"], []).append(row)
+    return rows
+
+
+def hits_by_steps(folders: list[str]) -> dict[int, list[bool]]:
+    """Whether each answer in the folders' samples.jsonl was right, per n_steps."""
+    return {steps: [bool(r["correct"]) for r in rows] for steps, rows in rows_by_steps(folders).items()}
+
+
+def breaks(folders: list[str], lengths: tuple[int, int] | None) -> None:
+    """Where the wrong answers of eval folders (seeds pooled) break, per length: how many ended
+    before writing a line per step, and the first step the checker rejected ("none": every line
+    written was right and the answer came too early or was cut off)."""
+    print("| steps | problems | wrong | fewer lines than steps | cut off | first wrong step: answers |")
+    print("|---|---|---|---|---|---|")
+    for steps, rows in sorted(rows_by_steps(folders).items()):
+        if lengths and not lengths[0] <= steps <= lengths[1]:
+            continue
+        wrong = [r for r in rows if not r["correct"]]
+        at = Counter(r.get("first_bad_step") for r in wrong)
+        hist = ", ".join(f"{k}: {at[k]}" for k in sorted(k for k in at if k is not None))
+        hist = ", ".join(x for x in (f"none: {at[None]}" if at[None] else "", hist) if x)
+        print(f"| {steps} | {len(rows)} | {len(wrong)} | {sum(r['steps_total'] < steps for r in wrong)} | "
+              f"{sum(bool(r.get('truncated')) for r in wrong)} | {hist} |")
 
 
 def pool(run_dirs: list[str], buckets: list[tuple[int, int]]) -> None:
@@ -260,6 +287,9 @@ def main(argv=None):
     s.add_argument("--run", action="append", required=True, help='"label=eval_dir[,eval_dir...]" (one folder per seed)')
     s.add_argument("--trained", type=int, default=None, help="the longest trained chain (a mark after it)")
     s.add_argument("--plot", default=None, help="write the picture here (png)")
+    s = sub.add_parser("breaks", help="where the wrong answers of eval folders break, per length")
+    s.add_argument("folders", nargs="+", help="eval folders (their samples.jsonl), pooled")
+    s.add_argument("--steps", default=None, help="lo-hi lengths (default: all)")
     s = sub.add_parser("trl", help="reasonlm's GRPO step vs TRL's GRPOTrainer: samples/s and reward")
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*", help="rl.* overrides, e.g. rl.prompts_per_round=8")
@@ -274,6 +304,8 @@ def main(argv=None):
         return compare(args.run, args.plot)
     if args.command == "ladders":
         return ladders(args.run, args.trained, args.plot)
+    if args.command == "breaks":
+        return breaks(args.folders, tuple(int(x) for x in args.steps.split("-")) if args.steps else None)
     if args.command == "pool":
         return pool(args.run_dirs, [tuple(int(x) for x in b.split("-")) for b in args.buckets.split(",")])
     set_threads(args.threads)

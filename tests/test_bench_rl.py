@@ -35,3 +35,17 @@ def test_ladders_pool_a_labels_folders_per_length_and_draw_them(tmp_path, capsys
     assert lines[2] == "| SFT | 0% | 0% |"
     assert lines[3] == "| RL | 50% | 50% |"  # 2 of 2 and 0 of 2, pooled
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_breaks_counts_wrong_answers_by_their_first_wrong_step(tmp_path, capsys):
+    (tmp_path / "s0").mkdir()
+    rows = [{"n_steps": 12, "correct": True, "steps_total": 12, "first_bad_step": None},
+            {"n_steps": 12, "correct": False, "steps_total": 9, "first_bad_step": None, "truncated": False},
+            {"n_steps": 12, "correct": False, "steps_total": 12, "first_bad_step": 1, "truncated": False},
+            {"n_steps": 12, "correct": False, "steps_total": 5, "first_bad_step": 1, "truncated": True},
+            {"n_steps": 13, "correct": False, "steps_total": 13, "first_bad_step": 4},
+            {"n_steps": 2, "correct": False, "steps_total": 2, "first_bad_step": 2}]
+    (tmp_path / "s0" / "samples.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    bench_rl.main(["breaks", str(tmp_path / "s0"), "--steps", "9-13"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["| 12 | 4 | 3 | 2 | 1 | none: 1, 1: 2 |", "| 13 | 1 | 1 | 0 | 0 | 4: 1 |"]
