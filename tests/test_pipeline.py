@@ -41,7 +41,7 @@ def test_report_has_the_promised_keys(pipeline_run):
     for key in ("accuracy", "ood_accuracy", "by_steps"):
         assert key in report["direct"]
     assert set(report["by_steps"]) >= {"2", "6", "7"}
-    assert report["ladder"]["steps"] == [2, 12] and set(report["ladder"]["models"]) == {"SFT", "direct", "SFT+RL"}
+    assert report["ladder"]["steps"] == [2, 16] and set(report["ladder"]["models"]) == {"SFT", "direct", "SFT+RL"}
     rl = yaml.safe_load(open(os.path.join(ROOT, "recipes", "tiny-cpu.yaml")))["rl"]
     drawn = rl["rounds"] * rl["prompts_per_round"] * rl["num_generations"]
     assert set(report["rl"]) >= {"accuracy", "ood_accuracy"} and report["training"]["rl"]["samples"] == drawn
