@@ -60,17 +60,20 @@ def test_report_shows_sft_rl_and_direct_by_steps_and_up_the_ladder(tmp_path):
 
 
 def test_the_ladder_runs_from_2_to_twice_the_longest_trained_chain_of_the_recipes_family(tmp_path):
-    recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml"), [f"out_dir={tmp_path}"])
+    recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml"), [f"out_dir={tmp_path}", "eval.ladder_steps=[]"])
     cfg = ladder_config(recipe, recipe.eval, RunPaths(str(tmp_path)))
     (source,) = cfg.sources
     assert source["task"] == "arithmetic" and source["args"] == recipe.data.tasks[0]["args"]  # not arithmetic_step
     assert source["steps"] == [2, 12] and source["n_per_steps"] == 50 and source["exclude_from"] == str(tmp_path / "data")
     assert cfg.temperature == 0 and cfg.samples == 1 and cfg.max_new_tokens == 0  # greedy, budget from the question
     assert ladder_config(recipe, load_recipe(None, ["eval.ladder_per_steps=0"]).eval, RunPaths(str(tmp_path))) is None
-    # eval.ladder_steps sets its range; changing it reruns the ladders (their source), not the held-out eval
+    # eval.ladder_steps sets its range (the recipe's: 2-16); changing it reruns the ladders (their
+    # source), not the held-out eval
+    shipped = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml"), [f"out_dir={tmp_path}"])
+    assert ladder_config(shipped, shipped.eval, RunPaths(str(tmp_path))).sources[0]["steps"] == [2, 16]
     longer = load_recipe(os.path.join(ROOT, "recipes", "tiny-cpu.yaml"), [f"out_dir={tmp_path}", "eval.ladder_steps=[2, 24]"])
     assert ladder_config(longer, longer.eval, RunPaths(str(tmp_path))).sources[0]["steps"] == [2, 24]
-    assert config_hash(longer.eval) == config_hash(recipe.eval)
+    assert config_hash(longer.eval) == config_hash(shipped.eval)
     assert config_hash(ladder_config(longer, longer.eval, RunPaths(str(tmp_path)))) != config_hash(cfg)
 
 
