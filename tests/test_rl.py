@@ -540,6 +540,45 @@ def test_a_packed_update_equals_the_padded_one():
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a if a[k] is not None)
 
 
+def test_position_jitter_shifts_each_completion_alone_and_the_same_way_in_every_forward_of_a_round():
+    """rl.position_jitter: a completion's positions start 0..J after its prompt's last one, the prompt's
+    are untouched; the shift depends on the round's seed and the rollout's tokens only, so the old,
+    reference and updated log-probs of a round (and a resumed round) see the same positions."""
+    model, tok = toy_policy(tiny_model_and_tokenizer())
+    use_packed_attention(model)
+    batch = _varied_rollouts(tok)
+    plain = update.collate(batch, 0, packed=True)
+    shifted = update.collate(batch, 0, packed=True, jitter=16, seed=7)
+    assert torch.equal(update.collate(batch, 0, packed=True, jitter=16, seed=7).position_ids, shifted.position_ids)
+    assert torch.equal(shifted.ids, plain.ids) and shifted.spans == plain.spans
+    gaps, at = [], 0
+    for s in batch:
+        n, m = len(s.prompt), len(s.completion)
+        got = shifted.position_ids[0, at:at + n + m]
+        assert torch.equal(got[:n], torch.arange(n))
+        gap = int(got[n]) - n
+        assert 0 <= gap <= 16 and torch.equal(got[n:], torch.arange(m) + n + gap)
+        gaps.append(gap)
+        at += n + m
+    assert len(set(gaps)) > 1  # seven completions, 17 possible gaps: not one shift for all
+    other = update.collate(batch, 0, packed=True, jitter=16, seed=8).position_ids
+    assert not torch.equal(other, shifted.position_ids)  # the next round draws other gaps
+    with torch.no_grad():  # the positions reach the model: the completion's log-probs move
+        a, b = (update.token_logprobs(model, f)[0] for f in (plain, shifted))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="packed rows"):
+        update.collate(batch, 0, packed=False, jitter=16)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"position_jitter": 8}, r"^rl.position_jitter is 8, which needs rl.packed_attention: true"),
+    ({"position_jitter": -1, "packed_attention": True}, r"^rl.position_jitter must be >= 0, got -1$"),
+])
+def test_bad_rl_position_jitter_is_one_line(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        RLConfig(**overrides)
+
+
 def test_a_packed_update_batch_built_on_the_cpu_runs_on_the_models_device():
     """Forward.to moves the ids, the positions and the packed layout to the model's device. The meta
     device stands in for a GPU: an op that mixes it with a CPU tensor fails. (Right-padded rows

@@ -534,6 +534,11 @@ class RLConfig:
     the same loss without the pad tokens' compute, which is most of it when lengths vary (as
     the kept prefixes of expert iteration do; docs/benchmarks.md). On a GPU, compare with padded
     rows, whose SDPA does not materialise the scores."""
+    position_jitter: int = 0
+    """The update puts a random 0..position_jitter position gap between each sample's prompt and its
+    completion (fixed per sample for a round), as train.position_jitter does in SFT: the update then
+    meets longer distances from a line back to the question than its own samples reach. Needs
+    packed_attention; positions may pass the model's context, which rotary models compute anyway."""
     sample_batch_size: int = 128
     """Rows the sampler decodes together."""
     lr: float = 1e-4
@@ -592,12 +597,15 @@ class RLConfig:
                   "keep_last", "processes")
         _at_least(self, "rl", 0, "replay_sft", "truncation_penalty", "beta", "epsilon", "epsilon_high", "max_resamples",
                   "weight_decay", "grad_clip", "retries", "probe_every", "flat_rounds", "log_completions", "save_every",
-                  "seed")
+                  "seed", "position_jitter")
         _above(self, "rl", 0, "lr", "temperature")
         _check(self, "rl", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "top_p")
         _check(self, "rl", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "replay_fraction")
         if self.curriculum is not None and not self.probe_every:
             raise ConfigError("rl.curriculum needs rl.probe_every >= 1 (rounds between probes of the frontier), got 0")
+        if self.position_jitter and not self.packed_attention:
+            raise ConfigError(f"rl.position_jitter is {self.position_jitter}, which needs rl.packed_attention: true "
+                              "(padded rows carry no position ids)")
         if self.replay_sft and self.algorithm != "expert_iteration":
             raise ConfigError(f"rl.replay_sft is {self.replay_sft}, which needs algorithm expert_iteration, got "
                               f"rl.algorithm {self.algorithm!r}")

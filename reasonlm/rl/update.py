@@ -77,15 +77,27 @@ class Forward:
                                    packed_rows=self.packed_rows.to(device))
 
 
-def collate(rollouts: list[Rollout], pad_id: int, packed: bool = False) -> Forward:
-    """The rollouts' prompt + completion tokens as one Forward: right-padded rows, or packed."""
+def jitter_shift(s: Rollout, jitter: int, seed: int) -> int:
+    """The 0..jitter position gap rl.position_jitter puts between `s`'s prompt and completion: a
+    function of the round's seed and the rollout's tokens alone, so every forward of a round (old,
+    reference and updated log-probs), every process and a resumed run see the same positions."""
+    return random.Random(f"{seed}|{s.prompt}|{s.completion}").randint(0, jitter) if jitter else 0
+
+
+def collate(rollouts: list[Rollout], pad_id: int, packed: bool = False, jitter: int = 0, seed: int = 0) -> Forward:
+    """The rollouts' prompt + completion tokens as one Forward: right-padded rows, or packed (with
+    `jitter`, each completion's positions start jitter_shift() after its prompt's end, as
+    train.position_jitter does in SFT; packed only, since padded rows have no position ids)."""
     seqs = [s.prompt + s.completion for s in rollouts]
     if packed:
         starts = [0, *itertools.accumulate(len(q) for q in seqs)][:-1]
+        positions = [torch.cat([torch.arange(len(s.prompt)), torch.arange(len(s.completion))
+                                + len(s.prompt) + jitter_shift(s, jitter, seed)]) for s in rollouts]
         return Forward(torch.tensor([t for q in seqs for t in q])[None],
                        [(0, at + len(s.prompt) - 1) for at, s in zip(starts, rollouts)],
-                       torch.cat([torch.arange(len(q)) for q in seqs])[None],
-                       PackedRows.from_lengths([len(q) for q in seqs]))
+                       torch.cat(positions)[None], PackedRows.from_lengths([len(q) for q in seqs]))
+    if jitter:
+        raise ValueError("position jitter needs packed rows (rl.packed_attention)")
     ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
     for r, q in enumerate(seqs):
         ids[r, :len(q)] = torch.tensor(q)
@@ -171,7 +183,7 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
     before = []  # (distinct rollout, log-probs of its completion tokens before any step, reference's)
     for idx in share(list(range(len(distinct))), accelerator, cfg.micro_batch_size):
         part = [distinct[i] for i in idx]
-        fwd = collate(part, pad_id, cfg.packed_attention).to(device)
+        fwd = collate(part, pad_id, cfg.packed_attention, cfg.position_jitter, seed).to(device)
         with torch.no_grad():
             logp = token_logprobs(net, fwd)[0]
         logp_ref = reference_logprobs(net, reference, fwd)
@@ -193,7 +205,7 @@ def grpo_update(model, optimizer, batch: list[Rollout], reference: dict, cfg: RL
                                                    cfg.max_completion_length, [counts[i] for i in mini])))
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                fwd = collate(part, pad_id, cfg.packed_attention)
+                fwd = collate(part, pad_id, cfg.packed_attention, cfg.position_jitter, seed)
                 adv, weight, old_m, ref_m, multiplicity = (fwd.place(v).to(device) for v in (
                     [s.advantages for s in part], [[weights[i]] * len(s.completion) for i, s in zip(idx, part)],
                     [old[i] for i in idx], [ref[i] for i in idx],
@@ -231,7 +243,7 @@ def sft_update(model, optimizer, batch: list[Rollout], cfg: RLConfig, accelerato
             total = sum(counts[i] * sum(distinct[i].kept) for i in mini)
             for idx in share(mini, accelerator, cfg.micro_batch_size):
                 part = [distinct[i] for i in idx]
-                fwd = collate(part, pad_id, cfg.packed_attention)
+                fwd = collate(part, pad_id, cfg.packed_attention, cfg.position_jitter, seed)
                 keep, weight = (fwd.place(v).to(device) for v in (
                     [[float(k) for k in s.kept] for s in part],
                     [[counts[i] / total] * len(s.kept) for i, s in zip(idx, part)]))
