@@ -11,7 +11,7 @@ from reasonlm.answer import format_number, normalize_number, render_completion
 from reasonlm.tasks.expressions import parse_expression
 from reasonlm.example import Example
 from reasonlm.tasks import TASKS, get_task, is_importer, known_tasks, parse_any_question, question_families
-from reasonlm.tasks.arithmetic import ArithmeticChain, rewrite_steps
+from reasonlm.tasks.arithmetic import ArithmeticChain, next_ops_steps, pending_ops, rewrite_steps
 from reasonlm.tasks.linear_equations import LinearEquations, parse_equation, solve
 from reasonlm.tasks.object_swaps import ObjectSwaps
 from reasonlm.tasks.word_problem_templates import BASES, STAGES
@@ -26,6 +26,8 @@ FAMILIES = {
                                               distinct_ops=True), range(1, 9)),
     "arithmetic_rewrite": (ArithmeticChain(digits=[1, 2], ops="+-*/", group_prob=0.3, step_format="rewrite"),
                            range(1, 9)),
+    "arithmetic_next": (ArithmeticChain(digits=[1, 2], ops="+-*/", step_format="equation+next", next_ops=3),
+                        range(1, 9)),
     "word_problems": (WordProblems(distractors=0.5), range(1, 9)),
     "word_problems_big": (WordProblems(max_number=1000), range(1, 9)),
     "linear_equations": (LinearEquations(), range(1, 10)),
@@ -250,7 +252,9 @@ OTHER_KNOBS = {
     "arithmetic": [{"digits": [2, 3], "ops": "+-*/", "group_prob": 0.5, "step_format": "rewrite"},
                    {"digits": 1, "ops": "+-*", "modulus": 7},
                    {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False,
-                    "distinct_ops": True, "step_format": "equation+rewrite"}],
+                    "distinct_ops": True, "step_format": "equation+rewrite"},
+                   {"digits": 1, "ops": "+-*", "min_value": 0, "max_value": 99, "trivial_ops": False,
+                    "step_format": "equation+next"}],
     "arithmetic_step": [{"length": [3, 20], "digits": [1, 2], "ops": "+-*", "min_value": 0, "max_value": 999,
                          "trivial_ops": False}],
     "linear_equations": [{"negatives": True, "max_coef": 30, "max_const": 50, "max_solution": 25, "both_sides": False},
@@ -356,6 +360,37 @@ def test_arithmetic_rewrite_steps_are_whole_expressions():
     assert task.check(two, ["2*3+20", "6+20", "26"], "26").chain_valid  # right-hand product first
     with pytest.raises(ValueError, match="step_format"):
         ArithmeticChain(modulus=10, ops="+-*", step_format="rewrite")
+
+
+def test_arithmetic_next_steps_show_the_next_operations():
+    """An equation+next line is a true equation, then the next pending operations of the running
+    total (a prefix of them, at least one, no fewer than the line before unless it is all that is
+    left): a wrong, skipped or reordered operation is wrong, and the format mixes with the others
+    in one answer."""
+    tree = parse_expression("(4*8+7)*2-5")
+    assert next_ops_steps(tree, 2) == ["4*8=32 | +7 *2", "32+7=39 | *2 -5", "39*2=78 | -5", "78-5=73"]
+    assert next_ops_steps(tree, 1) == ["4*8=32 | +7", "32+7=39 | *2", "39*2=78 | -5", "78-5=73"]
+    task = ArithmeticChain(digits=1, ops="+-*", step_format="equation+next")
+    ex = Example("(4*8+7)*2-5", "73")
+    assert task.check(ex, ["4*8=32 | +7 *2", "32+7=39 | *2 -5", "39*2=78 | -5", "78-5=73"], "73").chain_valid
+    assert task.check(ex, ["4*8=32 |+7*2-5", "32+7=39 | 39*2-5", "39*2=78", "78-5=73"], "73").chain_valid
+    assert task.check(ex, ["4*8=32 | +7 -5", "32+7=39"], "73").first_bad_step == 1  # skips *2
+    assert task.check(ex, ["4*8=32 | *2 +7", "32+7=39"], "73").first_bad_step == 1  # reordered
+    assert task.check(ex, ["4*8=32 | +7 *2", "32+7=39 | *2 -6"], "73").first_bad_step == 2  # a wrong operand
+    assert task.check(ex, ["4*8=32 | +7 *2", "32+7=39 | *2 -5 x"], "73").first_bad_step == 2  # not operations
+    assert task.check(ex, ["4*8=32 | +7", "32+7=39 | *2", "39*2=78 | -5", "78-5=73 | -5"], "73").first_bad_step == 4
+    # a line shows fewer operations than the line before only when it shows all that is left:
+    # an answer that stops early fails at the line whose window shrank, not at its answer
+    ex8 = Example("(8-1)*3*2+8-9-1-1", "39")
+    early = ["8-1=7 | *3 *2", "7*3=21 | *2 +8", "21*2=42 | +8 -9", "42+8=50 | -9 -1", "50-9=41 | -1", "41-1=40"]
+    assert task.check(ex8, early, "40").first_bad_step == 5
+    assert task.check(ex8, early[:4] + ["50-9=41 | -1 -1", "41-1=40 | -1", "40-1=39"], "39").chain_valid
+    assert task.check(ex8, ["8-1=7 | *3", "7*3=21 | *2 +8 -9"], "39").step_ok == [True, True]  # growing is fine
+    assert pending_ops(parse_expression("2*(3+4)")) is None  # a group is no running total
+    with pytest.raises(ValueError, match="group_prob"):
+        ArithmeticChain(group_prob=0.3, step_format="equation+next")
+    with pytest.raises(ValueError, match="next_ops"):
+        ArithmeticChain(step_format="equation+next", next_ops=0)
 
 
 @SETTINGS

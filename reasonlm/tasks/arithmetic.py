@@ -18,12 +18,15 @@ operand is a parenthesised sub-chain of `group_ops` operations, `trivial_ops` (f
 *0, *1, /1 and no 0* or 1*, so every step changes the value and no x*0 erases the chain before it:
 a direct answer must then follow every operation), `distinct_ops` (true: no operation such as
 `+7` twice in one problem, so the operation after `+7` is found by what it is, at any length),
-`step_format` (below), and `modulus`:
+`step_format` (below), `next_ops` (how many pending operations an `equation+next` line shows),
+and `modulus`:
 
 Step formats (`step_format`), all checked by the same replay, and mixable in one answer:
   equation          4*8=32 / 32+7=39 / 39*2=78 / 78-5=73                   (the knob's default)
   rewrite           (32+7)*2-5 / 39*2-5 / 78-5 / 73       (the whole expression after each step)
   equation+rewrite  4*8=32 | (32+7)*2-5 / 32+7=39 | 39*2-5 / 39*2=78 | 78-5 / 78-5=73
+  equation+next     4*8=32 | +7 *2 / 32+7=39 | *2 -5 / 39*2=78 | -5 / 78-5=73
+                    (the next `next_ops` operations, not the whole rest: running totals only)
 The last (the default recipe's) is what lets a tiny model solve chains longer than any it was trained on: the
 next operation is always at the start of the line above, and the answer comes when nothing is
 left, so neither finding an operand nor stopping depends on counting steps (docs/experiments.md,
@@ -50,8 +53,9 @@ from reasonlm.tasks.base import Check, Family, finish_check
 from reasonlm.tasks.expressions import evaluate_expression, is_leaf, parse_expression, tree_value
 
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
-STEP_FORMATS = ("equation", "rewrite", "equation+rewrite")
+STEP_FORMATS = ("equation", "rewrite", "equation+rewrite", "equation+next")
 REST_MARK = " | "  # equation+rewrite: 'a op b=c | what is left to compute'
+NEXT_RE = re.compile(r"\s*([-+*/])\s*(\d+(?:\.\d+)?)")  # equation+next: one pending operation, '+7' or '*12'
 MOD_RE = re.compile(r"^(?P<expr>.{1,400}?)\s*\bmod\s*(?P<m>\d{1,6})\s*$")
 ASK_RE = re.compile(r"^\s*(?:what\s+is|compute|calculate|evaluate)\s*:?", re.I)  # how people ask in chat
 
@@ -74,7 +78,7 @@ class ArithmeticChain(Family):
     def __init__(self, digits: int | list = 1, ops: str = "+-*/", min_value: int | None = None,
                  max_value: int | None = None, group_prob: float = 0.0, group_ops: int = 2,
                  modulus: int | None = None, trivial_ops: bool = True, distinct_ops: bool = False,
-                 step_format: str = "equation"):
+                 step_format: str = "equation", next_ops: int = 2):
         lo, hi = (digits, digits) if isinstance(digits, int) else tuple(digits)
         if not 1 <= lo <= hi <= 12:
             raise ValueError(f"digits must be 1..12 or [lo, hi], got {digits!r}")
@@ -92,7 +96,12 @@ class ArithmeticChain(Family):
         if step_format not in STEP_FORMATS or (step_format != "equation" and modulus):
             raise ValueError(f"step_format must be one of {', '.join(STEP_FORMATS)} (only 'equation' with a modulus), "
                              f"got {step_format!r}")
+        if step_format == "equation+next" and group_prob:
+            raise ValueError("step_format 'equation+next' lists pending operations of a running total: it takes no group_prob")
+        if not isinstance(next_ops, int) or next_ops < 1:
+            raise ValueError(f"next_ops must be an integer >= 1, got {next_ops!r}")
         self.step_format = step_format
+        self.next_ops = next_ops
 
     # --- generation ------------------------------------------------------------------------
     def generate(self, rng: random.Random, n_steps: int) -> Example:
@@ -106,7 +115,8 @@ class ArithmeticChain(Family):
             if built is not None:
                 tree, value = built
                 steps = (gold_steps(tree) if self.step_format == "equation" else rewrite_steps(tree)
-                         if self.step_format == "rewrite" else equation_rewrite_steps(tree))
+                         if self.step_format == "rewrite" else next_ops_steps(tree, self.next_ops)
+                         if self.step_format == "equation+next" else equation_rewrite_steps(tree))
                 return Example(render(tree), format_number(value), tuple(steps), n_steps, self.name)
         raise ValueError(f"could not build a {n_steps}-step chain within the bounds; widen min/max_value")
 
@@ -207,12 +217,17 @@ class ArithmeticChain(Family):
         The modulus comes from the question ('... mod 10'), any step format is accepted."""
         expr, modulus = split_modulus(example.question)
         state = parse_expression(expr)
-        step_ok, broken = [], state is None
+        step_ok, broken, shown_before = [], state is None, 0
         for text in steps:
             if broken:
                 step_ok.append(False)
                 continue
             reduced = apply_any_step(state, text, modulus)
+            shown = next_ops_shown(text)
+            if reduced is not None and shown is not None:  # equation+next: a line may show fewer operations
+                if shown < shown_before and shown < len(pending_ops(reduced)):  # than the one before only
+                    reduced = None                                              # when it shows all that is left
+                shown_before = shown
             if reduced is None:
                 broken = True
                 step_ok.append(False)
@@ -294,12 +309,62 @@ def step_line(equation: str, left) -> str:
     return f"{equation}{REST_MARK}{render(left)}" if type(left) is tuple else equation
 
 
+def next_ops_steps(node, n: int) -> list[str]:
+    """Each reduction as its equation, then the next `n` operations still to apply to the running
+    total (none on the last line): '(4*8+7)*2-5', n=2 -> '4*8=32 | +7 *2', '32+7=39 | *2 -5',
+    '39*2=78 | -5', '78-5=73'. A line never copies more than n operations, whatever the length."""
+    lines: list[str] = []
+    for equation in gold_steps(node):
+        node = _reduce_first(node)
+        pending = pending_ops(node)
+        if pending is None:
+            raise ValueError("equation+next needs a running total (no parenthesised groups)")
+        window = " ".join(f"{op}{format_number(b)}" for op, b in pending[:n])
+        lines.append(f"{equation}{REST_MARK}{window}" if window else equation)
+    return lines
+
+
+def pending_ops(node) -> list[tuple[str, int | Fraction]] | None:
+    """The operations a running total still applies, in order: ((32+7)*2)-5 -> [('+', 7), ('*', 2),
+    ('-', 5)]; [] for a number; None if `node` is no running total (an operand is itself a group)."""
+    ops = []
+    while type(node) is tuple:
+        op, node, right = node
+        if type(right) is tuple:
+            return None
+        ops.append((op, right))
+    return ops[::-1]
+
+
+def _next_ops(text: str) -> list[tuple[str, Fraction]] | None:
+    """'+7 *2' -> [('+', 7), ('*', 2)]; None unless the whole text is such a list."""
+    found, at = [], 0
+    for m in NEXT_RE.finditer(text):
+        if m.start() != at:
+            return None
+        found.append((m.group(1), Fraction(m.group(2))))
+        at = m.end()
+    return found if found and not text[at:].strip() else None
+
+
+def next_ops_shown(text: str) -> int | None:
+    """How many operations an equation+next line shows ('32+7=39 | *2 -5' -> 2); None for other lines."""
+    _, bar, rest = text.partition("|")
+    shown = _next_ops(rest) if bar and rest.lstrip()[:1] in ("+", "-", "*", "/") else None
+    return len(shown) if shown else None
+
+
 def apply_any_step(state, text: str, modulus: int | None = None):
-    """`state` after a step in any of the three formats (see STEP_FORMATS), or None if it is wrong."""
+    """`state` after a step in any of the formats (see STEP_FORMATS), or None if it is wrong."""
     if "|" in text:  # 'a op b=c | rest': the equation, then the rest must be exactly what it leaves
         equation, _, rest = text.partition("|")
         reduced = apply_step(state, equation.strip(), modulus)
-        return reduced if reduced is not None and parse_expression(rest) == reduced else None
+        if reduced is None:
+            return None
+        if rest.lstrip()[:1] in ("+", "-", "*", "/"):  # equation+next: the next pending operations
+            shown, pending = _next_ops(rest), pending_ops(reduced)  # (how many: ArithmeticChain.check)
+            return reduced if shown and pending and pending[:len(shown)] == shown else None
+        return reduced if parse_expression(rest) == reduced else None
     return apply_step(state, text, modulus) if "=" in text else apply_rewrite(state, text)
 
 
