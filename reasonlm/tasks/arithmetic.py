@@ -27,11 +27,13 @@ Step formats (`step_format`), all checked by the same replay, and mixable in one
   equation+rewrite  4*8=32 | (32+7)*2-5 / 32+7=39 | 39*2-5 / 39*2=78 | 78-5 / 78-5=73
   equation+next     4*8=32 | +7 *2 / 32+7=39 | *2 -5 / 39*2=78 | -5 / 78-5=73
                     (the next `next_ops` operations, not the whole rest: running totals only)
-The last (the default recipe's) is what lets a tiny model solve chains longer than any it was trained on: the
+equation+rewrite (the default recipe's) is what lets a tiny model solve chains longer than any it was trained on: the
 next operation is always at the start of the line above, and the answer comes when nothing is
 left, so neither finding an operand nor stopping depends on counting steps (docs/experiments.md,
 "Chains longer than any trained"). Pure rewrite lines make the model compute away from the operands, which a
-1M-parameter model does badly (docs/experiments.md).
+1M-parameter model does badly (docs/experiments.md). Lines that show only the next operations are
+shorter, but the model then decides by its line count when the list ends, and its long chains
+fail there (docs/experiments.md, "Lines that copy less").
 
 Modular chains (`modulus: 10`):   8+7-5+3 mod 10   ->   8+7=5 / 5-5=0 / 0+3=3 / #### 3
 Every step is reduced mod m, so a step is checked as a congruence with its result in 0..m-1.
@@ -350,7 +352,7 @@ def _next_ops(text: str) -> list[tuple[str, Fraction]] | None:
 def next_ops_shown(text: str) -> int | None:
     """How many operations an equation+next line shows ('32+7=39 | *2 -5' -> 2); None for other lines."""
     _, bar, rest = text.partition("|")
-    shown = _next_ops(rest) if bar and rest.lstrip()[:1] in ("+", "-", "*", "/") else None
+    shown = _next_ops(rest) if bar else None
     return len(shown) if shown else None
 
 
